@@ -1,0 +1,249 @@
+//! Conversions between the generated proto types and the domain types. Requests are
+//! validated here, once, on their way in; error fields use the proto field names.
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+use crate::error::{Error, Result};
+use crate::pb;
+use crate::rooms::model::{
+    Attributes, Member, MemberEvents, NewRoom, Role, Room, RoomId, RoomPatch, RoomSettings,
+    UnixMicros, check_attributes, check_name,
+};
+
+/// Parses a room id that arrives in the request field `field`.
+pub fn room_id(field: &str, id: String) -> Result<RoomId> {
+    RoomId::parse(id).map_err(|e| e.in_field(field))
+}
+
+/// A new room from the create fields shared by CreateRoom and EnterRoom.
+pub fn new_room(
+    room_id_field: String,
+    name: String,
+    attributes: std::collections::HashMap<String, String>,
+    settings: Option<pb::RoomSettings>,
+) -> Result<NewRoom> {
+    let id = if room_id_field.is_empty() {
+        RoomId::generate()
+    } else {
+        room_id("room_id", room_id_field)?
+    };
+    check_name("name", &name)?;
+    check_attributes("attributes", &attributes)?;
+    Ok(NewRoom {
+        id,
+        name,
+        attributes: attributes.into_iter().collect(),
+        settings: room_settings("settings", settings)?,
+    })
+}
+
+/// Checks a display name.
+pub fn display_name(name: String) -> Result<String> {
+    check_name("display_name", &name)?;
+    Ok(name)
+}
+
+/// Settings from the wire; unset means the defaults.
+pub fn room_settings(field: &str, settings: Option<pb::RoomSettings>) -> Result<RoomSettings> {
+    let Some(s) = settings else {
+        return Ok(RoomSettings::default());
+    };
+    let member_events = match pb::MemberEvents::try_from(s.member_events) {
+        Ok(pb::MemberEvents::Unspecified | pb::MemberEvents::All) => MemberEvents::All,
+        Ok(pb::MemberEvents::None) => MemberEvents::None,
+        Err(_) => {
+            return Err(Error::invalid(
+                format!("{field}.member_events"),
+                format!("unknown value {}", s.member_events),
+            ));
+        }
+    };
+    let destroy = s
+        .destroy_when_empty_after
+        .map(|d| duration(&format!("{field}.destroy_when_empty_after"), d))
+        .transpose()?;
+    let presence = s
+        .presence_timeout
+        .map(|d| duration(&format!("{field}.presence_timeout"), d))
+        .transpose()?
+        .filter(|d| !d.is_zero());
+    Ok(RoomSettings {
+        max_members: s.max_members,
+        member_events,
+        destroy_when_empty_after: destroy,
+        presence_timeout: presence,
+    })
+}
+
+/// Longest duration accepted in settings (about 10 years).
+const MAX_SETTING_SECS: i64 = 10 * 365 * 24 * 3600;
+
+fn duration(field: &str, d: prost_types::Duration) -> Result<Duration> {
+    if d.seconds < 0 || d.nanos < 0 || d.nanos >= 1_000_000_000 {
+        return Err(Error::invalid(field, "must be a non-negative duration"));
+    }
+    if d.seconds > MAX_SETTING_SECS {
+        return Err(Error::invalid(field, "must be at most 10 years"));
+    }
+    Ok(Duration::new(d.seconds as u64, d.nanos as u32))
+}
+
+/// An UpdateRoom request as a patch.
+pub fn room_patch(req: pb::UpdateRoomRequest) -> Result<(RoomId, RoomPatch)> {
+    let id = room_id("room_id", req.room_id)?;
+    if let Some(name) = &req.name {
+        check_name("name", name)?;
+    }
+    check_attributes("set_attributes", &req.set_attributes)?;
+    if req.remove_attribute_keys.len() > crate::rooms::model::MAX_ATTRIBUTES {
+        return Err(Error::invalid(
+            "remove_attribute_keys",
+            "at most 64 keys may be removed at once",
+        ));
+    }
+    let settings = match req.settings {
+        Some(s) => Some(room_settings("settings", Some(s))?),
+        None => None,
+    };
+    Ok((
+        id,
+        RoomPatch {
+            name: req.name,
+            settings,
+            set_attributes: req.set_attributes.into_iter().collect::<Attributes>(),
+            remove_attribute_keys: req.remove_attribute_keys,
+            expected_version: req.expected_version,
+        },
+    ))
+}
+
+/// Decodes a page token (empty: the first page).
+pub fn page_token(token: &str) -> Result<Option<String>> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bad = || Error::invalid("page_token", "is not a token this server issued");
+    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
+    let text = String::from_utf8(bytes).map_err(|_| bad())?;
+    text.strip_prefix("k1:")
+        .map(|k| Some(k.to_string()))
+        .ok_or_else(bad)
+}
+
+/// Encodes the key a next page starts after (none: no next page).
+pub fn next_page_token(after: Option<String>) -> String {
+    after.map_or_else(String::new, |key| {
+        URL_SAFE_NO_PAD.encode(format!("k1:{key}"))
+    })
+}
+
+pub fn timestamp(t: UnixMicros) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.0.div_euclid(1_000_000),
+        nanos: (t.0.rem_euclid(1_000_000) * 1000) as i32,
+    }
+}
+
+fn proto_duration(d: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
+impl From<RoomSettings> for pb::RoomSettings {
+    fn from(s: RoomSettings) -> Self {
+        pb::RoomSettings {
+            max_members: s.max_members,
+            member_events: match s.member_events {
+                MemberEvents::All => pb::MemberEvents::All,
+                MemberEvents::None => pb::MemberEvents::None,
+            } as i32,
+            destroy_when_empty_after: s.destroy_when_empty_after.map(proto_duration),
+            presence_timeout: s.presence_timeout.map(proto_duration),
+        }
+    }
+}
+
+impl From<Room> for pb::Room {
+    fn from(r: Room) -> Self {
+        pb::Room {
+            room_id: r.id.to_string(),
+            name: r.name,
+            attributes: r.attributes.into_iter().collect(),
+            owner_id: r.owner_id,
+            settings: Some(r.settings.into()),
+            member_count: r.member_count,
+            online_count: r.online_count,
+            last_seq: r.last_seq,
+            version: r.version,
+            created_at: Some(timestamp(r.created_at)),
+            updated_at: Some(timestamp(r.updated_at)),
+        }
+    }
+}
+
+impl From<Member> for pb::Member {
+    fn from(m: Member) -> Self {
+        pb::Member {
+            user_id: m.user_id,
+            display_name: m.display_name,
+            role: match m.role {
+                Role::Owner => pb::Role::Owner,
+                Role::Member => pb::Role::Member,
+            } as i32,
+            online: m.online,
+            joined_at: Some(timestamp(m.joined_at)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_tokens_round_trip_and_reject_garbage() {
+        let token = next_page_token(Some("room-7".into()));
+        assert_eq!(page_token(&token).unwrap(), Some("room-7".into()));
+        assert_eq!(next_page_token(None), "");
+        assert_eq!(page_token("").unwrap(), None);
+        assert!(page_token("not base64!").is_err());
+        assert!(page_token(&URL_SAFE_NO_PAD.encode("x:room")).is_err());
+    }
+
+    #[test]
+    fn timestamps_split_micros() {
+        let t = timestamp(UnixMicros(1_700_000_000_123_456));
+        assert_eq!(t.seconds, 1_700_000_000);
+        assert_eq!(t.nanos, 123_456_000);
+    }
+
+    #[test]
+    fn negative_and_zero_durations() {
+        let neg = pb::RoomSettings {
+            presence_timeout: Some(prost_types::Duration {
+                seconds: -1,
+                nanos: 0,
+            }),
+            ..Default::default()
+        };
+        let err = room_settings("settings", Some(neg)).unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidArgument { field, .. } if field == "settings.presence_timeout")
+        );
+        let zero = pb::RoomSettings {
+            presence_timeout: Some(prost_types::Duration::default()),
+            ..Default::default()
+        };
+        assert_eq!(
+            room_settings("settings", Some(zero))
+                .unwrap()
+                .presence_timeout,
+            None
+        );
+    }
+}

@@ -1,0 +1,216 @@
+//! The gRPC layer: identity, decoding and validating requests, calling the room rules,
+//! and encoding answers. It holds no rules of its own.
+
+pub mod convert;
+pub mod status;
+
+use std::pin::Pin;
+
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::error::Error;
+use crate::pb;
+use crate::pb::chat_room_service_server::ChatRoomService;
+use crate::rooms::Rooms;
+use crate::rooms::model::{Caller, PageRequest, RoomFilter, UserId};
+
+/// The metadata key carrying the caller's user id with `--auth header`.
+pub const USER_ID_HEADER: &str = "x-user-id";
+
+/// The ChatRoomService implementation.
+#[derive(Clone)]
+pub struct ChatRoomApi {
+    rooms: Rooms,
+}
+
+impl ChatRoomApi {
+    pub fn new(rooms: Rooms) -> Self {
+        ChatRoomApi { rooms }
+    }
+
+    /// The caller of a request, from its `x-user-id` metadata.
+    fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Error> {
+        let value = request
+            .metadata()
+            .get(USER_ID_HEADER)
+            .ok_or_else(|| Error::Unauthenticated(format!("missing {USER_ID_HEADER} metadata")))?;
+        let text = value
+            .to_str()
+            .map_err(|_| Error::Unauthenticated(format!("{USER_ID_HEADER} is not ASCII")))?;
+        let user = UserId::parse(text)
+            .map_err(|e| Error::Unauthenticated(format!("invalid {USER_ID_HEADER}: {e}")))?;
+        Ok(self.rooms.caller(user))
+    }
+}
+
+type SubscribeStream = Pin<Box<dyn Stream<Item = Result<pb::SubscribeResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ChatRoomService for ChatRoomApi {
+    async fn create_room(
+        &self,
+        request: Request<pb::CreateRoomRequest>,
+    ) -> Result<Response<pb::CreateRoomResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let req = request.into_inner();
+        let display_name = convert::display_name(req.display_name)?;
+        let room = convert::new_room(req.room_id, req.name, req.attributes, req.settings)?;
+        let room = self.rooms.create(&caller, room, display_name).await?;
+        Ok(Response::new(pb::CreateRoomResponse {
+            room: Some(room.into()),
+        }))
+    }
+
+    async fn join_room(
+        &self,
+        request: Request<pb::JoinRoomRequest>,
+    ) -> Result<Response<pb::JoinRoomResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let req = request.into_inner();
+        let room_id = convert::room_id("room_id", req.room_id)?;
+        let display_name = convert::display_name(req.display_name)?;
+        let room = self.rooms.join(&caller, &room_id, display_name).await?;
+        Ok(Response::new(pb::JoinRoomResponse {
+            room: Some(room.into()),
+        }))
+    }
+
+    async fn enter_room(
+        &self,
+        request: Request<pb::EnterRoomRequest>,
+    ) -> Result<Response<pb::EnterRoomResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let req = request.into_inner();
+        let display_name = convert::display_name(req.display_name)?;
+        let room = convert::new_room(req.room_id, req.name, req.attributes, req.settings)?;
+        let (room, created) = self.rooms.enter(&caller, room, display_name).await?;
+        Ok(Response::new(pb::EnterRoomResponse {
+            room: Some(room.into()),
+            created,
+        }))
+    }
+
+    async fn leave_room(
+        &self,
+        request: Request<pb::LeaveRoomRequest>,
+    ) -> Result<Response<pb::LeaveRoomResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let room_id = convert::room_id("room_id", request.into_inner().room_id)?;
+        self.rooms.leave(&caller, &room_id).await?;
+        Ok(Response::new(pb::LeaveRoomResponse {}))
+    }
+
+    async fn switch_room(
+        &self,
+        request: Request<pb::SwitchRoomRequest>,
+    ) -> Result<Response<pb::SwitchRoomResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let req = request.into_inner();
+        let from = convert::room_id("from_room_id", req.from_room_id)?;
+        let to = convert::room_id("to_room_id", req.to_room_id)?;
+        let display_name = convert::display_name(req.display_name)?;
+        let room = self.rooms.switch(&caller, &from, &to, display_name).await?;
+        Ok(Response::new(pb::SwitchRoomResponse {
+            room: Some(room.into()),
+        }))
+    }
+
+    async fn get_room(
+        &self,
+        request: Request<pb::GetRoomRequest>,
+    ) -> Result<Response<pb::GetRoomResponse>, Status> {
+        self.caller(&request)?;
+        let room_id = convert::room_id("room_id", request.into_inner().room_id)?;
+        let room = self.rooms.get(&room_id).await?;
+        Ok(Response::new(pb::GetRoomResponse {
+            room: Some(room.into()),
+        }))
+    }
+
+    async fn list_rooms(
+        &self,
+        request: Request<pb::ListRoomsRequest>,
+    ) -> Result<Response<pb::ListRoomsResponse>, Status> {
+        self.caller(&request)?;
+        let req = request.into_inner();
+        crate::rooms::model::check_name("name", &req.name)?;
+        crate::rooms::model::check_name("name_prefix", &req.name_prefix)?;
+        let page = PageRequest::new(req.page_size, convert::page_token(&req.page_token)?);
+        let filter = RoomFilter {
+            name: req.name,
+            name_prefix: req.name_prefix,
+        };
+        let page = self.rooms.list(&filter, page).await?;
+        Ok(Response::new(pb::ListRoomsResponse {
+            rooms: page.items.into_iter().map(Into::into).collect(),
+            next_page_token: convert::next_page_token(page.next_after),
+        }))
+    }
+
+    async fn update_room(
+        &self,
+        request: Request<pb::UpdateRoomRequest>,
+    ) -> Result<Response<pb::UpdateRoomResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let (room_id, patch) = convert::room_patch(request.into_inner())?;
+        let room = self.rooms.update(&caller, &room_id, patch).await?;
+        Ok(Response::new(pb::UpdateRoomResponse {
+            room: Some(room.into()),
+        }))
+    }
+
+    async fn delete_room(
+        &self,
+        request: Request<pb::DeleteRoomRequest>,
+    ) -> Result<Response<pb::DeleteRoomResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let room_id = convert::room_id("room_id", request.into_inner().room_id)?;
+        self.rooms.delete(&caller, &room_id).await?;
+        Ok(Response::new(pb::DeleteRoomResponse {}))
+    }
+
+    async fn list_members(
+        &self,
+        request: Request<pb::ListMembersRequest>,
+    ) -> Result<Response<pb::ListMembersResponse>, Status> {
+        let caller = self.caller(&request)?;
+        let req = request.into_inner();
+        let room_id = convert::room_id("room_id", req.room_id)?;
+        let page = PageRequest::new(req.page_size, convert::page_token(&req.page_token)?);
+        let page = self
+            .rooms
+            .members(&caller, &room_id, req.online_only, page)
+            .await?;
+        Ok(Response::new(pb::ListMembersResponse {
+            members: page.items.into_iter().map(Into::into).collect(),
+            next_page_token: convert::next_page_token(page.next_after),
+        }))
+    }
+
+    async fn send_message(
+        &self,
+        request: Request<pb::SendMessageRequest>,
+    ) -> Result<Response<pb::SendMessageResponse>, Status> {
+        self.caller(&request)?;
+        Err(Error::Unimplemented("SendMessage").into())
+    }
+
+    async fn list_messages(
+        &self,
+        request: Request<pb::ListMessagesRequest>,
+    ) -> Result<Response<pb::ListMessagesResponse>, Status> {
+        self.caller(&request)?;
+        Err(Error::Unimplemented("ListMessages").into())
+    }
+
+    type SubscribeStream = SubscribeStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<Streaming<pb::SubscribeRequest>>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        self.caller(&request)?;
+        Err(Error::Unimplemented("Subscribe").into())
+    }
+}

@@ -1,0 +1,89 @@
+//! The one mapping from the domain [`Error`] to a gRPC status with rich details:
+//! every status carries a `google.rpc.ErrorInfo` (domain `chatroom`, a stable
+//! `reason`), and bad input also a `google.rpc.BadRequest` naming the field.
+
+use std::collections::HashMap;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::error::Error;
+
+/// The `ErrorInfo.domain` of every error this service returns.
+pub const ERROR_DOMAIN: &str = "chatroom";
+
+impl Error {
+    /// The gRPC code and `ErrorInfo.reason` of this error.
+    pub fn code_and_reason(&self) -> (Code, &'static str) {
+        match self {
+            Error::InvalidArgument { .. } => (Code::InvalidArgument, "INVALID_ARGUMENT"),
+            Error::Unauthenticated(_) => (Code::Unauthenticated, "UNAUTHENTICATED"),
+            Error::RoomNotFound { .. } => (Code::NotFound, "ROOM_NOT_FOUND"),
+            Error::RoomExists { .. } => (Code::AlreadyExists, "ROOM_EXISTS"),
+            Error::RoomFull { .. } => (Code::ResourceExhausted, "ROOM_FULL"),
+            Error::TooManyRooms { .. } => (Code::ResourceExhausted, "TOO_MANY_ROOMS"),
+            Error::NotAMember { .. } => (Code::PermissionDenied, "NOT_A_MEMBER"),
+            Error::NotRoomOwner { .. } => (Code::PermissionDenied, "NOT_ROOM_OWNER"),
+            Error::VersionConflict { .. } => (Code::Aborted, "VERSION_CONFLICT"),
+            Error::Unimplemented(_) => (Code::Unimplemented, "UNIMPLEMENTED"),
+            Error::Unavailable(_) => (Code::Unavailable, "STORE_UNAVAILABLE"),
+            Error::Internal(_) => (Code::Internal, "INTERNAL"),
+        }
+    }
+
+    /// Facts a client may act on, as `ErrorInfo.metadata`.
+    fn metadata(&self) -> HashMap<String, String> {
+        let pairs: Vec<(&str, String)> = match self {
+            Error::InvalidArgument { field, .. } => vec![("field", field.clone())],
+            Error::RoomNotFound { room_id }
+            | Error::RoomExists { room_id }
+            | Error::NotAMember { room_id }
+            | Error::NotRoomOwner { room_id } => vec![("room_id", room_id.clone())],
+            Error::RoomFull {
+                room_id,
+                max_members,
+            } => vec![
+                ("room_id", room_id.clone()),
+                ("max_members", max_members.to_string()),
+            ],
+            Error::TooManyRooms { limit } => vec![("limit", limit.to_string())],
+            Error::VersionConflict {
+                room_id,
+                expected,
+                actual,
+            } => vec![
+                ("room_id", room_id.clone()),
+                ("expected_version", expected.to_string()),
+                ("actual_version", actual.to_string()),
+            ],
+            Error::Unauthenticated(_)
+            | Error::Unimplemented(_)
+            | Error::Unavailable(_)
+            | Error::Internal(_) => vec![],
+        };
+        pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+    }
+}
+
+impl From<Error> for Status {
+    fn from(error: Error) -> Status {
+        let (code, reason) = error.code_and_reason();
+        let message = match &error {
+            // Details of internal failures go to the log, not to clients.
+            Error::Internal(_) => {
+                tracing::error!(%error, "internal error");
+                "internal error".to_string()
+            }
+            Error::Unavailable(_) => {
+                tracing::warn!(%error, "storage unavailable");
+                error.to_string()
+            }
+            _ => error.to_string(),
+        };
+        let mut details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, error.metadata());
+        if let Error::InvalidArgument { field, description } = &error {
+            details.add_bad_request_violation(field.clone(), description.clone());
+        }
+        Status::with_error_details(code, message, details)
+    }
+}

@@ -1,0 +1,64 @@
+//! Typed configuration: every flag has an environment twin, and `chatroom --help`
+//! explains each one.
+
+use std::net::SocketAddr;
+
+use clap::{Parser, ValueEnum};
+
+/// How callers are identified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuthMode {
+    /// Trust the `x-user-id` request metadata (for trusted backends behind your own gateway).
+    Header,
+}
+
+/// The chatroom server: chat rooms over gRPC, stored in SQLite or PostgreSQL.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "chatroom", version, about, long_about = None)]
+pub struct Config {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "CHATROOM_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+
+    /// Where rooms, members and history are stored: `sqlite://FILE` (created if missing)
+    /// or `postgres://USER@HOST:PORT/DB`.
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://chatroom.db")]
+    pub database_url: String,
+
+    /// Most PostgreSQL connections the server opens (SQLite always uses one writer
+    /// and a few readers).
+    #[arg(long, env = "CHATROOM_DB_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    pub db_pool_size: u32,
+
+    /// How callers are identified.
+    #[arg(long, value_enum, env = "CHATROOM_AUTH", default_value = "header")]
+    pub auth: AuthMode,
+
+    /// User ids that may act in any room without being a member (comma-separated).
+    #[arg(long, env = "CHATROOM_ADMIN_USERS", value_delimiter = ',')]
+    pub admin_users: Vec<String>,
+
+    /// Most rooms one user may be a member of at once; 0 means unlimited.
+    #[arg(long, env = "CHATROOM_MAX_ROOMS_PER_USER", default_value_t = 100)]
+    pub max_rooms_per_user: u32,
+
+    /// Log filter, in `tracing` EnvFilter syntax (for example `info,chatroom=debug`).
+    #[arg(long, env = "CHATROOM_LOG", default_value = "info")]
+    pub log: String,
+}
+
+impl Config {
+    /// The defaults of every flag (ignoring the environment), serving `database_url`
+    /// on `listen`. Tests start from this and change what they need.
+    pub fn new(listen: SocketAddr, database_url: impl Into<String>) -> Self {
+        Config {
+            listen,
+            database_url: database_url.into(),
+            db_pool_size: 16,
+            auth: AuthMode::Header,
+            admin_users: Vec::new(),
+            max_rooms_per_user: 100,
+            log: "info".into(),
+        }
+    }
+}

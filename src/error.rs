@@ -1,0 +1,76 @@
+//! The domain error: every way a request can fail, independent of gRPC and SQL.
+//!
+//! `api::status` holds its one mapping to `tonic::Status` (code, `ErrorInfo` reason,
+//! `BadRequest` field); `store` converts database errors into it.
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A request field is malformed or out of bounds. Nothing was written.
+    #[error("invalid {field}: {description}")]
+    InvalidArgument {
+        /// The request field, as named in the proto (`room_id`, `settings.max_members`).
+        field: String,
+        /// What is wrong with it.
+        description: String,
+    },
+    /// The caller's identity is missing or invalid.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The room does not exist.
+    #[error("room {room_id:?} not found")]
+    RoomNotFound { room_id: String },
+    /// A room with this id already exists.
+    #[error("room {room_id:?} already exists")]
+    RoomExists { room_id: String },
+    /// The room has reached its `max_members`.
+    #[error("room {room_id:?} is full ({max_members} members)")]
+    RoomFull { room_id: String, max_members: u32 },
+    /// The user (or stream) is already in as many rooms as allowed.
+    #[error("already in {limit} rooms, the most allowed")]
+    TooManyRooms { limit: u32 },
+    /// The caller must be a member of the room (or an admin).
+    #[error("not a member of room {room_id:?}")]
+    NotAMember { room_id: String },
+    /// The caller must own the room (or be an admin).
+    #[error("only the owner of room {room_id:?} may do this")]
+    NotRoomOwner { room_id: String },
+    /// `expected_version` does not match the room's version.
+    #[error("room {room_id:?} is at version {actual}, not {expected}")]
+    VersionConflict {
+        room_id: String,
+        expected: u64,
+        actual: u64,
+    },
+    /// The operation is part of the contract but not served yet.
+    #[error("{0} is not implemented yet")]
+    Unimplemented(&'static str),
+    /// The database cannot be reached; the request may be retried.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// A bug or an unexpected database answer.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// A malformed request field.
+    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Error::InvalidArgument {
+            field: field.into(),
+            description: description.into(),
+        }
+    }
+
+    /// The same error with its `InvalidArgument` field renamed, for values that are
+    /// validated by a shared parser but arrive under different request fields.
+    pub fn in_field(self, field: &str) -> Self {
+        match self {
+            Error::InvalidArgument { description, .. } => Error::invalid(field, description),
+            other => other,
+        }
+    }
+}
+
+/// Result with the domain error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

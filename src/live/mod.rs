@@ -1,0 +1,109 @@
+//! In-memory live state: which users have streams attached to which rooms.
+//!
+//! The Subscribe stream (next milestone) registers attachments here; room reads use it
+//! for `online`, `online_count` and `ListMembers(online_only)`. It is per process by
+//! design: presence is about connections, and connections end with the process.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use crate::rooms::model::RoomId;
+
+/// Attached-stream counts per room and user.
+#[derive(Debug, Default)]
+pub struct Presence {
+    /// room → user → number of attached streams (entries are removed at zero).
+    rooms: Mutex<HashMap<RoomId, BTreeMap<String, u32>>>,
+}
+
+impl Presence {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records one more stream of `user` attached to `room`.
+    pub fn attach(&self, room: &RoomId, user: &str) {
+        let mut rooms = self.rooms.lock().expect("presence lock");
+        *rooms
+            .entry(room.clone())
+            .or_default()
+            .entry(user.to_string())
+            .or_default() += 1;
+    }
+
+    /// Records one stream fewer; true when the user has no stream left in the room.
+    pub fn detach(&self, room: &RoomId, user: &str) -> bool {
+        let mut rooms = self.rooms.lock().expect("presence lock");
+        let Some(users) = rooms.get_mut(room) else {
+            return true;
+        };
+        let gone = match users.get_mut(user) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            Some(_) => {
+                users.remove(user);
+                true
+            }
+            None => true,
+        };
+        if users.is_empty() {
+            rooms.remove(room);
+        }
+        gone
+    }
+
+    /// How many users have a stream attached to `room`.
+    pub fn online_count(&self, room: &RoomId) -> u32 {
+        let rooms = self.rooms.lock().expect("presence lock");
+        rooms
+            .get(room)
+            .map_or(0, |users| u32::try_from(users.len()).unwrap_or(u32::MAX))
+    }
+
+    /// Whether `user` has a stream attached to `room`.
+    pub fn is_online(&self, room: &RoomId, user: &str) -> bool {
+        let rooms = self.rooms.lock().expect("presence lock");
+        rooms
+            .get(room)
+            .is_some_and(|users| users.contains_key(user))
+    }
+
+    /// Up to `limit` online users of `room` with ids above `after`, in id order.
+    pub fn online_users(&self, room: &RoomId, after: Option<&str>, limit: u32) -> Vec<String> {
+        let rooms = self.rooms.lock().expect("presence lock");
+        let Some(users) = rooms.get(room) else {
+            return Vec::new();
+        };
+        let range = match after {
+            Some(after) => users
+                .range::<str, _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)),
+            None => users.range::<str, _>(..),
+        };
+        range.take(limit as usize).map(|(u, _)| u.clone()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_streams_per_user() {
+        let p = Presence::new();
+        let room = RoomId::parse("r").unwrap();
+        p.attach(&room, "alice");
+        p.attach(&room, "alice");
+        p.attach(&room, "bob");
+        assert_eq!(p.online_count(&room), 2);
+        assert!(!p.detach(&room, "alice"));
+        assert!(p.is_online(&room, "alice"));
+        assert!(p.detach(&room, "alice"));
+        assert!(!p.is_online(&room, "alice"));
+        assert_eq!(p.online_users(&room, None, 10), vec!["bob".to_string()]);
+        assert_eq!(p.online_users(&room, Some("bob"), 10), Vec::<String>::new());
+        assert!(p.detach(&room, "bob"));
+        assert_eq!(p.online_count(&room), 0);
+    }
+}

@@ -1,0 +1,534 @@
+//! Durable state: rooms, members, per-user room counts and message history, in
+//! PostgreSQL or an embedded SQLite file.
+//!
+//! Both backends run the same SQL text (numbered `$n` parameters, `RETURNING`,
+//! `ON CONFLICT`, which both dialects speak); the macros below expand one query body
+//! against whichever pool or transaction the store holds, so each operation is written
+//! once and type-checked for both. The only dialect difference is row locking:
+//! PostgreSQL transactions lock the room row (`FOR UPDATE`) to serialize concurrent
+//! changes to one room, while SQLite has a single writer connection, so its write
+//! transactions are already serialized.
+//!
+//! Locks are always taken rooms first (sorted by id when there are two), then
+//! `user_rooms`, so concurrent transactions cannot deadlock.
+
+mod rows;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use sqlx::{PgPool, Postgres, SqlStr, Sqlite, SqlitePool};
+
+use crate::error::{Error, Result};
+use crate::rooms::model::{Member, NewRoom, Room, RoomFilter, RoomId, UnixMicros};
+use rows::{MemberRow, RoomRow};
+
+/// How long a request waits for a free database connection before failing.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long SQLite waits on a lock held by another process before failing.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Reader connections for SQLite (the writer is always one).
+const SQLITE_READERS: u32 = 4;
+
+/// The room columns, in [`RoomRow`] order.
+macro_rules! room_columns {
+    () => {
+        "room_id, name, attributes, owner_id, max_members, member_events, destroy_after_ms, \
+         presence_timeout_ms, member_count, last_seq, version, created_at_us, updated_at_us"
+    };
+}
+
+/// The member columns, in [`MemberRow`] order.
+macro_rules! member_columns {
+    () => {
+        "user_id, display_name, role, joined_at_us"
+    };
+}
+
+/// Evaluates `$body` with `$c` bound to the backend's read pool.
+macro_rules! on_pool {
+    ($store:expr, $c:ident => $body:expr) => {
+        match &$store.backend {
+            Backend::Postgres(pool) => {
+                let $c = pool;
+                $body
+            }
+            Backend::Sqlite { reader, .. } => {
+                let $c = reader;
+                $body
+            }
+        }
+    };
+}
+
+/// Evaluates `$body` with `$c` bound to the transaction's connection.
+macro_rules! on_tx {
+    ($tx:expr, $c:ident => $body:expr) => {
+        match &mut $tx.inner {
+            TxInner::Postgres(tx) => {
+                let $c = &mut **tx;
+                $body
+            }
+            TxInner::Sqlite(tx) => {
+                let $c = &mut **tx;
+                $body
+            }
+        }
+    };
+}
+
+#[derive(Clone, Debug)]
+enum Backend {
+    Postgres(PgPool),
+    /// One writer connection (SQLite allows one writer at a time; queuing writes in
+    /// the pool instead of in SQLite means no "database is locked"), several readers
+    /// (WAL mode lets them read while the writer writes).
+    Sqlite {
+        writer: SqlitePool,
+        reader: SqlitePool,
+    },
+}
+
+/// The durable store. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    backend: Backend,
+}
+
+impl Store {
+    /// Connects to `database_url` (`sqlite://FILE` or `postgres://…`) and runs the
+    /// migrations of its dialect.
+    pub async fn connect(database_url: &str, pool_size: u32) -> Result<Store> {
+        let backend = if database_url.starts_with("postgres://")
+            || database_url.starts_with("postgresql://")
+        {
+            let options = PgConnectOptions::from_str(database_url)
+                .map_err(|e| Error::invalid("database_url", e.to_string()))?;
+            let pool = PgPoolOptions::new()
+                .max_connections(pool_size)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_with(options)
+                .await?;
+            migrator(POSTGRES_MIGRATIONS)
+                .run(&pool)
+                .await
+                .map_err(migrate_error)?;
+            Backend::Postgres(pool)
+        } else if database_url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(database_url)
+                .map_err(|e| Error::invalid("database_url", e.to_string()))?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .busy_timeout(SQLITE_BUSY_TIMEOUT)
+                .foreign_keys(true);
+            let writer = SqlitePoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_with(options.clone())
+                .await?;
+            migrator(SQLITE_MIGRATIONS)
+                .run(&writer)
+                .await
+                .map_err(migrate_error)?;
+            let reader = SqlitePoolOptions::new()
+                .max_connections(SQLITE_READERS)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_with(options.read_only(true))
+                .await?;
+            Backend::Sqlite { writer, reader }
+        } else {
+            return Err(Error::invalid(
+                "database_url",
+                "must start with sqlite: or postgres://",
+            ));
+        };
+        Ok(Store { backend })
+    }
+
+    /// The backend's name, for logs.
+    pub fn dialect(&self) -> &'static str {
+        match self.backend {
+            Backend::Postgres(_) => "postgres",
+            Backend::Sqlite { .. } => "sqlite",
+        }
+    }
+
+    /// Checks that the database answers (for the health service).
+    pub async fn ping(&self) -> Result<()> {
+        on_pool!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(drop))?;
+        Ok(())
+    }
+
+    /// Closes every connection, waiting for those in use to be returned.
+    pub async fn close(&self) {
+        match &self.backend {
+            Backend::Postgres(pool) => pool.close().await,
+            Backend::Sqlite { writer, reader } => {
+                reader.close().await;
+                writer.close().await;
+            }
+        }
+    }
+
+    /// Starts a write transaction.
+    pub async fn begin(&self) -> Result<Tx> {
+        let inner = match &self.backend {
+            Backend::Postgres(pool) => TxInner::Postgres(pool.begin().await?),
+            Backend::Sqlite { writer, .. } => TxInner::Sqlite(writer.begin().await?),
+        };
+        Ok(Tx { inner })
+    }
+
+    /// Reads a room.
+    pub async fn room(&self, room_id: &RoomId) -> Result<Option<Room>> {
+        let row: Option<RoomRow> = on_pool!(self, pool => {
+            sqlx::query_as(concat!("SELECT ", room_columns!(), " FROM rooms WHERE room_id = $1"))
+                .bind(room_id.as_str())
+                .fetch_optional(pool)
+                .await
+        })?;
+        row.map(Room::try_from).transpose()
+    }
+
+    /// Reads up to `limit` rooms matching `filter` with ids above `after`, by id.
+    pub async fn rooms(
+        &self,
+        filter: &RoomFilter,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Room>> {
+        let rows: Vec<RoomRow> = on_pool!(self, pool => {
+            sqlx::query_as(concat!(
+                "SELECT ", room_columns!(), " FROM rooms \
+                 WHERE ($1 = '' OR name = $1) \
+                   AND ($2 = '' OR substr(name, 1, length($2)) = $2) \
+                   AND room_id > $3 \
+                 ORDER BY room_id LIMIT $4"
+            ))
+            .bind(&filter.name)
+            .bind(&filter.name_prefix)
+            .bind(after.unwrap_or(""))
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await
+        })?;
+        rows.into_iter().map(Room::try_from).collect()
+    }
+
+    /// Reads one member of a room.
+    pub async fn member(&self, room_id: &RoomId, user_id: &str) -> Result<Option<Member>> {
+        let row: Option<MemberRow> = on_pool!(self, pool => {
+            sqlx::query_as(concat!(
+                "SELECT ", member_columns!(), " FROM members WHERE room_id = $1 AND user_id = $2"
+            ))
+            .bind(room_id.as_str())
+            .bind(user_id)
+            .fetch_optional(pool)
+            .await
+        })?;
+        row.map(Member::try_from).transpose()
+    }
+
+    /// Reads up to `limit` members of a room with user ids above `after`, by user id.
+    pub async fn members(
+        &self,
+        room_id: &RoomId,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Member>> {
+        let rows: Vec<MemberRow> = on_pool!(self, pool => {
+            sqlx::query_as(concat!(
+                "SELECT ", member_columns!(), " FROM members \
+                 WHERE room_id = $1 AND user_id > $2 ORDER BY user_id LIMIT $3"
+            ))
+            .bind(room_id.as_str())
+            .bind(after.unwrap_or(""))
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await
+        })?;
+        rows.into_iter().map(Member::try_from).collect()
+    }
+}
+
+enum TxInner {
+    Postgres(sqlx::Transaction<'static, Postgres>),
+    Sqlite(sqlx::Transaction<'static, Sqlite>),
+}
+
+/// A write transaction. Dropping it without [`Tx::commit`] rolls it back, so an
+/// error anywhere in a multi-step change leaves nothing written.
+pub struct Tx {
+    inner: TxInner,
+}
+
+impl Tx {
+    pub async fn commit(self) -> Result<()> {
+        match self.inner {
+            TxInner::Postgres(tx) => tx.commit().await?,
+            TxInner::Sqlite(tx) => tx.commit().await?,
+        }
+        Ok(())
+    }
+
+    /// Reads a room and holds it against concurrent change until the transaction ends.
+    pub async fn lock_room(&mut self, room_id: &RoomId) -> Result<Option<Room>> {
+        let row: Option<RoomRow> = match &mut self.inner {
+            TxInner::Postgres(tx) => {
+                sqlx::query_as(concat!(
+                    "SELECT ",
+                    room_columns!(),
+                    " FROM rooms WHERE room_id = $1 FOR UPDATE"
+                ))
+                .bind(room_id.as_str())
+                .fetch_optional(&mut **tx)
+                .await?
+            }
+            // The single writer connection already serializes write transactions.
+            TxInner::Sqlite(tx) => {
+                sqlx::query_as(concat!(
+                    "SELECT ",
+                    room_columns!(),
+                    " FROM rooms WHERE room_id = $1"
+                ))
+                .bind(room_id.as_str())
+                .fetch_optional(&mut **tx)
+                .await?
+            }
+        };
+        row.map(Room::try_from).transpose()
+    }
+
+    /// Inserts a room with no members; false when the id is taken.
+    pub async fn insert_room(
+        &mut self,
+        room: &NewRoom,
+        owner_id: &str,
+        now: UnixMicros,
+    ) -> Result<bool> {
+        let settings = rows::SettingsColumns::from(&room.settings);
+        let attributes = rows::attributes_json(&room.attributes);
+        let inserted: Option<(String,)> = on_tx!(self, c => {
+            sqlx::query_as(
+                "INSERT INTO rooms (room_id, name, attributes, owner_id, max_members, member_events, \
+                     destroy_after_ms, presence_timeout_ms, member_count, last_seq, version, \
+                     created_at_us, updated_at_us, empty_since_us) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, 0, 1, $9, $9, $9) \
+                 ON CONFLICT (room_id) DO NOTHING RETURNING room_id",
+            )
+            .bind(room.id.as_str())
+            .bind(&room.name)
+            .bind(&attributes)
+            .bind(owner_id)
+            .bind(settings.max_members)
+            .bind(settings.member_events)
+            .bind(settings.destroy_after_ms)
+            .bind(settings.presence_timeout_ms)
+            .bind(now.0)
+            .fetch_optional(c)
+            .await
+        })?;
+        Ok(inserted.is_some())
+    }
+
+    /// Reads one member of a room.
+    pub async fn member(&mut self, room_id: &RoomId, user_id: &str) -> Result<Option<Member>> {
+        let row: Option<MemberRow> = on_tx!(self, c => {
+            sqlx::query_as(concat!(
+                "SELECT ", member_columns!(), " FROM members WHERE room_id = $1 AND user_id = $2"
+            ))
+            .bind(room_id.as_str())
+            .bind(user_id)
+            .fetch_optional(c)
+            .await
+        })?;
+        row.map(Member::try_from).transpose()
+    }
+
+    /// Adds a member (the caller has checked it is not one already).
+    pub async fn insert_member(&mut self, room_id: &RoomId, member: &Member) -> Result<()> {
+        on_tx!(self, c => {
+            sqlx::query(
+                "INSERT INTO members (room_id, user_id, display_name, role, joined_at_us) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(room_id.as_str())
+            .bind(&member.user_id)
+            .bind(&member.display_name)
+            .bind(rows::role_column(member.role))
+            .bind(member.joined_at.0)
+            .execute(c)
+            .await
+            .map(drop)
+        })?;
+        Ok(())
+    }
+
+    /// Removes a member, returning it; `None` when the user was not a member.
+    pub async fn delete_member(
+        &mut self,
+        room_id: &RoomId,
+        user_id: &str,
+    ) -> Result<Option<Member>> {
+        let row: Option<MemberRow> = on_tx!(self, c => {
+            sqlx::query_as(concat!(
+                "DELETE FROM members WHERE room_id = $1 AND user_id = $2 RETURNING ",
+                member_columns!()
+            ))
+            .bind(room_id.as_str())
+            .bind(user_id)
+            .fetch_optional(c)
+            .await
+        })?;
+        row.map(Member::try_from).transpose()
+    }
+
+    /// Adds `delta` to the room's member count, records when it became empty, and
+    /// returns the room.
+    pub async fn change_member_count(
+        &mut self,
+        room_id: &RoomId,
+        delta: i64,
+        now: UnixMicros,
+    ) -> Result<Room> {
+        let row: RoomRow = on_tx!(self, c => {
+            sqlx::query_as(concat!(
+                "UPDATE rooms SET member_count = member_count + $2, \
+                     empty_since_us = CASE WHEN member_count + $2 = 0 THEN $3 ELSE NULL END \
+                 WHERE room_id = $1 RETURNING ",
+                room_columns!()
+            ))
+            .bind(room_id.as_str())
+            .bind(delta)
+            .bind(now.0)
+            .fetch_one(c)
+            .await
+        })?;
+        Room::try_from(row)
+    }
+
+    /// Counts one more room for `user_id` unless that would exceed `limit` (0 means
+    /// unlimited); false when it would.
+    pub async fn claim_room_slot(&mut self, user_id: &str, limit: u32) -> Result<bool> {
+        let claimed: Option<(i64,)> = on_tx!(self, c => {
+            sqlx::query_as(
+                "INSERT INTO user_rooms (user_id, room_count) VALUES ($1, 1) \
+                 ON CONFLICT (user_id) DO UPDATE SET room_count = user_rooms.room_count + 1 \
+                 WHERE $2 = 0 OR user_rooms.room_count < $2 \
+                 RETURNING room_count",
+            )
+            .bind(user_id)
+            .bind(i64::from(limit))
+            .fetch_optional(c)
+            .await
+        })?;
+        Ok(claimed.is_some())
+    }
+
+    /// Counts one room fewer for `user_id`.
+    pub async fn release_room_slot(&mut self, user_id: &str) -> Result<()> {
+        on_tx!(self, c => {
+            sqlx::query("UPDATE user_rooms SET room_count = room_count - 1 WHERE user_id = $1")
+                .bind(user_id)
+                .execute(c)
+                .await
+                .map(drop)
+        })?;
+        Ok(())
+    }
+
+    /// Writes a room's name, attributes and settings, advances its version and
+    /// returns it.
+    pub async fn update_room(&mut self, room: &Room, now: UnixMicros) -> Result<Room> {
+        let settings = rows::SettingsColumns::from(&room.settings);
+        let attributes = rows::attributes_json(&room.attributes);
+        let row: RoomRow = on_tx!(self, c => {
+            sqlx::query_as(concat!(
+                "UPDATE rooms SET name = $2, attributes = $3, max_members = $4, member_events = $5, \
+                     destroy_after_ms = $6, presence_timeout_ms = $7, version = version + 1, \
+                     updated_at_us = $8 \
+                 WHERE room_id = $1 RETURNING ",
+                room_columns!()
+            ))
+            .bind(room.id.as_str())
+            .bind(&room.name)
+            .bind(&attributes)
+            .bind(settings.max_members)
+            .bind(settings.member_events)
+            .bind(settings.destroy_after_ms)
+            .bind(settings.presence_timeout_ms)
+            .bind(now.0)
+            .fetch_one(c)
+            .await
+        })?;
+        Room::try_from(row)
+    }
+
+    /// Deletes a room with its members and history, releasing each member's room slot.
+    pub async fn delete_room(&mut self, room_id: &RoomId) -> Result<()> {
+        const STEPS: [&str; 4] = [
+            "UPDATE user_rooms SET room_count = room_count - 1 \
+             WHERE user_id IN (SELECT user_id FROM members WHERE room_id = $1)",
+            "DELETE FROM messages WHERE room_id = $1",
+            "DELETE FROM members WHERE room_id = $1",
+            "DELETE FROM rooms WHERE room_id = $1",
+        ];
+        for step in STEPS {
+            on_tx!(self, c => sqlx::query(step).bind(room_id.as_str()).execute(c).await.map(drop))?;
+        }
+        Ok(())
+    }
+}
+
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "init",
+    include_str!("../../migrations/postgres/0001_init.sql"),
+)];
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "init",
+    include_str!("../../migrations/sqlite/0001_init.sql"),
+)];
+
+/// sqlx's migrator over the embedded migration files of one dialect (embedded, so the
+/// binary runs anywhere; sqlx records applied versions and checksums).
+fn migrator(migrations: &'static [(i64, &'static str, &'static str)]) -> Migrator {
+    Migrator::with_migrations(
+        migrations
+            .iter()
+            .map(|&(version, description, sql)| {
+                Migration::new(
+                    version,
+                    description.into(),
+                    MigrationType::Simple,
+                    SqlStr::from_static(sql),
+                    false,
+                )
+            })
+            .collect(),
+    )
+}
+
+fn migrate_error(e: sqlx::migrate::MigrateError) -> Error {
+    match e {
+        sqlx::migrate::MigrateError::Execute(e) => e.into(),
+        other => Error::Internal(format!("migration failed: {other}")),
+    }
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_) => Error::Unavailable(e.to_string()),
+            other => Error::Internal(other.to_string()),
+        }
+    }
+}

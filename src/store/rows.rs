@@ -1,0 +1,130 @@
+//! Rows as the database returns them, and their conversion to domain types.
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::rooms::model::{
+    Attributes, Member, MemberEvents, Role, Room, RoomId, RoomSettings, UnixMicros,
+};
+
+#[derive(sqlx::FromRow)]
+pub(super) struct RoomRow {
+    room_id: String,
+    name: String,
+    attributes: String,
+    owner_id: String,
+    max_members: i64,
+    member_events: i64,
+    destroy_after_ms: Option<i64>,
+    presence_timeout_ms: Option<i64>,
+    member_count: i64,
+    last_seq: i64,
+    version: i64,
+    created_at_us: i64,
+    updated_at_us: i64,
+}
+
+impl TryFrom<RoomRow> for Room {
+    type Error = Error;
+
+    fn try_from(row: RoomRow) -> Result<Room> {
+        let attributes: Attributes =
+            serde_json::from_str(&row.attributes).map_err(|e| corrupt("rooms.attributes", e))?;
+        Ok(Room {
+            id: RoomId::from_stored(row.room_id),
+            name: row.name,
+            attributes,
+            owner_id: row.owner_id,
+            settings: RoomSettings {
+                max_members: to_u32("rooms.max_members", row.max_members)?,
+                member_events: match row.member_events {
+                    1 => MemberEvents::None,
+                    _ => MemberEvents::All,
+                },
+                destroy_when_empty_after: row.destroy_after_ms.map(millis),
+                presence_timeout: row.presence_timeout_ms.map(millis),
+            },
+            member_count: to_u32("rooms.member_count", row.member_count)?,
+            online_count: 0,
+            last_seq: to_u64("rooms.last_seq", row.last_seq)?,
+            version: to_u64("rooms.version", row.version)?,
+            created_at: UnixMicros(row.created_at_us),
+            updated_at: UnixMicros(row.updated_at_us),
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct MemberRow {
+    user_id: String,
+    display_name: String,
+    role: i64,
+    joined_at_us: i64,
+}
+
+impl TryFrom<MemberRow> for Member {
+    type Error = Error;
+
+    fn try_from(row: MemberRow) -> Result<Member> {
+        Ok(Member {
+            user_id: row.user_id,
+            display_name: row.display_name,
+            role: match row.role {
+                1 => Role::Owner,
+                _ => Role::Member,
+            },
+            online: false,
+            joined_at: UnixMicros(row.joined_at_us),
+        })
+    }
+}
+
+/// Settings as the columns hold them.
+pub(super) struct SettingsColumns {
+    pub max_members: i64,
+    pub member_events: i64,
+    pub destroy_after_ms: Option<i64>,
+    pub presence_timeout_ms: Option<i64>,
+}
+
+impl From<&RoomSettings> for SettingsColumns {
+    fn from(s: &RoomSettings) -> Self {
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        SettingsColumns {
+            max_members: i64::from(s.max_members),
+            member_events: match s.member_events {
+                MemberEvents::All => 0,
+                MemberEvents::None => 1,
+            },
+            destroy_after_ms: s.destroy_when_empty_after.map(ms),
+            presence_timeout_ms: s.presence_timeout.map(ms),
+        }
+    }
+}
+
+pub(super) fn role_column(role: Role) -> i64 {
+    match role {
+        Role::Owner => 1,
+        Role::Member => 2,
+    }
+}
+
+pub(super) fn attributes_json(attributes: &Attributes) -> String {
+    serde_json::to_string(attributes).expect("a map of strings always serializes")
+}
+
+fn millis(ms: i64) -> Duration {
+    Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+fn to_u32(column: &str, v: i64) -> Result<u32> {
+    u32::try_from(v).map_err(|_| corrupt(column, format!("{v} is out of range")))
+}
+
+fn to_u64(column: &str, v: i64) -> Result<u64> {
+    u64::try_from(v).map_err(|_| corrupt(column, format!("{v} is out of range")))
+}
+
+fn corrupt(column: &str, e: impl std::fmt::Display) -> Error {
+    Error::Internal(format!("unexpected value in {column}: {e}"))
+}

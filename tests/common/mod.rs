@@ -1,0 +1,331 @@
+//! Test harness: a real server on a real TCP port, over a fresh SQLite file or a fresh
+//! PostgreSQL database per test, and a real gRPC client.
+//!
+//! PostgreSQL comes from `DATABASE_URL` (when it is a postgres:// URL) or
+//! `postgres://postgres@127.0.0.1:5432/postgres`. A test that cannot reach it fails;
+//! nothing is skipped.
+
+#![allow(dead_code)]
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::Connection;
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+use tonic_types::StatusExt;
+
+use chatroom::Config;
+use chatroom::pb;
+use chatroom::pb::chat_room_service_client::ChatRoomServiceClient;
+
+/// Which store a test runs against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs each named `async fn name(backend: Backend)` as two tests, `sqlite::name` and
+/// `postgres::name`.
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Backend::Postgres).await
+                }
+            )*
+        }
+    };
+}
+
+/// A database of its own for one test.
+pub struct TestDb {
+    pub url: String,
+    backend: Backend,
+    /// Keeps the SQLite directory alive; removed on drop.
+    _dir: Option<tempfile::TempDir>,
+    pg_name: Option<String>,
+}
+
+fn postgres_admin_url() -> String {
+    match std::env::var("DATABASE_URL") {
+        Ok(url) if url.starts_with("postgres") => url,
+        _ => "postgres://postgres@127.0.0.1:5432/postgres".to_string(),
+    }
+}
+
+/// `url` with its database name replaced by `name`.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let host_part = match base[scheme_end..].find('/') {
+        Some(i) => &base[..scheme_end + i],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{host_part}/{name}?{q}"),
+        None => format!("{host_part}/{name}"),
+    }
+}
+
+async fn admin_connection() -> PgConnection {
+    let url = postgres_admin_url();
+    let options = PgConnectOptions::from_str(&url).expect("valid PostgreSQL URL");
+    PgConnection::connect_with(&options)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL tests need a server at {url} ({e}). Run scripts/test.sh, which \
+             provisions one, or set DATABASE_URL to a postgres:// URL."
+            )
+        })
+}
+
+impl TestDb {
+    pub async fn new(backend: Backend) -> TestDb {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let url = format!("sqlite://{}", dir.path().join("chatroom.db").display());
+                TestDb {
+                    url,
+                    backend,
+                    _dir: Some(dir),
+                    pg_name: None,
+                }
+            }
+            Backend::Postgres => {
+                let name = format!("chatroom_t_{}", uuid::Uuid::now_v7().simple());
+                let mut admin = admin_connection().await;
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+                    .execute(&mut admin)
+                    .await
+                    .expect("create test database");
+                TestDb {
+                    url: with_database(&postgres_admin_url(), &name),
+                    backend,
+                    _dir: None,
+                    pg_name: Some(name),
+                }
+            }
+        }
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Drops a PostgreSQL test database (SQLite files go with the temp dir).
+    pub async fn remove(self) {
+        if let Some(name) = &self.pg_name {
+            let mut admin = admin_connection().await;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+            )))
+            .execute(&mut admin)
+            .await
+            .expect("drop test database");
+        }
+    }
+}
+
+/// A running server.
+pub struct TestServer {
+    pub addr: std::net::SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl TestServer {
+    /// Starts a server over `db` with default limits, changed by `configure`.
+    pub async fn start(db: &TestDb, configure: impl FnOnce(&mut Config)) -> TestServer {
+        chatroom::init_telemetry("warn");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+        let addr = listener.local_addr().unwrap();
+        let mut config = Config::new(addr, db.url.clone());
+        config.db_pool_size = 8;
+        configure(&mut config);
+        let (tx, rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(async move {
+            chatroom::serve(config, listener, async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("server runs and stops cleanly");
+        });
+        let server = TestServer {
+            addr,
+            shutdown: Some(tx),
+            handle: Some(handle),
+        };
+        server.wait_until_serving().await;
+        server
+    }
+
+    /// Waits until the gRPC port answers (migrations run before it is served).
+    async fn wait_until_serving(&self) {
+        let mut health = tonic_health::pb::health_client::HealthClient::new(self.channel().await);
+        for _ in 0..200 {
+            let req = tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            };
+            if let Ok(r) = health.check(req).await
+                && r.into_inner().status
+                    == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("server on {} did not become healthy", self.addr);
+    }
+
+    /// A channel to the server; connects lazily and retries until the port is up.
+    pub async fn channel(&self) -> Channel {
+        Endpoint::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect_lazy()
+    }
+
+    /// A client acting as `user`.
+    pub async fn client(&self, user: &str) -> Client {
+        ChatRoomServiceClient::with_interceptor(self.channel().await, UserHeader::new(user))
+    }
+
+    /// A client with no identity.
+    pub async fn anonymous(&self) -> ChatRoomServiceClient<Channel> {
+        ChatRoomServiceClient::new(self.channel().await)
+    }
+
+    /// Stops the server gracefully and waits until it has closed the database.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(handle) = self.handle.take() {
+            handle.await.expect("server task");
+        }
+    }
+}
+
+/// Adds `x-user-id` to every request.
+#[derive(Clone)]
+pub struct UserHeader(MetadataValue<Ascii>);
+
+impl UserHeader {
+    pub fn new(user: &str) -> Self {
+        UserHeader(user.parse().expect("ASCII user id"))
+    }
+}
+
+impl Interceptor for UserHeader {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        request.metadata_mut().insert("x-user-id", self.0.clone());
+        Ok(request)
+    }
+}
+
+pub type Client = ChatRoomServiceClient<InterceptedService<Channel, UserHeader>>;
+
+/// Asserts `status` has `code` and an ErrorInfo with `reason` in domain `chatroom`.
+#[track_caller]
+pub fn assert_error(status: &Status, code: Code, reason: &str) {
+    assert_eq!(status.code(), code, "unexpected status: {status:?}");
+    let info = status
+        .get_details_error_info()
+        .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
+    assert_eq!(info.reason, reason, "unexpected reason in {status:?}");
+    assert_eq!(info.domain, "chatroom");
+}
+
+/// Asserts `status` is INVALID_ARGUMENT with a BadRequest violation naming `field`.
+#[track_caller]
+pub fn assert_bad_request(status: &Status, field: &str) {
+    assert_error(status, Code::InvalidArgument, "INVALID_ARGUMENT");
+    let bad = status
+        .get_details_bad_request()
+        .unwrap_or_else(|| panic!("no BadRequest in {status:?}"));
+    assert!(
+        bad.field_violations.iter().any(|v| v.field == field),
+        "expected a violation of {field} in {status:?}"
+    );
+}
+
+/// A CreateRoom request for `room_id` with defaults.
+pub fn create(room_id: &str) -> pb::CreateRoomRequest {
+    pb::CreateRoomRequest {
+        room_id: room_id.into(),
+        name: format!("room {room_id}"),
+        ..Default::default()
+    }
+}
+
+/// An EnterRoom request for `room_id` with defaults.
+pub fn enter(room_id: &str) -> pb::EnterRoomRequest {
+    pb::EnterRoomRequest {
+        room_id: room_id.into(),
+        name: format!("room {room_id}"),
+        ..Default::default()
+    }
+}
+
+pub fn join(room_id: &str) -> pb::JoinRoomRequest {
+    pb::JoinRoomRequest {
+        room_id: room_id.into(),
+        display_name: String::new(),
+    }
+}
+
+pub async fn get_room(client: &mut Client, room_id: &str) -> Result<pb::Room, Status> {
+    client
+        .get_room(pb::GetRoomRequest {
+            room_id: room_id.into(),
+        })
+        .await
+        .map(|r| r.into_inner().room.expect("room"))
+}
+
+/// Every member of a room, across pages.
+pub async fn all_members(client: &mut Client, room_id: &str) -> Vec<pb::Member> {
+    let mut members = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = client
+            .list_members(pb::ListMembersRequest {
+                room_id: room_id.into(),
+                online_only: false,
+                page_size: 100,
+                page_token: token,
+            })
+            .await
+            .expect("list members")
+            .into_inner();
+        members.extend(page.members);
+        if page.next_page_token.is_empty() {
+            return members;
+        }
+        token = page.next_page_token;
+    }
+}
