@@ -86,12 +86,8 @@ pub async fn serve(
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     let health_task = tokio::spawn(watch_database(store.clone(), health_reporter));
 
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
 
     let result = tonic::transport::Server::builder()
         .add_service(health_service)
@@ -107,6 +103,15 @@ pub async fn serve(
     Ok(result?)
 }
 
+/// Reflection over every served type: the contract, health, and `google.rpc` error
+/// details (so grpcurl can describe the health service and print `ErrorInfo`).
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+}
+
 /// Keeps the health service's status in step with the database: NOT_SERVING while it
 /// does not answer, SERVING once it does again.
 async fn watch_database(store: store::Store, reporter: HealthReporter) {
@@ -114,7 +119,9 @@ async fn watch_database(store: store::Store, reporter: HealthReporter) {
         <pb::chat_room_service_server::ChatRoomServiceServer<api::ChatRoomApi> as tonic::server::NamedService>::NAME;
     let mut last = None;
     loop {
-        let status = match store.ping().await {
+        let ping = tokio::time::timeout(HEALTH_CHECK_INTERVAL, store.ping()).await;
+        let status = match ping.unwrap_or_else(|_| Err(Error::Unavailable("ping timed out".into())))
+        {
             Ok(()) => ServingStatus::Serving,
             Err(error) => {
                 if last != Some(ServingStatus::NotServing) {
