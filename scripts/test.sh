@@ -52,7 +52,9 @@ start_throwaway_cluster() {
     "${as[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/log" -w \
         -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off" start >/dev/null \
         || die "PostgreSQL did not start (see $dir/log)"
-    trap '"${as[@]}" "$bin/pg_ctl" -D "$dir/data" -m fast stop >/dev/null 2>&1 || true' EXIT
+    # Expanded now: the function's locals are gone when the trap runs.
+    # shellcheck disable=SC2064
+    trap "${as[*]} '$bin/pg_ctl' -D '$dir/data' -m fast stop >/dev/null 2>&1 || true" EXIT
     export DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
 }
 
