@@ -42,6 +42,28 @@ pub struct Config {
     #[arg(long, env = "CHATROOM_MAX_ROOMS_PER_USER", default_value_t = 100)]
     pub max_rooms_per_user: u32,
 
+    /// Most rooms one Subscribe stream may attach at once.
+    #[arg(long, env = "CHATROOM_MAX_ROOMS_PER_STREAM", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_rooms_per_stream: u32,
+
+    /// Largest message `text`, in bytes.
+    #[arg(long, env = "CHATROOM_MAX_TEXT_BYTES", default_value_t = 16 * 1024)]
+    pub max_text_bytes: usize,
+
+    /// Largest message `payload`, in bytes.
+    #[arg(long, env = "CHATROOM_MAX_PAYLOAD_BYTES", default_value_t = 64 * 1024)]
+    pub max_payload_bytes: usize,
+
+    /// Events each live room keeps for streams that read slower than it gets them; a
+    /// stream further behind catches up on CHAT from the database (and misses BARRAGE
+    /// and COMMAND).
+    #[arg(long, env = "CHATROOM_ROOM_BUFFER", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub room_buffer: u32,
+
+    /// How long member join/leave events are gathered into one frame, in milliseconds.
+    #[arg(long, env = "CHATROOM_MEMBER_EVENT_WINDOW_MS", default_value_t = 50)]
+    pub member_event_window_ms: u64,
+
     /// Log filter, in `tracing` EnvFilter syntax (for example `info,chatroom=debug`).
     #[arg(long, env = "CHATROOM_LOG", default_value = "info")]
     pub log: String,
@@ -58,6 +80,11 @@ impl Config {
             auth: AuthMode::Header,
             admin_users: Vec::new(),
             max_rooms_per_user: 100,
+            max_rooms_per_stream: 16,
+            max_text_bytes: 16 * 1024,
+            max_payload_bytes: 64 * 1024,
+            room_buffer: 1024,
+            member_event_window_ms: 50,
             log: "info".into(),
         }
     }

@@ -42,9 +42,12 @@ pub enum Error {
         expected: u64,
         actual: u64,
     },
-    /// The operation is part of the contract but not served yet.
-    #[error("{0} is not implemented yet")]
-    Unimplemented(&'static str),
+    /// The room is already attached to this stream.
+    #[error("room {room_id:?} is already attached to this stream")]
+    AlreadyAttached { room_id: String },
+    /// The room is not attached to this stream.
+    #[error("room {room_id:?} is not attached to this stream")]
+    NotAttached { room_id: String },
     /// The database cannot be reached; the request may be retried.
     #[error("storage unavailable: {0}")]
     Unavailable(String),

@@ -13,7 +13,8 @@
 //! - [`error`]: the domain error enum; [`api::status`] holds its one mapping to gRPC.
 //! - [`api`]: the gRPC layer only — identity, proto ↔ domain conversion, the service.
 //! - [`rooms`]: the rules — membership, limits, permissions. No tonic, no SQL.
-//! - [`live`]: in-memory live state (presence of attached streams).
+//! - [`live`]: in-memory live state: fan-out hubs, the message writer, presence.
+//! - [`wire`]: domain values in their protobuf form.
 //! - [`store`]: SQL, with a PostgreSQL and a SQLite backend sharing one query text.
 //! - [`pb`]: code generated from `proto/chatroom/v1/chatroom.proto` (the contract).
 //!
@@ -27,6 +28,7 @@ pub mod error;
 pub mod live;
 pub mod rooms;
 pub mod store;
+pub mod wire;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -75,20 +77,54 @@ pub async fn serve(
         "chatroom serving"
     );
 
-    let presence = Arc::new(live::Presence::new());
+    // Members online when the last process ended have been offline since.
+    store
+        .mark_all_offline(rooms::model::UnixMicros::now())
+        .await?;
+
+    let hubs = Arc::new(live::Hubs::new(
+        config.room_buffer as usize,
+        Duration::from_millis(config.member_event_window_ms),
+    ));
+    let (sequencer, writer) = live::Sequencer::start(store.clone(), hubs.clone());
+    let live = rooms::Live {
+        hubs,
+        presence: Arc::new(live::Presence::new()),
+        sequencer,
+    };
     let limits = rooms::Limits {
         max_rooms_per_user: config.max_rooms_per_user,
+        messages: rooms::model::MessageLimits {
+            max_text_bytes: config.max_text_bytes,
+            max_payload_bytes: config.max_payload_bytes,
+        },
     };
-    let rooms = rooms::Rooms::new(store.clone(), presence, limits, config.admin_users.clone());
-    let service =
-        pb::chat_room_service_server::ChatRoomServiceServer::new(api::ChatRoomApi::new(rooms));
+    let rooms = rooms::Rooms::new(store.clone(), live, limits, config.admin_users.clone());
+
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let expiry = rooms::expiry::start(rooms.clone(), stop.clone());
+    let session_limits = api::SessionLimits {
+        max_rooms_per_stream: config.max_rooms_per_stream as usize,
+    };
+    let service = api::server::chat_room_service_server::ChatRoomServiceServer::new(
+        api::ChatRoomApi::new(rooms, session_limits, stop),
+    );
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    // The database just answered (migrations ran): serving from the first call on.
+    set_health(&health_reporter, ServingStatus::Serving).await;
     let health_task = tokio::spawn(watch_database(store.clone(), health_reporter));
 
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
+    // Shutdown order: stop accepting and tell Subscribe streams to end (they answer
+    // their sends in flight, then end with UNAVAILABLE); tonic waits for in-flight
+    // calls; then the writer stores what it was handed and the store closes.
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
     let result = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -98,6 +134,11 @@ pub async fn serve(
         .await;
 
     health_task.abort();
+    // The expiry task holds the last handle to the writer besides the service.
+    let _ = expiry.await;
+    if let Err(error) = writer.await {
+        tracing::error!(%error, "the message writer failed");
+    }
     store.close().await;
     tracing::info!("chatroom stopped");
     Ok(result?)
@@ -115,10 +156,9 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
 /// Keeps the health service's status in step with the database: NOT_SERVING while it
 /// does not answer, SERVING once it does again.
 async fn watch_database(store: store::Store, reporter: HealthReporter) {
-    const SERVICE: &str =
-        <pb::chat_room_service_server::ChatRoomServiceServer<api::ChatRoomApi> as tonic::server::NamedService>::NAME;
-    let mut last = None;
+    let mut last = Some(ServingStatus::Serving);
     loop {
+        tokio::time::sleep(HEALTH_CHECK_INTERVAL).await;
         let ping = tokio::time::timeout(HEALTH_CHECK_INTERVAL, store.ping()).await;
         let status = match ping.unwrap_or_else(|_| Err(Error::Unavailable("ping timed out".into())))
         {
@@ -131,10 +171,17 @@ async fn watch_database(store: store::Store, reporter: HealthReporter) {
             }
         };
         if last != Some(status) {
-            reporter.set_service_status("", status).await;
-            reporter.set_service_status(SERVICE, status).await;
+            set_health(&reporter, status).await;
             last = Some(status);
         }
-        tokio::time::sleep(HEALTH_CHECK_INTERVAL).await;
     }
+}
+
+/// Sets the status of the chatroom service and of the server as a whole ("").
+async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
+    const SERVICE: &str = <api::server::chat_room_service_server::ChatRoomServiceServer<
+        api::ChatRoomApi,
+    > as tonic::server::NamedService>::NAME;
+    reporter.set_service_status(SERVICE, status).await;
+    reporter.set_service_status("", status).await;
 }

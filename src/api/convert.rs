@@ -9,8 +9,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use crate::error::{Error, Result};
 use crate::pb;
 use crate::rooms::model::{
-    Attributes, Member, MemberEvents, NewRoom, Role, Room, RoomId, RoomPatch, RoomSettings,
-    UnixMicros, check_attributes, check_name,
+    Attributes, DEFAULT_MESSAGE_LIMIT, Draft, HistoryRange, MAX_MESSAGE_LIMIT, MemberEvents,
+    MessageKind, MessageLimits, NewRoom, RoomId, RoomPatch, RoomSettings, check_attributes,
+    check_name,
 };
 
 /// Parses a room id that arrives in the request field `field`.
@@ -120,6 +121,52 @@ pub fn room_patch(req: pb::UpdateRoomRequest) -> Result<(RoomId, RoomPatch)> {
     ))
 }
 
+/// A message to send, validated against the limits.
+pub fn draft(req: pb::SendMessageRequest, limits: &MessageLimits) -> Result<Draft> {
+    let room_id = room_id("room_id", req.room_id)?;
+    let kind = match pb::MessageKind::try_from(req.kind) {
+        Ok(pb::MessageKind::Unspecified | pb::MessageKind::Chat) => MessageKind::Chat,
+        Ok(pb::MessageKind::Barrage) => MessageKind::Barrage,
+        Ok(pb::MessageKind::Command) => MessageKind::Command,
+        Err(_) => {
+            return Err(Error::invalid(
+                "kind",
+                format!("unknown value {}", req.kind),
+            ));
+        }
+    };
+    let draft = Draft {
+        room_id,
+        kind,
+        text: req.text,
+        payload: req.payload,
+        content_type: req.content_type,
+        to_user_ids: req.to_user_ids,
+        client_msg_id: req.client_msg_id,
+    };
+    draft.check(limits)?;
+    Ok(draft)
+}
+
+/// ListMessages' range and limit.
+pub fn history(req: &pb::ListMessagesRequest) -> Result<(HistoryRange, u32)> {
+    let range = match (req.after_seq, req.before_seq) {
+        (Some(_), Some(_)) => {
+            return Err(Error::invalid(
+                "before_seq",
+                "set after_seq or before_seq, not both",
+            ));
+        }
+        (Some(after), None) => HistoryRange::After(after),
+        (None, before) => HistoryRange::Before(before),
+    };
+    let limit = match req.limit {
+        0 => DEFAULT_MESSAGE_LIMIT,
+        n => n.min(MAX_MESSAGE_LIMIT),
+    };
+    Ok((range, limit))
+}
+
 /// Decodes a page token (empty: the first page).
 pub fn page_token(token: &str) -> Result<Option<String>> {
     if token.is_empty() {
@@ -140,67 +187,6 @@ pub fn next_page_token(after: Option<String>) -> String {
     })
 }
 
-pub fn timestamp(t: UnixMicros) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: t.0.div_euclid(1_000_000),
-        nanos: (t.0.rem_euclid(1_000_000) * 1000) as i32,
-    }
-}
-
-fn proto_duration(d: Duration) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: d.as_secs() as i64,
-        nanos: d.subsec_nanos() as i32,
-    }
-}
-
-impl From<RoomSettings> for pb::RoomSettings {
-    fn from(s: RoomSettings) -> Self {
-        pb::RoomSettings {
-            max_members: s.max_members,
-            member_events: match s.member_events {
-                MemberEvents::All => pb::MemberEvents::All,
-                MemberEvents::None => pb::MemberEvents::None,
-            } as i32,
-            destroy_when_empty_after: s.destroy_when_empty_after.map(proto_duration),
-            presence_timeout: s.presence_timeout.map(proto_duration),
-        }
-    }
-}
-
-impl From<Room> for pb::Room {
-    fn from(r: Room) -> Self {
-        pb::Room {
-            room_id: r.id.to_string(),
-            name: r.name,
-            attributes: r.attributes.into_iter().collect(),
-            owner_id: r.owner_id,
-            settings: Some(r.settings.into()),
-            member_count: r.member_count,
-            online_count: r.online_count,
-            last_seq: r.last_seq,
-            version: r.version,
-            created_at: Some(timestamp(r.created_at)),
-            updated_at: Some(timestamp(r.updated_at)),
-        }
-    }
-}
-
-impl From<Member> for pb::Member {
-    fn from(m: Member) -> Self {
-        pb::Member {
-            user_id: m.user_id,
-            display_name: m.display_name,
-            role: match m.role {
-                Role::Owner => pb::Role::Owner,
-                Role::Member => pb::Role::Member,
-            } as i32,
-            online: m.online,
-            joined_at: Some(timestamp(m.joined_at)),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,13 +199,6 @@ mod tests {
         assert_eq!(page_token("").unwrap(), None);
         assert!(page_token("not base64!").is_err());
         assert!(page_token(&URL_SAFE_NO_PAD.encode("x:room")).is_err());
-    }
-
-    #[test]
-    fn timestamps_split_micros() {
-        let t = timestamp(UnixMicros(1_700_000_000_123_456));
-        assert_eq!(t.seconds, 1_700_000_000);
-        assert_eq!(t.nanos, 123_456_000);
     }
 
     #[test]

@@ -2,18 +2,28 @@
 //! and encoding answers. It holds no rules of its own.
 
 pub mod convert;
+pub mod session;
 pub mod status;
 
 use std::pin::Pin;
 
+use tokio::sync::watch;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::Error;
+use crate::live::Frame;
 use crate::pb;
-use crate::pb::chat_room_service_server::ChatRoomService;
 use crate::rooms::Rooms;
 use crate::rooms::model::{Caller, PageRequest, RoomFilter, UserId};
+use server::chat_room_service_server::ChatRoomService;
+pub use session::SessionLimits;
+
+/// The generated server: like `pb`'s client, except that Subscribe yields [`Frame`]s.
+pub mod server {
+    #![allow(missing_docs, clippy::all)]
+    include!(concat!(env!("OUT_DIR"), "/server/chatroom.v1.rs"));
+}
 
 /// The metadata key carrying the caller's user id with `--auth header`.
 pub const USER_ID_HEADER: &str = "x-user-id";
@@ -22,11 +32,18 @@ pub const USER_ID_HEADER: &str = "x-user-id";
 #[derive(Clone)]
 pub struct ChatRoomApi {
     rooms: Rooms,
+    limits: SessionLimits,
+    /// Turns true when the server starts shutting down: Subscribe streams end.
+    stop: watch::Receiver<bool>,
 }
 
 impl ChatRoomApi {
-    pub fn new(rooms: Rooms) -> Self {
-        ChatRoomApi { rooms }
+    pub fn new(rooms: Rooms, limits: SessionLimits, stop: watch::Receiver<bool>) -> Self {
+        ChatRoomApi {
+            rooms,
+            limits,
+            stop,
+        }
     }
 
     /// The caller of a request, from its `x-user-id` metadata.
@@ -44,7 +61,7 @@ impl ChatRoomApi {
     }
 }
 
-type SubscribeStream = Pin<Box<dyn Stream<Item = Result<pb::SubscribeResponse, Status>> + Send>>;
+type SubscribeStream = Pin<Box<dyn Stream<Item = Result<Frame, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl ChatRoomService for ChatRoomApi {
@@ -192,16 +209,27 @@ impl ChatRoomService for ChatRoomApi {
         &self,
         request: Request<pb::SendMessageRequest>,
     ) -> Result<Response<pb::SendMessageResponse>, Status> {
-        self.caller(&request)?;
-        Err(Error::Unimplemented("SendMessage").into())
+        let caller = self.caller(&request)?;
+        let draft = convert::draft(request.into_inner(), self.rooms.message_limits())?;
+        let message = self.rooms.send(&caller, draft, None).await?;
+        Ok(Response::new(pb::SendMessageResponse {
+            message: Some((&message).into()),
+        }))
     }
 
     async fn list_messages(
         &self,
         request: Request<pb::ListMessagesRequest>,
     ) -> Result<Response<pb::ListMessagesResponse>, Status> {
-        self.caller(&request)?;
-        Err(Error::Unimplemented("ListMessages").into())
+        let caller = self.caller(&request)?;
+        let req = request.into_inner();
+        let (range, limit) = convert::history(&req)?;
+        let room_id = convert::room_id("room_id", req.room_id)?;
+        let (messages, has_more) = self.rooms.messages(&caller, &room_id, range, limit).await?;
+        Ok(Response::new(pb::ListMessagesResponse {
+            messages: messages.iter().map(Into::into).collect(),
+            has_more,
+        }))
     }
 
     type SubscribeStream = SubscribeStream;
@@ -210,7 +238,14 @@ impl ChatRoomService for ChatRoomApi {
         &self,
         request: Request<Streaming<pb::SubscribeRequest>>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        self.caller(&request)?;
-        Err(Error::Unimplemented("Subscribe").into())
+        let caller = self.caller(&request)?;
+        let stream = session::run(
+            self.rooms.clone(),
+            caller,
+            self.limits,
+            request.into_inner(),
+            self.stop.clone(),
+        );
+        Ok(Response::new(Box::pin(stream)))
     }
 }

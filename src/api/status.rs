@@ -25,7 +25,8 @@ impl Error {
             Error::NotAMember { .. } => (Code::PermissionDenied, "NOT_A_MEMBER"),
             Error::NotRoomOwner { .. } => (Code::PermissionDenied, "NOT_ROOM_OWNER"),
             Error::VersionConflict { .. } => (Code::Aborted, "VERSION_CONFLICT"),
-            Error::Unimplemented(_) => (Code::Unimplemented, "UNIMPLEMENTED"),
+            Error::AlreadyAttached { .. } => (Code::FailedPrecondition, "ALREADY_ATTACHED"),
+            Error::NotAttached { .. } => (Code::FailedPrecondition, "NOT_ATTACHED"),
             Error::Unavailable(_) => (Code::Unavailable, "STORE_UNAVAILABLE"),
             Error::Internal(_) => (Code::Internal, "INTERNAL"),
         }
@@ -38,7 +39,9 @@ impl Error {
             Error::RoomNotFound { room_id }
             | Error::RoomExists { room_id }
             | Error::NotAMember { room_id }
-            | Error::NotRoomOwner { room_id } => vec![("room_id", room_id.clone())],
+            | Error::NotRoomOwner { room_id }
+            | Error::AlreadyAttached { room_id }
+            | Error::NotAttached { room_id } => vec![("room_id", room_id.clone())],
             Error::RoomFull {
                 room_id,
                 max_members,
@@ -56,10 +59,7 @@ impl Error {
                 ("expected_version", expected.to_string()),
                 ("actual_version", actual.to_string()),
             ],
-            Error::Unauthenticated(_)
-            | Error::Unimplemented(_)
-            | Error::Unavailable(_)
-            | Error::Internal(_) => vec![],
+            Error::Unauthenticated(_) | Error::Unavailable(_) | Error::Internal(_) => vec![],
         };
         pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
     }

@@ -1,11 +1,21 @@
-//! In-memory live state: which users have streams attached to which rooms.
+//! In-memory live state: fan-out of events to attached streams ([`hub`]), the one
+//! writer that sequences and stores CHAT messages ([`sequencer`]), events encoded once
+//! ([`frame`]), and presence — which users have streams attached to which rooms.
 //!
-//! The Subscribe stream (next milestone) registers attachments here; room reads use it
-//! for `online`, `online_count` and `ListMembers(online_only)`. It is per process by
-//! design: presence is about connections, and connections end with the process.
+//! Presence is per process by design: it is about connections, and connections end
+//! with the process. Room reads use it for `online`, `online_count` and
+//! `ListMembers(online_only)`.
+
+pub mod frame;
+pub mod hub;
+pub mod sequencer;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
+
+pub use frame::Frame;
+pub use hub::{DetachReason, Event, Hubs};
+pub use sequencer::Sequencer;
 
 use crate::rooms::model::RoomId;
 
@@ -21,14 +31,17 @@ impl Presence {
         Self::default()
     }
 
-    /// Records one more stream of `user` attached to `room`.
-    pub fn attach(&self, room: &RoomId, user: &str) {
+    /// Records one more stream of `user` attached to `room`; true when it is the
+    /// user's first there (the user just came online).
+    pub fn attach(&self, room: &RoomId, user: &str) -> bool {
         let mut rooms = self.rooms.lock().expect("presence lock");
-        *rooms
+        let streams = rooms
             .entry(room.clone())
             .or_default()
             .entry(user.to_string())
-            .or_default() += 1;
+            .or_default();
+        *streams += 1;
+        *streams == 1
     }
 
     /// Records one stream fewer; true when the user has no stream left in the room.
@@ -93,9 +106,9 @@ mod tests {
     fn counts_streams_per_user() {
         let p = Presence::new();
         let room = RoomId::parse("r").unwrap();
-        p.attach(&room, "alice");
-        p.attach(&room, "alice");
-        p.attach(&room, "bob");
+        assert!(p.attach(&room, "alice"));
+        assert!(!p.attach(&room, "alice"));
+        assert!(p.attach(&room, "bob"));
         assert_eq!(p.online_count(&room), 2);
         assert!(!p.detach(&room, "alice"));
         assert!(p.is_online(&room, "alice"));

@@ -5,17 +5,20 @@
 //! failed check drops the transaction, so nothing is written. This module knows
 //! neither gRPC nor SQL.
 
+pub mod expiry;
 pub mod model;
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use tokio::sync::Notify;
+
 use crate::error::{Error, Result};
-use crate::live::Presence;
-use crate::store::{Store, Tx};
+use crate::live::{DetachReason, Hubs, Presence, Sequencer};
+use crate::store::{Appended, Store, Tx};
 use model::{
-    Caller, Member, NewRoom, Page, PageRequest, Role, Room, RoomFilter, RoomId, RoomPatch,
-    UnixMicros, UserId,
+    Caller, Draft, HistoryRange, Member, Message, MessageLimits, NewRoom, Page, PageRequest, Role,
+    Room, RoomFilter, RoomId, RoomPatch, UnixMicros, UserId,
 };
 
 /// Limits that apply across rooms.
@@ -23,15 +26,59 @@ use model::{
 pub struct Limits {
     /// Most rooms one user may be a member of; 0 means unlimited.
     pub max_rooms_per_user: u32,
+    /// Message size limits.
+    pub messages: MessageLimits,
+}
+
+/// The live parts the rules drive: fan-out, presence and the message writer.
+#[derive(Clone)]
+pub struct Live {
+    pub hubs: Arc<Hubs>,
+    pub presence: Arc<Presence>,
+    pub sequencer: Sequencer,
 }
 
 /// Room operations, as the API layer calls them.
 #[derive(Clone)]
 pub struct Rooms {
     store: Store,
-    presence: Arc<Presence>,
+    live: Live,
     limits: Limits,
     admins: Arc<HashSet<String>>,
+    /// Wakes the expiry task when a new presence or destruction deadline starts.
+    deadlines_changed: Arc<Notify>,
+}
+
+/// A message handed over for sending, with its answer to come.
+pub enum Sent {
+    /// Unstored kinds are published at once.
+    Published(Box<Message>),
+    /// CHAT is answered by the writer once committed.
+    Stored {
+        room_id: RoomId,
+        answer: crate::live::sequencer::Answer,
+    },
+}
+
+impl Sent {
+    /// The accepted message (with its seq, for CHAT).
+    pub async fn answer(self) -> Result<Message> {
+        match self {
+            Sent::Published(message) => Ok(*message),
+            Sent::Stored { room_id, answer } => match answer.await? {
+                Appended::New(m) | Appended::Existing(m) => Ok(m),
+                Appended::RoomGone => Err(not_found(&room_id)),
+            },
+        }
+    }
+}
+
+/// What attaching a stream to a room found.
+#[derive(Clone, Debug)]
+pub struct Attachment {
+    pub room: Room,
+    /// The name messages from this stream carry.
+    pub sender_name: String,
 }
 
 /// Whether a join adds to the user's room count (a switch moves it instead).
@@ -44,16 +91,27 @@ enum Slot {
 impl Rooms {
     pub fn new(
         store: Store,
-        presence: Arc<Presence>,
+        live: Live,
         limits: Limits,
         admins: impl IntoIterator<Item = String>,
     ) -> Self {
         Rooms {
             store,
-            presence,
+            live,
             limits,
             admins: Arc::new(admins.into_iter().collect()),
+            deadlines_changed: Arc::new(Notify::new()),
         }
+    }
+
+    /// The fan-out hubs (the Subscribe session receives from them).
+    pub fn hubs(&self) -> &Arc<Hubs> {
+        &self.live.hubs
+    }
+
+    /// The message limits.
+    pub fn message_limits(&self) -> &MessageLimits {
+        &self.limits.messages
     }
 
     /// The caller for an authenticated user id.
@@ -95,10 +153,13 @@ impl Rooms {
     ) -> Result<Room> {
         let mut tx = self.store.begin().await?;
         let room = lock_existing(&mut tx, room_id).await?;
-        let (room, _) = self
+        let (room, joined) = self
             .join_locked(&mut tx, caller, room, display_name, Slot::Claim)
             .await?;
         tx.commit().await?;
+        if let Some(member) = joined {
+            self.live.hubs.member_changed(&room, member, true);
+        }
         Ok(self.with_presence(room))
     }
 
@@ -123,9 +184,14 @@ impl Rooms {
                 .0
         } else {
             let existing = lock_existing(&mut tx, &room.id).await?;
-            self.join_locked(&mut tx, caller, existing, display_name, Slot::Claim)
-                .await?
-                .0
+            let (room, joined) = self
+                .join_locked(&mut tx, caller, existing, display_name, Slot::Claim)
+                .await?;
+            tx.commit().await?;
+            if let Some(member) = joined {
+                self.live.hubs.member_changed(&room, member, true);
+            }
+            return Ok((self.with_presence(room), false));
         };
         tx.commit().await?;
         Ok((self.with_presence(room), created))
@@ -135,9 +201,13 @@ impl Rooms {
     pub async fn leave(&self, caller: &Caller, room_id: &RoomId) -> Result<Option<Member>> {
         let mut tx = self.store.begin().await?;
         lock_existing(&mut tx, room_id).await?;
-        let left = remove_member(&mut tx, room_id, caller.user_id.as_str(), Slot::Claim).await?;
+        let user = caller.user_id.as_str();
+        let left = remove_member(&mut tx, room_id, user, Slot::Claim).await?;
         tx.commit().await?;
-        Ok(left)
+        Ok(left.map(|(member, room)| {
+            self.announce_leave(&room, member.clone(), DetachReason::Left, None);
+            member
+        }))
     }
 
     /// Leaves `from` and joins `to` in one transaction: if the join fails, the
@@ -174,14 +244,11 @@ impl Rooms {
             room_id: to.to_string(),
         })?;
         let user = caller.user_id.as_str();
-        if remove_member(&mut tx, from, user, Slot::Move)
-            .await?
-            .is_none()
-        {
+        let Some((left, from_room)) = remove_member(&mut tx, from, user, Slot::Move).await? else {
             return Err(Error::NotAMember {
                 room_id: from.to_string(),
             });
-        }
+        };
         let (room, joined) = self
             .join_locked(&mut tx, caller, to_room, display_name, Slot::Move)
             .await?;
@@ -190,7 +257,12 @@ impl Rooms {
             tx.release_room_slot(user).await?;
         }
         tx.commit().await?;
-        Ok(self.with_presence(room))
+        let room = self.with_presence(room);
+        self.announce_leave(&from_room, left, DetachReason::Switched, Some(room.clone()));
+        if let Some(member) = joined {
+            self.live.hubs.member_changed(&room, member, true);
+        }
+        Ok(room)
     }
 
     /// Reads a room.
@@ -249,6 +321,11 @@ impl Rooms {
         if patch.apply(&mut room)? {
             room = tx.update_room(&room, UnixMicros::now()).await?;
             tx.commit().await?;
+            room = self.with_presence(room);
+            self.live.hubs.room_updated(&room);
+            // A new or shorter presence timeout may be due sooner.
+            self.deadlines_changed.notify_one();
+            return Ok(room);
         }
         Ok(self.with_presence(room))
     }
@@ -263,7 +340,9 @@ impl Rooms {
             });
         }
         tx.delete_room(room_id).await?;
-        tx.commit().await
+        tx.commit().await?;
+        self.live.hubs.room_deleted(room_id);
+        Ok(())
     }
 
     /// Lists a room's members by user id (members and admins only).
@@ -278,9 +357,10 @@ impl Rooms {
         let members = if online_only {
             // Online members are few and known in memory; read just those rows.
             let mut members = Vec::new();
-            for user in self
-                .presence
-                .online_users(room_id, page.after.as_deref(), page.size + 1)
+            for user in
+                self.live
+                    .presence
+                    .online_users(room_id, page.after.as_deref(), page.size + 1)
             {
                 if let Some(member) = self.store.member(room_id, &user).await? {
                     members.push(member);
@@ -295,7 +375,7 @@ impl Rooms {
         let members = members
             .into_iter()
             .map(|mut m| {
-                m.online = self.presence.is_online(room_id, &m.user_id);
+                m.online = self.live.presence.is_online(room_id, &m.user_id);
                 m
             })
             .collect();
@@ -394,9 +474,144 @@ impl Rooms {
     }
 
     /// Fills in the live presence counts.
-    fn with_presence(&self, mut room: Room) -> Room {
-        room.online_count = self.presence.online_count(&room.id);
+    pub fn with_presence(&self, mut room: Room) -> Room {
+        room.online_count = self.live.presence.online_count(&room.id);
         room
+    }
+
+    /// Detaches the leaver's streams at once and announces the leave (coalesced).
+    fn announce_leave(&self, room: &Room, member: Member, reason: DetachReason, to: Option<Room>) {
+        self.live
+            .hubs
+            .detach_user(&room.id, &member.user_id, reason, to);
+        self.live.hubs.member_changed(room, member, false);
+        if room.member_count == 0 && room.settings.destroy_when_empty_after.is_some() {
+            self.deadlines_changed.notify_one();
+        }
+    }
+
+    /// Sends a message and waits for its answer: for CHAT, after the commit; for
+    /// BARRAGE and COMMAND, after publishing.
+    pub async fn send(
+        &self,
+        caller: &Caller,
+        draft: Draft,
+        sender_name: Option<&str>,
+    ) -> Result<Message> {
+        self.submit(caller, draft, sender_name)
+            .await?
+            .answer()
+            .await
+    }
+
+    /// Hands a message over for sending and returns its pending answer. Messages one
+    /// caller submits one after another are sequenced in that order. `sender_name` is
+    /// the caller's display name when it already proved membership (an attached
+    /// stream); otherwise membership is checked here.
+    pub async fn submit(
+        &self,
+        caller: &Caller,
+        draft: Draft,
+        sender_name: Option<&str>,
+    ) -> Result<Sent> {
+        let name = match sender_name {
+            Some(name) => name.to_string(),
+            None => self.attach(caller, &draft.room_id).await?.sender_name,
+        };
+        let room_id = draft.room_id.clone();
+        let message = Message::accept(draft, caller.user_id.as_str(), &name);
+        if message.kind.is_stored() {
+            let answer = self.live.sequencer.submit(message).await?;
+            Ok(Sent::Stored { room_id, answer })
+        } else {
+            self.live
+                .hubs
+                .publish_messages(&message.room_id, std::iter::once(&message));
+            Ok(Sent::Published(Box::new(message)))
+        }
+    }
+
+    /// Reads stored history (members and admins only); true when there is more.
+    pub async fn messages(
+        &self,
+        caller: &Caller,
+        room_id: &RoomId,
+        range: HistoryRange,
+        limit: u32,
+    ) -> Result<(Vec<Message>, bool)> {
+        self.check_can_read(caller, room_id).await?;
+        let mut messages = self.store.messages(room_id, range, limit + 1).await?;
+        let more = messages.len() > limit as usize;
+        messages.truncate(limit as usize);
+        Ok((messages, more))
+    }
+
+    /// Stored messages after `after_seq`, oldest first, for a stream catching up.
+    pub async fn history_after(
+        &self,
+        room_id: &RoomId,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<Message>> {
+        self.store
+            .messages(room_id, HistoryRange::After(after_seq), limit)
+            .await
+    }
+
+    /// Checks that the caller may receive a room (member or admin) and returns it.
+    pub async fn attach(&self, caller: &Caller, room_id: &RoomId) -> Result<Attachment> {
+        let user = caller.user_id.as_str();
+        let room = self
+            .store
+            .room(room_id)
+            .await?
+            .ok_or_else(|| not_found(room_id))?;
+        let sender_name = match self.store.member(room_id, user).await? {
+            Some(member) => member.display_name,
+            None if caller.admin => user.to_string(),
+            None => {
+                return Err(Error::NotAMember {
+                    room_id: room_id.to_string(),
+                });
+            }
+        };
+        Ok(Attachment {
+            room: self.with_presence(room),
+            sender_name,
+        })
+    }
+
+    /// Records a stream of `user` attached to `room`; a member of a room with a
+    /// presence timeout is online from now on.
+    pub async fn stream_attached(&self, room: &Room, user: &str) {
+        let first = self.live.presence.attach(&room.id, user);
+        if first
+            && room.settings.presence_timeout.is_some()
+            && let Err(error) = self.store.set_last_seen(&room.id, user, None).await
+        {
+            tracing::warn!(%error, room = %room.id, user, "could not record presence");
+        }
+    }
+
+    /// Records a stream of `user` detached from `room` (synchronously, so it can run
+    /// while a stream is being dropped); when it was the user's last one in a room
+    /// with a presence timeout, the timeout starts now.
+    pub fn stream_detached(&self, room: &Room, user: &str) {
+        let last = self.live.presence.detach(&room.id, user);
+        if last && room.settings.presence_timeout.is_some() {
+            let rooms = self.clone();
+            let room_id = room.id.clone();
+            let user = user.to_string();
+            tokio::spawn(async move {
+                let now = UnixMicros::now();
+                match rooms.store.set_last_seen(&room_id, &user, Some(now)).await {
+                    Ok(()) => rooms.deadlines_changed.notify_one(),
+                    Err(error) => {
+                        tracing::warn!(%error, room = %room_id, user, "could not record presence")
+                    }
+                }
+            });
+        }
     }
 }
 
@@ -407,22 +622,24 @@ async fn lock_existing(tx: &mut Tx, room_id: &RoomId) -> Result<Room> {
         .ok_or_else(|| not_found(room_id))
 }
 
-/// Removes a member from a locked room; `Slot::Claim` also frees the user's room slot.
+/// Removes a member from a locked room, returning it and the room after; `Slot::Claim`
+/// also frees the user's room slot.
 async fn remove_member(
     tx: &mut Tx,
     room_id: &RoomId,
     user: &str,
     slot: Slot,
-) -> Result<Option<Member>> {
-    let removed = tx.delete_member(room_id, user).await?;
-    if removed.is_some() {
-        tx.change_member_count(room_id, -1, UnixMicros::now())
-            .await?;
-        if slot == Slot::Claim {
-            tx.release_room_slot(user).await?;
-        }
+) -> Result<Option<(Member, Room)>> {
+    let Some(removed) = tx.delete_member(room_id, user).await? else {
+        return Ok(None);
+    };
+    let room = tx
+        .change_member_count(room_id, -1, UnixMicros::now())
+        .await?;
+    if slot == Slot::Claim {
+        tx.release_room_slot(user).await?;
     }
-    Ok(removed)
+    Ok(Some((removed, room)))
 }
 
 fn not_found(room_id: &RoomId) -> Error {

@@ -23,8 +23,12 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{PgPool, Postgres, SqlStr, Sqlite, SqlitePool};
 
 use crate::error::{Error, Result};
-use crate::rooms::model::{Member, NewRoom, Room, RoomFilter, RoomId, UnixMicros};
-use rows::{MemberRow, RoomRow};
+use std::collections::{BTreeMap, HashMap};
+
+use crate::rooms::model::{
+    HistoryRange, Member, Message, NewRoom, Room, RoomFilter, RoomId, UnixMicros,
+};
+use rows::{MemberRow, MessageRow, RoomRow};
 
 /// How long a request waits for a free database connection before failing.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -48,6 +52,14 @@ macro_rules! member_columns {
     };
 }
 
+/// The message columns, in [`MessageRow`] order.
+macro_rules! message_columns {
+    () => {
+        "room_id, seq, message_id, sender_id, sender_name, kind, body, payload, content_type, \
+         client_msg_id, sent_at_us"
+    };
+}
+
 /// Evaluates `$body` with `$c` bound to the backend's read pool.
 macro_rules! on_pool {
     ($store:expr, $c:ident => $body:expr) => {
@@ -58,6 +70,22 @@ macro_rules! on_pool {
             }
             Backend::Sqlite { reader, .. } => {
                 let $c = reader;
+                $body
+            }
+        }
+    };
+}
+
+/// Evaluates `$body` with `$c` bound to the backend's write pool.
+macro_rules! on_writer {
+    ($store:expr, $c:ident => $body:expr) => {
+        match &$store.backend {
+            Backend::Postgres(pool) => {
+                let $c = pool;
+                $body
+            }
+            Backend::Sqlite { writer, .. } => {
+                let $c = writer;
                 $body
             }
         }
@@ -252,6 +280,235 @@ impl Store {
         })?;
         rows.into_iter().map(Member::try_from).collect()
     }
+
+    /// Reads up to `limit` stored messages of a room in `range`'s order.
+    pub async fn messages(
+        &self,
+        room_id: &RoomId,
+        range: HistoryRange,
+        limit: u32,
+    ) -> Result<Vec<Message>> {
+        let rows: Vec<MessageRow> = match range {
+            HistoryRange::After(after) => on_pool!(self, pool => {
+                sqlx::query_as(concat!(
+                    "SELECT ", message_columns!(), " FROM messages \
+                     WHERE room_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+                ))
+                .bind(room_id.as_str())
+                .bind(to_i64(after))
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await
+            })?,
+            HistoryRange::Before(before) => on_pool!(self, pool => {
+                sqlx::query_as(concat!(
+                    "SELECT ", message_columns!(), " FROM messages \
+                     WHERE room_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3"
+                ))
+                .bind(room_id.as_str())
+                .bind(before.map_or(i64::MAX, to_i64))
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await
+            })?,
+        };
+        rows.into_iter().map(Message::try_from).collect()
+    }
+
+    /// Stores a batch of accepted CHAT messages in one transaction: each room's next
+    /// seqs are taken from `rooms.last_seq` (rooms in sorted order, so concurrent
+    /// batches cannot deadlock), and all rows go in with multi-row inserts.
+    ///
+    /// A message whose `(room, sender, client_msg_id)` is already stored — or appears
+    /// earlier in the batch — is not stored again: its answer is the first one.
+    /// One answer per message, in order.
+    pub async fn append_messages(&self, mut batch: Vec<Message>) -> Result<Vec<Appended>> {
+        let mut answers: Vec<Option<Appended>> = vec![None; batch.len()];
+        let mut tx = self.begin().await?;
+
+        // 1. Idempotency: keys seen before (stored, or earlier in this batch).
+        let mut first_with_key: HashMap<(&RoomId, &str, &str), usize> = HashMap::new();
+        let mut copies: Vec<(usize, usize)> = Vec::new();
+        for (i, m) in batch.iter().enumerate() {
+            if m.client_msg_id.is_empty() {
+                continue;
+            }
+            let key = (&m.room_id, m.sender_id.as_str(), m.client_msg_id.as_str());
+            if let Some(&first) = first_with_key.get(&key) {
+                copies.push((i, first));
+            } else if let Some(stored) = tx
+                .message_by_key(&m.room_id, &m.sender_id, &m.client_msg_id)
+                .await?
+            {
+                answers[i] = Some(Appended::Existing(stored));
+            } else {
+                first_with_key.insert(key, i);
+            }
+        }
+        let is_copy: std::collections::HashSet<usize> = copies.iter().map(|&(i, _)| i).collect();
+
+        // 2. Seqs, room by room in id order.
+        let mut by_room: BTreeMap<RoomId, Vec<usize>> = BTreeMap::new();
+        for (i, m) in batch.iter().enumerate() {
+            if answers[i].is_none() && !is_copy.contains(&i) {
+                by_room.entry(m.room_id.clone()).or_default().push(i);
+            }
+        }
+        let mut new_rows = Vec::new();
+        for (room_id, indexes) in &by_room {
+            let count = indexes.len() as i64;
+            match tx.advance_seq(room_id, count).await? {
+                None => {
+                    for &i in indexes {
+                        answers[i] = Some(Appended::RoomGone);
+                    }
+                }
+                Some(last) => {
+                    let first = (last - count + 1) as u64;
+                    for (offset, &i) in indexes.iter().enumerate() {
+                        batch[i].seq = first + offset as u64;
+                        new_rows.push(i);
+                    }
+                }
+            }
+        }
+
+        // 3. One multi-row insert per chunk.
+        for chunk in new_rows.chunks(INSERT_CHUNK) {
+            let rows: Vec<&Message> = chunk.iter().map(|&i| &batch[i]).collect();
+            tx.insert_messages(&rows).await?;
+        }
+        tx.commit().await?;
+
+        for &i in &new_rows {
+            answers[i] = Some(Appended::New(batch[i].clone()));
+        }
+        for (i, first) in copies {
+            answers[i] = Some(match &answers[first] {
+                Some(Appended::New(m) | Appended::Existing(m)) => Appended::Existing(m.clone()),
+                _ => Appended::RoomGone,
+            });
+        }
+        Ok(answers
+            .into_iter()
+            .map(|a| a.expect("every message has an answer"))
+            .collect())
+    }
+
+    /// Marks a member online (`None`: a stream is attached) or offline since a time,
+    /// which starts its presence timeout.
+    pub async fn set_last_seen(
+        &self,
+        room_id: &RoomId,
+        user_id: &str,
+        last_seen: Option<UnixMicros>,
+    ) -> Result<()> {
+        on_writer!(self, c => {
+            sqlx::query("UPDATE members SET last_seen_us = $3 WHERE room_id = $1 AND user_id = $2")
+                .bind(room_id.as_str())
+                .bind(user_id)
+                .bind(last_seen.map(|t| t.0))
+                .execute(c)
+                .await
+                .map(drop)
+        })?;
+        Ok(())
+    }
+
+    /// After a restart no stream is attached: members that were online when the last
+    /// process ended start their presence timeout now.
+    pub async fn mark_all_offline(&self, now: UnixMicros) -> Result<()> {
+        on_writer!(self, c => {
+            sqlx::query("UPDATE members SET last_seen_us = $1 WHERE last_seen_us IS NULL")
+                .bind(now.0)
+                .execute(c)
+                .await
+                .map(drop)
+        })?;
+        Ok(())
+    }
+
+    /// Members whose presence timeout has passed at `now` (up to `limit`).
+    pub async fn expired_members(
+        &self,
+        now: UnixMicros,
+        limit: u32,
+    ) -> Result<Vec<(RoomId, String)>> {
+        let rows: Vec<(String, String)> = on_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT m.room_id, m.user_id FROM members m JOIN rooms r ON r.room_id = m.room_id \
+                 WHERE r.presence_timeout_ms IS NOT NULL AND m.last_seen_us IS NOT NULL \
+                   AND m.last_seen_us + r.presence_timeout_ms * 1000 <= $1 \
+                 LIMIT $2",
+            )
+            .bind(now.0)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await
+        })?;
+        Ok(rows
+            .into_iter()
+            .map(|(room, user)| (RoomId::from_stored(room), user))
+            .collect())
+    }
+
+    /// Empty rooms whose `destroy_when_empty_after` has passed at `now` (up to `limit`).
+    pub async fn expired_rooms(&self, now: UnixMicros, limit: u32) -> Result<Vec<RoomId>> {
+        let rows: Vec<(String,)> = on_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT room_id FROM rooms \
+                 WHERE member_count = 0 AND empty_since_us IS NOT NULL \
+                   AND destroy_after_ms IS NOT NULL \
+                   AND empty_since_us + destroy_after_ms * 1000 <= $1 \
+                 LIMIT $2",
+            )
+            .bind(now.0)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await
+        })?;
+        Ok(rows
+            .into_iter()
+            .map(|(r,)| RoomId::from_stored(r))
+            .collect())
+    }
+
+    /// The earliest pending presence timeout or room destruction, if any.
+    pub async fn next_deadline(&self) -> Result<Option<UnixMicros>> {
+        let row: (Option<i64>,) = on_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT MIN(d) FROM ( \
+                   SELECT MIN(empty_since_us + destroy_after_ms * 1000) AS d FROM rooms \
+                   WHERE member_count = 0 AND empty_since_us IS NOT NULL AND destroy_after_ms IS NOT NULL \
+                   UNION ALL \
+                   SELECT MIN(m.last_seen_us + r.presence_timeout_ms * 1000) AS d \
+                   FROM members m JOIN rooms r ON r.room_id = m.room_id \
+                   WHERE r.presence_timeout_ms IS NOT NULL AND m.last_seen_us IS NOT NULL \
+                 ) deadlines",
+            )
+            .fetch_one(pool)
+            .await
+        })?;
+        Ok(row.0.map(UnixMicros))
+    }
+}
+
+/// What happened to one message of a batch.
+#[derive(Clone, Debug)]
+pub enum Appended {
+    /// Stored now, with its seq.
+    New(Message),
+    /// Its idempotency key was already stored: the stored message.
+    Existing(Message),
+    /// The room no longer exists.
+    RoomGone,
+}
+
+/// Rows per multi-row INSERT (11 parameters each: within both dialects' limits).
+const INSERT_CHUNK: usize = 1000;
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 enum TxInner {
@@ -271,6 +528,64 @@ impl Tx {
             TxInner::Postgres(tx) => tx.commit().await?,
             TxInner::Sqlite(tx) => tx.commit().await?,
         }
+        Ok(())
+    }
+
+    /// The stored message with this idempotency key, if any.
+    async fn message_by_key(
+        &mut self,
+        room_id: &RoomId,
+        sender_id: &str,
+        client_msg_id: &str,
+    ) -> Result<Option<Message>> {
+        let row: Option<MessageRow> = on_tx!(self, c => {
+            sqlx::query_as(concat!(
+                "SELECT ", message_columns!(), " FROM messages \
+                 WHERE room_id = $1 AND sender_id = $2 AND client_msg_id = $3"
+            ))
+            .bind(room_id.as_str())
+            .bind(sender_id)
+            .bind(client_msg_id)
+            .fetch_optional(c)
+            .await
+        })?;
+        row.map(Message::try_from).transpose()
+    }
+
+    /// Reserves `count` seqs in a room; returns the new `last_seq` (`None`: no room).
+    /// The row lock this takes orders concurrent batches for the same room.
+    async fn advance_seq(&mut self, room_id: &RoomId, count: i64) -> Result<Option<i64>> {
+        let row: Option<(i64,)> = on_tx!(self, c => {
+            sqlx::query_as("UPDATE rooms SET last_seq = last_seq + $2 WHERE room_id = $1 RETURNING last_seq")
+                .bind(room_id.as_str())
+                .bind(count)
+                .fetch_optional(c)
+                .await
+        })?;
+        Ok(row.map(|(last,)| last))
+    }
+
+    /// Inserts messages with one multi-row statement.
+    async fn insert_messages(&mut self, messages: &[&Message]) -> Result<()> {
+        on_tx!(self, c => {
+            let mut insert = sqlx::QueryBuilder::new(concat!(
+                "INSERT INTO messages (", message_columns!(), ") "
+            ));
+            insert.push_values(messages, |mut row, m| {
+                row.push_bind(m.room_id.as_str())
+                    .push_bind(to_i64(m.seq))
+                    .push_bind(m.message_id.as_str())
+                    .push_bind(m.sender_id.as_str())
+                    .push_bind(m.sender_name.as_str())
+                    .push_bind(rows::kind_column(m.kind))
+                    .push_bind(m.text.as_str())
+                    .push_bind(m.payload.as_slice())
+                    .push_bind(m.content_type.as_str())
+                    .push_bind((!m.client_msg_id.is_empty()).then_some(m.client_msg_id.as_str()))
+                    .push_bind(m.sent_at.0);
+            });
+            insert.build().execute(c).await.map(drop)
+        })?;
         Ok(())
     }
 
@@ -348,12 +663,13 @@ impl Tx {
         row.map(Member::try_from).transpose()
     }
 
-    /// Adds a member (the caller has checked it is not one already).
+    /// Adds a member (the caller has checked it is not one already). It counts as
+    /// offline since it joined until a stream attaches (its presence clock starts).
     pub async fn insert_member(&mut self, room_id: &RoomId, member: &Member) -> Result<()> {
         on_tx!(self, c => {
             sqlx::query(
-                "INSERT INTO members (room_id, user_id, display_name, role, joined_at_us) \
-                 VALUES ($1, $2, $3, $4, $5)",
+                "INSERT INTO members (room_id, user_id, display_name, role, joined_at_us, last_seen_us) \
+                 VALUES ($1, $2, $3, $4, $5, $5)",
             )
             .bind(room_id.as_str())
             .bind(&member.user_id)
@@ -465,6 +781,43 @@ impl Tx {
             .await
         })?;
         Room::try_from(row)
+    }
+
+    /// Whether the member has been offline since `cutoff` or earlier.
+    pub async fn member_offline_since(
+        &mut self,
+        room_id: &RoomId,
+        user_id: &str,
+        cutoff: UnixMicros,
+    ) -> Result<bool> {
+        let row: Option<(i32,)> = on_tx!(self, c => {
+            sqlx::query_as(
+                "SELECT 1 FROM members WHERE room_id = $1 AND user_id = $2 \
+                 AND last_seen_us IS NOT NULL AND last_seen_us <= $3",
+            )
+            .bind(room_id.as_str())
+            .bind(user_id)
+            .bind(cutoff.0)
+            .fetch_optional(c)
+            .await
+        })?;
+        Ok(row.is_some())
+    }
+
+    /// Whether the room is empty and its destroy-when-empty delay has passed at `now`.
+    pub async fn room_expired(&mut self, room_id: &RoomId, now: UnixMicros) -> Result<bool> {
+        let row: Option<(i32,)> = on_tx!(self, c => {
+            sqlx::query_as(
+                "SELECT 1 FROM rooms WHERE room_id = $1 AND member_count = 0 \
+                 AND empty_since_us IS NOT NULL AND destroy_after_ms IS NOT NULL \
+                 AND empty_since_us + destroy_after_ms * 1000 <= $2",
+            )
+            .bind(room_id.as_str())
+            .bind(now.0)
+            .fetch_optional(c)
+            .await
+        })?;
+        Ok(row.is_some())
     }
 
     /// Deletes a room with its members and history, releasing each member's room slot.

@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::rooms::model::{
-    Attributes, Member, MemberEvents, Role, Room, RoomId, RoomSettings, UnixMicros,
+    Attributes, Member, MemberEvents, Message, MessageKind, Role, Room, RoomId, RoomSettings,
+    UnixMicros,
 };
 
 #[derive(sqlx::FromRow)]
@@ -76,6 +77,54 @@ impl TryFrom<MemberRow> for Member {
             online: false,
             joined_at: UnixMicros(row.joined_at_us),
         })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct MessageRow {
+    room_id: String,
+    seq: i64,
+    message_id: String,
+    sender_id: String,
+    sender_name: String,
+    kind: i64,
+    body: String,
+    payload: Vec<u8>,
+    content_type: String,
+    client_msg_id: Option<String>,
+    sent_at_us: i64,
+}
+
+impl TryFrom<MessageRow> for Message {
+    type Error = Error;
+
+    fn try_from(row: MessageRow) -> Result<Message> {
+        Ok(Message {
+            room_id: RoomId::from_stored(row.room_id),
+            seq: to_u64("messages.seq", row.seq)?,
+            message_id: row.message_id,
+            sender_id: row.sender_id,
+            sender_name: row.sender_name,
+            kind: match row.kind {
+                2 => MessageKind::Barrage,
+                3 => MessageKind::Command,
+                _ => MessageKind::Chat,
+            },
+            text: row.body,
+            payload: row.payload,
+            content_type: row.content_type,
+            to_user_ids: Vec::new(),
+            client_msg_id: row.client_msg_id.unwrap_or_default(),
+            sent_at: UnixMicros(row.sent_at_us),
+        })
+    }
+}
+
+pub(super) fn kind_column(kind: MessageKind) -> i64 {
+    match kind {
+        MessageKind::Chat => 1,
+        MessageKind::Barrage => 2,
+        MessageKind::Command => 3,
     }
 }
 

@@ -1,0 +1,261 @@
+//! Per-room fan-out.
+//!
+//! Each live room (one with at least one attached stream) has a [`Hub`]: a
+//! `tokio::sync::broadcast` ring of recent events. Publishing encodes an event once
+//! and puts one shared copy in the ring; every attached stream reads the ring at its
+//! own pace with its own cursor. Nothing is queued per stream, so an idle subscriber
+//! costs a cursor, and a slow one cannot hold the room back: when it falls more than
+//! the ring's length behind, its next read reports how far it lagged, and the stream
+//! catches up on stored (CHAT) messages from the database by seq. Unstored kinds
+//! (BARRAGE, COMMAND) are simply gone for it — the first thing dropped under load.
+//!
+//! Member join/leave events are coalesced: changes within [`Hubs::coalesce_window`]
+//! go out as one `MembersJoined`/`MembersLeft` frame per run of the same kind.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+
+use super::frame::Frame;
+use crate::pb;
+use crate::pb::subscribe_response::Event as PbEvent;
+use crate::rooms::model::{Member, MemberEvents, Message, Room, RoomId};
+
+/// Why a stream stops receiving a room (mirrors the proto's `DetachReason`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DetachReason {
+    Requested,
+    Left,
+    Switched,
+    RoomDeleted,
+    PresenceTimeout,
+}
+
+impl From<DetachReason> for pb::DetachReason {
+    fn from(r: DetachReason) -> Self {
+        match r {
+            DetachReason::Requested => pb::DetachReason::Requested,
+            DetachReason::Left => pb::DetachReason::Left,
+            DetachReason::Switched => pb::DetachReason::Switched,
+            DetachReason::RoomDeleted => pb::DetachReason::RoomDeleted,
+            DetachReason::PresenceTimeout => pb::DetachReason::PresenceTimeout,
+        }
+    }
+}
+
+/// One event in a room's ring: what a stream needs to route it, and its encoded frame.
+#[derive(Debug)]
+pub enum Event {
+    /// A message. `seq` is 0 for unstored kinds; `targets` limits who receives it.
+    Message {
+        seq: u64,
+        targets: Option<Vec<String>>,
+        frame: Frame,
+    },
+    /// A frame for every attached stream (member events, room updates).
+    Broadcast(Frame),
+    /// The streams of `user` must stop receiving this room; on a switch they move to
+    /// `switched_to`.
+    Detach {
+        user: String,
+        reason: DetachReason,
+        switched_to: Option<Box<Room>>,
+    },
+    /// The room was deleted: every stream detaches.
+    Deleted,
+}
+
+/// The events of one room.
+pub type Receiver = broadcast::Receiver<Arc<Event>>;
+
+struct Hub {
+    sender: broadcast::Sender<Arc<Event>>,
+    /// Member changes waiting for the coalescing window to close.
+    pending: Mutex<Pending>,
+}
+
+#[derive(Default)]
+struct Pending {
+    changes: Vec<MemberChange>,
+    flush_scheduled: bool,
+}
+
+struct MemberChange {
+    joined: bool,
+    member: Member,
+    member_count: u32,
+    suppressed: bool,
+}
+
+/// Every live room's hub.
+pub struct Hubs {
+    rooms: Mutex<HashMap<RoomId, Arc<Hub>>>,
+    capacity: usize,
+    coalesce_window: Duration,
+}
+
+impl Hubs {
+    /// Hubs whose rings hold `capacity` events, coalescing member events over `window`.
+    pub fn new(capacity: usize, window: Duration) -> Self {
+        Hubs {
+            rooms: Mutex::new(HashMap::new()),
+            capacity: capacity.max(1),
+            coalesce_window: window,
+        }
+    }
+
+    /// How long member events are held to be coalesced.
+    pub fn coalesce_window(&self) -> Duration {
+        self.coalesce_window
+    }
+
+    /// Starts receiving a room's events from now on.
+    pub fn subscribe(&self, room: &RoomId) -> Receiver {
+        let mut rooms = self.rooms.lock().expect("hubs lock");
+        let hub = rooms.entry(room.clone()).or_insert_with(|| {
+            Arc::new(Hub {
+                sender: broadcast::channel(self.capacity).0,
+                pending: Mutex::new(Pending::default()),
+            })
+        });
+        hub.sender.subscribe()
+    }
+
+    /// Forgets a room's hub once its last receiver is gone (call after dropping one).
+    pub fn release(&self, room: &RoomId) {
+        let mut rooms = self.rooms.lock().expect("hubs lock");
+        if rooms
+            .get(room)
+            .is_some_and(|hub| hub.sender.receiver_count() == 0)
+        {
+            rooms.remove(room);
+        }
+    }
+
+    fn hub(&self, room: &RoomId) -> Option<Arc<Hub>> {
+        self.rooms.lock().expect("hubs lock").get(room).cloned()
+    }
+
+    /// Publishes messages (a room's, in seq order). A room nobody receives costs a lookup.
+    pub fn publish_messages<'a>(
+        &self,
+        room: &RoomId,
+        messages: impl IntoIterator<Item = &'a Message>,
+    ) {
+        let Some(hub) = self.hub(room) else { return };
+        for message in messages {
+            let targets = (!message.to_user_ids.is_empty()).then(|| message.to_user_ids.clone());
+            let frame = Frame::event(PbEvent::Message(message.into()));
+            let _ = hub.sender.send(Arc::new(Event::Message {
+                seq: message.seq,
+                targets,
+                frame,
+            }));
+        }
+    }
+
+    /// Tells every stream the room changed.
+    pub fn room_updated(&self, room: &Room) {
+        let Some(hub) = self.hub(&room.id) else {
+            return;
+        };
+        let frame = Frame::event(PbEvent::RoomUpdated(pb::RoomUpdated {
+            room: Some(room.clone().into()),
+        }));
+        let _ = hub.sender.send(Arc::new(Event::Broadcast(frame)));
+    }
+
+    /// Tells every stream the room is gone, and forgets the hub.
+    pub fn room_deleted(&self, room: &RoomId) {
+        let hub = self.rooms.lock().expect("hubs lock").remove(room);
+        if let Some(hub) = hub {
+            let _ = hub.sender.send(Arc::new(Event::Deleted));
+        }
+    }
+
+    /// Detaches every stream of `user` from `room` at once.
+    pub fn detach_user(
+        &self,
+        room: &RoomId,
+        user: &str,
+        reason: DetachReason,
+        switched_to: Option<Room>,
+    ) {
+        let Some(hub) = self.hub(room) else { return };
+        let _ = hub.sender.send(Arc::new(Event::Detach {
+            user: user.to_string(),
+            reason,
+            switched_to: switched_to.map(Box::new),
+        }));
+    }
+
+    /// Announces a join or a leave (`room` as it is after the change), coalesced with
+    /// others in the same window. Suppressed rooms still go through here so that the
+    /// order of events stays the same; their frames are simply not sent.
+    pub fn member_changed(self: &Arc<Self>, room: &Room, member: Member, joined: bool) {
+        let Some(hub) = self.hub(&room.id) else {
+            return;
+        };
+        let mut pending = hub.pending.lock().expect("pending lock");
+        pending.changes.push(MemberChange {
+            joined,
+            member,
+            member_count: room.member_count,
+            suppressed: room.settings.member_events == MemberEvents::None,
+        });
+        if !pending.flush_scheduled {
+            pending.flush_scheduled = true;
+            let room_id = room.id.clone();
+            let hub = Arc::clone(&hub);
+            let window = self.coalesce_window;
+            tokio::spawn(async move {
+                tokio::time::sleep(window).await;
+                flush(&room_id, &hub);
+            });
+        }
+    }
+}
+
+/// Sends the pending member changes as one frame per run of joins or leaves.
+fn flush(room_id: &RoomId, hub: &Hub) {
+    let changes = {
+        let mut pending = hub.pending.lock().expect("pending lock");
+        pending.flush_scheduled = false;
+        std::mem::take(&mut pending.changes)
+    };
+    let mut runs: Vec<(bool, Vec<pb::Member>, u32)> = Vec::new();
+    for change in changes.into_iter().filter(|c| !c.suppressed) {
+        match runs.last_mut() {
+            Some((joined, members, count)) if *joined == change.joined => {
+                members.push(change.member.into());
+                *count = change.member_count;
+            }
+            _ => runs.push((
+                change.joined,
+                vec![change.member.into()],
+                change.member_count,
+            )),
+        }
+    }
+    for (joined, members, member_count) in runs {
+        let room_id = room_id.to_string();
+        let event = if joined {
+            PbEvent::MembersJoined(pb::MembersJoined {
+                room_id,
+                members,
+                member_count,
+            })
+        } else {
+            PbEvent::MembersLeft(pb::MembersLeft {
+                room_id,
+                members,
+                member_count,
+            })
+        };
+        let _ = hub
+            .sender
+            .send(Arc::new(Event::Broadcast(Frame::event(event))));
+    }
+}

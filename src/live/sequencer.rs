@@ -1,0 +1,115 @@
+//! The one writer of CHAT messages: group commit across rooms.
+//!
+//! Senders hand accepted messages to the [`Sequencer`] and wait. Its task takes every
+//! message that is waiting (up to [`MAX_BATCH`]), stores them in one transaction —
+//! which assigns each room its next seqs — publishes each room's new messages in seq
+//! order, and only then answers the senders. A thousand concurrent senders cost one
+//! commit, not a thousand; an answer always means the message is stored; and since one
+//! task publishes in commit order, every stream sees a room's seqs in order.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::hub::Hubs;
+use crate::error::{Error, Result};
+use crate::rooms::model::Message;
+use crate::store::{Appended, Store};
+
+/// Most messages stored by one transaction.
+pub const MAX_BATCH: usize = 2000;
+/// Messages that may wait for the writer before senders wait to hand theirs over.
+const QUEUE: usize = 8192;
+
+struct Job {
+    message: Message,
+    answer: oneshot::Sender<Result<Appended>>,
+}
+
+/// The handle senders use; cheap to clone. The writer task ends once every handle
+/// is dropped and the messages already handed over are stored.
+#[derive(Clone)]
+pub struct Sequencer {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Sequencer {
+    /// Starts the writer task.
+    pub fn start(store: Store, hubs: Arc<Hubs>) -> (Sequencer, JoinHandle<()>) {
+        let (jobs, queue) = mpsc::channel(QUEUE);
+        let task = tokio::spawn(write_batches(store, hubs, queue));
+        (Sequencer { jobs }, task)
+    }
+
+    /// Hands a CHAT message to the writer, in the order of calls; the returned
+    /// [`Answer`] resolves once it is committed and published.
+    pub async fn submit(&self, message: Message) -> Result<Answer> {
+        let (answer, answered) = oneshot::channel();
+        self.jobs
+            .send(Job { message, answer })
+            .await
+            .map_err(|_| Error::Unavailable("the server is shutting down".into()))?;
+        Ok(Answer(answered))
+    }
+}
+
+/// The writer's answer for one message.
+pub struct Answer(oneshot::Receiver<Result<Appended>>);
+
+impl std::future::Future for Answer {
+    type Output = Result<Appended>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx).map(|answered| {
+            answered.unwrap_or_else(|_| Err(Error::Internal("the message writer stopped".into())))
+        })
+    }
+}
+
+async fn write_batches(store: Store, hubs: Arc<Hubs>, mut queue: mpsc::Receiver<Job>) {
+    let mut jobs = Vec::with_capacity(MAX_BATCH);
+    while queue.recv_many(&mut jobs, MAX_BATCH).await > 0 {
+        let messages = jobs.iter().map(|j| j.message.clone()).collect();
+        match store.append_messages(messages).await {
+            Ok(answers) => {
+                publish(&hubs, &answers);
+                for (job, answer) in jobs.drain(..).zip(answers) {
+                    let _ = job.answer.send(Ok(answer));
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, batch = jobs.len(), "storing a batch of messages failed");
+                for job in jobs.drain(..) {
+                    let _ = job.answer.send(Err(clone_error(&error)));
+                }
+            }
+        }
+    }
+}
+
+/// Publishes the new messages of a batch, room by room, in seq order.
+fn publish(hubs: &Hubs, answers: &[Appended]) {
+    let mut new: Vec<&Message> = answers
+        .iter()
+        .filter_map(|a| match a {
+            Appended::New(m) => Some(m),
+            _ => None,
+        })
+        .collect();
+    new.sort_by(|a, b| (&a.room_id, a.seq).cmp(&(&b.room_id, b.seq)));
+    for room in new.chunk_by(|a, b| a.room_id == b.room_id) {
+        hubs.publish_messages(&room[0].room_id, room.iter().copied());
+    }
+}
+
+/// The same failure for every sender of a failed batch.
+fn clone_error(error: &Error) -> Error {
+    match error {
+        Error::Unavailable(m) => Error::Unavailable(m.clone()),
+        other => Error::Internal(other.to_string()),
+    }
+}
