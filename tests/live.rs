@@ -9,8 +9,8 @@ use tonic::Code;
 
 use chatroom::pb;
 use common::{
-    Backend, Ev, Sub, TestDb, TestServer, assert_bad_request, assert_error, chat, create, get_room,
-    history, join,
+    Backend, Ev, Sub, TestDb, TestServer, assert_bad_request, assert_error, chat, create,
+    eventually, get_room, history, join,
 };
 
 on_both_stores!(
@@ -31,7 +31,38 @@ on_both_stores!(
     destroy_when_empty_with_and_without_rejoin,
     timers_survive_a_restart,
     shutdown_during_a_send_storm_loses_no_acknowledged_message,
+    sigterm_during_a_send_storm_loses_no_acknowledged_message,
+    a_half_closed_stream_keeps_delivering,
 );
+
+async fn a_half_closed_stream_keeps_delivering(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = TestServer::start(&db, |_| {}).await;
+    let mut alice = server.client("alice").await;
+    alice.create_room(create("r")).await.unwrap();
+    let mut sub = Sub::open(&mut alice).await;
+    sub.attached("r", None).await;
+    sub.close_sending();
+    // Listening only: messages still arrive after the client closed its side...
+    alice.send_message(chat("r", "still here")).await.unwrap();
+    let Ev::Message(m) = sub.event().await else {
+        panic!("expected the message")
+    };
+    assert_eq!(m.text, "still here");
+    // ...until no room is left: then the stream ends cleanly.
+    alice
+        .delete_room(pb::DeleteRoomRequest {
+            room_id: "r".into(),
+        })
+        .await
+        .unwrap();
+    assert!(matches!(sub.event().await, Ev::RoomDeleted(_)));
+    assert!(matches!(sub.event().await, Ev::Detached(_)));
+    assert_eq!(sub.end().await.code(), Code::Ok);
+
+    server.stop().await;
+    db.remove().await;
+}
 
 fn seq_of(ev: Ev) -> u64 {
     match ev {
@@ -887,27 +918,20 @@ async fn online_follows_attached_streams(backend: Backend) {
         "one stream left"
     );
     drop(second);
-    let mut count = 1;
-    for _ in 0..50 {
-        count = get_room(&mut alice, "r").await.unwrap().online_count;
-        if count == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(count, 0, "offline once every stream is gone");
+    eventually("offline once every stream is gone", 0, || {
+        let mut alice = alice.clone();
+        async move { get_room(&mut alice, "r").await.unwrap().online_count }
+    })
+    .await;
 
     server.stop().await;
     db.remove().await;
 }
 
-fn presence_room(id: &str, timeout_ms: i32) -> pb::CreateRoomRequest {
+fn presence_room(id: &str, timeout_ms: i64) -> pb::CreateRoomRequest {
     pb::CreateRoomRequest {
         settings: Some(pb::RoomSettings {
-            presence_timeout: Some(prost_types::Duration {
-                seconds: 0,
-                nanos: timeout_ms * 1_000_000,
-            }),
+            presence_timeout: common::millis(timeout_ms),
             ..Default::default()
         }),
         ..create(id)
@@ -957,13 +981,10 @@ async fn presence_timeout_removes_absent_members(backend: Backend) {
     db.remove().await;
 }
 
-fn destroy_room(id: &str, after_ms: i32) -> pb::CreateRoomRequest {
+fn destroy_room(id: &str, after_ms: i64) -> pb::CreateRoomRequest {
     pb::CreateRoomRequest {
         settings: Some(pb::RoomSettings {
-            destroy_when_empty_after: Some(prost_types::Duration {
-                seconds: 0,
-                nanos: after_ms * 1_000_000,
-            }),
+            destroy_when_empty_after: common::millis(after_ms),
             ..Default::default()
         }),
         ..create(id)
@@ -971,13 +992,15 @@ fn destroy_room(id: &str, after_ms: i32) -> pb::CreateRoomRequest {
 }
 
 async fn wait_gone(client: &mut common::Client, room: &str) {
-    for _ in 0..100 {
-        if get_room(client, room).await.is_err() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("room {room} was not destroyed");
+    eventually(
+        &format!("room {room} destroyed"),
+        Some(Code::NotFound),
+        || {
+            let mut client = client.clone();
+            async move { get_room(&mut client, room).await.err().map(|e| e.code()) }
+        },
+    )
+    .await;
 }
 
 async fn destroy_when_empty_with_and_without_rejoin(backend: Backend) {
@@ -1046,39 +1069,35 @@ async fn timers_survive_a_restart(backend: Backend) {
     let server = TestServer::start(&db, |_| {}).await;
     let mut alice = server.client("alice").await;
     wait_gone(&mut alice, "empty-soon").await;
-    let mut members = 2;
-    for _ in 0..100 {
-        members = get_room(&mut alice, "present").await.unwrap().member_count;
-        if members == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(
-        members, 0,
-        "bob never attached and alice's stream ended with the old process"
-    );
+    eventually(
+        "bob never attached and alice's stream ended with the old process",
+        0,
+        || {
+            let mut alice = alice.clone();
+            async move { get_room(&mut alice, "present").await.unwrap().member_count }
+        },
+    )
+    .await;
 
     server.stop().await;
     db.remove().await;
 }
 
-async fn shutdown_during_a_send_storm_loses_no_acknowledged_message(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let server = TestServer::start(&db, |_| {}).await;
-    let mut owner = server.client("owner").await;
-    owner.create_room(create("s")).await.unwrap();
-
+/// Eight members sending as fast as they can until the server goes away: four over
+/// unary SendMessage, four over Subscribe streams. Each task returns the seqs that
+/// were acknowledged to it.
+async fn start_storm(server: &TestServer, room: &str) -> tokio::task::JoinSet<Vec<u64>> {
     let mut tasks = tokio::task::JoinSet::new();
     for p in 0..8 {
         let mut client = server.client(&format!("p{p}")).await;
-        client.join_room(join("s")).await.unwrap();
+        client.join_room(join(room)).await.unwrap();
+        let room = room.to_string();
         if p % 2 == 0 {
             // Unary senders: acknowledged = an OK answer.
             tasks.spawn(async move {
                 let mut acked = Vec::new();
                 for i in 0.. {
-                    match client.send_message(chat("s", &format!("{p}:{i}"))).await {
+                    match client.send_message(chat(&room, &format!("{p}:{i}"))).await {
                         Ok(r) => acked.push(r.into_inner().message.unwrap().seq),
                         Err(_) => break,
                     }
@@ -1087,16 +1106,14 @@ async fn shutdown_during_a_send_storm_loses_no_acknowledged_message(backend: Bac
             });
         } else {
             // Stream senders: acknowledged = a send_ack frame.
+            let mut sub = Sub::open(&mut client).await;
             tasks.spawn(async move {
-                let mut sub = Sub::open(&mut client).await;
                 let mut acked = Vec::new();
-                let mut i = 0;
-                loop {
-                    let send = pb::subscribe_request::Frame::Send(chat("s", &format!("{p}:{i}")));
+                for i in 0.. {
+                    let send = pb::subscribe_request::Frame::Send(chat(&room, &format!("{p}:{i}")));
                     if sub.try_request(send).await.is_none() {
                         break;
                     }
-                    i += 1;
                     match sub.responses_message().await {
                         Some(Ev::SendAck(ack)) => acked.push(ack.message.unwrap().seq),
                         Some(_) => {}
@@ -1107,10 +1124,18 @@ async fn shutdown_during_a_send_storm_loses_no_acknowledged_message(backend: Bac
             });
         }
     }
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    server.stop().await;
+    tasks
+}
+
+/// Collects what a storm acknowledged and checks, on a fresh server over the same
+/// database, that the history is 1..=N without gaps and holds every one of them.
+async fn assert_acknowledged_are_stored(
+    db: &TestDb,
+    room: &str,
+    mut storm: tokio::task::JoinSet<Vec<u64>>,
+) {
     let mut acked = Vec::new();
-    while let Some(seqs) = tasks.join_next().await {
+    while let Some(seqs) = storm.join_next().await {
         acked.extend(seqs.unwrap());
     }
     assert!(
@@ -1119,9 +1144,9 @@ async fn shutdown_during_a_send_storm_loses_no_acknowledged_message(backend: Bac
         acked.len()
     );
 
-    let server = TestServer::start(&db, |_| {}).await;
+    let server = TestServer::start(db, |_| {}).await;
     let mut owner = server.client("owner").await;
-    let stored: Vec<u64> = history(&mut owner, "s")
+    let stored: Vec<u64> = history(&mut owner, room)
         .await
         .iter()
         .map(|m| m.seq)
@@ -1133,7 +1158,58 @@ async fn shutdown_during_a_send_storm_loses_no_acknowledged_message(backend: Bac
         acked.iter().all(|s| stored.contains(s)),
         "every acknowledged message is stored"
     );
-
     server.stop().await;
+}
+
+async fn shutdown_during_a_send_storm_loses_no_acknowledged_message(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = TestServer::start(&db, |_| {}).await;
+    let mut owner = server.client("owner").await;
+    owner.create_room(create("s")).await.unwrap();
+    let storm = start_storm(&server, "s").await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    server.stop().await;
+    assert_acknowledged_are_stored(&db, "s", storm).await;
+    db.remove().await;
+}
+
+/// The same through the real binary and a real SIGTERM.
+async fn sigterm_during_a_send_storm_loses_no_acknowledged_message(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatroom"))
+        .args([
+            "--listen",
+            &addr.to_string(),
+            "--database-url",
+            &db.url,
+            "--log",
+            "warn",
+        ])
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the chatroom binary");
+    let server = TestServer::external(addr).await;
+    let mut owner = server.client("owner").await;
+    owner.create_room(create("s")).await.unwrap();
+    let storm = start_storm(&server, "s").await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().unwrap().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(killed.success());
+    let exit = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("the server stops after SIGTERM")
+        .unwrap();
+    assert!(exit.success(), "clean exit after SIGTERM: {exit:?}");
+    assert_acknowledged_are_stored(&db, "s", storm).await;
     db.remove().await;
 }

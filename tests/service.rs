@@ -2,8 +2,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::StreamExt;
 use tonic_health::pb::HealthCheckRequest;
@@ -174,15 +172,12 @@ async fn postgres_health_follows_the_database() {
     );
 
     let addr = proxy.cut();
-    let mut status = ServingStatus::Serving as i32;
-    for _ in 0..100 {
-        status = health_status(&server, SERVICE).await;
-        if status == ServingStatus::NotServing as i32 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(status, ServingStatus::NotServing as i32);
+    common::eventually(
+        "health NotServing",
+        ServingStatus::NotServing as i32,
+        || health_status(&server, SERVICE),
+    )
+    .await;
     assert_eq!(
         health_status(&server, "").await,
         ServingStatus::NotServing as i32
@@ -195,14 +190,10 @@ async fn postgres_health_follows_the_database() {
     // Bring the route back on the same port.
     let listener = TcpListener::bind(addr).await.expect("rebind proxy port");
     let proxy = Proxy::start(host_port.to_string(), Some(listener)).await;
-    for _ in 0..100 {
-        status = health_status(&server, SERVICE).await;
-        if status == ServingStatus::Serving as i32 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(status, ServingStatus::Serving as i32);
+    common::eventually("health Serving", ServingStatus::Serving as i32, || {
+        health_status(&server, SERVICE)
+    })
+    .await;
     alice
         .create_room(common::create("r"))
         .await

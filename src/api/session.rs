@@ -94,9 +94,9 @@ enum Step {
     Client(Option<std::result::Result<pb::SubscribeRequest, Status>>),
 }
 
-/// Runs one Subscribe stream for `caller` until the client ends it or `stop` turns
-/// true (then sends in flight are answered and the stream ends with UNAVAILABLE, so
-/// clients reconnect and resume).
+/// Runs one Subscribe stream for `caller` until the client cancels it, or has closed
+/// its side and no room is left attached, or `stop` turns true (then sends in flight
+/// are answered and the stream ends with UNAVAILABLE, so clients reconnect and resume).
 pub fn run(
     rooms: Rooms,
     caller: Caller,
@@ -115,7 +115,13 @@ pub fn run(
         // Rooms whose stored messages must be read before live ones, in order.
         let mut catch_up: VecDeque<RoomId> = VecDeque::new();
         let mut stopping = *stop.borrow();
+        // The client half-closed: no more frames, but events go on until it cancels,
+        // the server stops, or no room is left.
+        let mut inbound_done = false;
         loop {
+            if inbound_done && state.attached.is_empty() && sends.is_empty() && catch_up.is_empty() {
+                break;
+            }
             if stopping {
                 while let Some(sent) = sends.next().await {
                     yield Ok(send_answer(sent));
@@ -150,12 +156,13 @@ pub fn run(
                 },
                 Some(sent) = sends.next(), if !sends.is_empty() => Step::Sent(sent),
                 Some((room, event)) = state.events.next(), if !state.events.is_empty() => Step::Room(room, event),
-                frame = inbound.next(), if sends.len() < MAX_SENDS_IN_FLIGHT => Step::Client(frame),
+                frame = inbound.next(), if !inbound_done && sends.len() < MAX_SENDS_IN_FLIGHT => Step::Client(frame),
             };
             match step {
                 Step::Stop => stopping = true,
                 Step::Sent(sent) => yield Ok(send_answer(sent)),
-                Step::Client(None) | Step::Client(Some(Err(_))) => break,
+                Step::Client(None) => inbound_done = true,
+                Step::Client(Some(Err(_))) => break,
                 Step::Client(Some(Ok(request))) => {
                     let request_id = request.request_id;
                     match request.frame {

@@ -184,6 +184,17 @@ impl TestServer {
         server
     }
 
+    /// A server running elsewhere (another process), once it serves.
+    pub async fn external(addr: std::net::SocketAddr) -> TestServer {
+        let server = TestServer {
+            addr,
+            shutdown: None,
+            handle: None,
+        };
+        server.wait_until_serving().await;
+        server
+    }
+
     /// Waits until the gRPC port answers (migrations run before it is served).
     async fn wait_until_serving(&self) {
         let mut health = tonic_health::pb::health_client::HealthClient::new(self.channel().await);
@@ -330,12 +341,41 @@ pub async fn all_members(client: &mut Client, room_id: &str) -> Vec<pb::Member> 
     }
 }
 
-/// How long a test waits for an expected frame before failing.
+/// How long a test waits for an expected frame or state before failing.
 pub const WAIT: Duration = Duration::from_secs(20);
+
+/// Polls `value` until it equals `expected` (within [`WAIT`]); fails with `what`.
+pub async fn eventually<T, F, Fut>(what: &str, expected: T, mut value: F)
+where
+    T: PartialEq + std::fmt::Debug,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let now = value().await;
+        if now == expected {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: still {now:?}, expected {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A duration of `ms` milliseconds, as the proto carries it.
+pub fn millis(ms: i64) -> Option<prost_types::Duration> {
+    Some(prost_types::Duration {
+        seconds: ms / 1000,
+        nanos: (ms % 1000) as i32 * 1_000_000,
+    })
+}
 
 /// One Subscribe stream, driven by a test.
 pub struct Sub {
-    frames: tokio::sync::mpsc::Sender<pb::SubscribeRequest>,
+    frames: Option<tokio::sync::mpsc::Sender<pb::SubscribeRequest>>,
     responses: tonic::Streaming<pb::SubscribeResponse>,
     stash: std::collections::VecDeque<pb::SubscribeResponse>,
     next_id: u64,
@@ -352,7 +392,7 @@ impl Sub {
             .expect("subscribe")
             .into_inner();
         Sub {
-            frames,
+            frames: Some(frames),
             responses,
             stash: Default::default(),
             next_id: 0,
@@ -369,6 +409,7 @@ impl Sub {
         self.next_id += 1;
         let request_id = format!("q{}", self.next_id);
         self.frames
+            .as_ref()?
             .send(pb::SubscribeRequest {
                 request_id: request_id.clone(),
                 frame: Some(frame),
@@ -380,7 +421,13 @@ impl Sub {
 
     /// Sends a frame exactly as given.
     pub async fn frames_raw(&mut self, request: pb::SubscribeRequest) {
-        self.frames.send(request).await.expect("stream open");
+        let frames = self.frames.as_ref().expect("sending side open");
+        frames.send(request).await.expect("stream open");
+    }
+
+    /// Closes the client's side of the stream (a half-close); events keep coming.
+    pub fn close_sending(&mut self) {
+        self.frames = None;
     }
 
     /// The next event, or `None` once the stream has ended (cleanly or not).
