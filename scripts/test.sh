@@ -2,7 +2,9 @@
 # The one test command (DESIGN §5). It
 #   1. finds PostgreSQL: $DATABASE_URL if set, else 127.0.0.1:5432 if it answers, else a
 #      throwaway cluster it starts (installing PostgreSQL with apt-get if it can);
-#   2. runs cargo fmt --check, cargo clippy -D warnings, buf lint, and cargo test.
+#   2. runs cargo fmt --check, cargo clippy -D warnings, buf lint, the seed products'
+#      room flows from a Python client generated from the proto (on both stores), and
+#      cargo test.
 # Every store test runs on SQLite and on PostgreSQL; without PostgreSQL this script
 # fails loudly instead of skipping anything.
 set -euo pipefail
@@ -72,7 +74,7 @@ fi
 
 # Drop databases left by earlier test runs that stopped half-way.
 if command -v psql >/dev/null; then
-    psql "$DATABASE_URL" -Atqc "SELECT datname FROM pg_database WHERE datname LIKE 'chatroom_t_%'" 2>/dev/null |
+    psql "$DATABASE_URL" -Atqc "SELECT datname FROM pg_database WHERE datname LIKE 'chatroom_t_%' OR datname LIKE 'chatroom_seed_%'" 2>/dev/null |
         while read -r db; do
             psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 || true
         done
@@ -103,6 +105,41 @@ if [ -z "$BUF" ]; then
     fi
 fi
 "$BUF" lint
+
+step "seed flows from a generated Python client, on SQLite and PostgreSQL"
+PY="$TOOLS/py/bin/python"
+if ! "$PY" -c 'import grpc, grpc_tools, grpc_status' 2>/dev/null; then
+    if ! python3 -m venv "$TOOLS/py" 2>/dev/null; then
+        [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+            && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null \
+            && python3 -m venv "$TOOLS/py" || die "python3 with venv is needed for the seed flows"
+    fi
+    "$TOOLS/py/bin/pip" install -q --disable-pip-version-check \
+        grpcio==1.78.0 grpcio-tools==1.78.0 grpcio-status==1.78.0 protobuf==6.33.5 \
+        googleapis-common-protos==1.72.0 || die "could not install the Python gRPC packages"
+fi
+PSQL=$(command -v psql || true)
+[ -n "$PSQL" ] || PSQL="$(pg_bin 2>/dev/null)/psql"
+[ -x "$PSQL" ] || die "psql is needed to make a database for the seed flows"
+cargo build --locked --quiet
+free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+seed_flows() { # DATABASE_URL
+    local port pid status=0
+    port=$(free_port)
+    target/debug/chatroom --listen "127.0.0.1:$port" --database-url "$1" --log warn &
+    pid=$!
+    "$PY" scripts/seed_flows.py --target "127.0.0.1:$port" || status=$?
+    kill -TERM "$pid" && wait "$pid" || status=$?
+    return "$status"
+}
+seed_dir=$(mktemp -d)
+seed_flows "sqlite://$seed_dir/seed.db" || die "seed flows failed on SQLite"
+rm -rf "$seed_dir"
+seed_db="chatroom_seed_$$"
+"$PSQL" "$DATABASE_URL" -qc "CREATE DATABASE $seed_db" >/dev/null || die "could not create $seed_db"
+seed_url="${DATABASE_URL%/*}/$seed_db"
+seed_flows "$seed_url" || die "seed flows failed on PostgreSQL"
+"$PSQL" "$DATABASE_URL" -qc "DROP DATABASE $seed_db WITH (FORCE)" >/dev/null
 
 step "cargo test"
 cargo test --locked --all-targets
