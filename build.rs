@@ -31,6 +31,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .extern_path(".chatroom.v1", "crate::pb")
         .extern_path(".chatroom.v1.SubscribeResponse", "crate::live::Frame")
+        .codec_path("crate::api::codec::LeanCodec")
         .out_dir(&server_dir)
         .compile_fds(fds)?;
     Ok(())

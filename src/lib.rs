@@ -130,7 +130,7 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await;
 
     health_task.abort();
@@ -142,6 +142,20 @@ pub async fn serve(
     store.close().await;
     tracing::info!("chatroom stopped");
     Ok(result?)
+}
+
+/// Accepted connections with Nagle's algorithm off: acks and events are small frames
+/// that must leave at once, not wait for more bytes (tonic's own `tcp_nodelay` applies
+/// only to listeners it binds itself).
+fn incoming(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    TcpListenerStream::new(listener).map(|accepted| {
+        let stream = accepted?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    })
 }
 
 /// Reflection over every served type: the contract, health, and `google.rpc` error

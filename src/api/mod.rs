@@ -1,6 +1,7 @@
 //! The gRPC layer: identity, decoding and validating requests, calling the room rules,
 //! and encoding answers. It holds no rules of its own.
 
+pub mod codec;
 pub mod convert;
 pub mod session;
 pub mod status;

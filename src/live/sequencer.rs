@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use super::hub::Hubs;
 use crate::error::{Error, Result};
 use crate::rooms::model::Message;
-use crate::store::{Appended, Store};
+use crate::store::{Appended, Pending, Store};
 
 /// Most messages stored by one transaction.
 pub const MAX_BATCH: usize = 2000;
@@ -23,7 +23,7 @@ pub const MAX_BATCH: usize = 2000;
 const QUEUE: usize = 8192;
 
 struct Job {
-    message: Message,
+    pending: Pending,
     answer: oneshot::Sender<Result<Appended>>,
 }
 
@@ -44,10 +44,13 @@ impl Sequencer {
 
     /// Hands a CHAT message to the writer, in the order of calls; the returned
     /// [`Answer`] resolves once it is committed and published.
-    pub async fn submit(&self, message: Message) -> Result<Answer> {
+    /// The writer checks that the sender is a member (unless `admin`) in the same
+    /// transaction, and fills in its display name.
+    pub async fn submit(&self, message: Message, admin: bool) -> Result<Answer> {
         let (answer, answered) = oneshot::channel();
+        let pending = Pending { message, admin };
         self.jobs
-            .send(Job { message, answer })
+            .send(Job { pending, answer })
             .await
             .map_err(|_| Error::Unavailable("the server is shutting down".into()))?;
         Ok(Answer(answered))
@@ -73,7 +76,13 @@ impl std::future::Future for Answer {
 async fn write_batches(store: Store, hubs: Arc<Hubs>, mut queue: mpsc::Receiver<Job>) {
     let mut jobs = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut jobs, MAX_BATCH).await > 0 {
-        let messages = jobs.iter().map(|j| j.message.clone()).collect();
+        let messages = jobs
+            .iter()
+            .map(|j| Pending {
+                message: j.pending.message.clone(),
+                admin: j.pending.admin,
+            })
+            .collect();
         match store.append_messages(messages).await {
             Ok(answers) => {
                 publish(&hubs, &answers);

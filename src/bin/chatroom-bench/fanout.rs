@@ -1,0 +1,265 @@
+//! `fanout`: one room, N attached streams over C connections, one CHAT publisher.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use tokio_stream::StreamExt;
+
+use crate::common::{self, Error, Report};
+use chatroom::pb;
+use chatroom::pb::subscribe_response::Event;
+
+#[derive(Debug, Args)]
+pub struct Fanout {
+    /// Attached streams.
+    #[arg(long, default_value_t = 1000)]
+    subscribers: usize,
+    /// HTTP/2 connections the streams are spread over.
+    #[arg(long, default_value_t = 10)]
+    connections: usize,
+    /// How long to publish, in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Publish R messages per second (default: as fast as acks allow).
+    #[arg(long, conflicts_with = "lead")]
+    rate: Option<f64>,
+    /// Full speed, but never more than W messages ahead of the slowest subscriber.
+    #[arg(long)]
+    lead: Option<u64>,
+    /// Message size in bytes.
+    #[arg(long, default_value_t = 100)]
+    size: usize,
+    /// Sends the publisher keeps unacknowledged.
+    #[arg(long, default_value_t = 256)]
+    inflight: usize,
+    /// The server's process id, to report its CPU use.
+    #[arg(long)]
+    server_pid: Option<u32>,
+}
+
+/// What one subscriber saw.
+struct Seen {
+    received: u64,
+    duplicated: u64,
+    out_of_order: u64,
+    latency: hdrhistogram::Histogram<u64>,
+    last_delivery: Option<Instant>,
+}
+
+pub async fn run(target: &str, args: Fanout, report: &mut Report) -> Result<bool, Error> {
+    let id = common::run_id();
+    let room = format!("fanout-{id}");
+    let channels = common::connect(target, args.connections).await?;
+    let users: Vec<String> = (0..args.subscribers)
+        .map(|i| format!("f{id}-{i}"))
+        .collect();
+    let publisher = format!("f{id}-pub");
+    common::join_all(&channels, &room, std::slice::from_ref(&publisher), 1).await?;
+    common::join_all(&channels, &room, &users, 64).await?;
+
+    // Every subscriber's highest seq, for --lead.
+    let highest: Arc<Vec<AtomicU64>> =
+        Arc::new((0..args.subscribers).map(|_| AtomicU64::new(0)).collect());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut subscribers = tokio::task::JoinSet::new();
+    let mut attached = Vec::new();
+    for (i, user) in users.iter().enumerate() {
+        let mut c = common::client(&channels[i % channels.len()], user);
+        let attach = pb::SubscribeRequest {
+            request_id: "a".into(),
+            frame: Some(pb::subscribe_request::Frame::Attach(pb::AttachRoom {
+                room_id: room.clone(),
+                after_seq: None,
+            })),
+        };
+        // One frame, then keep the sending side open without a queue.
+        let outbound = tokio_stream::once(attach).chain(tokio_stream::pending());
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        attached.push(ready_rx);
+        let highest = highest.clone();
+        let mut stop = stop_rx.clone();
+        subscribers.spawn(async move {
+            let mut stream = c.subscribe(outbound).await?.into_inner();
+            let mut ready = Some(ready_tx);
+            let mut seen_bits: Vec<u64> = Vec::new();
+            let mut seen = Seen {
+                received: 0,
+                duplicated: 0,
+                out_of_order: 0,
+                latency: common::histogram(),
+                last_delivery: None,
+            };
+            let mut top = 0u64;
+            loop {
+                let frame = tokio::select! {
+                    biased;
+                    frame = stream.message() => frame?,
+                    _ = stop.changed() => break,
+                };
+                let Some(frame) = frame else { break };
+                match frame.event {
+                    Some(Event::Attached(_)) => {
+                        if let Some(r) = ready.take() {
+                            let _ = r.send(());
+                        }
+                    }
+                    Some(Event::Message(m)) if m.seq > 0 => {
+                        let now = common::now_micros();
+                        let (word, bit) = ((m.seq / 64) as usize, m.seq % 64);
+                        if seen_bits.len() <= word {
+                            seen_bits.resize(word + 1, 0);
+                        }
+                        if seen_bits[word] & (1 << bit) != 0 {
+                            seen.duplicated += 1;
+                            continue;
+                        }
+                        seen_bits[word] |= 1 << bit;
+                        if m.seq <= top {
+                            seen.out_of_order += 1;
+                        }
+                        top = top.max(m.seq);
+                        seen.received += 1;
+                        highest[i].store(top, Ordering::Relaxed);
+                        if let Some(sent) = common::stamp_of(&m.text) {
+                            let _ = seen.latency.record(now.saturating_sub(sent).max(1));
+                        }
+                        seen.last_delivery = Some(Instant::now());
+                    }
+                    _ => {}
+                }
+            }
+            Ok::<Seen, Error>(seen)
+        });
+    }
+    for ready in attached {
+        ready.await.map_err(|_| "a subscriber failed to attach")?;
+    }
+
+    // The publisher: a Subscribe stream with up to `inflight` sends unacknowledged.
+    let server_cpu = args.server_pid.map(common::CpuMeter::start);
+    let client_cpu = common::CpuMeter::start(std::process::id());
+    let mut pub_client = common::client(&channels[0], &publisher);
+    let (frames, outbound) =
+        tokio::sync::mpsc::channel::<pb::SubscribeRequest>(args.inflight.max(1));
+    let mut acks = pub_client
+        .subscribe(tokio_stream::wrappers::ReceiverStream::new(outbound))
+        .await?
+        .into_inner();
+    let window = Arc::new(tokio::sync::Semaphore::new(args.inflight.max(1)));
+    let ack_window = window.clone();
+    let acker = tokio::spawn(async move {
+        let mut acked = 0u64;
+        while let Ok(Some(frame)) = acks.message().await {
+            match frame.event {
+                Some(Event::SendAck(_)) => {
+                    acked += 1;
+                    ack_window.add_permits(1);
+                }
+                Some(Event::Error(e)) => return Err(format!("send failed: {e:?}")),
+                _ => {}
+            }
+        }
+        Ok(acked)
+    });
+
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(args.duration);
+    let mut sent = 0u64;
+    while Instant::now() < deadline {
+        if let Some(rate) = args.rate {
+            let due = started + Duration::from_secs_f64(sent as f64 / rate);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        if let Some(lead) = args.lead {
+            while sent.saturating_sub(slowest(&highest)) >= lead {
+                if Instant::now() >= deadline {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+        }
+        window.acquire().await?.forget();
+        sent += 1;
+        let frame = pb::SubscribeRequest {
+            request_id: sent.to_string(),
+            frame: Some(pb::subscribe_request::Frame::Send(common::chat(
+                &room,
+                common::stamped_text(args.size),
+            ))),
+        };
+        frames.send(frame).await?;
+    }
+    // Wait for every ack, then drain: at most 5 s, ending after 1 s without progress.
+    let _ = window.acquire_many(args.inflight.max(1) as u32).await?;
+    drop(frames);
+    let drain_start = Instant::now();
+    let mut last_total = 0;
+    let mut last_progress = Instant::now();
+    while drain_start.elapsed() < Duration::from_secs(5) {
+        let total: u64 = highest
+            .iter()
+            .map(|h| h.load(Ordering::Relaxed).min(sent))
+            .sum();
+        if total == sent * args.subscribers as u64 {
+            break;
+        }
+        if total != last_total {
+            last_total = total;
+            last_progress = Instant::now();
+        } else if last_progress.elapsed() > Duration::from_secs(1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let server_cpu = server_cpu.and_then(|m| m.percent());
+    let client_cpu = client_cpu.percent();
+    let _ = stop_tx.send(true);
+    acker.abort();
+
+    let mut latency = common::histogram();
+    let (mut received, mut duplicated, mut out_of_order, mut lost) = (0u64, 0u64, 0u64, 0u64);
+    let mut last_delivery = started;
+    while let Some(seen) = subscribers.join_next().await {
+        let seen = seen??;
+        received += seen.received;
+        duplicated += seen.duplicated;
+        out_of_order += seen.out_of_order;
+        lost += sent.saturating_sub(seen.received);
+        latency.add(&seen.latency)?;
+        if let Some(t) = seen.last_delivery {
+            last_delivery = last_delivery.max(t);
+        }
+    }
+    let span = last_delivery
+        .duration_since(started)
+        .as_secs_f64()
+        .max(1e-9);
+    report.set("scenario", "fanout");
+    report.set("subscribers", args.subscribers as u64);
+    report.set("connections", args.connections as u64);
+    report.set("published", sent);
+    report.set("published_per_sec", sent as f64 / span);
+    report.set("delivered", received);
+    report.set("deliveries_per_sec", received as f64 / span);
+    report.set("lost", lost);
+    report.set("duplicated", duplicated);
+    report.set("out_of_order", out_of_order);
+    report.set("latency_ms", common::latency_ms(&latency));
+    if let Some(cpu) = server_cpu {
+        report.set("server_cpu_percent", cpu);
+    }
+    if let Some(cpu) = client_cpu {
+        report.set("client_cpu_percent", cpu);
+    }
+    Ok(lost == 0 && duplicated == 0 && out_of_order == 0)
+}
+
+fn slowest(highest: &[AtomicU64]) -> u64 {
+    highest
+        .iter()
+        .map(|h| h.load(Ordering::Relaxed))
+        .min()
+        .unwrap_or(0)
+}

@@ -1,0 +1,134 @@
+//! Smoke runs of every `chatroom-bench` scenario against a real server, on both
+//! stores: correctness only (nothing lost, duplicated or out of order; no failures).
+//! Speed is measured by running the program itself (BENCHMARKS.md), never here.
+
+mod common;
+
+use serde_json::Value;
+
+use common::{Backend, TestDb, TestServer};
+
+on_both_stores!(every_bench_scenario_runs_clean);
+
+/// Runs the bench with `args` and returns its JSON report (the last line).
+async fn bench(server: &TestServer, args: &[&str]) -> Value {
+    let target = server.addr.to_string();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatroom-bench"))
+        .args(["--target", &target, "--json"])
+        .args(args)
+        .output()
+        .await
+        .expect("run chatroom-bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "chatroom-bench {args:?} failed: {}\n{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(stdout.lines().last().expect("a report")).expect("a JSON report")
+}
+
+async fn every_bench_scenario_runs_clean(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = TestServer::start(&db, |_| {}).await;
+    let pid = std::process::id().to_string();
+
+    let fanout = bench(
+        &server,
+        &[
+            "fanout",
+            "--subscribers",
+            "20",
+            "--connections",
+            "2",
+            "--duration",
+            "1",
+            "--lead",
+            "16",
+            "--server-pid",
+            &pid,
+        ],
+    )
+    .await;
+    assert_eq!(fanout["scenario"], "fanout");
+    assert_eq!(
+        (
+            fanout["lost"].as_u64(),
+            fanout["duplicated"].as_u64(),
+            fanout["out_of_order"].as_u64()
+        ),
+        (Some(0), Some(0), Some(0))
+    );
+    let published = fanout["published"].as_u64().unwrap();
+    assert!(published > 0);
+    assert_eq!(fanout["delivered"].as_u64().unwrap(), published * 20);
+    assert!(fanout["deliveries_per_sec"].as_f64().unwrap() > 0.0);
+    assert!(fanout["latency_ms"]["p99"].as_f64().is_some());
+
+    let paced = bench(
+        &server,
+        &[
+            "fanout",
+            "--subscribers",
+            "5",
+            "--connections",
+            "1",
+            "--duration",
+            "1",
+            "--rate",
+            "20",
+        ],
+    )
+    .await;
+    let published = paced["published"].as_u64().unwrap();
+    assert!(
+        (15..=25).contains(&published),
+        "about 20 messages at 20/s, got {published}"
+    );
+    assert_eq!(paced["lost"].as_u64(), Some(0));
+
+    for transport in [&[][..], &["--unary"][..]] {
+        let mut args = vec![
+            "ingest",
+            "--rooms",
+            "3",
+            "--duration",
+            "1",
+            "--connections",
+            "2",
+        ];
+        args.extend_from_slice(transport);
+        let ingest = bench(&server, &args).await;
+        assert!(ingest["acked"].as_u64().unwrap() > 0);
+        assert_eq!(ingest["failed"].as_u64(), Some(0));
+        assert!(ingest["acked_per_sec"].as_f64().unwrap() > 0.0);
+    }
+
+    let joins = bench(&server, &["joins", "--users", "20", "--concurrency", "4"]).await;
+    assert_eq!(joins["operations"].as_u64(), Some(20));
+    assert_eq!(joins["failed"].as_u64(), Some(0));
+
+    let idle = bench(
+        &server,
+        &[
+            "idle",
+            "--subscribers",
+            "20",
+            "--connections",
+            "2",
+            "--server-pid",
+            &pid,
+            "--burst",
+            "5",
+            "--settle",
+            "0",
+        ],
+    )
+    .await;
+    assert_eq!(idle["subscribers"].as_u64(), Some(20));
+    assert!(idle["server_kib_per_stream"].as_f64().is_some());
+    assert!(idle["server_kib_per_stream_after_burst"].as_f64().is_some());
+
+    server.stop().await;
+    db.remove().await;
+}
