@@ -38,6 +38,18 @@ use crate::rooms::model::{Caller, Message, Room, RoomId};
 
 /// Stored messages read per page while catching up.
 const CATCH_UP_PAGE: u32 = 256;
+
+/// Attaches and catch-up reads in progress at once, server-wide. Each holds a
+/// multi-kilobyte future while it waits for the database; after a restart thousands of
+/// clients reconnect at once, and without a bound those futures (and the heap they
+/// leave fragmented) would all exist together. Waiting for a permit costs a few bytes.
+static DATABASE_WORK: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(64);
+
+/// Runs `work` once a [`DATABASE_WORK`] permit is free.
+async fn bounded<T>(work: impl std::future::Future<Output = T>) -> T {
+    let _permit = DATABASE_WORK.acquire().await.expect("never closed");
+    Box::pin(work).await
+}
 /// Sends a stream may have in flight before the session stops reading its frames.
 const MAX_SENDS_IN_FLIGHT: usize = 256;
 
@@ -141,7 +153,7 @@ pub fn run(
             // Catching up comes first, one page at a time.
             if let Some(room_id) = catch_up.pop_front() {
                 let Some(from) = state.attached.get(&room_id).map(|a| a.delivered) else { continue };
-                match Box::pin(rooms.history_after(&room_id, from, CATCH_UP_PAGE)).await {
+                match bounded(rooms.history_after(&room_id, from, CATCH_UP_PAGE)).await {
                     Ok(page) => {
                         if page.len() == CATCH_UP_PAGE as usize {
                             catch_up.push_front(room_id.clone());
@@ -174,7 +186,7 @@ pub fn run(
                     match request.frame {
                         Some(Request::Attach(attach)) => {
                             let attached = match convert::room_id("attach.room_id", attach.room_id) {
-                                Ok(room_id) => Box::pin(attach_room(&mut state, &caller, limits, room_id, attach.after_seq)).await,
+                                Ok(room_id) => bounded(attach_room(&mut state, &caller, limits, room_id, attach.after_seq)).await,
                                 Err(error) => Err(error),
                             };
                             match attached {
@@ -222,7 +234,7 @@ pub fn run(
                     }
                     if let Some(to) = routed.switched_to {
                         // Follow the user into the room it switched to, from now on.
-                        match Box::pin(attach_room(&mut state, &caller, limits, to.id.clone(), Some(to.last_seq))).await {
+                        match bounded(attach_room(&mut state, &caller, limits, to.id.clone(), Some(to.last_seq))).await {
                             Ok((room, needs_catch_up)) => {
                                 if needs_catch_up {
                                     catch_up.push_back(room.id.clone());
@@ -237,7 +249,7 @@ pub fn run(
                 Step::Room(room_id, Err(BroadcastStreamRecvError::Lagged(_))) => {
                     // Too slow for the ring: check it may still receive the room (it may
                     // have missed its own detach), then read what it missed from the store.
-                    match Box::pin(rooms.attach(&caller, &room_id)).await {
+                    match bounded(rooms.attach(&caller, &room_id)).await {
                         Ok(_) => catch_up.push_back(room_id),
                         Err(error) => {
                             state.detach(&room_id);
