@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Runs every chatroom-bench scenario against a fresh release server, the way
+# BENCHMARKS.md reports them. Usage: scripts/bench.sh sqlite|postgres [OUT_FILE]
+# PostgreSQL: uses $BENCH_PG_URL (default postgres://postgres@127.0.0.1:5432) and
+# recreates the database chatroom_bench there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+store=${1:?usage: scripts/bench.sh sqlite|postgres [OUT_FILE]}
+out=${2:-/dev/stdout}
+cargo build --release --quiet --bin chatroom --bin chatroom-bench
+B=target/release/chatroom-bench
+T=127.0.0.1:50090
+
+case "$store" in
+    sqlite)
+        dir=$(mktemp -d)
+        url="sqlite://$dir/bench.db" ;;
+    postgres)
+        pg=${BENCH_PG_URL:-postgres://postgres@127.0.0.1:5432}
+        psql "$pg/postgres" -qc "DROP DATABASE IF EXISTS chatroom_bench WITH (FORCE)" 2>/dev/null
+        psql "$pg/postgres" -qc "CREATE DATABASE chatroom_bench"
+        url="$pg/chatroom_bench" ;;
+    *) echo "unknown store $store" >&2; exit 2 ;;
+esac
+
+pid=
+start() {
+    [ -n "$pid" ] && { kill -TERM "$pid"; wait "$pid" || true; }
+    target/release/chatroom --listen "$T" --database-url "$url" --log warn &
+    pid=$!
+    sleep 2
+}
+run() { # scenario arguments...
+    echo "## chatroom-bench $*" >&2
+    "$B" --target "$T" --json "$@" --server-pid "$pid" | tail -1 >>"$out"
+}
+trap '[ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null' EXIT
+
+start
+run fanout --subscribers 1000 --connections 10 --duration 10 --lead 128
+run fanout --subscribers 1000 --connections 10 --duration 10 --rate 50
+run ingest --rooms 100 --duration 10
+run ingest --rooms 100 --duration 10 --rate 5000
+run ingest --rooms 100 --duration 10 --unary
+"$B" --target "$T" --json joins --users 5000 | tail -1 >>"$out"
+start  # idle memory is measured on a fresh process
+run idle --subscribers 10000 --connections 10
