@@ -106,11 +106,6 @@ impl Hubs {
         }
     }
 
-    /// How long member events are held to be coalesced.
-    pub fn coalesce_window(&self) -> Duration {
-        self.coalesce_window
-    }
-
     /// Starts receiving a room's events from now on.
     pub fn subscribe(&self, room: &RoomId) -> Receiver {
         let mut rooms = self.rooms.lock().expect("hubs lock");
@@ -194,7 +189,7 @@ impl Hubs {
     /// Announces a join or a leave (`room` as it is after the change), coalesced with
     /// others in the same window. Suppressed rooms still go through here so that the
     /// order of events stays the same; their frames are simply not sent.
-    pub fn member_changed(self: &Arc<Self>, room: &Room, member: Member, joined: bool) {
+    pub fn member_changed(&self, room: &Room, member: Member, joined: bool) {
         let Some(hub) = self.hub(&room.id) else {
             return;
         };

@@ -391,16 +391,16 @@ impl Store {
                 answers[i] = Some(Appended::Existing(existing.clone()));
             } else if let Some(&first) = first_with_key.get(&key) {
                 copies.push((i, first));
-                answers[i] = Some(Appended::RoomGone); // replaced below
             } else {
                 first_with_key.insert(key, i);
             }
         }
 
         // 3. Seqs, for each room in id order.
+        let is_copy: std::collections::HashSet<usize> = copies.iter().map(|&(i, _)| i).collect();
         let mut by_room: BTreeMap<RoomId, Vec<usize>> = BTreeMap::new();
         for (i, m) in messages.iter().enumerate() {
-            if answers[i].is_none() {
+            if answers[i].is_none() && !is_copy.contains(&i) {
                 by_room.entry(m.room_id.clone()).or_default().push(i);
             }
         }

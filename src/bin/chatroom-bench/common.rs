@@ -164,6 +164,28 @@ impl Report {
     }
 }
 
+/// Opens a Subscribe stream that sends one `first` frame and then keeps its sending
+/// side open without a queue (listening only).
+pub async fn listen(
+    client: &mut Client,
+    first: pb::SubscribeRequest,
+) -> Result<tonic::Streaming<pb::SubscribeResponse>, Status> {
+    use tokio_stream::StreamExt;
+    let outbound = tokio_stream::once(first).chain(tokio_stream::pending());
+    Ok(client.subscribe(outbound).await?.into_inner())
+}
+
+/// The frame that attaches `room` live.
+pub fn attach(room: &str) -> pb::SubscribeRequest {
+    pb::SubscribeRequest {
+        request_id: "a".into(),
+        frame: Some(pb::subscribe_request::Frame::Attach(pb::AttachRoom {
+            room_id: room.to_string(),
+            after_seq: None,
+        })),
+    }
+}
+
 /// A CHAT send request.
 pub fn chat(room_id: &str, text: String) -> pb::SendMessageRequest {
     pb::SendMessageRequest {

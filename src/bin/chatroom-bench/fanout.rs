@@ -5,7 +5,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use tokio_stream::StreamExt;
 
 use crate::common::{self, Error, Report};
 use chatroom::pb;
@@ -67,21 +66,13 @@ pub async fn run(target: &str, args: Fanout, report: &mut Report) -> Result<bool
     let mut attached = Vec::new();
     for (i, user) in users.iter().enumerate() {
         let mut c = common::client(&channels[i % channels.len()], user);
-        let attach = pb::SubscribeRequest {
-            request_id: "a".into(),
-            frame: Some(pb::subscribe_request::Frame::Attach(pb::AttachRoom {
-                room_id: room.clone(),
-                after_seq: None,
-            })),
-        };
-        // One frame, then keep the sending side open without a queue.
-        let outbound = tokio_stream::once(attach).chain(tokio_stream::pending());
+        let attach = common::attach(&room);
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         attached.push(ready_rx);
         let highest = highest.clone();
         let mut stop = stop_rx.clone();
         subscribers.spawn(async move {
-            let mut stream = c.subscribe(outbound).await?.into_inner();
+            let mut stream = common::listen(&mut c, attach).await?;
             let mut ready = Some(ready_tx);
             let mut seen_bits: Vec<u64> = Vec::new();
             let mut seen = Seen {

@@ -3,7 +3,6 @@
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use tokio_stream::StreamExt;
 
 use crate::common::{self, Error, Report};
 use chatroom::pb;
@@ -51,28 +50,20 @@ pub async fn run(target: &str, args: Idle, report: &mut Report) -> Result<bool, 
     let mut ready = Vec::new();
     for (i, user) in users.iter().enumerate() {
         let mut c = common::client(&channels[i % channels.len()], user);
-        let attach = pb::SubscribeRequest {
-            request_id: "a".into(),
-            frame: Some(pb::subscribe_request::Frame::Attach(pb::AttachRoom {
-                room_id: room.clone(),
-                after_seq: None,
-            })),
-        };
         let first = if args.no_attach {
             pb::SubscribeRequest {
                 request_id: "p".into(),
                 frame: Some(pb::subscribe_request::Frame::Ping(pb::Ping {})),
             }
         } else {
-            attach
+            common::attach(&room)
         };
-        let outbound = tokio_stream::once(first).chain(tokio_stream::pending());
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         ready.push(ready_rx);
         let counts = counts_tx.clone();
         let burst = args.burst;
         streams.spawn(async move {
-            let mut stream = c.subscribe(outbound).await?.into_inner();
+            let mut stream = common::listen(&mut c, first).await?;
             let mut ready = Some(ready_tx);
             let mut got = 0;
             while let Some(frame) = stream.message().await? {

@@ -38,15 +38,7 @@ pub async fn run(target: &str, args: Joins, report: &mut Report) -> Result<bool,
                     ..Default::default()
                 })
                 .await?;
-                let attach = pb::SubscribeRequest {
-                    request_id: "a".into(),
-                    frame: Some(pb::subscribe_request::Frame::Attach(pb::AttachRoom {
-                        room_id: room.clone(),
-                        after_seq: None,
-                    })),
-                };
-                let outbound = tokio_stream::once(attach).chain(tokio_stream::pending());
-                let mut stream = c.subscribe(outbound).await?.into_inner();
+                let mut stream = common::listen(&mut c, common::attach(&room)).await?;
                 loop {
                     match stream.message().await?.and_then(|f| f.event) {
                         Some(Event::Attached(_)) => break,
