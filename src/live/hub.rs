@@ -223,9 +223,16 @@ fn flush(room_id: &RoomId, hub: &Hub) {
     let mut runs: Vec<(bool, Vec<pb::Member>, u32)> = Vec::new();
     for change in changes.into_iter().filter(|c| !c.suppressed) {
         match runs.last_mut() {
+            // Concurrent changes are announced after their commits, in no set order,
+            // so a run reports the count after all of them: a run of joins only adds
+            // (its largest count), a run of leaves only removes (its smallest).
             Some((joined, members, count)) if *joined == change.joined => {
                 members.push(change.member.into());
-                *count = change.member_count;
+                *count = if change.joined {
+                    (*count).max(change.member_count)
+                } else {
+                    (*count).min(change.member_count)
+                };
             }
             _ => runs.push((
                 change.joined,

@@ -155,15 +155,53 @@ impl Rooms {
         display_name: String,
     ) -> Result<Room> {
         let mut tx = self.store.begin().await?;
-        let room = lock_existing(&mut tx, room_id).await?;
         let (room, joined) = self
-            .join_locked(&mut tx, caller, room, display_name, Slot::Claim)
+            .join_unlocked(&mut tx, caller, room_id, display_name)
             .await?;
         tx.commit().await?;
         if let Some(member) = joined {
             self.live.hubs.member_changed(&room, member, true);
         }
         Ok(self.with_presence(room))
+    }
+
+    /// Joins a room without locking it first, so that joins into one busy room hold
+    /// its row only for their last statement: insert the member, claim the user's room
+    /// slot, then add to the member count if the room has space (PostgreSQL re-checks
+    /// that condition after waiting for the row, so `max_members` stays exact). Any
+    /// failure drops the transaction and with it the inserted member. Rows are touched
+    /// members → user_rooms → rooms, the order LeaveRoom uses too.
+    async fn join_unlocked(
+        &self,
+        tx: &mut Tx,
+        caller: &Caller,
+        room_id: &RoomId,
+        display_name: String,
+    ) -> Result<(Room, Option<Member>)> {
+        let user = caller.user_id.as_str();
+        let now = UnixMicros::now();
+        let Some(member) = tx
+            .insert_member_if_new(room_id, user, &display_name, now)
+            .await?
+        else {
+            // Already a member (nothing changes), or no such room.
+            let room = tx.room(room_id).await?.ok_or_else(|| not_found(room_id))?;
+            return Ok((room, None));
+        };
+        let limit = self.limits.max_rooms_per_user;
+        if !tx.claim_room_slot(user, limit).await? {
+            return Err(Error::TooManyRooms { limit });
+        }
+        match tx.count_new_member(room_id).await? {
+            Some(room) => Ok((room, Some(member))),
+            None => {
+                let room = tx.room(room_id).await?.ok_or_else(|| not_found(room_id))?;
+                Err(Error::RoomFull {
+                    room_id: room_id.to_string(),
+                    max_members: room.settings.max_members,
+                })
+            }
+        }
     }
 
     /// Creates the room, or joins it if it exists; true when this call created it.
@@ -186,9 +224,8 @@ impl Rooms {
                 .await?
                 .0
         } else {
-            let existing = lock_existing(&mut tx, &room.id).await?;
             let (room, joined) = self
-                .join_locked(&mut tx, caller, existing, display_name, Slot::Claim)
+                .join_unlocked(&mut tx, caller, &room.id, display_name)
                 .await?;
             tx.commit().await?;
             if let Some(member) = joined {
@@ -203,9 +240,13 @@ impl Rooms {
     /// Leaves a room; not being a member is not an error. Returns the member removed.
     pub async fn leave(&self, caller: &Caller, room_id: &RoomId) -> Result<Option<Member>> {
         let mut tx = self.store.begin().await?;
-        lock_existing(&mut tx, room_id).await?;
         let user = caller.user_id.as_str();
+        // No room lock first: the member row, the user's slot, then the room's count
+        // (remove_member's order), as joins do.
         let left = remove_member(&mut tx, room_id, user, Slot::Claim).await?;
+        if left.is_none() && tx.room(room_id).await?.is_none() {
+            return Err(not_found(room_id));
+        }
         tx.commit().await?;
         Ok(left.map(|(member, room)| {
             self.announce_leave(&room, member.clone(), DetachReason::Left, None);
@@ -629,8 +670,9 @@ async fn lock_existing(tx: &mut Tx, room_id: &RoomId) -> Result<Room> {
         .ok_or_else(|| not_found(room_id))
 }
 
-/// Removes a member from a locked room, returning it and the room after; `Slot::Claim`
-/// also frees the user's room slot.
+/// Removes a member, returning it and the room after; `Slot::Claim` also frees the
+/// user's room slot. Rows are touched member → user_rooms → rooms, so that a leave and
+/// a join of one user never wait on each other in opposite orders.
 async fn remove_member(
     tx: &mut Tx,
     room_id: &RoomId,
@@ -640,12 +682,12 @@ async fn remove_member(
     let Some(removed) = tx.delete_member(room_id, user).await? else {
         return Ok(None);
     };
-    let room = tx
-        .change_member_count(room_id, -1, UnixMicros::now())
-        .await?;
     if slot == Slot::Claim {
         tx.release_room_slot(user).await?;
     }
+    let room = tx
+        .change_member_count(room_id, -1, UnixMicros::now())
+        .await?;
     Ok(Some((removed, room)))
 }
 

@@ -780,6 +780,72 @@ impl Tx {
         Ok(())
     }
 
+    /// Reads a room without locking it.
+    pub async fn room(&mut self, room_id: &RoomId) -> Result<Option<Room>> {
+        let row: Option<RoomRow> = on_tx!(self, c => {
+            sqlx::query_as(concat!("SELECT ", room_columns!(), " FROM rooms WHERE room_id = $1"))
+                .bind(room_id.as_str())
+                .fetch_optional(c)
+                .await
+        })?;
+        row.map(Room::try_from).transpose()
+    }
+
+    /// Adds `user_id` to an existing room unless it is a member already (the room's
+    /// owner gets the owner role). `None`: already a member, or no such room.
+    pub async fn insert_member_if_new(
+        &mut self,
+        room_id: &RoomId,
+        user_id: &str,
+        display_name: &str,
+        now: UnixMicros,
+    ) -> Result<Option<Member>> {
+        let inserted: std::result::Result<Option<MemberRow>, sqlx::Error> = on_tx!(self, c => {
+            sqlx::query_as(concat!(
+                "INSERT INTO members (room_id, user_id, display_name, role, joined_at_us, last_seen_us) \
+                 SELECT room_id, $2, $3, CASE WHEN owner_id = $2 THEN 1 ELSE 2 END, $4, $4 \
+                 FROM rooms WHERE room_id = $1 \
+                 ON CONFLICT (room_id, user_id) DO NOTHING RETURNING ",
+                member_columns!()
+            ))
+            .bind(room_id.as_str())
+            .bind(user_id)
+            .bind(display_name)
+            .bind(now.0)
+            .fetch_optional(c)
+            .await
+        });
+        match inserted {
+            Ok(row) => row.map(Member::try_from).transpose(),
+            // SQLite keeps the foreign key to rooms; should it ever fire, the room is
+            // gone (and the transaction may be unusable, so answer here).
+            Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => {
+                Err(Error::RoomNotFound {
+                    room_id: room_id.to_string(),
+                })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Counts a new member if the room has space (`max_members` 0 or not reached) and
+    /// returns the room; `None` when it is full or gone. The only statement of a join
+    /// that locks the room row.
+    pub async fn count_new_member(&mut self, room_id: &RoomId) -> Result<Option<Room>> {
+        let row: Option<RoomRow> = on_tx!(self, c => {
+            sqlx::query_as(concat!(
+                "UPDATE rooms SET member_count = member_count + 1, empty_since_us = NULL \
+                 WHERE room_id = $1 AND (max_members = 0 OR member_count < max_members) \
+                 RETURNING ",
+                room_columns!()
+            ))
+            .bind(room_id.as_str())
+            .fetch_optional(c)
+            .await
+        })?;
+        row.map(Room::try_from).transpose()
+    }
+
     /// Reads a room and holds it against concurrent change until the transaction ends.
     pub async fn lock_room(&mut self, room_id: &RoomId) -> Result<Option<Room>> {
         let row: Option<RoomRow> = match &mut self.inner {
@@ -1027,11 +1093,18 @@ impl Tx {
     }
 }
 
-const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../../migrations/postgres/0001_init.sql"),
-)];
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../../migrations/postgres/0001_init.sql"),
+    ),
+    (
+        2,
+        "members without room fk",
+        include_str!("../../migrations/postgres/0002_members_without_room_fk.sql"),
+    ),
+];
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(
     1,
     "init",
