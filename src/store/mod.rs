@@ -1140,6 +1140,14 @@ fn migrate_error(e: sqlx::migrate::MigrateError) -> Error {
 impl From<sqlx::Error> for Error {
     fn from(e: sqlx::Error) -> Self {
         match e {
+            // PostgreSQL broke a deadlock or a serialization conflict by aborting this
+            // transaction (rare: e.g. a SwitchRoom racing a JoinRoom of the same user).
+            // Nothing was written; the same call may simply be retried.
+            sqlx::Error::Database(db)
+                if matches!(db.code().as_deref(), Some("40P01" | "40001")) =>
+            {
+                Error::Unavailable(format!("a concurrent change conflicted, retry: {db}"))
+            }
             sqlx::Error::Io(_)
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
