@@ -33,7 +33,60 @@ on_both_stores!(
     shutdown_during_a_send_storm_loses_no_acknowledged_message,
     sigterm_during_a_send_storm_loses_no_acknowledged_message,
     a_half_closed_stream_keeps_delivering,
+    presence_timeout_set_while_attached_applies,
 );
+
+/// A presence timeout added by UpdateRoom while a member's stream is attached applies
+/// once that stream goes away.
+async fn presence_timeout_set_while_attached_applies(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = TestServer::start(&db, |c| c.member_event_window_ms = 10).await;
+    let mut owner = server.client("owner").await;
+    let mut bob = server.client("bob").await;
+    owner.create_room(create("r")).await.unwrap();
+    bob.join_room(join("r")).await.unwrap();
+    let mut watcher = Sub::open(&mut owner).await;
+    watcher.attached("r", None).await;
+    let mut bob_sub = Sub::open(&mut bob).await;
+    bob_sub.attached("r", None).await;
+
+    owner
+        .update_room(pb::UpdateRoomRequest {
+            room_id: "r".into(),
+            settings: Some(pb::RoomSettings {
+                presence_timeout: common::millis(500),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // Bob's stream learns of the change before it goes away.
+    let frames = bob_sub.until_pong().await;
+    assert!(
+        frames.iter().any(|e| matches!(e, Ev::RoomUpdated(_))),
+        "{frames:?}"
+    );
+    // He was online all along: his timeout counts from when his stream went away.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    drop(bob_sub);
+    let gone = std::time::Instant::now();
+    let mut left = Vec::new();
+    while left.is_empty() {
+        if let Ev::MembersLeft(l) = watcher.event().await {
+            left = l.members.into_iter().map(|m| m.user_id).collect();
+        }
+    }
+    assert_eq!(left, ["bob"]);
+    assert!(
+        gone.elapsed() >= Duration::from_millis(400),
+        "removed {:?} after leaving, before the 500 ms timeout",
+        gone.elapsed()
+    );
+
+    server.stop().await;
+    db.remove().await;
+}
 
 async fn a_half_closed_stream_keeps_delivering(backend: Backend) {
     let db = TestDb::new(backend).await;

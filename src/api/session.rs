@@ -229,6 +229,11 @@ pub fn run(
                     for frame in routed.frames {
                         yield Ok(frame);
                     }
+                    if routed.now_present
+                        && let Err(error) = rooms.mark_online(&room_id, caller.user_id.as_str()).await
+                    {
+                        tracing::warn!(%error, room = %room_id, "could not record presence");
+                    }
                     if routed.gap {
                         catch_up.push_back(room_id);
                     }
@@ -324,6 +329,9 @@ struct Routed {
     gap: bool,
     /// The user switched rooms: attach this one.
     switched_to: Option<Room>,
+    /// The room gained a presence timeout: record the user online before anything else
+    /// this stream does, so that a detach right after cannot be overtaken by it.
+    now_present: bool,
 }
 
 fn route(state: &mut Attachments, room_id: &RoomId, event: &Event) -> Routed {
@@ -349,6 +357,15 @@ fn route(state: &mut Attachments, room_id: &RoomId, event: &Event) -> Routed {
             }
         }
         Event::Broadcast(frame) => routed.frames.push(frame.clone()),
+        Event::Updated { room, frame } => {
+            if let Some(a) = state.attached.get_mut(room_id) {
+                // Online all along: a presence timeout starts when the stream goes away.
+                routed.now_present = a.room.settings.presence_timeout.is_none()
+                    && room.settings.presence_timeout.is_some();
+                a.room = (**room).clone();
+            }
+            routed.frames.push(frame.clone());
+        }
         Event::Detach {
             user,
             reason,

@@ -54,8 +54,11 @@ pub enum Event {
         targets: Option<Vec<String>>,
         frame: Frame,
     },
-    /// A frame for every attached stream (member events, room updates).
+    /// A frame for every attached stream (member events).
     Broadcast(Frame),
+    /// The room's name, attributes or settings changed: streams forward the frame and
+    /// keep the new room (its presence settings apply to them from now on).
+    Updated { room: Box<Room>, frame: Frame },
     /// The streams of `user` must stop receiving this room; on a switch they move to
     /// `switched_to`.
     Detach {
@@ -159,7 +162,10 @@ impl Hubs {
         let frame = Frame::event(PbEvent::RoomUpdated(pb::RoomUpdated {
             room: Some(room.clone().into()),
         }));
-        let _ = hub.sender.send(Arc::new(Event::Broadcast(frame)));
+        let _ = hub.sender.send(Arc::new(Event::Updated {
+            room: Box::new(room.clone()),
+            frame,
+        }));
     }
 
     /// Tells every stream the room is gone, and forgets the hub.

@@ -641,6 +641,12 @@ impl Rooms {
         }
     }
 
+    /// Records an attached member as online in a room that just gained a presence
+    /// timeout, so its timeout starts only when its streams go away.
+    pub async fn mark_online(&self, room_id: &RoomId, user: &str) -> Result<()> {
+        self.store.set_last_seen(room_id, user, None).await
+    }
+
     /// Records a stream of `user` detached from `room` (synchronously, so it can run
     /// while a stream is being dropped); when it was the user's last one in a room
     /// with a presence timeout, the timeout starts now.
