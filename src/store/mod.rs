@@ -52,6 +52,24 @@ macro_rules! member_columns {
     };
 }
 
+/// The query reading one room by id (`$1`).
+macro_rules! room_by_id {
+    () => {
+        concat!("SELECT ", room_columns!(), " FROM rooms WHERE room_id = $1")
+    };
+}
+
+/// The query reading one member by room (`$1`) and user (`$2`).
+macro_rules! member_by_key {
+    () => {
+        concat!(
+            "SELECT ",
+            member_columns!(),
+            " FROM members WHERE room_id = $1 AND user_id = $2"
+        )
+    };
+}
+
 /// The message columns, in [`MessageRow`] order.
 macro_rules! message_columns {
     () => {
@@ -213,7 +231,7 @@ impl Store {
     /// Reads a room.
     pub async fn room(&self, room_id: &RoomId) -> Result<Option<Room>> {
         let row: Option<RoomRow> = on_pool!(self, pool => {
-            sqlx::query_as(concat!("SELECT ", room_columns!(), " FROM rooms WHERE room_id = $1"))
+            sqlx::query_as(room_by_id!())
                 .bind(room_id.as_str())
                 .fetch_optional(pool)
                 .await
@@ -249,9 +267,7 @@ impl Store {
     /// Reads one member of a room.
     pub async fn member(&self, room_id: &RoomId, user_id: &str) -> Result<Option<Member>> {
         let row: Option<MemberRow> = on_pool!(self, pool => {
-            sqlx::query_as(concat!(
-                "SELECT ", member_columns!(), " FROM members WHERE room_id = $1 AND user_id = $2"
-            ))
+            sqlx::query_as(member_by_key!())
             .bind(room_id.as_str())
             .bind(user_id)
             .fetch_optional(pool)
@@ -783,7 +799,7 @@ impl Tx {
     /// Reads a room without locking it.
     pub async fn room(&mut self, room_id: &RoomId) -> Result<Option<Room>> {
         let row: Option<RoomRow> = on_tx!(self, c => {
-            sqlx::query_as(concat!("SELECT ", room_columns!(), " FROM rooms WHERE room_id = $1"))
+            sqlx::query_as(room_by_id!())
                 .bind(room_id.as_str())
                 .fetch_optional(c)
                 .await
@@ -850,25 +866,17 @@ impl Tx {
     pub async fn lock_room(&mut self, room_id: &RoomId) -> Result<Option<Room>> {
         let row: Option<RoomRow> = match &mut self.inner {
             TxInner::Postgres(tx) => {
-                sqlx::query_as(concat!(
-                    "SELECT ",
-                    room_columns!(),
-                    " FROM rooms WHERE room_id = $1 FOR UPDATE"
-                ))
-                .bind(room_id.as_str())
-                .fetch_optional(&mut **tx)
-                .await?
+                sqlx::query_as(concat!(room_by_id!(), " FOR UPDATE"))
+                    .bind(room_id.as_str())
+                    .fetch_optional(&mut **tx)
+                    .await?
             }
             // The single writer connection already serializes write transactions.
             TxInner::Sqlite(tx) => {
-                sqlx::query_as(concat!(
-                    "SELECT ",
-                    room_columns!(),
-                    " FROM rooms WHERE room_id = $1"
-                ))
-                .bind(room_id.as_str())
-                .fetch_optional(&mut **tx)
-                .await?
+                sqlx::query_as(room_by_id!())
+                    .bind(room_id.as_str())
+                    .fetch_optional(&mut **tx)
+                    .await?
             }
         };
         row.map(Room::try_from).transpose()
@@ -909,9 +917,7 @@ impl Tx {
     /// Reads one member of a room.
     pub async fn member(&mut self, room_id: &RoomId, user_id: &str) -> Result<Option<Member>> {
         let row: Option<MemberRow> = on_tx!(self, c => {
-            sqlx::query_as(concat!(
-                "SELECT ", member_columns!(), " FROM members WHERE room_id = $1 AND user_id = $2"
-            ))
+            sqlx::query_as(member_by_key!())
             .bind(room_id.as_str())
             .bind(user_id)
             .fetch_optional(c)
