@@ -11,8 +11,10 @@
 //!
 //! - [`config`]: the command line and its environment twins.
 //! - [`error`]: the domain error enum; [`api::status`] holds its one mapping to gRPC.
-//! - [`api`]: the gRPC layer only — identity, proto ↔ domain conversion, the service.
-//! - [`rooms`]: the rules — membership, limits, permissions. No tonic, no SQL.
+//! - [`api`]: the gRPC layer only — identity, request validation, the service, the
+//!   Subscribe session loop ([`api::session`]) and the server's codec.
+//! - [`rooms`]: the rules — membership, limits, permissions, sending, and the expiry of
+//!   presence and empty rooms. No tonic, no SQL.
 //! - [`live`]: in-memory live state: fan-out hubs, the message writer, presence.
 //! - [`wire`]: domain values in their protobuf form.
 //! - [`store`]: SQL, with a PostgreSQL and a SQLite backend sharing one query text.
@@ -20,7 +22,8 @@
 //!
 //! [`serve`] runs the whole server on a listener until a shutdown future resolves;
 //! `main.rs` calls it with the configured address and SIGTERM/SIGINT, tests call it on
-//! port 0.
+//! port 0. The `chatroom-bench` binary (`src/bin/chatroom-bench/`) drives a running
+//! server over gRPC and prints figures (BENCHMARKS.md).
 
 pub mod api;
 pub mod config;
