@@ -76,24 +76,21 @@ impl std::future::Future for Answer {
 async fn write_batches(store: Store, hubs: Arc<Hubs>, mut queue: mpsc::Receiver<Job>) {
     let mut jobs = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut jobs, MAX_BATCH).await > 0 {
-        let messages = jobs
-            .iter()
-            .map(|j| Pending {
-                message: j.pending.message.clone(),
-                admin: j.pending.admin,
-            })
-            .collect();
-        match store.append_messages(messages).await {
-            Ok(answers) => {
-                publish(&hubs, &answers);
-                for (job, answer) in jobs.drain(..).zip(answers) {
-                    let _ = job.answer.send(Ok(answer));
+        // The messages move into the batch; only the answer channels stay behind.
+        let (batch, answers): (Vec<Pending>, Vec<_>) =
+            jobs.drain(..).map(|j| (j.pending, j.answer)).unzip();
+        let size = batch.len();
+        match store.append_messages(batch).await {
+            Ok(appended) => {
+                publish(&hubs, &appended);
+                for (answer, appended) in answers.into_iter().zip(appended) {
+                    let _ = answer.send(Ok(appended));
                 }
             }
             Err(error) => {
-                tracing::warn!(%error, batch = jobs.len(), "storing a batch of messages failed");
-                for job in jobs.drain(..) {
-                    let _ = job.answer.send(Err(clone_error(&error)));
+                tracing::warn!(%error, batch = size, "storing a batch of messages failed");
+                for answer in answers {
+                    let _ = answer.send(Err(clone_error(&error)));
                 }
             }
         }
