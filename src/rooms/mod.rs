@@ -17,8 +17,8 @@ use crate::error::{Error, Result};
 use crate::live::{DetachReason, Hubs, Presence, Sequencer};
 use crate::store::{Appended, Store, Tx};
 use model::{
-    Caller, Draft, HistoryRange, Member, Message, MessageLimits, NewRoom, Page, PageRequest, Role,
-    Room, RoomFilter, RoomId, RoomPatch, UnixMicros, UserId,
+    Caller, Draft, HistoryRange, Member, Message, MessageLimits, NewRoom, Page, PageRequest, Room,
+    RoomFilter, RoomId, RoomPatch, UnixMicros, UserId,
 };
 
 /// Limits that apply across rooms.
@@ -139,9 +139,8 @@ impl Rooms {
                 room_id: room.id.to_string(),
             });
         }
-        let owner = caller.user_id.as_str();
         let (room, _) = self
-            .add_member(&mut tx, caller, &room.id, owner, display_name, Slot::Claim)
+            .join_in(&mut tx, caller, &room.id, display_name, Slot::Claim)
             .await?;
         tx.commit().await?;
         Ok(self.with_presence(room))
@@ -156,7 +155,7 @@ impl Rooms {
     ) -> Result<Room> {
         let mut tx = self.store.begin().await?;
         let (room, joined) = self
-            .join_unlocked(&mut tx, caller, room_id, display_name)
+            .join_in(&mut tx, caller, room_id, display_name, Slot::Claim)
             .await?;
         tx.commit().await?;
         if let Some(member) = joined {
@@ -165,18 +164,21 @@ impl Rooms {
         Ok(self.with_presence(room))
     }
 
-    /// Joins a room without locking it first, so that joins into one busy room hold
-    /// its row only for their last statement: insert the member, claim the user's room
-    /// slot, then add to the member count if the room has space (PostgreSQL re-checks
-    /// that condition after waiting for the row, so `max_members` stays exact). Any
-    /// failure drops the transaction and with it the inserted member. Rows are touched
-    /// members → user_rooms → rooms, the order LeaveRoom uses too.
-    async fn join_unlocked(
+    /// Joins a room, claiming a room slot unless the join is part of a move. It does
+    /// not lock the room first, so that joins into one busy room hold its row only for
+    /// their last statement: insert the member (the room's owner rejoins as owner),
+    /// claim the slot, then add to the member count if the room has space (PostgreSQL
+    /// re-checks that condition after waiting for the row, so `max_members` stays
+    /// exact). Any failure drops the transaction and with it the inserted member. Rows
+    /// are touched members → user_rooms → rooms, the order LeaveRoom uses too. Returns
+    /// the room and the new member (`None`: already a member, nothing changed).
+    async fn join_in(
         &self,
         tx: &mut Tx,
         caller: &Caller,
         room_id: &RoomId,
         display_name: String,
+        slot: Slot,
     ) -> Result<(Room, Option<Member>)> {
         let user = caller.user_id.as_str();
         let now = UnixMicros::now();
@@ -189,7 +191,7 @@ impl Rooms {
             return Ok((room, None));
         };
         let limit = self.limits.max_rooms_per_user;
-        if !tx.claim_room_slot(user, limit).await? {
+        if slot == Slot::Claim && !tx.claim_room_slot(user, limit).await? {
             return Err(Error::TooManyRooms { limit });
         }
         match tx.count_new_member(room_id).await? {
@@ -218,22 +220,15 @@ impl Rooms {
         let created = tx
             .insert_room(&room, caller.user_id.as_str(), UnixMicros::now())
             .await?;
-        let room = if created {
-            let owner = caller.user_id.as_str();
-            self.add_member(&mut tx, caller, &room.id, owner, display_name, Slot::Claim)
-                .await?
-                .0
-        } else {
-            let (room, joined) = self
-                .join_unlocked(&mut tx, caller, &room.id, display_name)
-                .await?;
-            tx.commit().await?;
-            if let Some(member) = joined {
-                self.live.hubs.member_changed(&room, member, true);
-            }
-            return Ok((self.with_presence(room), false));
-        };
+        // Created or not, the caller joins the same way (a new room has nobody attached
+        // to tell).
+        let (room, joined) = self
+            .join_in(&mut tx, caller, &room.id, display_name, Slot::Claim)
+            .await?;
         tx.commit().await?;
+        if let Some(member) = joined {
+            self.live.hubs.member_changed(&room, member, true);
+        }
         Ok((self.with_presence(room), created))
     }
 
@@ -280,13 +275,11 @@ impl Rooms {
             (second_room, first_room)
         };
         if from_room.is_none() {
-            return Err(Error::RoomNotFound {
-                room_id: from.to_string(),
-            });
+            return Err(not_found(from));
         }
-        let to_room = to_room.ok_or_else(|| Error::RoomNotFound {
-            room_id: to.to_string(),
-        })?;
+        if to_room.is_none() {
+            return Err(not_found(to));
+        }
         let user = caller.user_id.as_str();
         let Some((left, from_room)) = remove_member(&mut tx, from, user, Slot::Move).await? else {
             return Err(Error::NotAMember {
@@ -294,7 +287,7 @@ impl Rooms {
             });
         };
         let (room, joined) = self
-            .join_locked(&mut tx, caller, to_room, display_name, Slot::Move)
+            .join_in(&mut tx, caller, to, display_name, Slot::Move)
             .await?;
         if joined.is_none() {
             // Already a member of `to`: the move freed the slot `from` held.
@@ -454,69 +447,6 @@ impl Rooms {
         }
     }
 
-    /// Joins a locked room unless the caller is already a member. Returns the room
-    /// and the new member (`None` when nothing changed).
-    async fn join_locked(
-        &self,
-        tx: &mut Tx,
-        caller: &Caller,
-        room: Room,
-        display_name: String,
-        slot: Slot,
-    ) -> Result<(Room, Option<Member>)> {
-        if tx
-            .member(&room.id, caller.user_id.as_str())
-            .await?
-            .is_some()
-        {
-            return Ok((room, None));
-        }
-        let max = room.settings.max_members;
-        if max > 0 && room.member_count >= max {
-            return Err(Error::RoomFull {
-                room_id: room.id.to_string(),
-                max_members: max,
-            });
-        }
-        let (room, member) = self
-            .add_member(tx, caller, &room.id, &room.owner_id, display_name, slot)
-            .await?;
-        Ok((room, Some(member)))
-    }
-
-    /// Inserts the caller as a member of a locked room it is not in, claiming a room
-    /// slot unless the join is part of a move. The room's owner rejoins as owner.
-    async fn add_member(
-        &self,
-        tx: &mut Tx,
-        caller: &Caller,
-        room_id: &RoomId,
-        owner_id: &str,
-        display_name: String,
-        slot: Slot,
-    ) -> Result<(Room, Member)> {
-        let user = caller.user_id.as_str();
-        let limit = self.limits.max_rooms_per_user;
-        if slot == Slot::Claim && !tx.claim_room_slot(user, limit).await? {
-            return Err(Error::TooManyRooms { limit });
-        }
-        let now = UnixMicros::now();
-        let member = Member {
-            user_id: user.to_string(),
-            display_name,
-            role: if owner_id == user {
-                Role::Owner
-            } else {
-                Role::Member
-            },
-            online: false,
-            joined_at: now,
-        };
-        tx.insert_member(room_id, &member).await?;
-        let room = tx.change_member_count(room_id, 1, now).await?;
-        Ok((room, member))
-    }
-
     /// Fills in the live presence counts.
     pub fn with_presence(&self, mut room: Room) -> Room {
         room.online_count = self.live.presence.online_count(&room.id);
@@ -606,7 +536,8 @@ impl Rooms {
             .await
     }
 
-    /// Checks that the caller may receive a room (member or admin) and returns it.
+    /// Checks that the caller may receive a room (member or admin) and returns it, as
+    /// stored: a stream fills in presence once it has registered itself.
     pub async fn attach(&self, caller: &Caller, room_id: &RoomId) -> Result<Attachment> {
         let user = caller.user_id.as_str();
         let room = self
@@ -623,10 +554,7 @@ impl Rooms {
                 });
             }
         };
-        Ok(Attachment {
-            room: self.with_presence(room),
-            sender_name,
-        })
+        Ok(Attachment { room, sender_name })
     }
 
     /// Records a stream of `user` attached to `room`; a member of a room with a

@@ -926,26 +926,6 @@ impl Tx {
         row.map(Member::try_from).transpose()
     }
 
-    /// Adds a member (the caller has checked it is not one already). It counts as
-    /// offline since it joined until a stream attaches (its presence clock starts).
-    pub async fn insert_member(&mut self, room_id: &RoomId, member: &Member) -> Result<()> {
-        on_tx!(self, c => {
-            sqlx::query(
-                "INSERT INTO members (room_id, user_id, display_name, role, joined_at_us, last_seen_us) \
-                 VALUES ($1, $2, $3, $4, $5, $5)",
-            )
-            .bind(room_id.as_str())
-            .bind(&member.user_id)
-            .bind(&member.display_name)
-            .bind(rows::role_column(member.role))
-            .bind(member.joined_at.0)
-            .execute(c)
-            .await
-            .map(drop)
-        })?;
-        Ok(())
-    }
-
     /// Removes a member, returning it; `None` when the user was not a member.
     pub async fn delete_member(
         &mut self,

@@ -151,13 +151,6 @@ impl From<&RoomSettings> for SettingsColumns {
     }
 }
 
-pub(super) fn role_column(role: Role) -> i64 {
-    match role {
-        Role::Owner => 1,
-        Role::Member => 2,
-    }
-}
-
 pub(super) fn attributes_json(attributes: &Attributes) -> String {
     serde_json::to_string(attributes).expect("a map of strings always serializes")
 }
