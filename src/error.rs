@@ -57,6 +57,15 @@ pub enum Error {
 }
 
 impl Error {
+    /// The same failure for each caller of a batch that failed as a whole: storage
+    /// trouble stays retryable, anything else is internal.
+    pub fn shared(&self) -> Error {
+        match self {
+            Error::Unavailable(m) => Error::Unavailable(m.clone()),
+            other => Error::Internal(other.to_string()),
+        }
+    }
+
     /// A malformed request field.
     pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
         Error::InvalidArgument {

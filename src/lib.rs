@@ -13,8 +13,9 @@
 //! - [`error`]: the domain error enum; [`api::status`] holds its one mapping to gRPC.
 //! - [`api`]: the gRPC layer only — identity, request validation, the service, the
 //!   Subscribe session loop ([`api::session`]) and the server's codec.
-//! - [`rooms`]: the rules — membership, limits, permissions, sending, and the expiry of
-//!   presence and empty rooms. No tonic, no SQL.
+//! - [`rooms`]: the rules — membership, limits, permissions, sending, the one writer of
+//!   joins and leaves ([`rooms::admissions`]), and the expiry of presence and empty
+//!   rooms. No tonic, no SQL.
 //! - [`live`]: in-memory live state: fan-out hubs, the message writer, presence.
 //! - [`wire`]: domain values in their protobuf form.
 //! - [`store`]: SQL, with a PostgreSQL and a SQLite backend sharing one query text.

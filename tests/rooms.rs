@@ -25,6 +25,7 @@ on_both_stores!(
     enter_room_creates_then_joins,
     concurrent_enter_room_creates_exactly_once,
     concurrent_joins_respect_max_members,
+    concurrent_joins_and_leaves_keep_counts_exact,
     leave_room_is_idempotent,
     switch_room_moves_the_member,
     switch_room_failure_keeps_the_user_in_from,
@@ -494,6 +495,126 @@ async fn concurrent_joins_respect_max_members(backend: Backend) {
     assert_eq!((admitted, full), (4, 16));
     assert_eq!(get_room(&mut owner, "five").await.unwrap().member_count, 5);
     assert_eq!(all_members(&mut owner, "five").await.len(), 5);
+
+    server.stop().await;
+    db.remove().await;
+}
+
+/// Joins, leaves and enters of many users at once are applied in batches; whatever
+/// the batching, the counts stay exact: the room's member count matches its member
+/// rows and never passes `max_members`, each user's room slots match the rooms it is
+/// in, and a user with two changes in flight gets both applied.
+async fn concurrent_joins_and_leaves_keep_counts_exact(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = TestServer::start(&db, |c| c.max_rooms_per_user = 2).await;
+    let mut owner = server.client("owner").await;
+    owner
+        .create_room(pb::CreateRoomRequest {
+            settings: Some(pb::RoomSettings {
+                max_members: 10,
+                ..Default::default()
+            }),
+            ..create("busy")
+        })
+        .await
+        .unwrap();
+    for i in 0..9 {
+        let mut member = server.client(&format!("m{i}")).await;
+        member.join_room(join("busy")).await.unwrap();
+    }
+    // n0..n4 are in two rooms already: no slot left.
+    for i in 0..5 {
+        let mut full = server.client(&format!("n{i:02}")).await;
+        full.create_room(create(&format!("n{i}-a"))).await.unwrap();
+        full.create_room(create(&format!("n{i}-b"))).await.unwrap();
+    }
+
+    #[derive(Debug)]
+    enum Call {
+        Leave,
+        Join(usize),
+        Enter(usize),
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..9 {
+        let mut member = server.client(&format!("m{i}")).await;
+        tasks.spawn(async move {
+            let r = member
+                .leave_room(pb::LeaveRoomRequest {
+                    room_id: "busy".into(),
+                })
+                .await
+                .map(drop);
+            (Call::Leave, r.map(|_| false))
+        });
+    }
+    for i in 0..30 {
+        let mut newcomer = server.client(&format!("n{i:02}")).await;
+        tasks.spawn(async move {
+            let r = newcomer.join_room(join("busy")).await.map(|_| false);
+            (Call::Join(i), r)
+        });
+        // n25..n29 also enter a new room at the same time.
+        if i >= 25 {
+            let mut newcomer = server.client(&format!("n{i:02}")).await;
+            tasks.spawn(async move {
+                let r = newcomer
+                    .enter_room(enter("fresh"))
+                    .await
+                    .map(|r| r.into_inner().created);
+                (Call::Enter(i), r)
+            });
+        }
+    }
+    let mut in_busy = [false; 30];
+    let mut created = 0;
+    while let Some(result) = tasks.join_next().await {
+        match result.unwrap() {
+            (Call::Leave, r) => {
+                r.expect("a leave succeeds");
+            }
+            (Call::Join(i), Ok(_)) => {
+                assert!(i >= 5, "n{i:02} has no slot left but joined");
+                in_busy[i] = true;
+            }
+            (Call::Join(i), Err(status)) if i < 5 => {
+                assert_error(&status, Code::ResourceExhausted, "TOO_MANY_ROOMS")
+            }
+            (Call::Join(_), Err(status)) => {
+                assert_error(&status, Code::ResourceExhausted, "ROOM_FULL")
+            }
+            (Call::Enter(i), r) => {
+                created += usize::from(r.unwrap_or_else(|s| panic!("n{i} enter: {s:?}")));
+            }
+        }
+    }
+    let admitted = in_busy.iter().filter(|&&x| x).count();
+    let busy = get_room(&mut owner, "busy").await.unwrap();
+    assert_eq!(busy.member_count as usize, 1 + admitted);
+    assert!(busy.member_count <= 10, "max_members passed: {busy:?}");
+    assert_eq!(all_members(&mut owner, "busy").await.len(), 1 + admitted);
+    assert_eq!(created, 1, "exactly one EnterRoom creates the room");
+    let mut observer = server.client("n25").await;
+    assert_eq!(
+        get_room(&mut observer, "fresh").await.unwrap().member_count,
+        5
+    );
+    assert_eq!(all_members(&mut observer, "fresh").await.len(), 5);
+
+    // Room slots: each newcomer may create exactly as many rooms as it has left.
+    for (i, &in_room) in in_busy.iter().enumerate().skip(5) {
+        let mut newcomer = server.client(&format!("n{i:02}")).await;
+        let used = usize::from(in_room) + usize::from(i >= 25);
+        for k in 0..=(2 - used) {
+            let r = newcomer.create_room(create(&format!("n{i}-{k}"))).await;
+            if k < 2 - used {
+                r.unwrap_or_else(|s| panic!("n{i:02} should have a slot: {s:?}"));
+            } else {
+                let status = r.expect_err("no slot left");
+                assert_error(&status, Code::ResourceExhausted, "TOO_MANY_ROOMS");
+            }
+        }
+    }
 
     server.stop().await;
     db.remove().await;

@@ -90,7 +90,7 @@ async fn write_batches(store: Store, hubs: Arc<Hubs>, mut queue: mpsc::Receiver<
             Err(error) => {
                 tracing::warn!(%error, batch = size, "storing a batch of messages failed");
                 for answer in answers {
-                    let _ = answer.send(Err(clone_error(&error)));
+                    let _ = answer.send(Err(error.shared()));
                 }
             }
         }
@@ -109,13 +109,5 @@ fn publish(hubs: &Hubs, answers: &[Appended]) {
     new.sort_by(|a, b| (&a.room_id, a.seq).cmp(&(&b.room_id, b.seq)));
     for room in new.chunk_by(|a, b| a.room_id == b.room_id) {
         hubs.publish_messages(&room[0].room_id, room.iter().copied());
-    }
-}
-
-/// The same failure for every sender of a failed batch.
-fn clone_error(error: &Error) -> Error {
-    match error {
-        Error::Unavailable(m) => Error::Unavailable(m.clone()),
-        other => Error::Internal(other.to_string()),
     }
 }

@@ -5,6 +5,7 @@
 //! failed check drops the transaction, so nothing is written. This module knows
 //! neither gRPC nor SQL.
 
+pub mod admissions;
 pub mod expiry;
 pub mod model;
 
@@ -16,6 +17,7 @@ use tokio::sync::Notify;
 use crate::error::{Error, Result};
 use crate::live::{DetachReason, Hubs, Presence, Sequencer};
 use crate::store::{Appended, Store, Tx};
+use admissions::Admissions;
 use model::{
     Caller, Draft, HistoryRange, Member, Message, MessageLimits, NewRoom, Page, PageRequest, Room,
     RoomFilter, RoomId, RoomPatch, UnixMicros, UserId,
@@ -45,6 +47,8 @@ pub struct Rooms {
     live: Live,
     limits: Limits,
     admins: Arc<HashSet<String>>,
+    /// The one writer of joins and leaves (JoinRoom, EnterRoom, LeaveRoom).
+    admissions: Admissions,
     /// Wakes the expiry task when a new presence or destruction deadline starts.
     deadlines_changed: Arc<Notify>,
 }
@@ -98,12 +102,20 @@ impl Rooms {
         limits: Limits,
         admins: impl IntoIterator<Item = String>,
     ) -> Self {
+        let deadlines_changed = Arc::new(Notify::new());
+        let admissions = Admissions::start(
+            store.clone(),
+            live.hubs.clone(),
+            deadlines_changed.clone(),
+            limits.max_rooms_per_user,
+        );
         Rooms {
             store,
             live,
             limits,
             admins: Arc::new(admins.into_iter().collect()),
-            deadlines_changed: Arc::new(Notify::new()),
+            admissions,
+            deadlines_changed,
         }
     }
 
@@ -153,25 +165,20 @@ impl Rooms {
         room_id: &RoomId,
         display_name: String,
     ) -> Result<Room> {
-        let mut tx = self.store.begin().await?;
-        let (room, joined) = self
-            .join_in(&mut tx, caller, room_id, display_name, Slot::Claim)
+        let joined = self
+            .admissions
+            .join(room_id, caller.user_id.as_str(), display_name, None)
             .await?;
-        tx.commit().await?;
-        if let Some(member) = joined {
-            self.live.hubs.member_changed(&room, member, true);
-        }
-        Ok(self.with_presence(room))
+        Ok(self.with_presence(joined.room))
     }
 
-    /// Joins a room, claiming a room slot unless the join is part of a move. It does
-    /// not lock the room first, so that joins into one busy room hold its row only for
-    /// their last statement: insert the member (the room's owner rejoins as owner),
-    /// claim the slot, then add to the member count if the room has space (PostgreSQL
-    /// re-checks that condition after waiting for the row, so `max_members` stays
-    /// exact). Any failure drops the transaction and with it the inserted member. Rows
-    /// are touched members → user_rooms → rooms, the order LeaveRoom uses too. Returns
-    /// the room and the new member (`None`: already a member, nothing changed).
+    /// Joins a room within a transaction that holds it already (CreateRoom's new row,
+    /// SwitchRoom's lock), claiming a room slot unless the join is part of a move:
+    /// insert the member (the room's owner rejoins as owner), claim the slot, then add
+    /// to the member count if the room has space. Any failure drops the transaction
+    /// and with it the inserted member. Returns the room and the new member (`None`:
+    /// already a member, nothing changed). JoinRoom, EnterRoom and LeaveRoom go
+    /// through [`Admissions`] instead, batched.
     async fn join_in(
         &self,
         tx: &mut Tx,
@@ -208,45 +215,27 @@ impl Rooms {
 
     /// Creates the room, or joins it if it exists; true when this call created it.
     ///
-    /// Atomic because the insert is `ON CONFLICT DO NOTHING`: of concurrent callers
-    /// exactly one inserts; the others wait for its commit, see the row, and join.
+    /// Atomic: of concurrent callers exactly one creates the room (its insert is
+    /// `ON CONFLICT DO NOTHING`; the others wait for its commit, see the row, and join).
     pub async fn enter(
         &self,
         caller: &Caller,
         room: NewRoom,
         display_name: String,
     ) -> Result<(Room, bool)> {
-        let mut tx = self.store.begin().await?;
-        let created = tx
-            .insert_room(&room, caller.user_id.as_str(), UnixMicros::now())
+        let room_id = room.id.clone();
+        let joined = self
+            .admissions
+            .join(&room_id, caller.user_id.as_str(), display_name, Some(room))
             .await?;
-        // Created or not, the caller joins the same way (a new room has nobody attached
-        // to tell).
-        let (room, joined) = self
-            .join_in(&mut tx, caller, &room.id, display_name, Slot::Claim)
-            .await?;
-        tx.commit().await?;
-        if let Some(member) = joined {
-            self.live.hubs.member_changed(&room, member, true);
-        }
-        Ok((self.with_presence(room), created))
+        Ok((self.with_presence(joined.room), joined.created))
     }
 
     /// Leaves a room; not being a member is not an error. Returns the member removed.
     pub async fn leave(&self, caller: &Caller, room_id: &RoomId) -> Result<Option<Member>> {
-        let mut tx = self.store.begin().await?;
-        let user = caller.user_id.as_str();
-        // No room lock first: the member row, the user's slot, then the room's count
-        // (remove_member's order), as joins do.
-        let left = remove_member(&mut tx, room_id, user, Slot::Claim).await?;
-        if left.is_none() && tx.room(room_id).await?.is_none() {
-            return Err(not_found(room_id));
-        }
-        tx.commit().await?;
-        Ok(left.map(|(member, room)| {
-            self.announce_leave(&room, member.clone(), DetachReason::Left, None);
-            member
-        }))
+        self.admissions
+            .leave(room_id, caller.user_id.as_str())
+            .await
     }
 
     /// Leaves `from` and joins `to` in one transaction: if the join fails, the
@@ -455,13 +444,14 @@ impl Rooms {
 
     /// Detaches the leaver's streams at once and announces the leave (coalesced).
     fn announce_leave(&self, room: &Room, member: Member, reason: DetachReason, to: Option<Room>) {
-        self.live
-            .hubs
-            .detach_user(&room.id, &member.user_id, reason, to);
-        self.live.hubs.member_changed(room, member, false);
-        if room.member_count == 0 && room.settings.destroy_when_empty_after.is_some() {
-            self.deadlines_changed.notify_one();
-        }
+        announce_leave(
+            &self.live.hubs,
+            &self.deadlines_changed,
+            room,
+            member,
+            reason,
+            to,
+        );
     }
 
     /// Sends a message and waits for its answer: for CHAT, after the commit; for
@@ -540,13 +530,13 @@ impl Rooms {
     /// stored: a stream fills in presence once it has registered itself.
     pub async fn attach(&self, caller: &Caller, room_id: &RoomId) -> Result<Attachment> {
         let user = caller.user_id.as_str();
-        let room = self
+        let (room, name) = self
             .store
-            .room(room_id)
+            .room_and_name(room_id, user)
             .await?
             .ok_or_else(|| not_found(room_id))?;
-        let sender_name = match self.store.member(room_id, user).await? {
-            Some(member) => member.display_name,
+        let sender_name = match name {
+            Some(name) => name,
             None if caller.admin => user.to_string(),
             None => {
                 return Err(Error::NotAMember {
@@ -623,6 +613,23 @@ async fn remove_member(
         .change_member_count(room_id, -1, UnixMicros::now())
         .await?;
     Ok(Some((removed, room)))
+}
+
+/// Detaches the leaver's streams at once and announces the leave (coalesced); a room
+/// left empty may start its destroy-when-empty delay, so the expiry task looks again.
+fn announce_leave(
+    hubs: &Hubs,
+    deadlines_changed: &Notify,
+    room: &Room,
+    member: Member,
+    reason: DetachReason,
+    to: Option<Room>,
+) {
+    hubs.detach_user(&room.id, &member.user_id, reason, to);
+    hubs.member_changed(room, member, false);
+    if room.member_count == 0 && room.settings.destroy_when_empty_after.is_some() {
+        deadlines_changed.notify_one();
+    }
 }
 
 fn not_found(room_id: &RoomId) -> Error {

@@ -28,7 +28,7 @@ use std::collections::{BTreeMap, HashMap};
 use crate::rooms::model::{
     HistoryRange, Member, Message, NewRoom, Room, RoomFilter, RoomId, UnixMicros,
 };
-use rows::{MemberRow, MessageRow, RoomRow};
+use rows::{KeyedMemberRow, MemberRow, MessageRow, RoomAndNameRow, RoomRow};
 
 /// How long a request waits for a free database connection before failing.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -237,6 +237,29 @@ impl Store {
                 .await
         })?;
         row.map(Room::try_from).transpose()
+    }
+
+    /// Reads a room and, in the same statement, the display name `user_id` has in it
+    /// (`None`: not a member). What attaching a stream needs, in one round trip.
+    pub async fn room_and_name(
+        &self,
+        room_id: &RoomId,
+        user_id: &str,
+    ) -> Result<Option<(Room, Option<String>)>> {
+        let row: Option<RoomAndNameRow> = on_pool!(self, pool => {
+            sqlx::query_as(concat!(
+                "SELECT ", room_columns!(), ", \
+                   (SELECT display_name FROM members WHERE room_id = $1 AND user_id = $2) \
+                     AS display_name \
+                 FROM rooms WHERE room_id = $1"
+            ))
+            .bind(room_id.as_str())
+            .bind(user_id)
+            .fetch_optional(pool)
+            .await
+        })?;
+        row.map(|r| Ok((Room::try_from(r.room)?, r.display_name)))
+            .transpose()
     }
 
     /// Reads up to `limit` rooms matching `filter` with ids above `after`, by id.
@@ -794,6 +817,258 @@ impl Tx {
             }
         }
         Ok(())
+    }
+
+    /// Reads rooms and holds them against concurrent change until the transaction
+    /// ends, locking in id order (the order every transaction locks rooms in).
+    pub async fn lock_rooms(&mut self, room_ids: &[&RoomId]) -> Result<Vec<Room>> {
+        let mut ids: Vec<&str> = room_ids.iter().map(|r| r.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let rows: Vec<RoomRow> = match &mut self.inner {
+            TxInner::Postgres(tx) => {
+                sqlx::query_as(concat!(
+                    "SELECT ",
+                    room_columns!(),
+                    " FROM rooms WHERE room_id = ANY($1) ORDER BY room_id FOR UPDATE"
+                ))
+                .bind(ids)
+                .fetch_all(&mut **tx)
+                .await?
+            }
+            // The single writer connection already serializes write transactions.
+            TxInner::Sqlite(tx) => {
+                let mut rows = Vec::with_capacity(ids.len());
+                for id in ids {
+                    let row: Option<RoomRow> = sqlx::query_as(room_by_id!())
+                        .bind(id)
+                        .fetch_optional(&mut **tx)
+                        .await?;
+                    rows.extend(row);
+                }
+                rows
+            }
+        };
+        rows.into_iter().map(Room::try_from).collect()
+    }
+
+    /// The members among `(room, user)` keys, with their rooms' ids.
+    pub async fn members_among(&mut self, keys: &[(&str, &str)]) -> Result<Vec<(String, Member)>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<(String, MemberRow)> = match &mut self.inner {
+            TxInner::Postgres(tx) => {
+                let (rooms, users): (Vec<&str>, Vec<&str>) = keys.iter().copied().unzip();
+                let rows: Vec<KeyedMemberRow> = sqlx::query_as(concat!(
+                    "SELECT room_id, ",
+                    member_columns!(),
+                    " FROM members JOIN UNNEST($1::text[], $2::text[]) AS k(r, u) \
+                      ON room_id = k.r AND user_id = k.u"
+                ))
+                .bind(rooms)
+                .bind(users)
+                .fetch_all(&mut **tx)
+                .await?;
+                rows.into_iter().map(|r| (r.room_id, r.member)).collect()
+            }
+            TxInner::Sqlite(tx) => {
+                let mut rows = Vec::new();
+                for (room, user) in keys {
+                    let row: Option<MemberRow> = sqlx::query_as(member_by_key!())
+                        .bind(room)
+                        .bind(user)
+                        .fetch_optional(&mut **tx)
+                        .await?;
+                    rows.extend(row.map(|m| (room.to_string(), m)));
+                }
+                rows
+            }
+        };
+        rows.into_iter()
+            .map(|(room, m)| Ok((room, Member::try_from(m)?)))
+            .collect()
+    }
+
+    /// Counts one more room for each of `users` (distinct) unless that would exceed
+    /// `limit` (0 means unlimited); returns the users whose slot was claimed.
+    pub async fn claim_room_slots(&mut self, users: &[&str], limit: u32) -> Result<Vec<String>> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut users = users.to_vec();
+        users.sort_unstable();
+        match &mut self.inner {
+            TxInner::Postgres(tx) => Ok(sqlx::query_scalar(
+                "INSERT INTO user_rooms (user_id, room_count) \
+                 SELECT u, 1 FROM UNNEST($1::text[]) AS k(u) \
+                 ON CONFLICT (user_id) DO UPDATE SET room_count = user_rooms.room_count + 1 \
+                 WHERE $2 = 0 OR user_rooms.room_count < $2 \
+                 RETURNING user_id",
+            )
+            .bind(users)
+            .bind(i64::from(limit))
+            .fetch_all(&mut **tx)
+            .await?),
+            TxInner::Sqlite(_) => {
+                let mut claimed = Vec::with_capacity(users.len());
+                for user in users {
+                    if self.claim_room_slot(user, limit).await? {
+                        claimed.push(user.to_string());
+                    }
+                }
+                Ok(claimed)
+            }
+        }
+    }
+
+    /// Counts one room fewer for each of `users` (distinct).
+    pub async fn release_room_slots(&mut self, users: &[&str]) -> Result<()> {
+        if users.is_empty() {
+            return Ok(());
+        }
+        let mut users = users.to_vec();
+        users.sort_unstable();
+        match &mut self.inner {
+            TxInner::Postgres(tx) => {
+                sqlx::query(
+                    "UPDATE user_rooms SET room_count = room_count - 1 WHERE user_id = ANY($1)",
+                )
+                .bind(users)
+                .execute(&mut **tx)
+                .await?;
+            }
+            TxInner::Sqlite(_) => {
+                for user in users {
+                    self.release_room_slot(user).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds members to rooms that exist and that they are not members of yet; each
+    /// starts as seen at its join time.
+    pub async fn insert_members(&mut self, members: &[(&RoomId, &Member)]) -> Result<()> {
+        if members.is_empty() {
+            return Ok(());
+        }
+        match &mut self.inner {
+            TxInner::Postgres(tx) => {
+                let rooms: Vec<&str> = members.iter().map(|(r, _)| r.as_str()).collect();
+                let users: Vec<&str> = members.iter().map(|(_, m)| m.user_id.as_str()).collect();
+                let names: Vec<&str> = members
+                    .iter()
+                    .map(|(_, m)| m.display_name.as_str())
+                    .collect();
+                let roles: Vec<i64> = members
+                    .iter()
+                    .map(|(_, m)| rows::role_column(m.role))
+                    .collect();
+                let joined: Vec<i64> = members.iter().map(|(_, m)| m.joined_at.0).collect();
+                sqlx::query(
+                    "INSERT INTO members (room_id, user_id, display_name, role, joined_at_us, last_seen_us) \
+                     SELECT r, u, n, role, t, t \
+                     FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[]) \
+                       AS k(r, u, n, role, t)",
+                )
+                .bind(rooms)
+                .bind(users)
+                .bind(names)
+                .bind(roles)
+                .bind(joined)
+                .execute(&mut **tx)
+                .await?;
+            }
+            TxInner::Sqlite(tx) => {
+                for (room, m) in members {
+                    sqlx::query(
+                        "INSERT INTO members (room_id, user_id, display_name, role, joined_at_us, last_seen_us) \
+                         VALUES ($1, $2, $3, $4, $5, $5)",
+                    )
+                    .bind(room.as_str())
+                    .bind(&m.user_id)
+                    .bind(&m.display_name)
+                    .bind(rows::role_column(m.role))
+                    .bind(m.joined_at.0)
+                    .execute(&mut **tx)
+                    .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes members by `(room, user)` key; returns how many rows went.
+    pub async fn delete_members(&mut self, keys: &[(&str, &str)]) -> Result<u64> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        match &mut self.inner {
+            TxInner::Postgres(tx) => {
+                let (rooms, users): (Vec<&str>, Vec<&str>) = keys.iter().copied().unzip();
+                let done = sqlx::query(
+                    "DELETE FROM members USING UNNEST($1::text[], $2::text[]) AS k(r, u) \
+                     WHERE room_id = k.r AND user_id = k.u",
+                )
+                .bind(rooms)
+                .bind(users)
+                .execute(&mut **tx)
+                .await?;
+                Ok(done.rows_affected())
+            }
+            TxInner::Sqlite(tx) => {
+                let mut removed = 0;
+                for (room, user) in keys {
+                    removed +=
+                        sqlx::query("DELETE FROM members WHERE room_id = $1 AND user_id = $2")
+                            .bind(room)
+                            .bind(user)
+                            .execute(&mut **tx)
+                            .await?
+                            .rows_affected();
+                }
+                Ok(removed)
+            }
+        }
+    }
+
+    /// Adds a delta to each room's member count (recording when a room became
+    /// empty) and returns the rooms after.
+    pub async fn add_member_counts(
+        &mut self,
+        deltas: &[(&RoomId, i64)],
+        now: UnixMicros,
+    ) -> Result<Vec<Room>> {
+        if deltas.is_empty() {
+            return Ok(Vec::new());
+        }
+        match &mut self.inner {
+            TxInner::Postgres(tx) => {
+                let rooms: Vec<&str> = deltas.iter().map(|(r, _)| r.as_str()).collect();
+                let ds: Vec<i64> = deltas.iter().map(|&(_, d)| d).collect();
+                let rows: Vec<RoomRow> = sqlx::query_as(concat!(
+                    "UPDATE rooms SET member_count = member_count + k.d, \
+                         empty_since_us = CASE WHEN member_count + k.d = 0 THEN $3 ELSE NULL END \
+                     FROM UNNEST($1::text[], $2::bigint[]) AS k(r, d) \
+                     WHERE room_id = k.r RETURNING ",
+                    room_columns!()
+                ))
+                .bind(rooms)
+                .bind(ds)
+                .bind(now.0)
+                .fetch_all(&mut **tx)
+                .await?;
+                rows.into_iter().map(Room::try_from).collect()
+            }
+            TxInner::Sqlite(_) => {
+                let mut rooms = Vec::with_capacity(deltas.len());
+                for &(room, d) in deltas {
+                    rooms.push(self.change_member_count(room, d, now).await?);
+                }
+                Ok(rooms)
+            }
+        }
     }
 
     /// Reads a room without locking it.

@@ -63,6 +63,22 @@ pub(super) struct MemberRow {
     joined_at_us: i64,
 }
 
+/// A room row with the display name of one user in it, if a member.
+#[derive(sqlx::FromRow)]
+pub(super) struct RoomAndNameRow {
+    #[sqlx(flatten)]
+    pub room: RoomRow,
+    pub display_name: Option<String>,
+}
+
+/// A member row with its room's id.
+#[derive(sqlx::FromRow)]
+pub(super) struct KeyedMemberRow {
+    pub room_id: String,
+    #[sqlx(flatten)]
+    pub member: MemberRow,
+}
+
 impl TryFrom<MemberRow> for Member {
     type Error = Error;
 
@@ -117,6 +133,14 @@ impl TryFrom<MessageRow> for Message {
             client_msg_id: row.client_msg_id.unwrap_or_default(),
             sent_at: UnixMicros(row.sent_at_us),
         })
+    }
+}
+
+/// A role as the `members.role` column holds it.
+pub(super) fn role_column(role: Role) -> i64 {
+    match role {
+        Role::Owner => 1,
+        Role::Member => 2,
     }
 }
 
