@@ -19,7 +19,7 @@ pub struct Idle {
     /// The server's process id (its resident memory is read from /proc).
     #[arg(long)]
     server_pid: u32,
-    /// Messages in the burst sent to every stream.
+    /// Messages in the burst sent to every stream (0: no burst, measure attached only).
     #[arg(long, default_value_t = 200)]
     burst: u64,
     /// Seconds to stay idle after the burst before measuring again.
@@ -101,7 +101,7 @@ pub async fn run(target: &str, args: Idle, report: &mut Report) -> Result<bool, 
         "server_kib_per_stream",
         (attached as f64 - before as f64) / n,
     );
-    if args.no_attach {
+    if args.no_attach || args.burst == 0 {
         streams.abort_all();
         return Ok(true);
     }
