@@ -110,9 +110,8 @@ pub async fn serve(
     let session_limits = api::SessionLimits {
         max_rooms_per_stream: config.max_rooms_per_stream as usize,
     };
-    let service = api::server::chat_room_service_server::ChatRoomServiceServer::new(
-        api::ChatRoomApi::new(rooms, session_limits, stop),
-    );
+    let service =
+        api::subscribe::WithSubscribe::new(api::ChatRoomApi::new(rooms, session_limits, stop));
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     // The database just answered (migrations ran): serving from the first call on.

@@ -34,7 +34,63 @@ on_both_stores!(
     sigterm_during_a_send_storm_loses_no_acknowledged_message,
     a_half_closed_stream_keeps_delivering,
     presence_timeout_set_while_attached_applies,
+    shutdown_ends_streams_with_unavailable,
+    subscribe_without_identity_is_unauthenticated,
 );
+
+/// A server shutting down ends each stream with UNAVAILABLE (in its trailers), after
+/// the frames already produced: clients reconnect and resume.
+async fn shutdown_ends_streams_with_unavailable(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = TestServer::start(&db, |_| {}).await;
+    let mut alice = server.client("alice").await;
+    alice.create_room(create("r")).await.unwrap();
+    let mut sub = Sub::open(&mut alice).await;
+    sub.attached("r", None).await;
+    alice.send_message(chat("r", "before")).await.unwrap();
+
+    let stopping = tokio::spawn(server.stop());
+    let mut texts = Vec::new();
+    let status = loop {
+        match tokio::time::timeout(Duration::from_secs(10), sub.responses_result()).await {
+            Ok(Ok(Some(frame))) => {
+                if let Some(Ev::Message(m)) = frame.event {
+                    texts.push(m.text);
+                }
+            }
+            Ok(Ok(None)) => panic!("the stream ended without a status"),
+            Ok(Err(status)) => break status,
+            Err(_) => panic!("the stream did not end at shutdown"),
+        }
+    };
+    assert_eq!(texts, ["before"]);
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("reconnect"), "{status:?}");
+    stopping.await.unwrap();
+    db.remove().await;
+}
+
+/// Subscribe checks the caller like every other call.
+async fn subscribe_without_identity_is_unauthenticated(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = TestServer::start(&db, |_| {}).await;
+    let mut anon = server.anonymous().await;
+    let frames = tokio_stream::iter(vec![pb::SubscribeRequest {
+        request_id: "p".into(),
+        frame: Some(pb::subscribe_request::Frame::Ping(pb::Ping {})),
+    }]);
+    let status = match anon.subscribe(frames).await {
+        Err(status) => status,
+        Ok(response) => match response.into_inner().message().await {
+            Err(status) => status,
+            Ok(frame) => panic!("an anonymous stream answered {frame:?}"),
+        },
+    };
+    assert_error(&status, Code::Unauthenticated, "UNAUTHENTICATED");
+
+    server.stop().await;
+    db.remove().await;
+}
 
 /// A presence timeout added by UpdateRoom while a member's stream is attached applies
 /// once that stream goes away.

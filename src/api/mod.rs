@@ -5,6 +5,7 @@ pub mod codec;
 pub mod convert;
 pub mod session;
 pub mod status;
+pub mod subscribe;
 
 use std::pin::Pin;
 
@@ -45,6 +46,21 @@ impl ChatRoomApi {
             limits,
             stop,
         }
+    }
+
+    /// A Subscribe session for `caller` over the client's frames.
+    fn session(
+        &self,
+        caller: Caller,
+        inbound: Streaming<pb::SubscribeRequest>,
+    ) -> impl Stream<Item = Result<Frame, Status>> + Send + 'static {
+        session::run(
+            self.rooms.clone(),
+            caller,
+            self.limits,
+            inbound,
+            self.stop.clone(),
+        )
     }
 
     /// The caller of a request, from its `x-user-id` metadata.
@@ -239,14 +255,12 @@ impl ChatRoomService for ChatRoomApi {
         &self,
         request: Request<Streaming<pb::SubscribeRequest>>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        // `serve` answers Subscribe with `subscribe::WithSubscribe`, which writes the
+        // frames without tonic's encoder; through tonic (the generated service alone)
+        // the same session runs.
         let caller = self.caller(&request)?;
-        let stream = session::run(
-            self.rooms.clone(),
-            caller,
-            self.limits,
-            request.into_inner(),
-            self.stop.clone(),
-        );
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(Box::pin(
+            self.session(caller, request.into_inner()),
+        )))
     }
 }

@@ -2,9 +2,12 @@
 //!
 //! Fan-out sends the same event to every subscriber of a room. Encoding it per
 //! subscriber would repeat the same work thousands of times, so events are encoded
-//! once into a [`Frame`] and every stream writes those bytes. The server's codegen maps
-//! `SubscribeResponse` to this type (see `build.rs`); prost's codec asks it for its
-//! length and bytes, which it already has. Clients decode the ordinary message.
+//! once into a [`Frame`] and every stream writes those bytes. A frame holds the message
+//! as it goes on the wire, behind gRPC's 5-byte length prefix, so the Subscribe route
+//! (`api::subscribe`) hands it to HTTP/2 without a copy. The server's codegen also maps
+//! `SubscribeResponse` to this type (see `build.rs`), so tonic's codec can write it: it
+//! asks for the length and bytes, which a frame already has. Clients decode the
+//! ordinary message.
 
 use bytes::{Buf, BufMut, Bytes};
 use prost::Message;
@@ -12,14 +15,30 @@ use prost::encoding::{DecodeContext, WireType};
 
 use crate::pb;
 
-/// An encoded `SubscribeResponse`. Cloning shares the bytes.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// gRPC's message prefix: a compression flag and a big-endian `u32` length.
+const PREFIX: usize = 5;
+
+/// An encoded `SubscribeResponse`, with its gRPC prefix. Cloning shares the bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Frame(Bytes);
+
+impl Default for Frame {
+    fn default() -> Self {
+        Frame::encode(&pb::SubscribeResponse::default())
+    }
+}
 
 impl Frame {
     /// Encodes a response.
     pub fn encode(response: &pb::SubscribeResponse) -> Frame {
-        Frame(Bytes::from(response.encode_to_vec()))
+        let len = response.encoded_len();
+        let mut wire = Vec::with_capacity(PREFIX + len);
+        wire.push(0); // not compressed
+        wire.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes());
+        response
+            .encode(&mut wire)
+            .expect("a Vec grows to fit the message");
+        Frame(Bytes::from(wire))
     }
 
     /// Encodes an event (a response that answers no particular request).
@@ -38,15 +57,25 @@ impl Frame {
         })
     }
 
-    /// The encoded bytes.
-    pub fn bytes(&self) -> &Bytes {
+    /// The message as it goes on the wire, prefix included.
+    pub fn wire(&self) -> &Bytes {
         &self.0
+    }
+
+    /// The wire bytes, without a copy.
+    pub fn into_wire(self) -> Bytes {
+        self.0
+    }
+
+    /// The encoded message alone.
+    fn message(&self) -> &[u8] {
+        &self.0[PREFIX..]
     }
 }
 
 impl Message for Frame {
     fn encode_raw(&self, buf: &mut impl BufMut) {
-        buf.put_slice(&self.0);
+        buf.put_slice(self.message());
     }
 
     /// Frames are only ever encoded, on the server; decoding skips every field.
@@ -61,11 +90,11 @@ impl Message for Frame {
     }
 
     fn encoded_len(&self) -> usize {
-        self.0.len()
+        self.message().len()
     }
 
     fn clear(&mut self) {
-        self.0 = Bytes::new();
+        *self = Frame::default();
     }
 }
 
@@ -87,5 +116,22 @@ mod tests {
             response
         );
         assert_eq!(frame.encoded_len(), response.encoded_len());
+    }
+
+    #[test]
+    fn a_frame_carries_the_grpc_prefix() {
+        let response = pb::SubscribeResponse {
+            request_id: "r2".into(),
+            event: Some(pb::subscribe_response::Event::Pong(pb::Pong {})),
+        };
+        let wire = Frame::encode(&response).into_wire();
+        let len = response.encoded_len();
+        assert_eq!(wire[0], 0, "not compressed");
+        assert_eq!(
+            u32::from_be_bytes(wire[1..5].try_into().unwrap()) as usize,
+            len
+        );
+        assert_eq!(wire.len(), 5 + len);
+        assert_eq!(pb::SubscribeResponse::decode(&wire[5..]).unwrap(), response);
     }
 }

@@ -447,6 +447,11 @@ impl Sub {
         self.read().await.expect("the stream ended")
     }
 
+    /// The next frame or the stream's end, as the client library reports it.
+    pub async fn responses_result(&mut self) -> Result<Option<pb::SubscribeResponse>, Status> {
+        self.responses.message().await
+    }
+
     /// The next frame straight from the wire; `None` when the stream ended cleanly.
     pub async fn read(&mut self) -> Option<pb::SubscribeResponse> {
         match tokio::time::timeout(WAIT, self.responses.message()).await {

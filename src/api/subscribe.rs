@@ -1,0 +1,200 @@
+//! The Subscribe route: the session's frames go to HTTP/2 as they are.
+//!
+//! Tonic encodes every response message of a call into a buffer of the call's own and
+//! keeps that buffer, at its largest size, for as long as the call lives: after a
+//! burst of messages every idle stream would hold kilobytes it no longer needs.
+//! Subscribe's responses are encoded once per event already ([`Frame`], gRPC's
+//! length prefix included), and the same bytes go to every subscriber, so this route
+//! hands them over as they are: a lone frame is a shared `Bytes`, several ready at once
+//! are gathered into one buffer that is freed as soon as it is written. Between
+//! bursts a stream holds no buffer at all.
+//!
+//! Everything else is tonic's: requests are decoded by its `Streaming`, errors become
+//! trailers with its `Status`. [`WithSubscribe`] wraps the generated service and
+//! answers the Subscribe path itself; every other call goes to the generated service.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::future::Either;
+use http::header::{CONTENT_TYPE, HeaderValue};
+use tokio_stream::Stream;
+use tonic::body::Body;
+use tonic::server::NamedService;
+use tonic::{Status, Streaming};
+
+use super::ChatRoomApi;
+use super::codec::LeanCodec;
+use super::server::chat_room_service_server::ChatRoomServiceServer;
+use crate::live::Frame;
+use crate::pb;
+
+/// The route this module serves.
+const SUBSCRIBE_PATH: &str = "/chatroom.v1.ChatRoomService/Subscribe";
+/// Most bytes of ready frames gathered into one write.
+const GATHER_LIMIT: usize = 16 * 1024;
+
+/// The generated service, with Subscribe answered by [`subscribe`].
+#[derive(Clone)]
+pub struct WithSubscribe {
+    api: ChatRoomApi,
+    inner: ChatRoomServiceServer<ChatRoomApi>,
+}
+
+impl WithSubscribe {
+    pub fn new(api: ChatRoomApi) -> Self {
+        WithSubscribe {
+            inner: ChatRoomServiceServer::new(api.clone()),
+            api,
+        }
+    }
+}
+
+impl NamedService for WithSubscribe {
+    const NAME: &'static str = <ChatRoomServiceServer<ChatRoomApi> as NamedService>::NAME;
+}
+
+type Inner = ChatRoomServiceServer<ChatRoomApi>;
+type InnerFuture = <Inner as tower_service::Service<http::Request<Body>>>::Future;
+
+impl tower_service::Service<http::Request<Body>> for WithSubscribe {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = Either<std::future::Ready<Result<Self::Response, Infallible>>, InnerFuture>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        tower_service::Service::<http::Request<Body>>::poll_ready(&mut self.inner, cx)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        if request.uri().path() == SUBSCRIBE_PATH {
+            Either::Left(std::future::ready(Ok(subscribe(&self.api, request))))
+        } else {
+            Either::Right(tower_service::Service::call(&mut self.inner, request))
+        }
+    }
+}
+
+/// Starts a Subscribe stream: the caller from the request's metadata, the client's
+/// frames decoded from its body, and the session's frames as the response body.
+fn subscribe(api: &ChatRoomApi, request: http::Request<Body>) -> http::Response<Body> {
+    if let Some(encoding) = request.headers().get("grpc-encoding")
+        && encoding != "identity"
+    {
+        return Status::unimplemented(format!(
+            "compressed requests ({encoding:?}) are not supported"
+        ))
+        .into_http();
+    }
+    let request = tonic::Request::from_http(request);
+    let caller = match api.caller(&request) {
+        Ok(caller) => caller,
+        Err(error) => return Status::from(error).into_http(),
+    };
+    let decoder =
+        tonic::codec::Codec::decoder(&mut LeanCodec::<Frame, pb::SubscribeRequest>::default());
+    let inbound = Streaming::new_request(decoder, request.into_inner(), None, None);
+    let frames = api.session(caller, inbound);
+    let mut response = http::Response::new(Body::new(FrameBody {
+        frames: Box::pin(frames),
+        end: None,
+    }));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    response
+}
+
+/// The response body: the session's frames, then its status as trailers.
+struct FrameBody<S> {
+    frames: Pin<Box<S>>,
+    /// How the stream ended, once known: sent as trailers after what was gathered.
+    end: Option<End>,
+}
+
+enum End {
+    /// The status to send as trailers.
+    Status(Status),
+    /// Trailers sent.
+    Done,
+}
+
+impl<S> http_body::Body for FrameBody<S>
+where
+    S: Stream<Item = Result<Frame, Status>>,
+{
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
+        match self.end.take() {
+            Some(End::Done) => {
+                self.end = Some(End::Done);
+                return Poll::Ready(None);
+            }
+            Some(End::Status(status)) => {
+                self.end = Some(End::Done);
+                return Poll::Ready(Some(Ok(trailers(&status))));
+            }
+            None => {}
+        }
+        let first = match ready!(self.frames.as_mut().poll_next(cx)) {
+            Some(Ok(frame)) => frame.into_wire(),
+            Some(Err(status)) => {
+                self.end = Some(End::Done);
+                return Poll::Ready(Some(Ok(trailers(&status))));
+            }
+            None => {
+                self.end = Some(End::Done);
+                return Poll::Ready(Some(Ok(trailers(&Status::ok("")))));
+            }
+        };
+        // Whatever else is ready goes in the same write (one HTTP/2 DATA frame instead
+        // of one per message), in a buffer freed once written.
+        let mut gathered: Option<BytesMut> = None;
+        while gathered.as_ref().map_or(first.len(), BytesMut::len) < GATHER_LIMIT {
+            match self.frames.as_mut().poll_next(cx) {
+                Poll::Ready(Some(Ok(next))) => {
+                    let buf = gathered.get_or_insert_with(|| {
+                        let mut buf = BytesMut::with_capacity(
+                            GATHER_LIMIT.min((first.len() + next.wire().len()).next_power_of_two()),
+                        );
+                        buf.extend_from_slice(&first);
+                        buf
+                    });
+                    buf.extend_from_slice(next.wire());
+                }
+                Poll::Ready(Some(Err(status))) => {
+                    self.end = Some(End::Status(status));
+                    break;
+                }
+                Poll::Ready(None) => {
+                    self.end = Some(End::Status(Status::ok("")));
+                    break;
+                }
+                Poll::Pending => break,
+            }
+        }
+        let data = gathered.map_or(first, BytesMut::freeze);
+        Poll::Ready(Some(Ok(http_body::Frame::data(data))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.end, Some(End::Done))
+    }
+}
+
+/// A status as gRPC trailers.
+fn trailers(status: &Status) -> http_body::Frame<Bytes> {
+    let mut headers = http::HeaderMap::new();
+    if let Err(unsendable) = status.add_header(&mut headers) {
+        headers.clear();
+        let _ = unsendable.add_header(&mut headers);
+    }
+    http_body::Frame::trailers(headers)
+}
