@@ -147,6 +147,39 @@ impl Drop for Attachments {
     }
 }
 
+/// A stream's sends in flight. Most streams only listen, so the set is made on the
+/// first send (an empty `FuturesUnordered` is two heap allocations).
+#[derive(Default)]
+struct Sends(Option<FuturesUnordered<PendingSend>>);
+
+impl Sends {
+    fn push(&mut self, send: PendingSend) {
+        self.0.get_or_insert_with(FuturesUnordered::new).push(send);
+    }
+
+    fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, FuturesUnordered::len)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Stream for Sends {
+    type Item = Frame;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Frame>> {
+        match self.0.as_mut() {
+            Some(sends) => Pin::new(sends).poll_next(cx),
+            None => std::task::Poll::Ready(None),
+        }
+    }
+}
+
 /// What woke the session.
 enum Step {
     Stop,
@@ -169,7 +202,7 @@ struct Session {
     caller: Caller,
     limits: SessionLimits,
     state: Attachments,
-    sends: FuturesUnordered<PendingSend>,
+    sends: Sends,
     /// Rooms whose stored messages must be read before live ones, in order.
     catch_up: VecDeque<RoomId>,
     /// Frames ready for the client, in order.
@@ -259,7 +292,7 @@ impl Session {
                             .get(&draft.room_id)
                             .map(|a| a.sender_name.clone());
                         let rooms = &self.state.rooms;
-                        match rooms.submit(&self.caller, draft, name.as_deref()).await {
+                        match Box::pin(rooms.submit(&self.caller, draft, name.as_deref())).await {
                             Ok(sent) => {
                                 self.sends.push(Box::pin(async move {
                                     send_answer(request_id, sent.answer().await)
@@ -352,7 +385,7 @@ pub fn run(
             },
             caller,
             limits,
-            sends: FuturesUnordered::new(),
+            sends: Sends::default(),
             catch_up: VecDeque::new(),
             outbox: VecDeque::new(),
             inbound_done: false,
