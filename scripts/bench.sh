@@ -30,8 +30,12 @@ start() {
     pid=$!
     sleep 2
 }
+settle() { # each scenario starts from a written-back database, not the last one's backlog
+    if [ "$store" = postgres ]; then psql "$url" -qc CHECKPOINT; fi
+}
 run() { # scenario arguments...
     echo "## chatroom-bench $*" >&2
+    settle
     "$B" --target "$T" --json "$@" --server-pid "$pid" | tail -1 >>"$out"
 }
 trap '[ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null' EXIT
@@ -42,6 +46,8 @@ run fanout --subscribers 1000 --connections 10 --duration 10 --rate 50
 run ingest --rooms 100 --duration 10
 run ingest --rooms 100 --duration 10 --rate 5000
 run ingest --rooms 100 --duration 10 --unary
+echo "## chatroom-bench joins --users 5000" >&2
+settle
 "$B" --target "$T" --json joins --users 5000 | tail -1 >>"$out"
 start  # idle memory is measured on a fresh process
 run idle --subscribers 10000 --connections 10
