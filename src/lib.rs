@@ -12,7 +12,8 @@
 //! - [`config`]: the command line and its environment twins.
 //! - [`error`]: the domain error enum; [`api::status`] holds its one mapping to gRPC.
 //! - [`api`]: the gRPC layer only — identity, request validation, the service, the
-//!   Subscribe session loop ([`api::session`]) and the server's codec.
+//!   Subscribe session loop ([`api::session`]), its route ([`api::subscribe`], which
+//!   writes pre-encoded frames to HTTP/2) and the server's codec.
 //! - [`rooms`]: the rules — membership, limits, permissions, sending, the one writer of
 //!   joins and leaves ([`rooms::admissions`]), and the expiry of presence and empty
 //!   rooms. No tonic, no SQL.

@@ -1,10 +1,10 @@
 //! The server's codec: prost, with small buffers.
 //!
 //! Tonic gives every call an encode buffer and a decode buffer of 8 KiB each by
-//! default. Idle Subscribe streams are the common case, so both start empty here and
-//! grow only while something is written or read; the yield threshold bounds how much
-//! one burst may gather in a stream's encode buffer before it is flushed (its high-water
-//! mark stays allocated for the call's life).
+//! default. Here both start empty and grow only while something is written or read;
+//! the yield threshold bounds how much one response may gather in an encode buffer
+//! before it is flushed. Subscribe responses skip the encode buffer altogether (see
+//! [`super::subscribe`]); its requests are decoded with this codec's decoder.
 
 use std::marker::PhantomData;
 

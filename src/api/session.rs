@@ -5,7 +5,7 @@
 //! waits on the client's frames, its sends in flight, and its rooms' hubs, puts the
 //! frames each produces in a small outbox, and yields them. Everything that awaits the
 //! database runs in a boxed future of its own, so the generator itself stays under
-//! 1 KB (see [`Session`]). Delivery of CHAT messages is tracked per room by seq:
+//! 1 KB (see `Session`). Delivery of CHAT messages is tracked per room by seq:
 //!
 //! - attach subscribes to the hub *before* reading the room, so nothing committed in
 //!   between is missed; messages at or below the attach point are skipped;

@@ -36,7 +36,7 @@ const SUBSCRIBE_PATH: &str = "/chatroom.v1.ChatRoomService/Subscribe";
 /// Most bytes of ready frames gathered into one write.
 const GATHER_LIMIT: usize = 16 * 1024;
 
-/// The generated service, with Subscribe answered by [`subscribe`].
+/// The generated service, with Subscribe answered by this module (`subscribe`).
 #[derive(Clone)]
 pub struct WithSubscribe {
     api: ChatRoomApi,
