@@ -125,7 +125,9 @@ struct Attachments {
     rooms: Rooms,
     user: String,
     attached: AttachedRooms,
-    events: StreamMap<RoomId, BroadcastStream<Arc<Event>>>,
+    /// Keyed by a shared id: the map hands out a clone of the key with every event,
+    /// and a `RoomId` clone would be an allocation per delivery.
+    events: StreamMap<Arc<RoomId>, BroadcastStream<Arc<Event>>>,
 }
 
 impl Attachments {
@@ -184,7 +186,7 @@ impl Stream for Sends {
 enum Step {
     Stop,
     Sent(Frame),
-    Room(RoomId, Result<Arc<Event>, BroadcastStreamRecvError>),
+    Room(Arc<RoomId>, Result<Arc<Event>, BroadcastStreamRecvError>),
     Client(Option<std::result::Result<pb::SubscribeRequest, Status>>),
 }
 
@@ -437,14 +439,14 @@ pub fn run(
                 Step::Room(room_id, Ok(event)) => {
                     let routed = route(&mut s.state, &room_id, &event, &mut s.outbox);
                     if routed.gap {
-                        s.catch_up.push_back(room_id.clone());
+                        s.catch_up.push_back(RoomId::clone(&room_id));
                     }
                     if routed.now_present || routed.switched_to.is_some() {
-                        Box::pin(s.follow_up(room_id, routed)).await;
+                        Box::pin(s.follow_up(RoomId::clone(&room_id), routed)).await;
                     }
                 }
                 Step::Room(room_id, Err(BroadcastStreamRecvError::Lagged(_))) => {
-                    Box::pin(s.lagged(room_id)).await;
+                    Box::pin(s.lagged(RoomId::clone(&room_id))).await;
                 }
             }
         }
@@ -489,7 +491,7 @@ async fn attach_room(
     let delivered = after_seq.map_or(last, |after| after.min(last));
     state
         .events
-        .insert(room_id.clone(), BroadcastStream::new(receiver));
+        .insert(Arc::new(room_id.clone()), BroadcastStream::new(receiver));
     state.attached.insert(Attached {
         room: room.clone(),
         sender_name: attachment.sender_name,
