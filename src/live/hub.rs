@@ -1,6 +1,6 @@
 //! Per-room fan-out.
 //!
-//! Each live room (one with at least one attached stream) has a [`Hub`]: a
+//! Each live room (one with at least one attached stream) has a `Hub`: a
 //! `tokio::sync::broadcast` ring of recent events. Publishing encodes an event once
 //! and puts one shared copy in the ring; every attached stream reads the ring at its
 //! own pace with its own cursor. Nothing is queued per stream, so an idle subscriber
@@ -9,7 +9,7 @@
 //! catches up on stored (CHAT) messages from the database by seq. Unstored kinds
 //! (BARRAGE, COMMAND) are simply gone for it — the first thing dropped under load.
 //!
-//! Member join/leave events are coalesced: changes within [`Hubs::coalesce_window`]
+//! Member join/leave events are coalesced: changes within `Hubs::coalesce_window`
 //! go out as one `MembersJoined`/`MembersLeft` frame per run of the same kind.
 
 use std::collections::HashMap;
