@@ -375,7 +375,12 @@ impl Store {
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .collect();
-        let names = tx.display_names(&pairs).await?;
+        let names: HashMap<(String, String), String> = tx
+            .members_among(&pairs)
+            .await?
+            .into_iter()
+            .map(|(room, m)| ((room, m.user_id), m.display_name))
+            .collect();
         let mut refused_rooms = std::collections::BTreeSet::new();
         for (i, m) in messages.iter_mut().enumerate() {
             match names.get(&(m.room_id.to_string(), m.sender_id.clone())) {
@@ -630,42 +635,6 @@ impl Tx {
             TxInner::Sqlite(tx) => tx.commit().await?,
         }
         Ok(())
-    }
-
-    /// Display names of the members among `(room, user)` pairs.
-    async fn display_names(
-        &mut self,
-        pairs: &[(&str, &str)],
-    ) -> Result<HashMap<(String, String), String>> {
-        let rows: Vec<(String, String, String)> = match &mut self.inner {
-            TxInner::Postgres(tx) => {
-                let (rooms, users): (Vec<&str>, Vec<&str>) = pairs.iter().copied().unzip();
-                sqlx::query_as(
-                    "SELECT m.room_id, m.user_id, m.display_name FROM members m \
-                     JOIN UNNEST($1::text[], $2::text[]) AS k(r, u) ON m.room_id = k.r AND m.user_id = k.u",
-                )
-                .bind(rooms)
-                .bind(users)
-                .fetch_all(&mut **tx)
-                .await?
-            }
-            // Local and cheap: one indexed read per pair.
-            TxInner::Sqlite(tx) => {
-                let mut rows = Vec::new();
-                for (room, user) in pairs {
-                    let row: Option<(String, String, String)> = sqlx::query_as(
-                        "SELECT room_id, user_id, display_name FROM members WHERE room_id = $1 AND user_id = $2",
-                    )
-                    .bind(room)
-                    .bind(user)
-                    .fetch_optional(&mut **tx)
-                    .await?;
-                    rows.extend(row);
-                }
-                rows
-            }
-        };
-        Ok(rows.into_iter().map(|(r, u, n)| ((r, u), n)).collect())
     }
 
     /// The stored messages with the idempotency keys of `messages`.
