@@ -65,8 +65,9 @@ pub struct Joined {
 /// What a change did.
 enum Outcome {
     Joined(Joined),
-    /// The member removed (`None`: was not one).
+    /// The room as the leave left it, and the member removed (`None`: was not one).
     Left {
+        room: Room,
         member: Option<Member>,
     },
 }
@@ -124,7 +125,7 @@ impl Admissions {
     /// Removes `user_id` from a room; returns the member removed.
     pub async fn leave(&self, room_id: &RoomId, user_id: &str) -> Result<Option<Member>> {
         match self.apply(room_id, user_id, Kind::Leave).await? {
-            Outcome::Left { member } => Ok(member),
+            Outcome::Left { member, .. } => Ok(member),
             Outcome::Joined(_) => Err(Error::Internal("a leave answered as a join".into())),
         }
     }
@@ -199,7 +200,7 @@ impl Writer {
             Ok(outcomes) => {
                 self.announce(&outcomes);
                 for (answer, outcome) in answers.into_iter().zip(outcomes) {
-                    let _ = answer.send(outcome.map(|(_, outcome)| outcome));
+                    let _ = answer.send(outcome);
                 }
             }
             Err(error) => {
@@ -213,7 +214,7 @@ impl Writer {
 
     /// Applies a batch in one transaction; one answer per change, with the room as
     /// that change left it. An `Err` is the whole batch's: nothing was written.
-    async fn write(&self, changes: &[Change]) -> Result<Vec<Result<(Room, Outcome)>>> {
+    async fn write(&self, changes: &[Change]) -> Result<Vec<Result<Outcome>>> {
         let now = UnixMicros::now();
         let mut tx = self.store.begin().await?;
 
@@ -336,12 +337,11 @@ impl Writer {
                         added.push((&change.room_id, member.clone()));
                         Some(member)
                     };
-                    let joined = Joined {
+                    outcomes.push(Ok(Outcome::Joined(Joined {
                         room: room.clone(),
                         created,
                         member,
-                    };
-                    outcomes.push(Ok((room.clone(), Outcome::Joined(joined))));
+                    })));
                 }
                 Kind::Leave => {
                     let member = members.remove(&key);
@@ -351,7 +351,10 @@ impl Writer {
                         removed.push((change.room_id.as_str(), user));
                         released.push(user);
                     }
-                    outcomes.push(Ok((room.clone(), Outcome::Left { member })));
+                    outcomes.push(Ok(Outcome::Left {
+                        room: room.clone(),
+                        member,
+                    }));
                 }
             }
         }
@@ -387,18 +390,20 @@ impl Writer {
     }
 
     /// Announces the batch's joins and leaves in the order they were applied.
-    fn announce(&self, outcomes: &[Result<(Room, Outcome)>]) {
+    fn announce(&self, outcomes: &[Result<Outcome>]) {
         for outcome in outcomes {
             match outcome {
-                Ok((
+                Ok(Outcome::Joined(Joined {
                     room,
-                    Outcome::Joined(Joined {
-                        member: Some(m), ..
-                    }),
-                )) => {
+                    member: Some(m),
+                    ..
+                })) => {
                     self.hubs.member_changed(room, m.clone(), true);
                 }
-                Ok((room, Outcome::Left { member: Some(m) })) => announce_leave(
+                Ok(Outcome::Left {
+                    room,
+                    member: Some(m),
+                }) => announce_leave(
                     &self.hubs,
                     &self.deadlines_changed,
                     room,
