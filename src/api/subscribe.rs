@@ -100,6 +100,7 @@ fn subscribe(api: &ChatRoomApi, request: http::Request<Body>) -> http::Response<
     let mut response = http::Response::new(Body::new(FrameBody {
         frames: Box::pin(frames),
         end: None,
+        done: false,
     }));
     response
         .headers_mut()
@@ -110,15 +111,19 @@ fn subscribe(api: &ChatRoomApi, request: http::Request<Body>) -> http::Response<
 /// The response body: the session's frames, then its status as trailers.
 struct FrameBody<S> {
     frames: Pin<Box<S>>,
-    /// How the stream ended, once known: sent as trailers after what was gathered.
-    end: Option<End>,
+    /// How the stream ended, when that was learnt while gathering: sent as trailers
+    /// after what was gathered.
+    end: Option<Status>,
+    /// The trailers went out.
+    done: bool,
 }
 
-enum End {
-    /// The status to send as trailers.
-    Status(Status),
-    /// Trailers sent.
-    Done,
+impl<S> FrameBody<S> {
+    /// The trailers that end the body.
+    fn finish(&mut self, status: &Status) -> http_body::Frame<Bytes> {
+        self.done = true;
+        trailers(status)
+    }
 }
 
 impl<S> http_body::Body for FrameBody<S>
@@ -132,27 +137,16 @@ where
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
-        match self.end.take() {
-            Some(End::Done) => {
-                self.end = Some(End::Done);
-                return Poll::Ready(None);
-            }
-            Some(End::Status(status)) => {
-                self.end = Some(End::Done);
-                return Poll::Ready(Some(Ok(trailers(&status))));
-            }
-            None => {}
+        if self.done {
+            return Poll::Ready(None);
+        }
+        if let Some(status) = self.end.take() {
+            return Poll::Ready(Some(Ok(self.finish(&status))));
         }
         let first = match ready!(self.frames.as_mut().poll_next(cx)) {
             Some(Ok(frame)) => frame.into_wire(),
-            Some(Err(status)) => {
-                self.end = Some(End::Done);
-                return Poll::Ready(Some(Ok(trailers(&status))));
-            }
-            None => {
-                self.end = Some(End::Done);
-                return Poll::Ready(Some(Ok(trailers(&Status::ok("")))));
-            }
+            Some(Err(status)) => return Poll::Ready(Some(Ok(self.finish(&status)))),
+            None => return Poll::Ready(Some(Ok(self.finish(&Status::ok(""))))),
         };
         // Whatever else is ready goes in the same write (one HTTP/2 DATA frame instead
         // of one per message), in a buffer freed once written.
@@ -170,11 +164,11 @@ where
                     buf.extend_from_slice(next.wire());
                 }
                 Poll::Ready(Some(Err(status))) => {
-                    self.end = Some(End::Status(status));
+                    self.end = Some(status);
                     break;
                 }
                 Poll::Ready(None) => {
-                    self.end = Some(End::Status(Status::ok("")));
+                    self.end = Some(Status::ok(""));
                     break;
                 }
                 Poll::Pending => break,
@@ -185,7 +179,7 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self.end, Some(End::Done))
+        self.done
     }
 }
 
