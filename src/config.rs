@@ -60,6 +60,23 @@ pub struct Config {
     #[arg(long, env = "CHATROOM_ROOM_BUFFER", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub room_buffer: u32,
 
+    /// Bytes of large message frames (over 1 KiB) each live room keeps for streams that
+    /// read slower than it gets them, beyond which the oldest are dropped from it (a
+    /// stream that had not read one catches up on CHAT from the database). Bounds what
+    /// a room's buffer can hold when a stream stops reading.
+    #[arg(long, env = "CHATROOM_ROOM_BUFFER_BYTES", default_value_t = 8 * 1024 * 1024)]
+    pub room_buffer_bytes: usize,
+
+    /// Seconds between HTTP/2 pings on an idle connection; a client that does not
+    /// answer within `--keepalive-timeout` is disconnected (its streams end, its
+    /// presence with them). 0 turns pings off.
+    #[arg(long, env = "CHATROOM_KEEPALIVE_INTERVAL", default_value_t = 30)]
+    pub keepalive_interval_secs: u64,
+
+    /// Seconds a client has to answer a keepalive ping.
+    #[arg(long, env = "CHATROOM_KEEPALIVE_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub keepalive_timeout_secs: u64,
+
     /// How long member join/leave events are gathered into one frame, in milliseconds.
     #[arg(long, env = "CHATROOM_MEMBER_EVENT_WINDOW_MS", default_value_t = 50)]
     pub member_event_window_ms: u64,
@@ -84,6 +101,9 @@ impl Config {
             max_text_bytes: 16 * 1024,
             max_payload_bytes: 64 * 1024,
             room_buffer: 1024,
+            room_buffer_bytes: 8 * 1024 * 1024,
+            keepalive_interval_secs: 30,
+            keepalive_timeout_secs: 10,
             member_event_window_ms: 50,
             log: "info".into(),
         }

@@ -48,6 +48,9 @@ pub enum Error {
     /// The room is not attached to this stream.
     #[error("room {room_id:?} is not attached to this stream")]
     NotAttached { room_id: String },
+    /// A stream has as many client frames waiting for their turn as it may hold.
+    #[error("{limit} frames are already waiting on this stream; wait for their answers")]
+    TooManyPendingFrames { limit: u32 },
     /// The database cannot be reached; the request may be retried.
     #[error("storage unavailable: {0}")]
     Unavailable(String),

@@ -89,6 +89,7 @@ pub async fn serve(
 
     let hubs = Arc::new(live::Hubs::new(
         config.room_buffer as usize,
+        config.room_buffer_bytes,
         Duration::from_millis(config.member_event_window_ms),
     ));
     let (sequencer, writer) = live::Sequencer::start(store.clone(), hubs.clone());
@@ -129,7 +130,13 @@ pub async fn serve(
         shutdown.await;
         let _ = stop_tx.send(true);
     };
+    // Keepalive reaps connections whose client vanished without closing them (power
+    // loss, a NAT that forgot the mapping): nothing else would end their streams.
+    let keepalive = (config.keepalive_interval_secs > 0)
+        .then(|| Duration::from_secs(config.keepalive_interval_secs));
     let result = tonic::transport::Server::builder()
+        .http2_keepalive_interval(keepalive)
+        .http2_keepalive_timeout(Some(Duration::from_secs(config.keepalive_timeout_secs)))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

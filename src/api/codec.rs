@@ -9,8 +9,11 @@
 use std::marker::PhantomData;
 
 use prost::Message;
-use tonic::codec::{BufferSettings, Codec};
+use tonic::Status;
+use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder};
 use tonic_prost::{ProstDecoder, ProstEncoder};
+
+use crate::error::Error;
 
 /// Bytes gathered in an encode buffer before it is handed to the connection.
 const YIELD_THRESHOLD: usize = 4 * 1024;
@@ -33,13 +36,37 @@ where
     type Encode = T;
     type Decode = U;
     type Encoder = ProstEncoder<T>;
-    type Decoder = ProstDecoder<U>;
+    type Decoder = LeanDecoder<U>;
 
     fn encoder(&mut self) -> Self::Encoder {
         ProstEncoder::new(BufferSettings::new(0, YIELD_THRESHOLD))
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        ProstDecoder::new(BufferSettings::new(0, YIELD_THRESHOLD))
+        LeanDecoder(ProstDecoder::new(BufferSettings::new(0, YIELD_THRESHOLD)))
+    }
+}
+
+/// Prost's decoder, except that a message that does not decode (a string that is not
+/// UTF-8, a truncated field) is the client's bad input — INVALID_ARGUMENT with
+/// `ErrorInfo` like every other — where prost's codec answers INTERNAL.
+#[derive(Debug)]
+pub struct LeanDecoder<U>(ProstDecoder<U>);
+
+impl<U: Message + Default> Decoder for LeanDecoder<U> {
+    type Item = U;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
+        self.0.decode(buf).map_err(|status| {
+            Status::from(Error::invalid(
+                "request",
+                format!("is not a valid message: {}", status.message()),
+            ))
+        })
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        self.0.buffer_settings()
     }
 }

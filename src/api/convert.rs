@@ -11,7 +11,7 @@ use crate::pb;
 use crate::rooms::model::{
     Attributes, DEFAULT_MESSAGE_LIMIT, Draft, HistoryRange, MAX_MESSAGE_LIMIT, MemberEvents,
     MessageKind, MessageLimits, NewRoom, RoomId, RoomPatch, RoomSettings, check_attributes,
-    check_name,
+    check_name, check_no_nul,
 };
 
 /// Parses a room id that arrives in the request field `field`.
@@ -82,6 +82,10 @@ pub fn room_settings(field: &str, settings: Option<pb::RoomSettings>) -> Result<
 /// Longest duration accepted in settings (about 10 years).
 const MAX_SETTING_SECS: i64 = 10 * 365 * 24 * 3600;
 
+/// A settings duration. The store keeps whole milliseconds, so the value is made one
+/// here and the room answers exactly what is stored: a fraction of a millisecond is
+/// rounded up, and a non-zero duration below one millisecond is refused (rounded
+/// down it would read as 0, which means "unset", while acting at once).
 fn duration(field: &str, d: prost_types::Duration) -> Result<Duration> {
     if d.seconds < 0 || d.nanos < 0 || d.nanos >= 1_000_000_000 {
         return Err(Error::invalid(field, "must be a non-negative duration"));
@@ -89,7 +93,14 @@ fn duration(field: &str, d: prost_types::Duration) -> Result<Duration> {
     if d.seconds > MAX_SETTING_SECS {
         return Err(Error::invalid(field, "must be at most 10 years"));
     }
-    Ok(Duration::new(d.seconds as u64, d.nanos as u32))
+    let exact = Duration::new(d.seconds as u64, d.nanos as u32);
+    if !exact.is_zero() && exact < Duration::from_millis(1) {
+        return Err(Error::invalid(field, "must be 0 or at least 1 millisecond"));
+    }
+    let millis = exact.as_nanos().div_ceil(1_000_000);
+    Ok(Duration::from_millis(
+        u64::try_from(millis).expect("at most 10 years"),
+    ))
 }
 
 /// An UpdateRoom request as a patch.
@@ -99,6 +110,9 @@ pub fn room_patch(req: pb::UpdateRoomRequest) -> Result<(RoomId, RoomPatch)> {
         check_name("name", name)?;
     }
     check_attributes("set_attributes", &req.set_attributes)?;
+    for key in &req.remove_attribute_keys {
+        check_no_nul("remove_attribute_keys", key)?;
+    }
     if req.remove_attribute_keys.len() > crate::rooms::model::MAX_ATTRIBUTES {
         return Err(Error::invalid(
             "remove_attribute_keys",
@@ -175,7 +189,9 @@ pub fn page_token(token: &str) -> Result<Option<String>> {
     let bad = || Error::invalid("page_token", "is not a token this server issued");
     let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
     let text = String::from_utf8(bytes).map_err(|_| bad())?;
+    // Keys are ids, which never hold a NUL (the database could not compare one).
     text.strip_prefix("k1:")
+        .filter(|k| !k.contains('\0'))
         .map(|k| Some(k.to_string()))
         .ok_or_else(bad)
 }
@@ -223,6 +239,22 @@ mod tests {
                 .unwrap()
                 .presence_timeout,
             None
+        );
+    }
+
+    #[test]
+    fn durations_are_whole_milliseconds() {
+        let d = |seconds, nanos| prost_types::Duration { seconds, nanos };
+        assert!(duration("f", d(0, 999_999)).is_err());
+        assert!(duration("f", d(0, 1)).is_err());
+        assert_eq!(duration("f", d(0, 0)).unwrap(), Duration::ZERO);
+        assert_eq!(
+            duration("f", d(0, 1_000_000)).unwrap(),
+            Duration::from_millis(1)
+        );
+        assert_eq!(
+            duration("f", d(1, 1_000_001)).unwrap(),
+            Duration::from_millis(1002)
         );
     }
 }

@@ -6,6 +6,7 @@ pub mod convert;
 pub mod session;
 pub mod status;
 pub mod subscribe;
+pub mod work;
 
 use std::pin::Pin;
 

@@ -1,11 +1,10 @@
 //! One `Subscribe` stream: attach and detach rooms, send messages, ping — and deliver
 //! every attached room's events.
 //!
-//! The session is a single generator (no task or channel of its own per stream): it
-//! waits on the client's frames, its sends in flight, and its rooms' hubs, puts the
-//! frames each produces in a small outbox, and yields them. Everything that awaits the
-//! database runs in a boxed future of its own, so the generator itself stays under
-//! 1 KB (see `Session`). Delivery of CHAT messages is tracked per room by seq:
+//! The session is a single generator: it waits on the client's frames, its sends in
+//! flight, its rooms' hubs and its one piece of database work, puts the frames each
+//! produces in a small outbox, and yields them. Delivery of CHAT messages is tracked
+//! per room by seq:
 //!
 //! - attach subscribes to the hub *before* reading the room, so nothing committed in
 //!   between is missed; messages at or below the attach point are skipped;
@@ -15,8 +14,17 @@
 //!   missed from the database, in order, then carries on live.
 //!
 //! So each stream gets every CHAT message after its attach point once, in seq order.
-//! Memory per stream stays bounded: catching up reads a page at a time, and the
-//! generator only reads more when the client has taken what it was given.
+//!
+//! What a stream may make the server hold is bounded, whatever its client does:
+//! - database work runs on tasks of its own ([`super::work`]), never inside the
+//!   generator: the generator runs only while HTTP/2 lets it send, and a client that
+//!   stops reading must not keep a pooled connection;
+//! - catch-up reads a page at a time (by count and bytes), and the next page only once
+//!   the last one is written;
+//! - the client's frames are read as they arrive, also while work runs (h2 closes the
+//!   whole connection when too many small frames wait unread), into a queue of at most
+//!   [`MAX_QUEUED_FRAMES`]; a frame beyond that is answered at once with
+//!   `TOO_MANY_PENDING_FRAMES`.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -24,41 +32,31 @@ use std::sync::Arc;
 
 use futures_util::stream::FuturesUnordered;
 use tokio::sync::watch;
-use tokio_stream::wrappers::BroadcastStream;
+use tokio::task::JoinHandle;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::{Stream, StreamExt, StreamMap};
-use tonic::{Status, Streaming};
+use tonic::{Code, Status, Streaming};
 
-use super::convert;
+use super::{convert, work};
 use crate::error::{Error, Result};
+use crate::live::hub::{Delivery, Held, Subscription};
 use crate::live::{DetachReason, Event, Frame};
 use crate::pb;
 use crate::pb::subscribe_request::Frame as Request;
 use crate::pb::subscribe_response::Event as PbEvent;
-use crate::rooms::Rooms;
 use crate::rooms::model::{Caller, Message, Room, RoomId};
+use crate::rooms::{Attachment, CatchUp, Rooms};
 
-/// Stored messages read per page while catching up.
+/// Stored messages read per page while catching up, at most.
 const CATCH_UP_PAGE: u32 = 256;
-
-/// Attaches and catch-up reads in progress at once, server-wide. Each holds a
-/// multi-kilobyte future while it waits for the database; after a restart thousands of
-/// clients reconnect at once, and without a bound those futures (and the heap they
-/// leave fragmented) would all exist together. Waiting for a permit costs a few bytes.
-static DATABASE_WORK: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(64);
-
-/// Makes the future `start` returns once a [`DATABASE_WORK`] permit is free, and runs
-/// it on the heap. Database futures are large; awaited in place they would make every
-/// session's own state (which lives as long as the stream) that large too.
-async fn bounded<T, F>(start: impl FnOnce() -> F) -> T
-where
-    F: std::future::Future<Output = T>,
-{
-    let _permit = DATABASE_WORK.acquire().await.expect("never closed");
-    Box::pin(start()).await
-}
-/// Sends a stream may have in flight before the session stops reading its frames.
+/// Bytes of text and payload read per catch-up page, about (one message more at most).
+const CATCH_UP_BYTES: u64 = 256 * 1024;
+/// Sends a stream may have in flight; later ones wait in the queue.
 const MAX_SENDS_IN_FLIGHT: usize = 256;
+/// Client frames a stream may have waiting for their turn.
+pub const MAX_QUEUED_FRAMES: usize = 256;
+/// Bytes of text and payload of the sends waiting in a stream's queue, at most.
+const MAX_QUEUED_BYTES: usize = 4 * 1024 * 1024;
 
 /// Per-stream limits.
 #[derive(Clone, Copy, Debug)]
@@ -71,10 +69,14 @@ type PendingSend = Pin<Box<dyn std::future::Future<Output = Frame> + Send>>;
 
 /// A room this stream receives.
 struct Attached {
-    room: Room,
+    room_id: RoomId,
     sender_name: String,
     /// Highest CHAT seq delivered (or the attach point).
     delivered: u64,
+    /// The room's version this stream last sent or was attached at.
+    version: u64,
+    /// Whether the room had a presence timeout at that version.
+    presence_timeout: bool,
 }
 
 /// The rooms a stream receives: a handful at most (`--max-rooms-per-stream`), so a
@@ -85,11 +87,11 @@ struct AttachedRooms(Vec<Attached>);
 
 impl AttachedRooms {
     fn get(&self, room_id: &RoomId) -> Option<&Attached> {
-        self.0.iter().find(|a| a.room.id == *room_id)
+        self.0.iter().find(|a| a.room_id == *room_id)
     }
 
     fn get_mut(&mut self, room_id: &RoomId) -> Option<&mut Attached> {
-        self.0.iter_mut().find(|a| a.room.id == *room_id)
+        self.0.iter_mut().find(|a| a.room_id == *room_id)
     }
 
     fn contains(&self, room_id: &RoomId) -> bool {
@@ -110,33 +112,59 @@ impl AttachedRooms {
     }
 
     fn remove(&mut self, room_id: &RoomId) -> Option<Attached> {
-        let i = self.0.iter().position(|a| a.room.id == *room_id)?;
+        let i = self.0.iter().position(|a| a.room_id == *room_id)?;
         Some(self.0.swap_remove(i))
     }
 
     fn ids(&self) -> Vec<RoomId> {
-        self.0.iter().map(|a| a.room.id.clone()).collect()
+        self.0.iter().map(|a| a.room_id.clone()).collect()
     }
 }
 
-/// The stream's rooms. Dropping it (the client went away, or the stream ended)
-/// detaches every room, so presence is right whichever way the stream ends.
+/// The stream's rooms. A room is recorded here in the same synchronous step that
+/// counts the user online in it, and dropping this (the client went away, or the
+/// stream ended) detaches every room, so presence is right whichever way the stream
+/// ends. A subscription whose attach is still being checked is held by the
+/// [`Work`] doing it, and forgets its hub if that is abandoned.
 struct Attachments {
     rooms: Rooms,
     user: String,
     attached: AttachedRooms,
     /// Keyed by a shared id: the map hands out a clone of the key with every event,
     /// and a `RoomId` clone would be an allocation per delivery.
-    events: StreamMap<Arc<RoomId>, BroadcastStream<Arc<Event>>>,
+    events: StreamMap<Arc<RoomId>, Subscription>,
 }
 
 impl Attachments {
     fn detach(&mut self, room_id: &RoomId) -> Option<Attached> {
         let attached = self.attached.remove(room_id)?;
+        // Whether the presence timeout applies is the room's latest word on it, which
+        // this stream may not have read yet (it may be far behind).
+        let timeout = self
+            .rooms
+            .hubs()
+            .room_state(room_id)
+            .filter(|state| state.room.version > attached.version)
+            .map_or(attached.presence_timeout, |state| {
+                state.room.settings.presence_timeout.is_some()
+            });
         self.events.remove(room_id);
-        self.rooms.hubs().release(room_id);
-        self.rooms.stream_detached(&attached.room, &self.user);
+        self.rooms.stream_detached(room_id, &self.user, timeout);
         Some(attached)
+    }
+
+    /// Records an attach whose check passed: the stream receives the room from now on.
+    fn record(&mut self, subscription: Subscription, attachment: Attachment, delivered: u64) {
+        let room = &attachment.room;
+        self.rooms.stream_attached(room, &self.user);
+        self.events.insert(Arc::new(room.id.clone()), subscription);
+        self.attached.insert(Attached {
+            room_id: room.id.clone(),
+            sender_name: attachment.sender_name,
+            delivered,
+            version: room.version,
+            presence_timeout: room.settings.presence_timeout.is_some(),
+        });
     }
 }
 
@@ -185,9 +213,64 @@ impl Stream for Sends {
 /// What woke the session.
 enum Step {
     Stop,
+    Worked(std::result::Result<Done, tokio::task::JoinError>),
     Sent(Frame),
     Room(Arc<RoomId>, Result<Arc<Event>, BroadcastStreamRecvError>),
     Client(Option<std::result::Result<pb::SubscribeRequest, Status>>),
+}
+
+/// Something the stream does in its turn, in order.
+enum Action {
+    /// A client frame.
+    Request(pb::SubscribeRequest),
+    /// Follow the user into the room it switched to.
+    Follow(Box<Room>),
+}
+
+impl Action {
+    fn is_send(&self) -> bool {
+        matches!(
+            self,
+            Action::Request(pb::SubscribeRequest {
+                frame: Some(Request::Send(_)),
+                ..
+            })
+        )
+    }
+
+    /// The bytes it holds that count against [`MAX_QUEUED_BYTES`].
+    fn bytes(&self) -> usize {
+        match self {
+            Action::Request(pb::SubscribeRequest {
+                frame: Some(Request::Send(send)),
+                ..
+            }) => send.text.len() + send.payload.len(),
+            _ => 0,
+        }
+    }
+}
+
+/// The stream's database work in progress, on a task of its own.
+struct Work {
+    task: JoinHandle<Done>,
+    /// An attach's subscription, made before the read so nothing is missed; dropped
+    /// (and the hub released) if the stream ends first.
+    subscription: Option<Subscription>,
+}
+
+/// What a piece of database work found.
+enum Done {
+    Attach {
+        /// `None`: following a switch (answered as an event).
+        request_id: Option<String>,
+        room_id: RoomId,
+        after_seq: Option<u64>,
+        found: Result<Attachment>,
+    },
+    CatchUp {
+        room_id: RoomId,
+        page: Result<CatchUp>,
+    },
 }
 
 /// Outbox capacity a stream keeps once drained; a larger one (a catch-up page) is freed.
@@ -195,18 +278,23 @@ const OUTBOX_KEPT: usize = 8;
 
 /// What a stream keeps between frames.
 ///
-/// The generator in [`run`] holds this and little else across its yields: work that
-/// needs large futures (database reads, handing a message over) runs in boxed futures
-/// that exist only while it runs. A generator's state is as large as the most it holds
-/// at any await, for as long as the stream lives, so awaiting such work in place would
-/// make every idle stream cost what its busiest moment needed.
+/// The generator in [`run`] holds this and little else across its yields: database
+/// work runs on tasks of its own and sends are boxed futures. A generator's state is
+/// as large as the most it holds at any await, for as long as the stream lives, so
+/// awaiting such work in place would make every idle stream cost what its busiest
+/// moment needed.
 struct Session {
     caller: Caller,
     limits: SessionLimits,
     state: Attachments,
     sends: Sends,
+    /// The one piece of database work in progress.
+    work: Option<Work>,
     /// Rooms whose stored messages must be read before live ones, in order.
     catch_up: VecDeque<RoomId>,
+    /// What waits for its turn (client frames, follows), in order.
+    queued: VecDeque<Action>,
+    queued_bytes: usize,
     /// Frames ready for the client, in order.
     outbox: VecDeque<Frame>,
     /// The client half-closed: no more frames, but events go on until it cancels, the
@@ -220,6 +308,8 @@ impl Session {
             && self.state.attached.is_empty()
             && self.sends.is_empty()
             && self.catch_up.is_empty()
+            && self.work.is_none()
+            && self.queued.is_empty()
     }
 
     /// Frees a drained outbox that grew past [`OUTBOX_KEPT`].
@@ -229,42 +319,169 @@ impl Session {
         }
     }
 
-    /// Reads the next page of stored messages for a room catching up.
-    async fn catch_up_page(&mut self, room_id: RoomId) {
+    /// Starts `work` on a task of its own.
+    fn spawn(
+        &mut self,
+        work: impl std::future::Future<Output = Done> + Send + 'static,
+        subscription: Option<Subscription>,
+    ) {
+        let task = work::spawn(self.caller.user_id.as_str(), work);
+        self.work = Some(Work { task, subscription });
+    }
+
+    /// Takes a client frame: queued for its turn, or refused when the queue is full.
+    fn enqueue(&mut self, request: pb::SubscribeRequest) {
+        let action = Action::Request(request);
+        let bytes = action.bytes();
+        if self.queued.len() >= MAX_QUEUED_FRAMES || self.queued_bytes + bytes > MAX_QUEUED_BYTES {
+            let Action::Request(request) = action else {
+                unreachable!()
+            };
+            self.outbox.push_back(error_frame(
+                request.request_id,
+                Error::TooManyPendingFrames {
+                    limit: MAX_QUEUED_FRAMES as u32,
+                },
+            ));
+            return;
+        }
+        self.queued_bytes += bytes;
+        self.queued.push_back(action);
+    }
+
+    /// Whether the next queued action may run now (sends wait while too many are in
+    /// flight).
+    fn next_ready(&self) -> bool {
+        self.queued
+            .front()
+            .is_some_and(|a| !(a.is_send() && self.sends.len() >= MAX_SENDS_IN_FLIGHT))
+    }
+
+    /// Starts reading the next page of stored messages for a room catching up.
+    fn start_catch_up(&mut self, room_id: RoomId) {
         let Some(from) = self.state.attached.get(&room_id).map(|a| a.delivered) else {
             return;
         };
-        let rooms = &self.state.rooms;
-        match bounded(|| rooms.history_after(&room_id, from, CATCH_UP_PAGE)).await {
-            Ok(page) => {
-                if page.len() == CATCH_UP_PAGE as usize {
-                    self.catch_up.push_front(room_id.clone());
-                }
-                for message in page {
-                    if let Some(a) = self.state.attached.get_mut(&room_id)
-                        && message.seq > a.delivered
-                    {
-                        a.delivered = message.seq;
-                        self.outbox
-                            .push_back(Frame::event(PbEvent::Message((&message).into())));
-                    }
-                }
-            }
-            Err(error) => self.outbox.push_back(error_frame(String::new(), error)),
+        let rooms = self.state.rooms.clone();
+        let caller = self.caller.clone();
+        self.spawn(
+            async move {
+                let page = rooms
+                    .catch_up(&caller, &room_id, from, CATCH_UP_PAGE, CATCH_UP_BYTES)
+                    .await;
+                Done::CatchUp { room_id, page }
+            },
+            None,
+        );
+    }
+
+    /// Queues a catch-up of a room unless one is queued already.
+    fn needs_catch_up(&mut self, room_id: &RoomId) {
+        if !self.catch_up.contains(room_id) {
+            self.catch_up.push_back(room_id.clone());
         }
     }
 
-    /// Answers one client frame.
+    /// Applies what a piece of database work found.
+    fn finish(&mut self, work: Work, done: std::result::Result<Done, tokio::task::JoinError>) {
+        let done = match done {
+            Ok(done) => done,
+            Err(error) => {
+                let error = Error::Internal(format!("a stream's database work failed: {error}"));
+                self.outbox.push_back(error_frame(String::new(), error));
+                return;
+            }
+        };
+        match done {
+            Done::Attach {
+                request_id,
+                room_id,
+                after_seq,
+                found,
+            } => {
+                let answer = match found {
+                    Ok(attachment) => {
+                        let subscription = work.subscription.expect("an attach subscribes");
+                        let room = attachment.room.clone();
+                        let last = room.last_seq;
+                        let delivered = after_seq.map_or(last, |after| after.min(last));
+                        self.state.record(subscription, attachment, delivered);
+                        if delivered < last {
+                            self.needs_catch_up(&room_id);
+                        }
+                        // The user counts as online from this stream on.
+                        let room = self.state.rooms.with_presence(room);
+                        Ok(attached_event(room))
+                    }
+                    Err(error) => Err(error),
+                };
+                let frame = match (request_id, answer) {
+                    (Some(id), Ok(event)) => Frame::reply(id, event),
+                    (Some(id), Err(error)) => error_frame(id, error),
+                    (None, Ok(event)) => Frame::event(event),
+                    (None, Err(error)) => error_frame(String::new(), error),
+                };
+                self.outbox.push_back(frame);
+            }
+            Done::CatchUp { room_id, page } => match page {
+                Ok(CatchUp { messages, more }) => {
+                    if more {
+                        self.catch_up.push_front(room_id.clone());
+                    }
+                    for message in messages {
+                        if let Some(a) = self.state.attached.get_mut(&room_id)
+                            && message.seq > a.delivered
+                        {
+                            a.delivered = message.seq;
+                            self.outbox
+                                .push_back(Frame::event(PbEvent::Message((&message).into())));
+                        }
+                    }
+                }
+                Err(error @ (Error::NotAMember { .. } | Error::RoomNotFound { .. })) => {
+                    // Left (or deleted) while behind: nothing more from this room.
+                    self.catch_up.retain(|r| *r != room_id);
+                    if self.state.detach(&room_id).is_some() {
+                        let reason = match error {
+                            Error::RoomNotFound { .. } => DetachReason::RoomDeleted,
+                            _ => DetachReason::Left,
+                        };
+                        self.outbox
+                            .push_back(detached_frame(String::new(), &room_id, reason));
+                    }
+                }
+                Err(error) => self.outbox.push_back(error_frame(String::new(), error)),
+            },
+        }
+    }
+
+    /// Takes the next action off the queue: answers it, or starts its database work.
+    async fn take_next(&mut self) {
+        let Some(action) = self.queued.pop_front() else {
+            return;
+        };
+        self.queued_bytes -= action.bytes();
+        match action {
+            Action::Request(request) => self.handle_request(request).await,
+            Action::Follow(to) => {
+                // Follow the user into the room it switched to, from now on.
+                if !self.state.attached.contains(&to.id) {
+                    self.start_attach(None, to.id.clone(), Some(to.last_seq));
+                }
+            }
+        }
+    }
+
+    /// Answers one client frame (or starts the work that will).
     async fn handle_request(&mut self, request: pb::SubscribeRequest) {
         let request_id = request.request_id;
         let answer = match request.frame {
             Some(Request::Attach(attach)) => {
-                let attached = match convert::room_id("attach.room_id", attach.room_id) {
-                    Ok(room_id) => self.attach(room_id, attach.after_seq).await,
-                    Err(error) => Err(error),
-                };
-                match attached {
-                    Ok(room) => Frame::reply(request_id, attached_event(room)),
+                match convert::room_id("attach.room_id", attach.room_id) {
+                    Ok(room_id) => {
+                        self.start_attach(Some(request_id), room_id, attach.after_seq);
+                        return;
+                    }
                     Err(error) => error_frame(request_id, error),
                 }
             }
@@ -278,7 +495,10 @@ impl Session {
                     },
                 );
                 match detached {
-                    Ok(room_id) => detached_frame(request_id, &room_id, DetachReason::Requested),
+                    Ok(room_id) => {
+                        self.catch_up.retain(|r| *r != room_id);
+                        detached_frame(request_id, &room_id, DetachReason::Requested)
+                    }
                     Err(error) => error_frame(request_id, error),
                 }
             }
@@ -286,14 +506,29 @@ impl Session {
                 match convert::draft(send, self.state.rooms.message_limits()) {
                     Err(error) => error_frame(request_id, error),
                     Ok(draft) => {
-                        // Handed over here, in frame order; only the answers are awaited
-                        // concurrently, so one stream's messages keep their order.
                         let name = self
                             .state
                             .attached
                             .get(&draft.room_id)
                             .map(|a| a.sender_name.clone());
                         let rooms = &self.state.rooms;
+                        if name.is_none() && !draft.kind.is_stored() {
+                            // Membership is read from the store: on a task of its own.
+                            let rooms = rooms.clone();
+                            let caller = self.caller.clone();
+                            let task = work::spawn(self.caller.user_id.as_str(), async move {
+                                rooms.send(&caller, draft, None).await
+                            });
+                            self.sends.push(Box::pin(async move {
+                                let sent = task.await.unwrap_or_else(|error| {
+                                    Err(Error::Internal(format!("a send failed: {error}")))
+                                });
+                                send_answer(request_id, sent)
+                            }));
+                            return;
+                        }
+                        // Handed over here, in frame order; only the answers are awaited
+                        // concurrently, so one stream's messages keep their order.
                         match Box::pin(rooms.submit(&self.caller, draft, name.as_deref())).await {
                             Ok(sent) => {
                                 self.sends.push(Box::pin(async move {
@@ -315,61 +550,52 @@ impl Session {
         self.outbox.push_back(answer);
     }
 
-    /// Attaches a room to the stream, queueing a catch-up when `after_seq` is behind.
-    async fn attach(&mut self, room_id: RoomId, after_seq: Option<u64>) -> Result<Room> {
-        let (caller, limits, state) = (&self.caller, self.limits, &mut self.state);
-        let (room, needs_catch_up) =
-            bounded(|| attach_room(state, caller, limits, room_id, after_seq)).await?;
-        if needs_catch_up {
-            self.catch_up.push_back(room.id.clone());
+    /// Starts attaching a room: subscribes to its hub first (whatever commits from now
+    /// on is in the ring), then checks access and reads the room on a task.
+    fn start_attach(
+        &mut self,
+        request_id: Option<String>,
+        room_id: RoomId,
+        after_seq: Option<u64>,
+    ) {
+        let refused = if self.state.attached.contains(&room_id) {
+            Some(Error::AlreadyAttached {
+                room_id: room_id.to_string(),
+            })
+        } else if self.state.attached.len() >= self.limits.max_rooms_per_stream {
+            Some(Error::TooManyRooms {
+                limit: u32::try_from(self.limits.max_rooms_per_stream).unwrap_or(u32::MAX),
+            })
+        } else {
+            None
+        };
+        if let Some(error) = refused {
+            self.outbox
+                .push_back(error_frame(request_id.unwrap_or_default(), error));
+            return;
         }
-        Ok(room)
-    }
-
-    /// What a routed event asks for besides its frames: recording presence, following
-    /// a switch into the new room.
-    async fn follow_up(&mut self, room_id: RoomId, routed: Routed) {
-        if routed.now_present
-            && let Err(error) = self
-                .state
-                .rooms
-                .mark_online(&room_id, self.caller.user_id.as_str())
-                .await
-        {
-            tracing::warn!(%error, room = %room_id, "could not record presence");
-        }
-        if let Some(to) = routed.switched_to {
-            // Follow the user into the room it switched to, from now on.
-            match self.attach(to.id.clone(), Some(to.last_seq)).await {
-                Ok(room) => self.outbox.push_back(Frame::event(attached_event(room))),
-                Err(Error::AlreadyAttached { .. }) => {}
-                Err(error) => self.outbox.push_back(error_frame(String::new(), error)),
-            }
-        }
-    }
-
-    /// The stream fell behind the room's ring: check it may still receive the room (it
-    /// may have missed its own detach), then read what it missed from the store.
-    async fn lagged(&mut self, room_id: RoomId) {
-        let (rooms, caller) = (&self.state.rooms, &self.caller);
-        match bounded(|| rooms.attach(caller, &room_id)).await {
-            Ok(_) => self.catch_up.push_back(room_id),
-            Err(error) => {
-                self.state.detach(&room_id);
-                let reason = match error {
-                    Error::RoomNotFound { .. } => DetachReason::RoomDeleted,
-                    _ => DetachReason::Left,
-                };
-                self.outbox
-                    .push_back(detached_frame(String::new(), &room_id, reason));
-            }
-        }
+        let subscription = self.state.rooms.hubs().subscribe(&room_id);
+        let rooms = self.state.rooms.clone();
+        let caller = self.caller.clone();
+        self.spawn(
+            async move {
+                let found = rooms.attach(&caller, &room_id).await;
+                Done::Attach {
+                    request_id,
+                    room_id,
+                    after_seq,
+                    found,
+                }
+            },
+            Some(subscription),
+        );
     }
 }
 
 /// Runs one Subscribe stream for `caller` until the client cancels it, or has closed
 /// its side and no room is left attached, or `stop` turns true (then sends in flight
 /// are answered and the stream ends with UNAVAILABLE, so clients reconnect and resume).
+/// A frame that is not a valid `SubscribeRequest` ends it with INVALID_ARGUMENT.
 pub fn run(
     rooms: Rooms,
     caller: Caller,
@@ -388,7 +614,10 @@ pub fn run(
             caller,
             limits,
             sends: Sends::default(),
+            work: None,
             catch_up: VecDeque::new(),
+            queued: VecDeque::new(),
+            queued_bytes: 0,
             outbox: VecDeque::new(),
             inbound_done: false,
         };
@@ -417,98 +646,84 @@ pub fn run(
                 yield Err(Status::unavailable("the server is shutting down; reconnect and resume"));
                 break;
             }
-            // Catching up comes first, one page at a time.
-            if let Some(room_id) = s.catch_up.pop_front() {
-                Box::pin(s.catch_up_page(room_id)).await;
-                continue;
+            if s.work.is_none() {
+                // Catching up comes first, one page at a time, each once the last one
+                // is written; then what waits in the queue.
+                if let Some(room_id) = s.catch_up.pop_front() {
+                    s.start_catch_up(room_id);
+                    continue;
+                }
+                if s.next_ready() {
+                    Box::pin(s.take_next()).await;
+                    continue;
+                }
             }
+            let idle = s.work.is_none();
             let step = tokio::select! {
                 biased;
                 () = &mut stopped => Step::Stop,
+                done = work_done(&mut s.work), if !idle => Step::Worked(done),
                 Some(sent) = s.sends.next(), if !s.sends.is_empty() => Step::Sent(sent),
-                Some((room, event)) = s.state.events.next(), if !s.state.events.is_empty() => Step::Room(room, event),
-                frame = inbound.next(), if !s.inbound_done && s.sends.len() < MAX_SENDS_IN_FLIGHT => Step::Client(frame),
+                Some((room, event)) = s.state.events.next(), if idle && !s.state.events.is_empty() => Step::Room(room, event),
+                frame = inbound.next(), if !s.inbound_done => Step::Client(frame),
             };
             match step {
                 Step::Stop => stopping = true,
+                Step::Worked(done) => {
+                    let work = s.work.take().expect("work in progress");
+                    s.finish(work, done);
+                }
                 Step::Sent(answer) => s.outbox.push_back(answer),
                 Step::Client(None) => s.inbound_done = true,
-                Step::Client(Some(Err(_))) => break,
-                Step::Client(Some(Ok(request))) => Box::pin(s.handle_request(request)).await,
+                Step::Client(Some(Err(status))) => {
+                    // A frame that does not decode ends the stream with its status; any
+                    // other error is the client going away.
+                    if status.code() == Code::InvalidArgument {
+                        yield Err(status);
+                    }
+                    break;
+                }
+                Step::Client(Some(Ok(request))) => s.enqueue(request),
                 // The hot path: routing is synchronous and allocates nothing of its own.
                 Step::Room(room_id, Ok(event)) => {
                     let routed = route(&mut s.state, &room_id, &event, &mut s.outbox);
                     if routed.gap {
-                        s.catch_up.push_back(RoomId::clone(&room_id));
+                        s.needs_catch_up(&room_id);
                     }
-                    if routed.now_present || routed.switched_to.is_some() {
-                        Box::pin(s.follow_up(RoomId::clone(&room_id), routed)).await;
+                    if routed.now_present {
+                        s.state.rooms.stream_now_present(&room_id, s.caller.user_id.as_str());
+                    }
+                    if let Some(to) = routed.switched_to {
+                        s.queued.push_front(Action::Follow(to));
                     }
                 }
                 Step::Room(room_id, Err(BroadcastStreamRecvError::Lagged(_))) => {
-                    Box::pin(s.lagged(RoomId::clone(&room_id))).await;
+                    // Fell behind the ring: read what it missed from the store, which
+                    // also checks that it may still receive the room.
+                    s.needs_catch_up(&room_id);
                 }
             }
         }
     }
 }
 
-/// Attaches a room to the stream. Returns it and whether stored messages after the
-/// attach point must be read first (`after_seq` below the room's last seq).
-async fn attach_room(
-    state: &mut Attachments,
-    caller: &Caller,
-    limits: SessionLimits,
-    room_id: RoomId,
-    after_seq: Option<u64>,
-) -> Result<(Room, bool)> {
-    if state.attached.contains(&room_id) {
-        return Err(Error::AlreadyAttached {
-            room_id: room_id.to_string(),
-        });
+/// The result of the work in progress (pending forever when there is none: `select!`
+/// makes every branch's future, also those it will not poll).
+async fn work_done(work: &mut Option<Work>) -> std::result::Result<Done, tokio::task::JoinError> {
+    match work {
+        Some(work) => (&mut work.task).await,
+        None => std::future::pending().await,
     }
-    if state.attached.len() >= limits.max_rooms_per_stream {
-        return Err(Error::TooManyRooms {
-            limit: u32::try_from(limits.max_rooms_per_stream).unwrap_or(u32::MAX),
-        });
-    }
-    // Subscribe before reading the room: whatever commits in between is in the ring.
-    let receiver = state.rooms.hubs().subscribe(&room_id);
-    let attachment = match state.rooms.attach(caller, &room_id).await {
-        Ok(a) => a,
-        Err(error) => {
-            drop(receiver);
-            state.rooms.hubs().release(&room_id);
-            return Err(error);
-        }
-    };
-    state
-        .rooms
-        .stream_attached(&attachment.room, &state.user)
-        .await;
-    let room = state.rooms.with_presence(attachment.room);
-    let last = room.last_seq;
-    let delivered = after_seq.map_or(last, |after| after.min(last));
-    state
-        .events
-        .insert(Arc::new(room_id.clone()), BroadcastStream::new(receiver));
-    state.attached.insert(Attached {
-        room: room.clone(),
-        sender_name: attachment.sender_name,
-        delivered,
-    });
-    Ok((room, delivered < last))
 }
 
 /// What one hub event means for this stream.
 #[derive(Default)]
 struct Routed {
-    /// A seq was skipped: read the gap from the store.
+    /// A seq was skipped (or its frame was already evicted): read from the store.
     gap: bool,
     /// The user switched rooms: attach this one.
     switched_to: Option<Box<Room>>,
-    /// The room gained a presence timeout: record the user online before anything else
-    /// this stream does, so that a detach right after cannot be overtaken by it.
+    /// The room gained a presence timeout: record the user online.
     now_present: bool,
 }
 
@@ -521,34 +736,65 @@ fn route(
 ) -> Routed {
     let mut routed = Routed::default();
     match event {
-        Event::Message {
-            seq,
-            targets,
-            frame,
-        } => {
-            if targets.as_ref().is_some_and(|t| !t.contains(&state.user)) {
+        Event::Message { seq, held } => {
+            let upgraded;
+            let delivery: &Delivery = match held {
+                Held::Inline(delivery) => delivery,
+                Held::Weak(weak) => {
+                    upgraded = weak.upgrade();
+                    match upgraded.as_deref() {
+                        Some(delivery) => delivery,
+                        None => {
+                            // Evicted by the room's byte budget: CHAT is read from
+                            // the store, the other kinds are gone for this stream.
+                            routed.gap = *seq > 0
+                                && state
+                                    .attached
+                                    .get(room_id)
+                                    .is_some_and(|a| *seq > a.delivered);
+                            return routed;
+                        }
+                    }
+                }
+            };
+            if delivery
+                .targets
+                .as_ref()
+                .is_some_and(|t| !t.contains(&state.user))
+            {
                 return routed;
             }
             if *seq == 0 {
-                outbox.push_back(frame.clone());
+                outbox.push_back(delivery.frame.clone());
             } else if let Some(a) = state.attached.get_mut(room_id) {
                 if *seq == a.delivered + 1 {
                     a.delivered = *seq;
-                    outbox.push_back(frame.clone());
+                    outbox.push_back(delivery.frame.clone());
                 } else if *seq > a.delivered + 1 {
                     routed.gap = true;
                 }
             }
         }
         Event::Broadcast(frame) => outbox.push_back(frame.clone()),
-        Event::Updated { room, frame } => {
-            if let Some(a) = state.attached.get_mut(room_id) {
-                // Online all along: a presence timeout starts when the stream goes away.
-                routed.now_present = a.room.settings.presence_timeout.is_none()
-                    && room.settings.presence_timeout.is_some();
-                a.room = (**room).clone();
+        Event::Updated { version } => {
+            let Some(a) = state.attached.get_mut(room_id) else {
+                return routed;
+            };
+            if *version <= a.version {
+                return routed;
             }
-            outbox.push_back(frame.clone());
+            // The latest state, once: several updates this stream has not sent yet
+            // go out as the newest of them.
+            if let Some(latest) = state.rooms.hubs().room_state(room_id)
+                && latest.room.version > a.version
+            {
+                let timeout = latest.room.settings.presence_timeout.is_some();
+                // Online all along: a presence timeout starts when the stream goes away.
+                routed.now_present = timeout && !a.presence_timeout;
+                a.presence_timeout = timeout;
+                a.version = latest.room.version;
+                outbox.push_back(latest.frame.clone());
+            }
         }
         Event::Detach {
             user,
@@ -605,7 +851,8 @@ fn send_answer(request_id: String, result: Result<Message>) -> Frame {
     }
 }
 
-/// A failed client frame, as a `StreamError` event (the stream goes on).
+/// A failed client frame, as a `StreamError` event (the stream goes on). Clients get
+/// the code, the reason and the same message a unary call would carry.
 fn error_frame(request_id: String, error: Error) -> Frame {
     let (code, reason) = error.code_and_reason();
     Frame::reply(
@@ -613,7 +860,7 @@ fn error_frame(request_id: String, error: Error) -> Frame {
         PbEvent::Error(pb::StreamError {
             code: code as i32,
             reason: reason.to_string(),
-            message: error.to_string(),
+            message: error.public_message(),
         }),
     )
 }

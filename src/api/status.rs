@@ -12,6 +12,9 @@ use crate::error::Error;
 /// The `ErrorInfo.domain` of every error this service returns.
 pub const ERROR_DOMAIN: &str = "chatroom";
 
+/// What clients are told when storage is unavailable (the call may be retried).
+pub const UNAVAILABLE_MESSAGE: &str = "the service is temporarily unavailable; retry shortly";
+
 impl Error {
     /// The gRPC code and `ErrorInfo.reason` of this error.
     pub fn code_and_reason(&self) -> (Code, &'static str) {
@@ -27,8 +30,29 @@ impl Error {
             Error::VersionConflict { .. } => (Code::Aborted, "VERSION_CONFLICT"),
             Error::AlreadyAttached { .. } => (Code::FailedPrecondition, "ALREADY_ATTACHED"),
             Error::NotAttached { .. } => (Code::FailedPrecondition, "NOT_ATTACHED"),
+            Error::TooManyPendingFrames { .. } => {
+                (Code::ResourceExhausted, "TOO_MANY_PENDING_FRAMES")
+            }
             Error::Unavailable(_) => (Code::Unavailable, "STORE_UNAVAILABLE"),
             Error::Internal(_) => (Code::Internal, "INTERNAL"),
+        }
+    }
+
+    /// What a client is told: the error itself for bad requests and rule violations; a
+    /// fixed text for storage and internal failures, whose details (database error
+    /// texts, pool state) are logged here instead — they help an operator, they tell a
+    /// client nothing it can act on, and they describe the server's insides.
+    pub fn public_message(&self) -> String {
+        match self {
+            Error::Internal(_) => {
+                tracing::error!(error = %self, "internal error");
+                "internal error".to_string()
+            }
+            Error::Unavailable(_) => {
+                tracing::warn!(error = %self, "storage unavailable");
+                UNAVAILABLE_MESSAGE.to_string()
+            }
+            _ => self.to_string(),
         }
     }
 
@@ -49,7 +73,9 @@ impl Error {
                 ("room_id", room_id.clone()),
                 ("max_members", max_members.to_string()),
             ],
-            Error::TooManyRooms { limit } => vec![("limit", limit.to_string())],
+            Error::TooManyRooms { limit } | Error::TooManyPendingFrames { limit } => {
+                vec![("limit", limit.to_string())]
+            }
             Error::VersionConflict {
                 room_id,
                 expected,
@@ -68,22 +94,27 @@ impl Error {
 impl From<Error> for Status {
     fn from(error: Error) -> Status {
         let (code, reason) = error.code_and_reason();
-        let message = match &error {
-            // Details of internal failures go to the log, not to clients.
-            Error::Internal(_) => {
-                tracing::error!(%error, "internal error");
-                "internal error".to_string()
-            }
-            Error::Unavailable(_) => {
-                tracing::warn!(%error, "storage unavailable");
-                error.to_string()
-            }
-            _ => error.to_string(),
-        };
+        let message = error.public_message();
         let mut details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, error.metadata());
         if let Error::InvalidArgument { field, description } = &error {
             details.add_bad_request_violation(field.clone(), description.clone());
         }
         Status::with_error_details(code, message, details)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_and_internal_details_stay_in_the_log() {
+        let internal = Status::from(Error::Internal("relation \"rooms\" is corrupt".into()));
+        assert_eq!(internal.message(), "internal error");
+        let unavailable = Status::from(Error::Unavailable("pool timed out".into()));
+        assert_eq!(unavailable.message(), UNAVAILABLE_MESSAGE);
+        assert_eq!(unavailable.code(), Code::Unavailable);
+        let bad = Status::from(Error::invalid("text", "too long"));
+        assert_eq!(bad.message(), "invalid text: too long");
     }
 }

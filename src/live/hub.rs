@@ -11,12 +11,27 @@
 //!
 //! Member join/leave events are coalesced: changes within `Hubs::coalesce_window`
 //! go out as one `MembersJoined`/`MembersLeft` frame per run of the same kind.
+//!
+//! What a ring may hold is bounded in bytes as well as in slots, because a stream
+//! that stops reading keeps every event it has not read alive:
+//! - a message frame larger than [`INLINE_FRAME`] is held by the hub in a FIFO of at
+//!   most `retained_bytes`; the ring only points at it ([`Held::Weak`]). A stream that
+//!   reaches a frame already evicted treats it like a lag: CHAT is read from the
+//!   store, BARRAGE and COMMAND are gone for it;
+//! - a room update is one shared value per room ([`RoomState`]): the ring only says
+//!   that the room changed, and a stream sends the latest state once, however many
+//!   updates it missed. One copy of the room exists, not one per stream and update.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::sync::broadcast;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
 use super::frame::Frame;
 use crate::pb;
@@ -45,20 +60,43 @@ impl From<DetachReason> for pb::DetachReason {
     }
 }
 
+/// Message frames up to this size live in the ring itself; larger ones are held by
+/// the hub under its byte budget.
+pub const INLINE_FRAME: usize = 1024;
+
+/// A message as streams deliver it: its frame and who may receive it.
+#[derive(Debug)]
+pub struct Delivery {
+    pub frame: Frame,
+    /// `None`: every attached stream.
+    pub targets: Option<Vec<String>>,
+}
+
+/// A message in the ring: small ones in place, large ones held by the hub.
+#[derive(Debug)]
+pub enum Held {
+    Inline(Delivery),
+    /// Gone once the hub's byte budget evicted it.
+    Weak(Weak<Delivery>),
+}
+
+/// The latest state of a room that changed, and its `RoomUpdated` frame.
+#[derive(Debug)]
+pub struct RoomState {
+    pub room: Room,
+    pub frame: Frame,
+}
+
 /// One event in a room's ring: what a stream needs to route it, and its encoded frame.
 #[derive(Debug)]
 pub enum Event {
-    /// A message. `seq` is 0 for unstored kinds; `targets` limits who receives it.
-    Message {
-        seq: u64,
-        targets: Option<Vec<String>>,
-        frame: Frame,
-    },
+    /// A message. `seq` is 0 for unstored kinds.
+    Message { seq: u64, held: Held },
     /// A frame for every attached stream (member events).
     Broadcast(Frame),
-    /// The room's name, attributes or settings changed: streams forward the frame and
-    /// keep the new room (its presence settings apply to them from now on).
-    Updated { room: Box<Room>, frame: Frame },
+    /// The room's name, attributes or settings changed (to `version`): streams send
+    /// the room's latest state ([`Hubs::room_state`]) if they have not sent it yet.
+    Updated { version: u64 },
     /// The streams of `user` must stop receiving this room; on a switch they move to
     /// `switched_to`.
     Detach {
@@ -70,13 +108,21 @@ pub enum Event {
     Deleted,
 }
 
-/// The events of one room.
-pub type Receiver = broadcast::Receiver<Arc<Event>>;
-
 struct Hub {
     sender: broadcast::Sender<Arc<Event>>,
     /// Member changes waiting for the coalescing window to close.
     pending: Mutex<Pending>,
+    /// Large message frames the ring points at, oldest first, within the budget.
+    retained: Mutex<Retained>,
+    /// The room as its last update left it (`None`: not updated since the hub began).
+    state: Mutex<Option<Arc<RoomState>>>,
+}
+
+#[derive(Default)]
+struct Retained {
+    /// Each with the bytes it counts for.
+    deliveries: VecDeque<(Arc<Delivery>, usize)>,
+    bytes: usize,
 }
 
 #[derive(Default)]
@@ -96,33 +142,80 @@ struct MemberChange {
 pub struct Hubs {
     rooms: Mutex<HashMap<RoomId, Arc<Hub>>>,
     capacity: usize,
+    retained_bytes: usize,
     coalesce_window: Duration,
 }
 
+/// One stream's receipt of a room's events. Dropping it forgets the room's hub once
+/// nobody else receives it, so however a stream ends — or a half-done attach is
+/// abandoned — no hub is left behind.
+pub struct Subscription {
+    events: Option<BroadcastStream<Arc<Event>>>,
+    hubs: Arc<Hubs>,
+    room: RoomId,
+}
+
+impl Stream for Subscription {
+    type Item = Result<Arc<Event>, BroadcastStreamRecvError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match self.events.as_mut() {
+            Some(events) => Pin::new(events).poll_next(cx),
+            None => Poll::Ready(None),
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        // The receiver goes first: the hub is released once no receiver is left.
+        self.events = None;
+        self.hubs.release(&self.room);
+    }
+}
+
 impl Hubs {
-    /// Hubs whose rings hold `capacity` events, coalescing member events over `window`.
-    pub fn new(capacity: usize, window: Duration) -> Self {
+    /// Hubs whose rings hold `capacity` events and at most `retained_bytes` of large
+    /// message frames, coalescing member events over `window`.
+    pub fn new(capacity: usize, retained_bytes: usize, window: Duration) -> Self {
         Hubs {
             rooms: Mutex::new(HashMap::new()),
             capacity: capacity.max(1),
+            retained_bytes,
             coalesce_window: window,
         }
     }
 
     /// Starts receiving a room's events from now on.
-    pub fn subscribe(&self, room: &RoomId) -> Receiver {
-        let mut rooms = self.rooms.lock().expect("hubs lock");
-        let hub = rooms.entry(room.clone()).or_insert_with(|| {
-            Arc::new(Hub {
-                sender: broadcast::channel(self.capacity).0,
-                pending: Mutex::new(Pending::default()),
-            })
-        });
-        hub.sender.subscribe()
+    pub fn subscribe(self: &Arc<Self>, room: &RoomId) -> Subscription {
+        let receiver = {
+            let mut rooms = self.rooms.lock().expect("hubs lock");
+            let hub = rooms.entry(room.clone()).or_insert_with(|| {
+                Arc::new(Hub {
+                    sender: broadcast::channel(self.capacity).0,
+                    pending: Mutex::new(Pending::default()),
+                    retained: Mutex::new(Retained::default()),
+                    state: Mutex::new(None),
+                })
+            });
+            hub.sender.subscribe()
+        };
+        Subscription {
+            events: Some(BroadcastStream::new(receiver)),
+            hubs: Arc::clone(self),
+            room: room.clone(),
+        }
+    }
+
+    /// The room as its latest update left it, if it was updated while live.
+    pub fn room_state(&self, room: &RoomId) -> Option<Arc<RoomState>> {
+        let hub = self.hub(room)?;
+        let state = hub.state.lock().expect("room state lock");
+        state.clone()
     }
 
     /// Forgets a room's hub once its last receiver is gone (call after dropping one).
-    pub fn release(&self, room: &RoomId) {
+    fn release(&self, room: &RoomId) {
         let mut rooms = self.rooms.lock().expect("hubs lock");
         if rooms
             .get(room)
@@ -146,15 +239,33 @@ impl Hubs {
         for message in messages {
             let targets = (!message.to_user_ids.is_empty()).then(|| message.to_user_ids.clone());
             let frame = Frame::event(PbEvent::Message(message.into()));
+            let target_bytes: usize = targets.iter().flatten().map(String::len).sum();
+            let size = frame.wire().len() + target_bytes;
+            let delivery = Delivery { frame, targets };
+            let held = if size <= INLINE_FRAME {
+                Held::Inline(delivery)
+            } else {
+                let delivery = Arc::new(delivery);
+                let weak = Arc::downgrade(&delivery);
+                let mut retained = hub.retained.lock().expect("retained lock");
+                retained.bytes += size;
+                retained.deliveries.push_back((delivery, size));
+                // The newest always stays: every stream reading live gets it.
+                while retained.bytes > self.retained_bytes && retained.deliveries.len() > 1 {
+                    let (_, evicted) = retained.deliveries.pop_front().expect("not empty");
+                    retained.bytes -= evicted;
+                }
+                Held::Weak(weak)
+            };
             let _ = hub.sender.send(Arc::new(Event::Message {
                 seq: message.seq,
-                targets,
-                frame,
+                held,
             }));
         }
     }
 
-    /// Tells every stream the room changed.
+    /// Tells every stream the room changed: the new state replaces the hub's one
+    /// (older states are freed once no stream is sending them).
     pub fn room_updated(&self, room: &Room) {
         let Some(hub) = self.hub(&room.id) else {
             return;
@@ -162,9 +273,21 @@ impl Hubs {
         let frame = Frame::event(PbEvent::RoomUpdated(pb::RoomUpdated {
             room: Some(room.clone().into()),
         }));
+        {
+            let mut state = hub.state.lock().expect("room state lock");
+            if state
+                .as_ref()
+                .is_some_and(|s| s.room.version >= room.version)
+            {
+                return;
+            }
+            *state = Some(Arc::new(RoomState {
+                room: room.clone(),
+                frame,
+            }));
+        }
         let _ = hub.sender.send(Arc::new(Event::Updated {
-            room: Box::new(room.clone()),
-            frame,
+            version: room.version,
         }));
     }
 

@@ -79,20 +79,37 @@ async fn write_batches(store: Store, hubs: Arc<Hubs>, mut queue: mpsc::Receiver<
         // The messages move into the batch; only the answer channels stay behind.
         let (batch, answers): (Vec<Pending>, Vec<_>) =
             jobs.drain(..).map(|j| (j.pending, j.answer)).unzip();
-        let size = batch.len();
-        match store.append_messages(batch).await {
-            Ok(appended) => {
-                publish(&hubs, &appended);
-                for (answer, appended) in answers.into_iter().zip(appended) {
-                    let _ = answer.send(Ok(appended));
-                }
-            }
-            Err(error) => {
-                tracing::warn!(%error, batch = size, "storing a batch of messages failed");
-                for answer in answers {
-                    let _ = answer.send(Err(error.shared()));
-                }
-            }
+        let stored = store_batch(&store, &hubs, batch).await;
+        for (answer, stored) in answers.into_iter().zip(stored) {
+            let _ = answer.send(stored);
+        }
+    }
+}
+
+/// Stores a batch and publishes what it stored; one answer per message, in order.
+///
+/// A batch is one transaction, so one entry the database refuses would fail every
+/// other sender's message with it. When a batch fails for any reason but the store
+/// being unavailable (which fails every part alike), it is split in halves and each
+/// is tried on its own, down to the entry at fault: a bad entry costs its batch a
+/// few more transactions (log2 of its size), and fails alone.
+async fn store_batch(store: &Store, hubs: &Hubs, batch: Vec<Pending>) -> Vec<Result<Appended>> {
+    let size = batch.len();
+    match store.append_messages(batch).await {
+        Ok(appended) => {
+            publish(hubs, &appended);
+            appended.into_iter().map(Ok).collect()
+        }
+        Err((error, mut batch)) if size > 1 && !matches!(error, Error::Unavailable(_)) => {
+            tracing::warn!(%error, batch = size, "a batch of messages failed; storing it in parts");
+            let second = batch.split_off(size / 2);
+            let mut answers = Box::pin(store_batch(store, hubs, batch)).await;
+            answers.extend(Box::pin(store_batch(store, hubs, second)).await);
+            answers
+        }
+        Err((error, _)) => {
+            tracing::warn!(%error, batch = size, "storing a batch of messages failed");
+            (0..size).map(|_| Err(error.shared())).collect()
         }
     }
 }

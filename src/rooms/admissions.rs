@@ -385,6 +385,21 @@ impl Writer {
                 )));
             }
         }
+        // The leavers' streams stop receiving before the commit: the message writer
+        // cannot commit into these rooms while this transaction holds them, so every
+        // message committed after a leave is published after its detach. (Should the
+        // commit fail, the streams were detached from a room their user is still in;
+        // they may attach again.)
+        for outcome in &outcomes {
+            if let Ok(Outcome::Left {
+                room,
+                member: Some(m),
+            }) = outcome
+            {
+                self.hubs
+                    .detach_user(&room.id, &m.user_id, DetachReason::Left, None);
+            }
+        }
         tx.commit().await?;
         Ok(outcomes)
     }
@@ -403,14 +418,7 @@ impl Writer {
                 Ok(Outcome::Left {
                     room,
                     member: Some(m),
-                }) => announce_leave(
-                    &self.hubs,
-                    &self.deadlines_changed,
-                    room,
-                    m.clone(),
-                    DetachReason::Left,
-                    None,
-                ),
+                }) => announce_leave(&self.hubs, &self.deadlines_changed, room, m.clone()),
                 _ => {}
             }
         }

@@ -80,6 +80,14 @@ impl Sent {
     }
 }
 
+/// A page of a stream's catch-up.
+#[derive(Debug)]
+pub struct CatchUp {
+    pub messages: Vec<Message>,
+    /// More stored messages may follow the page.
+    pub more: bool,
+}
+
 /// What attaching a stream to a room found.
 #[derive(Clone, Debug)]
 pub struct Attachment {
@@ -284,7 +292,12 @@ impl Rooms {
         }
         tx.commit().await?;
         let room = self.with_presence(room);
-        self.announce_leave(&from_room, left, DetachReason::Switched, Some(room.clone()));
+        // After the commit, unlike a plain leave: the streams follow the user into
+        // `to`, and their attach must find the new membership.
+        self.live
+            .hubs
+            .detach_user(from, user, DetachReason::Switched, Some(room.clone()));
+        self.announce_leave(&from_room, left);
         if let Some(member) = joined {
             self.live.hubs.member_changed(&room, member, true);
         }
@@ -442,16 +455,9 @@ impl Rooms {
         room
     }
 
-    /// Detaches the leaver's streams at once and announces the leave (coalesced).
-    fn announce_leave(&self, room: &Room, member: Member, reason: DetachReason, to: Option<Room>) {
-        announce_leave(
-            &self.live.hubs,
-            &self.deadlines_changed,
-            room,
-            member,
-            reason,
-            to,
-        );
+    /// Announces a committed leave (coalesced).
+    fn announce_leave(&self, room: &Room, member: Member) {
+        announce_leave(&self.live.hubs, &self.deadlines_changed, room, member);
     }
 
     /// Sends a message and waits for its answer: for CHAT, after the commit; for
@@ -514,16 +520,29 @@ impl Rooms {
         Ok((messages, more))
     }
 
-    /// Stored messages after `after_seq`, oldest first, for a stream catching up.
-    pub async fn history_after(
+    /// The next page of stored messages after `after_seq` for a stream of `caller`
+    /// catching up: at most `limit` messages and about `max_bytes` of them, and only
+    /// while the caller may receive the room — read in one statement with the
+    /// membership, so nothing committed after the caller left reaches it. Fails with
+    /// NOT_A_MEMBER or ROOM_NOT_FOUND once the caller may not.
+    pub async fn catch_up(
         &self,
+        caller: &Caller,
         room_id: &RoomId,
         after_seq: u64,
         limit: u32,
-    ) -> Result<Vec<Message>> {
-        self.store
-            .messages(room_id, HistoryRange::After(after_seq), limit)
-            .await
+        max_bytes: u64,
+    ) -> Result<CatchUp> {
+        let user = caller.user_id.as_str();
+        let (messages, more) = self
+            .store
+            .messages_for_reader(room_id, user, caller.admin, after_seq, limit, max_bytes)
+            .await?;
+        if messages.is_empty() {
+            // Caught up, or no longer allowed: which one, the access check tells.
+            self.attach(caller, room_id).await?;
+        }
+        Ok(CatchUp { messages, more })
     }
 
     /// Checks that the caller may receive a room (member or admin) and returns it, as
@@ -548,42 +567,67 @@ impl Rooms {
     }
 
     /// Records a stream of `user` attached to `room`; a member of a room with a
-    /// presence timeout is online from now on.
-    pub async fn stream_attached(&self, room: &Room, user: &str) {
+    /// presence timeout is online from now on. Synchronous: the stream records the
+    /// room in the same step, so no cancellation can fall between the two.
+    pub fn stream_attached(&self, room: &Room, user: &str) {
         let first = self.live.presence.attach(&room.id, user);
-        if first
-            && room.settings.presence_timeout.is_some()
-            && let Err(error) = self.store.set_last_seen(&room.id, user, None).await
-        {
-            tracing::warn!(%error, room = %room.id, user, "could not record presence");
+        if first && room.settings.presence_timeout.is_some() {
+            self.record_presence(&room.id, user);
+        }
+    }
+
+    /// Records a stream of `user` detached from `room` (synchronously, so it can run
+    /// while a stream is being dropped); when it was the user's last one in a room
+    /// with a presence timeout (`timeout`: as the room is now), the timeout starts.
+    pub fn stream_detached(&self, room_id: &RoomId, user: &str, timeout: bool) {
+        let last = self.live.presence.detach(room_id, user);
+        if last && timeout {
+            self.record_presence(room_id, user);
         }
     }
 
     /// Records an attached member as online in a room that just gained a presence
     /// timeout, so its timeout starts only when its streams go away.
-    pub async fn mark_online(&self, room_id: &RoomId, user: &str) -> Result<()> {
-        self.store.set_last_seen(room_id, user, None).await
+    pub fn stream_now_present(&self, room_id: &RoomId, user: &str) {
+        self.record_presence(room_id, user);
     }
 
-    /// Records a stream of `user` detached from `room` (synchronously, so it can run
-    /// while a stream is being dropped); when it was the user's last one in a room
-    /// with a presence timeout, the timeout starts now.
-    pub fn stream_detached(&self, room: &Room, user: &str) {
-        let last = self.live.presence.detach(&room.id, user);
-        if last && room.settings.presence_timeout.is_some() {
-            let rooms = self.clone();
-            let room_id = room.id.clone();
-            let user = user.to_string();
-            tokio::spawn(async move {
-                let now = UnixMicros::now();
-                match rooms.store.set_last_seen(&room_id, &user, Some(now)).await {
-                    Ok(()) => rooms.deadlines_changed.notify_one(),
-                    Err(error) => {
-                        tracing::warn!(%error, room = %room_id, user, "could not record presence")
-                    }
+    /// Brings the stored presence of `user` in a room in line with its streams, on a
+    /// task of its own (no stream waits on the database for it).
+    fn record_presence(&self, room_id: &RoomId, user: &str) {
+        let rooms = self.clone();
+        let room_id = room_id.clone();
+        let user = user.to_string();
+        tokio::spawn(async move {
+            if let Err(error) = rooms.sync_presence(&room_id, &user).await {
+                tracing::warn!(%error, room = %room_id, user, "could not record presence");
+            }
+        });
+    }
+
+    /// Stores whether `user` is online in a room (`last_seen` unset) or offline since
+    /// now — as its streams are after the write. Attaches and detaches race on their
+    /// writes (two connections, no order between them), so each writer writes what it
+    /// sees, looks again once its write is done, and writes again if that changed:
+    /// whoever changes presence last also writes last, and no member stays "online"
+    /// in the store with no stream, nor "offline" with one, for longer than a write.
+    pub(crate) async fn sync_presence(&self, room_id: &RoomId, user: &str) -> Result<()> {
+        let mut online = self.live.presence.is_online(room_id, user);
+        for _ in 0..4 {
+            let last_seen = (!online).then(UnixMicros::now);
+            self.store.set_last_seen(room_id, user, last_seen).await?;
+            let now_online = self.live.presence.is_online(room_id, user);
+            if now_online == online {
+                if !online {
+                    self.deadlines_changed.notify_one();
                 }
-            });
+                return Ok(());
+            }
+            online = now_online;
         }
+        Err(Error::Internal(format!(
+            "presence of {user} in {room_id} kept changing while it was stored"
+        )))
     }
 }
 
@@ -615,17 +659,11 @@ async fn remove_member(
     Ok(Some((removed, room)))
 }
 
-/// Detaches the leaver's streams at once and announces the leave (coalesced); a room
-/// left empty may start its destroy-when-empty delay, so the expiry task looks again.
-fn announce_leave(
-    hubs: &Hubs,
-    deadlines_changed: &Notify,
-    room: &Room,
-    member: Member,
-    reason: DetachReason,
-    to: Option<Room>,
-) {
-    hubs.detach_user(&room.id, &member.user_id, reason, to);
+/// Announces a committed leave (coalesced); a room left empty may start its
+/// destroy-when-empty delay, so the expiry task looks again. The leaver's streams
+/// were detached before the commit ([`Hubs::detach_user`]): a message committed after
+/// the leave is published after that, so it never reaches them.
+fn announce_leave(hubs: &Hubs, deadlines_changed: &Notify, room: &Room, member: Member) {
     hubs.member_changed(room, member, false);
     if room.member_count == 0 && room.settings.destroy_when_empty_after.is_some() {
         deadlines_changed.notify_one();

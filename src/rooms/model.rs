@@ -130,6 +130,15 @@ pub fn check_name(field: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Refuses a NUL character. PostgreSQL cannot store one in a text column (SQLite
+/// can), so the rule is made here, once, for both stores: a NUL is bad input.
+pub fn check_no_nul(field: &str, text: &str) -> Result<()> {
+    if text.contains('\0') {
+        return Err(Error::invalid(field, "must not contain a NUL character"));
+    }
+    Ok(())
+}
+
 /// A room's free-form metadata, kept sorted so it reads back the same everywhere.
 pub type Attributes = BTreeMap<String, String>;
 
@@ -141,6 +150,8 @@ pub fn check_attributes<'a>(
     let mut count = 0;
     for (key, value) in attributes {
         count += 1;
+        check_no_nul(field, key)?;
+        check_no_nul(field, value)?;
         let keys = key.chars().count();
         if keys == 0 || keys > MAX_ATTRIBUTE_KEY_CHARS {
             return Err(Error::invalid(
@@ -397,6 +408,9 @@ impl Draft {
         if self.text.is_empty() && self.payload.is_empty() {
             return Err(Error::invalid("text", "a message needs text or a payload"));
         }
+        check_no_nul("text", &self.text)?;
+        check_no_nul("content_type", &self.content_type)?;
+        check_no_nul("client_msg_id", &self.client_msg_id)?;
         if self.content_type.len() > MAX_CONTENT_TYPE_LEN {
             return Err(Error::invalid(
                 "content_type",

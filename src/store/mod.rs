@@ -28,10 +28,17 @@ use std::collections::{BTreeMap, HashMap};
 use crate::rooms::model::{
     HistoryRange, Member, Message, NewRoom, Room, RoomFilter, RoomId, UnixMicros,
 };
-use rows::{KeyedMemberRow, MemberRow, MessageRow, RoomAndNameRow, RoomRow};
+use rows::{KeyedMemberRow, MemberRow, MessageRow, PagedMessageRow, RoomAndNameRow, RoomRow};
 
-/// How long a request waits for a free database connection before failing.
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a request waits for a free database connection before failing with
+/// UNAVAILABLE. Short, so that while the database is unreachable calls fail fast
+/// instead of piling up (sqlx keeps trying to connect until this passes); under load
+/// connections are held for milliseconds, so a healthy server never waits this long.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a SQLite call waits for the writer connection: a local file does not go
+/// away, and the pool's queue is where writes wait their turn (a burst of presence
+/// changes queues thousands), so the wait is a long one.
+const SQLITE_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long SQLite waits on a lock held by another process before failing.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Reader connections for SQLite (the writer is always one).
@@ -172,7 +179,7 @@ impl Store {
                 .foreign_keys(true);
             let writer = SqlitePoolOptions::new()
                 .max_connections(1)
-                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .acquire_timeout(SQLITE_ACQUIRE_TIMEOUT)
                 .connect_with(options.clone())
                 .await?;
             migrator(SQLITE_MIGRATIONS)
@@ -181,7 +188,7 @@ impl Store {
                 .map_err(migrate_error)?;
             let reader = SqlitePoolOptions::new()
                 .max_connections(SQLITE_READERS)
-                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .acquire_timeout(SQLITE_ACQUIRE_TIMEOUT)
                 .connect_with(options.read_only(true))
                 .await?;
             Backend::Sqlite { writer, reader }
@@ -354,6 +361,56 @@ impl Store {
         rows.into_iter().map(Message::try_from).collect()
     }
 
+    /// A page of stored messages after `after_seq`, oldest first, for a stream catching
+    /// up: at most `limit` of them and about `max_bytes` of text and payload (the first
+    /// is always included), read only while `user_id` is a member of the room (or
+    /// `admin`). One statement, so one snapshot: every message it returns was committed
+    /// while the user was a member, and nothing committed after a leave is ever read
+    /// for the leaver. An empty page means caught up, or no longer allowed (the caller
+    /// tells which). Returns the page and whether more may follow.
+    pub async fn messages_for_reader(
+        &self,
+        room_id: &RoomId,
+        user_id: &str,
+        admin: bool,
+        after_seq: u64,
+        limit: u32,
+        max_bytes: u64,
+    ) -> Result<(Vec<Message>, bool)> {
+        let rows: Vec<PagedMessageRow> = on_pool!(self, pool => {
+            sqlx::query_as(concat!(
+                "SELECT ", message_columns!(), ", firsts FROM ( \
+                   SELECT ", message_columns!(), ", COUNT(*) OVER () AS firsts, \
+                     SUM(octet_length(body) + octet_length(payload)) OVER (ORDER BY seq) \
+                       - (octet_length(body) + octet_length(payload)) AS bytes_before \
+                   FROM ( \
+                     SELECT ", message_columns!(), " FROM messages \
+                     WHERE room_id = $1 AND seq > $2 \
+                       AND ($4 OR EXISTS ( \
+                         SELECT 1 FROM members WHERE room_id = $1 AND user_id = $3)) \
+                     ORDER BY seq LIMIT $5 \
+                   ) firsts_page \
+                 ) sized \
+                 WHERE bytes_before < $6 ORDER BY seq"
+            ))
+            .bind(room_id.as_str())
+            .bind(to_i64(after_seq))
+            .bind(user_id)
+            .bind(admin)
+            .bind(i64::from(limit))
+            .bind(to_i64(max_bytes))
+            .fetch_all(pool)
+            .await
+        })?;
+        let firsts = rows.first().map_or(0, |r| r.firsts);
+        let more = firsts == i64::from(limit) || (rows.len() as i64) < firsts;
+        let messages = rows
+            .into_iter()
+            .map(|r| Message::try_from(r.message))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((messages, more))
+    }
+
     /// Stores a batch of accepted CHAT messages in one transaction: senders are checked
     /// to be members (their display names come from the same rows), each room's next
     /// seqs are taken from `rooms.last_seq` (rooms locked in sorted order, so
@@ -361,11 +418,30 @@ impl Store {
     ///
     /// A message whose `(room, sender, client_msg_id)` is already stored — or appears
     /// earlier in the batch — is not stored again: its answer is the first one.
-    /// One answer per message, in order.
-    pub async fn append_messages(&self, batch: Vec<Pending>) -> Result<Vec<Appended>> {
-        let mut answers: Vec<Option<Appended>> = vec![None; batch.len()];
+    /// One answer per message, in order. When the transaction fails nothing is
+    /// stored, and the batch comes back with the error so that it can be tried again
+    /// (in parts: one entry the database refuses must not fail the others).
+    pub async fn append_messages(
+        &self,
+        batch: Vec<Pending>,
+    ) -> std::result::Result<Vec<Appended>, (Error, Vec<Pending>)> {
         let (mut messages, admin): (Vec<Message>, Vec<bool>) =
             batch.into_iter().map(|p| (p.message, p.admin)).unzip();
+        match self.append(&mut messages, &admin).await {
+            Ok(answers) => Ok(answers),
+            Err(error) => {
+                let batch = messages
+                    .into_iter()
+                    .zip(admin)
+                    .map(|(message, admin)| Pending { message, admin })
+                    .collect();
+                Err((error, batch))
+            }
+        }
+    }
+
+    async fn append(&self, messages: &mut [Message], admin: &[bool]) -> Result<Vec<Appended>> {
+        let mut answers: Vec<Option<Appended>> = vec![None; messages.len()];
         let mut tx = self.begin().await?;
 
         // 1. Who may send, and under which name: members, and admins.
@@ -525,27 +601,41 @@ impl Store {
         Ok(())
     }
 
-    /// Members whose presence timeout has passed at `now` (up to `limit`).
+    /// Members whose presence timeout has passed at `now`, earliest deadline first,
+    /// after `after` (a `(deadline, room, user)` cursor), up to `limit`. Ordered and
+    /// paged so that rows the caller skips (members online after all) cannot hide
+    /// the ones behind them.
     pub async fn expired_members(
         &self,
         now: UnixMicros,
+        after: &DueMember,
         limit: u32,
-    ) -> Result<Vec<(RoomId, String)>> {
-        let rows: Vec<(String, String)> = on_pool!(self, pool => {
+    ) -> Result<Vec<DueMember>> {
+        let rows: Vec<(i64, String, String)> = on_pool!(self, pool => {
             sqlx::query_as(
-                "SELECT m.room_id, m.user_id FROM members m JOIN rooms r ON r.room_id = m.room_id \
+                "SELECT m.last_seen_us + r.presence_timeout_ms * 1000 AS due, m.room_id, m.user_id \
+                 FROM members m JOIN rooms r ON r.room_id = m.room_id \
                  WHERE r.presence_timeout_ms IS NOT NULL AND m.last_seen_us IS NOT NULL \
                    AND m.last_seen_us + r.presence_timeout_ms * 1000 <= $1 \
-                 LIMIT $2",
+                   AND (m.last_seen_us + r.presence_timeout_ms * 1000, m.room_id, m.user_id) \
+                       > ($2, $3, $4) \
+                 ORDER BY due, m.room_id, m.user_id LIMIT $5",
             )
             .bind(now.0)
+            .bind(after.due.0)
+            .bind(after.room_id.as_str())
+            .bind(&after.user_id)
             .bind(i64::from(limit))
             .fetch_all(pool)
             .await
         })?;
         Ok(rows
             .into_iter()
-            .map(|(room, user)| (RoomId::from_stored(room), user))
+            .map(|(due, room, user)| DueMember {
+                due: UnixMicros(due),
+                room_id: RoomId::from_stored(room),
+                user_id: user,
+            })
             .collect())
     }
 
@@ -587,6 +677,25 @@ impl Store {
             .await
         })?;
         Ok(row.0.map(UnixMicros))
+    }
+}
+
+/// A member whose presence timeout is due, and when it was.
+#[derive(Clone, Debug)]
+pub struct DueMember {
+    pub due: UnixMicros,
+    pub room_id: RoomId,
+    pub user_id: String,
+}
+
+impl DueMember {
+    /// A cursor before every row.
+    pub fn first() -> Self {
+        DueMember {
+            due: UnixMicros(i64::MIN),
+            room_id: RoomId::from_stored(String::new()),
+            user_id: String::new(),
+        }
     }
 }
 
@@ -1377,17 +1486,31 @@ impl From<sqlx::Error> for Error {
             // PostgreSQL broke a deadlock or a serialization conflict by aborting this
             // transaction (rare: e.g. a SwitchRoom racing a JoinRoom of the same user).
             // Nothing was written; the same call may simply be retried.
-            sqlx::Error::Database(db)
-                if matches!(db.code().as_deref(), Some("40P01" | "40001")) =>
-            {
-                Error::Unavailable(format!("a concurrent change conflicted, retry: {db}"))
+            sqlx::Error::Database(db) if db.code().as_deref().is_some_and(is_retryable) => {
+                Error::Unavailable(format!("{db} (SQLSTATE {})", db.code().unwrap_or_default()))
             }
             sqlx::Error::Io(_)
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
             | sqlx::Error::Tls(_)
             | sqlx::Error::Protocol(_) => Error::Unavailable(e.to_string()),
             other => Error::Internal(other.to_string()),
         }
     }
+}
+
+/// SQLSTATEs that say the database (or the connection to it) cannot serve the call
+/// now, not that the call is wrong: it may be retried as it is.
+fn is_retryable(code: &str) -> bool {
+    matches!(
+        code,
+        // deadlock detected, serialization failure
+        "40P01" | "40001"
+        // shutting down: admin_shutdown, crash_shutdown, cannot_connect_now
+        | "57P01" | "57P02" | "57P03"
+        // SQLite: the database is busy or locked (another process holds it)
+        | "5" | "6" | "261" | "262" | "517"
+    ) || code.starts_with("08") // connection exception
+        || code.starts_with("53") // insufficient resources (too many connections, disk full)
 }

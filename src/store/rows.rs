@@ -71,6 +71,15 @@ pub(super) struct RoomAndNameRow {
     pub display_name: Option<String>,
 }
 
+/// A message row of a catch-up page, with how many rows the page had before it was
+/// cut to its byte budget.
+#[derive(sqlx::FromRow)]
+pub(super) struct PagedMessageRow {
+    #[sqlx(flatten)]
+    pub message: MessageRow,
+    pub firsts: i64,
+}
+
 /// A member row with its room's id.
 #[derive(sqlx::FromRow)]
 pub(super) struct KeyedMemberRow {

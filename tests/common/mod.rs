@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod pg_cluster;
+
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -577,6 +579,19 @@ pub async fn history(client: &mut Client, room_id: &str) -> Vec<pb::Message> {
         all.extend(page.messages);
         if !page.has_more {
             return all;
+        }
+    }
+}
+
+impl TestDb {
+    /// A database that exists already (a test's own PostgreSQL cluster); nothing is
+    /// dropped afterwards.
+    pub fn on(url: String) -> TestDb {
+        TestDb {
+            url,
+            backend: Backend::Postgres,
+            _dir: None,
+            pg_name: None,
         }
     }
 }
