@@ -67,6 +67,39 @@ async fn fill(client: &Client, room: &str, n: usize, text: impl Fn(usize) -> Str
     }
 }
 
+/// A stream of a new member `user` of `room` that attaches it from the start (a long
+/// catch-up) and then never reads: what it holds must be kept for as long as the
+/// stream should stall.
+async fn stalled_stream(
+    server: &TestServer,
+    user: &str,
+    room: &str,
+) -> (
+    Client,
+    tokio::sync::mpsc::Sender<pb::SubscribeRequest>,
+    tonic::Streaming<pb::SubscribeResponse>,
+) {
+    let mut client = small_window_client(server, user);
+    client.join_room(join(room)).await.unwrap();
+    let (frames, rx) = tokio::sync::mpsc::channel(4);
+    let responses = client
+        .subscribe(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    frames
+        .send(pb::SubscribeRequest {
+            request_id: "a".into(),
+            frame: Some(pb::subscribe_request::Frame::Attach(pb::AttachRoom {
+                room_id: room.into(),
+                after_seq: Some(0),
+            })),
+        })
+        .await
+        .unwrap();
+    (client, frames, responses)
+}
+
 /// Streams that attach with a long catch-up and then never read must not hold the
 /// database: everyone else's reads, attaches and sends go on.
 async fn stalled_streams_do_not_starve_other_calls(backend: Backend) {
@@ -79,27 +112,7 @@ async fn stalled_streams_do_not_starve_other_calls(backend: Backend) {
     // More stalled streams than the pool has connections (8 here, 4 SQLite readers).
     let mut stalled = Vec::new();
     for i in 0..32 {
-        let user = format!("s{i}");
-        let mut client = small_window_client(&server, &user);
-        client.join_room(join("big")).await.unwrap();
-        let (frames, rx) = tokio::sync::mpsc::channel(4);
-        let responses = client
-            .subscribe(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
-            .unwrap()
-            .into_inner();
-        frames
-            .send(pb::SubscribeRequest {
-                request_id: "a".into(),
-                frame: Some(pb::subscribe_request::Frame::Attach(pb::AttachRoom {
-                    room_id: "big".into(),
-                    after_seq: Some(0),
-                })),
-            })
-            .await
-            .unwrap();
-        // Kept, never read.
-        stalled.push((client, frames, responses));
+        stalled.push(stalled_stream(&server, &format!("s{i}"), "big").await);
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
 
@@ -1032,26 +1045,7 @@ async fn catch_up_is_bounded_by_bytes(backend: Backend) {
     let before = process.rss_mib();
     let mut stalled = Vec::new();
     for i in 0..20 {
-        let user = format!("s{i}");
-        let mut client = small_window_client(server, &user);
-        client.join_room(join("r")).await.unwrap();
-        let (frames, rx) = tokio::sync::mpsc::channel(4);
-        let responses = client
-            .subscribe(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
-            .unwrap()
-            .into_inner();
-        frames
-            .send(pb::SubscribeRequest {
-                request_id: "a".into(),
-                frame: Some(pb::subscribe_request::Frame::Attach(pb::AttachRoom {
-                    room_id: "r".into(),
-                    after_seq: Some(0),
-                })),
-            })
-            .await
-            .unwrap();
-        stalled.push((client, frames, responses));
+        stalled.push(stalled_stream(server, &format!("s{i}"), "r").await);
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let grown = process.rss_mib() - before;

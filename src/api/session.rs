@@ -157,7 +157,8 @@ impl Attachments {
     fn record(&mut self, subscription: Subscription, attachment: Attachment, delivered: u64) {
         let room = &attachment.room;
         self.rooms.stream_attached(room, &self.user);
-        self.events.insert(Arc::new(room.id.clone()), subscription);
+        self.events
+            .insert(Arc::clone(subscription.room()), subscription);
         self.attached.insert(Attached {
             room_id: room.id.clone(),
             sender_name: attachment.sender_name,
@@ -289,7 +290,9 @@ struct Session {
     state: Attachments,
     sends: Sends,
     /// The one piece of database work in progress.
-    work: Option<Work>,
+    /// Boxed: most of a stream's life it has none, and the generator keeps this field's
+    /// size for all of it.
+    work: Option<Box<Work>>,
     /// Rooms whose stored messages must be read before live ones, in order.
     catch_up: VecDeque<RoomId>,
     /// What waits for its turn (client frames, follows), in order.
@@ -312,21 +315,28 @@ impl Session {
             && self.queued.is_empty()
     }
 
-    /// Frees a drained outbox that grew past [`OUTBOX_KEPT`].
-    fn trim_outbox(&mut self) {
+    /// Frees a drained outbox that grew past [`OUTBOX_KEPT`], and a drained queue:
+    /// most streams send a few frames and then only listen, and a queue's slots are
+    /// a request's full size each.
+    fn trim(&mut self) {
         if self.outbox.is_empty() && self.outbox.capacity() > OUTBOX_KEPT {
             self.outbox = VecDeque::new();
         }
+        if self.queued.is_empty() && self.queued.capacity() > 0 {
+            self.queued = VecDeque::new();
+        }
     }
 
-    /// Starts `work` on a task of its own.
-    fn spawn(
+    /// Starts the work `make` returns on a task of its own.
+    fn spawn<F>(
         &mut self,
-        work: impl std::future::Future<Output = Done> + Send + 'static,
+        make: impl FnOnce() -> F + Send + 'static,
         subscription: Option<Subscription>,
-    ) {
-        let task = work::spawn(self.caller.user_id.as_str(), work);
-        self.work = Some(Work { task, subscription });
+    ) where
+        F: std::future::Future<Output = Done> + Send + 'static,
+    {
+        let task = work::spawn(self.caller.user_id.as_str(), make);
+        self.work = Some(Box::new(Work { task, subscription }));
     }
 
     /// Takes a client frame: queued for its turn, or refused when the queue is full.
@@ -365,7 +375,7 @@ impl Session {
         let rooms = self.state.rooms.clone();
         let caller = self.caller.clone();
         self.spawn(
-            async move {
+            move || async move {
                 let page = rooms
                     .catch_up(&caller, &room_id, from, CATCH_UP_PAGE, CATCH_UP_BYTES)
                     .await;
@@ -516,9 +526,10 @@ impl Session {
                             // Membership is read from the store: on a task of its own.
                             let rooms = rooms.clone();
                             let caller = self.caller.clone();
-                            let task = work::spawn(self.caller.user_id.as_str(), async move {
-                                rooms.send(&caller, draft, None).await
-                            });
+                            let task =
+                                work::spawn(self.caller.user_id.as_str(), move || async move {
+                                    rooms.send(&caller, draft, None).await
+                                });
                             self.sends.push(Box::pin(async move {
                                 let sent = task.await.unwrap_or_else(|error| {
                                     Err(Error::Internal(format!("a send failed: {error}")))
@@ -578,7 +589,7 @@ impl Session {
         let rooms = self.state.rooms.clone();
         let caller = self.caller.clone();
         self.spawn(
-            async move {
+            move || async move {
                 let found = rooms.attach(&caller, &room_id).await;
                 Done::Attach {
                     request_id,
@@ -635,7 +646,7 @@ pub fn run(
             while let Some(frame) = s.outbox.pop_front() {
                 yield Ok(frame);
             }
-            s.trim_outbox();
+            s.trim();
             if s.finished() {
                 break;
             }
@@ -671,7 +682,7 @@ pub fn run(
                 Step::Stop => stopping = true,
                 Step::Worked(done) => {
                     let work = s.work.take().expect("work in progress");
-                    s.finish(work, done);
+                    s.finish(*work, done);
                 }
                 Step::Sent(answer) => s.outbox.push_back(answer),
                 Step::Client(None) => s.inbound_done = true,
@@ -709,7 +720,9 @@ pub fn run(
 
 /// The result of the work in progress (pending forever when there is none: `select!`
 /// makes every branch's future, also those it will not poll).
-async fn work_done(work: &mut Option<Work>) -> std::result::Result<Done, tokio::task::JoinError> {
+async fn work_done(
+    work: &mut Option<Box<Work>>,
+) -> std::result::Result<Done, tokio::task::JoinError> {
     match work {
         Some(work) => (&mut work.task).await,
         None => std::future::pending().await,

@@ -36,10 +36,13 @@ static PERMITS: LazyLock<Permits> = LazyLock::new(|| Permits {
     users: Mutex::new(HashMap::new()),
 });
 
-/// Runs `work` for `user` on a task of its own once a permit of the user's and one
-/// of the server's are free. Dropping the handle leaves the task to finish (and
-/// release what it holds) on its own.
-pub fn spawn<T, F>(user: &str, work: F) -> JoinHandle<T>
+/// Runs the future `make` returns for `user` on a task of its own, once a permit of
+/// the user's and one of the server's are free. The future is made, on the heap, only
+/// then: database futures are several kilobytes, and thousands of streams attaching
+/// at once would otherwise all hold theirs while they wait (and leave the heap they
+/// used fragmented). Dropping the handle leaves the task to finish (and release what
+/// it holds) on its own.
+pub fn spawn<T, F>(user: &str, make: impl FnOnce() -> F + Send + 'static) -> JoinHandle<T>
 where
     F: Future<Output = T> + Send + 'static,
     T: Send + 'static,
@@ -56,7 +59,7 @@ where
         let done = {
             let _user = mine.acquire().await.expect("never closed");
             let _total = PERMITS.total.acquire().await.expect("never closed");
-            work.await
+            Box::pin(make()).await
         };
         // Forget the user's semaphore once no other work of theirs holds it.
         let mut users = PERMITS.users.lock().expect("permits lock");

@@ -152,7 +152,14 @@ pub struct Hubs {
 pub struct Subscription {
     events: Option<BroadcastStream<Arc<Event>>>,
     hubs: Arc<Hubs>,
-    room: RoomId,
+    room: Arc<RoomId>,
+}
+
+impl Subscription {
+    /// The room, shared (a stream keys its subscriptions by it).
+    pub fn room(&self) -> &Arc<RoomId> {
+        &self.room
+    }
 }
 
 impl Stream for Subscription {
@@ -203,7 +210,7 @@ impl Hubs {
         Subscription {
             events: Some(BroadcastStream::new(receiver)),
             hubs: Arc::clone(self),
-            room: room.clone(),
+            room: Arc::new(room.clone()),
         }
     }
 
