@@ -335,7 +335,7 @@ impl Session {
     ) where
         F: std::future::Future<Output = Done> + Send + 'static,
     {
-        let task = work::spawn(self.caller.user_id.as_str(), make);
+        let task = work::spawn(make);
         self.work = Some(Box::new(Work { task, subscription }));
     }
 
@@ -526,10 +526,9 @@ impl Session {
                             // Membership is read from the store: on a task of its own.
                             let rooms = rooms.clone();
                             let caller = self.caller.clone();
-                            let task =
-                                work::spawn(self.caller.user_id.as_str(), move || async move {
-                                    rooms.send(&caller, draft, None).await
-                                });
+                            let task = work::spawn(move || async move {
+                                rooms.send(&caller, draft, None).await
+                            });
                             self.sends.push(Box::pin(async move {
                                 let sent = task.await.unwrap_or_else(|error| {
                                     Err(Error::Internal(format!("a send failed: {error}")))
