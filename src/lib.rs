@@ -13,7 +13,9 @@
 //! - [`error`]: the domain error enum; [`api::status`] holds its one mapping to gRPC.
 //! - [`api`]: the gRPC layer only — identity, request validation, the service, the
 //!   Subscribe session loop ([`api::session`]), its route ([`api::subscribe`], which
-//!   writes pre-encoded frames to HTTP/2) and the server's codec.
+//!   writes pre-encoded frames to HTTP/2), the tasks a stream's database work runs on
+//!   ([`api::work`]: never inside the session, which runs only while its client reads)
+//!   and the server's codec (which answers undecodable messages INVALID_ARGUMENT).
 //! - [`rooms`]: the rules — membership, limits, permissions, sending, the one writer of
 //!   joins and leaves ([`rooms::admissions`]), and the expiry of presence and empty
 //!   rooms. No tonic, no SQL.
@@ -21,6 +23,13 @@
 //! - [`wire`]: domain values in their protobuf form.
 //! - [`store`]: SQL, with a PostgreSQL and a SQLite backend sharing one query text.
 //! - [`pb`]: code generated from `proto/chatroom/v1/chatroom.proto` (the contract).
+//!
+//! What a client can make the server hold is bounded, and released by whoever set it
+//! up: a stream holds one piece of database work and no connection longer than a
+//! statement, a queue of at most 256 frames, one catch-up page (256 messages or
+//! 256 KiB); a room's ring holds `--room-buffer` events and `--room-buffer-bytes` of
+//! large frames, and one shared copy of the room; HTTP/2 keepalive reaps connections
+//! whose client vanished. `tests/hostile.rs` tries each of these from outside.
 //!
 //! [`serve`] runs the whole server on a listener until a shutdown future resolves;
 //! `main.rs` calls it with the configured address and SIGTERM/SIGINT, tests call it on
