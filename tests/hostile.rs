@@ -25,6 +25,7 @@ on_both_stores!(
     a_stream_cancelled_mid_attach_leaves_nobody_online,
     a_presence_timeout_removed_and_added_again_applies,
     a_member_who_left_gets_nothing_committed_after,
+    a_member_who_switched_while_behind_follows,
     malformed_frames_are_invalid_argument,
     durations_below_a_millisecond_are_refused,
     a_flood_of_small_frames_does_not_end_the_connection,
@@ -505,11 +506,14 @@ async fn a_presence_timeout_removed_and_added_again_applies(backend: Backend) {
         presence_timeout: ms,
         ..Default::default()
     };
+    owner.create_room(create("big")).await.unwrap();
+    fill(&owner, "big", 2000, |i| format!("m{i}")).await;
     let mut room = create("r");
     room.settings = Some(with_timeout(millis(300)));
     owner.create_room(room).await.unwrap();
-    owner.create_room(create("big")).await.unwrap();
-    fill(&owner, "big", 2000, |i| format!("m{i}")).await;
+    // The owner stays, attached: only bob may go.
+    let mut owner_sub = Sub::open(&mut owner).await;
+    owner_sub.attached("r", None).await;
     let mut bob = small_window_client(&server, "bob");
     bob.join_room(join("r")).await.unwrap();
     bob.join_room(join("big")).await.unwrap();
@@ -546,6 +550,10 @@ async fn a_presence_timeout_removed_and_added_again_applies(backend: Backend) {
         async move { get_room(&mut owner, "r").await.unwrap().member_count }
     })
     .await;
+    let members = common::all_members(&mut owner, "r").await;
+    assert_eq!(members.len(), 1);
+    assert_eq!(members[0].user_id, "owner");
+    drop(owner_sub);
     server.stop().await;
     db.remove().await;
 }
@@ -590,6 +598,74 @@ async fn a_member_who_left_gets_nothing_committed_after(backend: Backend) {
                 break;
             }
             _ => {}
+        }
+    }
+    server.stop().await;
+    db.remove().await;
+}
+
+/// The same for a switch: a stream catching up slowly on `from` when its user switches
+/// gets nothing of `from` committed after the switch, is told it switched, and
+/// follows into `to`.
+async fn a_member_who_switched_while_behind_follows(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = TestServer::start(&db, |_| {}).await;
+    let mut owner = server.client("owner").await;
+    owner.create_room(create("from")).await.unwrap();
+    owner.create_room(create("to")).await.unwrap();
+    fill(&owner, "from", 2000, |i| format!("before {i}")).await;
+    let mut bob = small_window_client(&server, "bob");
+    bob.join_room(join("from")).await.unwrap();
+    let mut sub = Sub::open(&mut bob).await;
+    sub.attached("from", Some(0)).await;
+    for _ in 0..5 {
+        sub.event().await;
+    }
+    bob.switch_room(pb::SwitchRoomRequest {
+        from_room_id: "from".into(),
+        to_room_id: "to".into(),
+        display_name: "Bob".into(),
+    })
+    .await
+    .unwrap();
+    let at_switch = get_room(&mut owner, "from").await.unwrap().last_seq;
+    for i in 0..20 {
+        owner
+            .send_message(chat("from", &format!("after {i}")))
+            .await
+            .unwrap();
+    }
+    loop {
+        match sub.event().await {
+            Ev::Message(m) => assert!(
+                m.room_id == "from" && m.seq <= at_switch,
+                "message {} of {} reached the switcher",
+                m.seq,
+                m.room_id
+            ),
+            Ev::Detached(d) => {
+                assert_eq!(d.room_id, "from");
+                assert_eq!(d.reason, pb::DetachReason::Switched as i32);
+                break;
+            }
+            _ => {}
+        }
+    }
+    loop {
+        match sub.event().await {
+            Ev::Attached(a) => {
+                assert_eq!(a.room.unwrap().room_id, "to");
+                break;
+            }
+            Ev::Message(m) => panic!("message {} of {} after the detach", m.seq, m.room_id),
+            _ => {}
+        }
+    }
+    owner.send_message(chat("to", "welcome")).await.unwrap();
+    loop {
+        if let Ev::Message(m) = sub.event().await {
+            assert_eq!((m.room_id.as_str(), m.text.as_str()), ("to", "welcome"));
+            break;
         }
     }
     server.stop().await;

@@ -39,7 +39,7 @@ use tonic::{Code, Status, Streaming};
 
 use super::{convert, work};
 use crate::error::{Error, Result};
-use crate::live::hub::{Delivery, Held, Subscription};
+use crate::live::hub::{Delivery, Held, Subscription, Switch};
 use crate::live::{DetachReason, Event, Frame};
 use crate::pb;
 use crate::pb::subscribe_request::Frame as Request;
@@ -55,6 +55,9 @@ const CATCH_UP_BYTES: u64 = 256 * 1024;
 const MAX_SENDS_IN_FLIGHT: usize = 256;
 /// Client frames a stream may have waiting for their turn.
 pub const MAX_QUEUED_FRAMES: usize = 256;
+/// How long a stream following a switch waits for the switch to commit before it
+/// lets the store decide.
+const FOLLOW_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Bytes of text and payload of the sends waiting in a stream's queue, at most.
 const MAX_QUEUED_BYTES: usize = 4 * 1024 * 1024;
 
@@ -225,7 +228,7 @@ enum Action {
     /// A client frame.
     Request(pb::SubscribeRequest),
     /// Follow the user into the room it switched to.
-    Follow(Box<Room>),
+    Follow(Box<Switch>),
 }
 
 impl Action {
@@ -449,7 +452,11 @@ impl Session {
                     }
                 }
                 Err(error @ (Error::NotAMember { .. } | Error::RoomNotFound { .. })) => {
-                    // Left (or deleted) while behind: nothing more from this room.
+                    // Left (or deleted) while behind: nothing more from this room. How
+                    // it was left is in the room's ring (leaves, switches and timeouts
+                    // are published before they commit): route what waits there, so a
+                    // switch is followed; failing that, it left.
+                    self.route_waiting(&room_id);
                     self.catch_up.retain(|r| *r != room_id);
                     if self.state.detach(&room_id).is_some() {
                         let reason = match error {
@@ -465,6 +472,44 @@ impl Session {
         }
     }
 
+    /// Routes the events waiting in one room's ring now, without waiting for more.
+    fn route_waiting(&mut self, room_id: &RoomId) {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        loop {
+            let Some((key, subscription)) = self
+                .state
+                .events
+                .iter_mut()
+                .find(|(key, _)| key.as_ref() == room_id)
+            else {
+                return;
+            };
+            let key = Arc::clone(key);
+            let event = match Pin::new(subscription).poll_next(&mut cx) {
+                std::task::Poll::Ready(Some(Ok(event))) => event,
+                std::task::Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(_)))) => continue,
+                _ => return,
+            };
+            let routed = route(&mut self.state, &key, &event, &mut self.outbox);
+            self.follow(&key, routed);
+        }
+    }
+
+    /// Does what routing an event asked for besides its frames.
+    fn follow(&mut self, room_id: &RoomId, routed: Routed) {
+        if routed.gap {
+            self.needs_catch_up(room_id);
+        }
+        if routed.now_present {
+            self.state
+                .rooms
+                .stream_now_present(room_id, self.caller.user_id.as_str());
+        }
+        if let Some(switch) = routed.switched_to {
+            self.queued.push_front(Action::Follow(switch));
+        }
+    }
+
     /// Takes the next action off the queue: answers it, or starts its database work.
     async fn take_next(&mut self) {
         let Some(action) = self.queued.pop_front() else {
@@ -473,10 +518,11 @@ impl Session {
         self.queued_bytes -= action.bytes();
         match action {
             Action::Request(request) => self.handle_request(request).await,
-            Action::Follow(to) => {
+            Action::Follow(switch) => {
                 // Follow the user into the room it switched to, from now on.
-                if !self.state.attached.contains(&to.id) {
-                    self.start_attach(None, to.id.clone(), Some(to.last_seq));
+                if !self.state.attached.contains(&switch.to.id) {
+                    let (room_id, after) = (switch.to.id.clone(), switch.to.last_seq);
+                    self.start_attach(None, room_id, Some(after), Some(switch.committed));
                 }
             }
         }
@@ -489,7 +535,7 @@ impl Session {
             Some(Request::Attach(attach)) => {
                 match convert::room_id("attach.room_id", attach.room_id) {
                     Ok(room_id) => {
-                        self.start_attach(Some(request_id), room_id, attach.after_seq);
+                        self.start_attach(Some(request_id), room_id, attach.after_seq, None);
                         return;
                     }
                     Err(error) => error_frame(request_id, error),
@@ -561,12 +607,14 @@ impl Session {
     }
 
     /// Starts attaching a room: subscribes to its hub first (whatever commits from now
-    /// on is in the ring), then checks access and reads the room on a task.
+    /// on is in the ring), then checks access and reads the room on a task — after
+    /// `switch` says its switch committed, when following one.
     fn start_attach(
         &mut self,
         request_id: Option<String>,
         room_id: RoomId,
         after_seq: Option<u64>,
+        switch: Option<tokio::sync::watch::Receiver<Option<bool>>>,
     ) {
         let refused = if self.state.attached.contains(&room_id) {
             Some(Error::AlreadyAttached {
@@ -589,6 +637,24 @@ impl Session {
         let caller = self.caller.clone();
         self.spawn(
             move || async move {
+                if let Some(mut committed) = switch {
+                    let outcome =
+                        tokio::time::timeout(FOLLOW_WAIT, committed.wait_for(Option::is_some));
+                    if let Ok(Ok(outcome)) = outcome.await
+                        && *outcome == Some(false)
+                    {
+                        // The switch failed: the user is not in the room to follow.
+                        let found = Err(Error::NotAMember {
+                            room_id: room_id.to_string(),
+                        });
+                        return Done::Attach {
+                            request_id,
+                            room_id,
+                            after_seq,
+                            found,
+                        };
+                    }
+                }
                 let found = rooms.attach(&caller, &room_id).await;
                 Done::Attach {
                     request_id,
@@ -697,15 +763,7 @@ pub fn run(
                 // The hot path: routing is synchronous and allocates nothing of its own.
                 Step::Room(room_id, Ok(event)) => {
                     let routed = route(&mut s.state, &room_id, &event, &mut s.outbox);
-                    if routed.gap {
-                        s.needs_catch_up(&room_id);
-                    }
-                    if routed.now_present {
-                        s.state.rooms.stream_now_present(&room_id, s.caller.user_id.as_str());
-                    }
-                    if let Some(to) = routed.switched_to {
-                        s.queued.push_front(Action::Follow(to));
-                    }
+                    s.follow(&room_id, routed);
                 }
                 Step::Room(room_id, Err(BroadcastStreamRecvError::Lagged(_))) => {
                     // Fell behind the ring: read what it missed from the store, which
@@ -734,7 +792,7 @@ struct Routed {
     /// A seq was skipped (or its frame was already evicted): read from the store.
     gap: bool,
     /// The user switched rooms: attach this one.
-    switched_to: Option<Box<Room>>,
+    switched_to: Option<Box<Switch>>,
     /// The room gained a presence timeout: record the user online.
     now_present: bool,
 }

@@ -80,6 +80,17 @@ pub enum Held {
     Weak(Weak<Delivery>),
 }
 
+/// Where a switching user's streams go. A detach is published before the change
+/// commits (so that no message committed after it can reach the leaver first); the
+/// streams follow into `to` once `committed` says the switch held.
+#[derive(Clone, Debug)]
+pub struct Switch {
+    pub to: Room,
+    /// `Some(true)` once committed, `Some(false)` if the switch failed; closed without
+    /// a word if the call was abandoned (the store then tells).
+    pub committed: tokio::sync::watch::Receiver<Option<bool>>,
+}
+
 /// The latest state of a room that changed, and its `RoomUpdated` frame.
 #[derive(Debug)]
 pub struct RoomState {
@@ -102,7 +113,7 @@ pub enum Event {
     Detach {
         user: String,
         reason: DetachReason,
-        switched_to: Option<Box<Room>>,
+        switched_to: Option<Box<Switch>>,
     },
     /// The room was deleted: every stream detaches.
     Deleted,
@@ -312,7 +323,7 @@ impl Hubs {
         room: &RoomId,
         user: &str,
         reason: DetachReason,
-        switched_to: Option<Room>,
+        switched_to: Option<Switch>,
     ) {
         let Some(hub) = self.hub(room) else { return };
         let _ = hub.sender.send(Arc::new(Event::Detach {

@@ -290,13 +290,20 @@ impl Rooms {
             // Already a member of `to`: the move freed the slot `from` held.
             tx.release_room_slot(user).await?;
         }
-        tx.commit().await?;
-        let room = self.with_presence(room);
-        // After the commit, unlike a plain leave: the streams follow the user into
-        // `to`, and their attach must find the new membership.
+        // The user's streams stop receiving `from` before the commit, like every leave
+        // (see `announce_leave`), and follow into `to` once the commit says so.
+        let (committed, outcome) = tokio::sync::watch::channel(None);
+        let switch = crate::live::hub::Switch {
+            to: self.with_presence(room.clone()),
+            committed: outcome,
+        };
         self.live
             .hubs
-            .detach_user(from, user, DetachReason::Switched, Some(room.clone()));
+            .detach_user(from, user, DetachReason::Switched, Some(switch));
+        let result = tx.commit().await;
+        let _ = committed.send(Some(result.is_ok()));
+        result?;
+        let room = self.with_presence(room);
         self.announce_leave(&from_room, left);
         if let Some(member) = joined {
             self.live.hubs.member_changed(&room, member, true);
