@@ -2,9 +2,10 @@
 """Replays each seed product's room flow against a running chatroom server, with a
 Python client generated from proto/chatroom/v1/chatroom.proto (grpcio-tools).
 
-It shows the contract is usable from another language: every flow of DESIGN §1 —
-NetEase NERoom, LeanCloud, ZEGO ZIM, ZEGO multi-room, socket.io rooms — is expressed
-with generated stubs only, and checked. Room ids carry a per-run prefix, so it can run
+It shows the contract is usable from another language: every room flow of the products
+this service stands in for (the table in README.md) — NetEase NERoom, LeanCloud, ZEGO
+ZIM, ZEGO multi-room, socket.io rooms — is expressed with generated stubs only, and
+checked. Room ids carry a per-run prefix, so it can run
 against any database. Exit status 0 means every flow held.
 
     python3 scripts/seed_flows.py --target 127.0.0.1:50051

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one test command (DESIGN §5). It
+# The one test command (CI runs it through .ci/run). It
 #   1. finds PostgreSQL: $DATABASE_URL if set, else 127.0.0.1:5432 if it answers, else a
 #      throwaway cluster it starts (installing PostgreSQL with apt-get if it can);
 #   2. runs cargo fmt --check, cargo clippy -D warnings, buf lint, the seed products'

@@ -558,22 +558,28 @@ async fn a_presence_timeout_removed_and_added_again_applies(backend: Backend) {
     db.remove().await;
 }
 
+/// A new room of `owner` with 2,000 messages, and the stream of bob, a member, that
+/// attached it from the start and read only a few of them: far behind, catching up.
+async fn far_behind(server: &TestServer, owner: &mut Client, room: &str) -> (Client, Sub) {
+    owner.create_room(create(room)).await.unwrap();
+    fill(owner, room, 2000, |i| format!("before {i}")).await;
+    let mut bob = small_window_client(server, "bob");
+    bob.join_room(join(room)).await.unwrap();
+    let mut sub = Sub::open(&mut bob).await;
+    sub.attached(room, Some(0)).await;
+    for _ in 0..5 {
+        sub.event().await;
+    }
+    (bob, sub)
+}
+
 /// A stream catching up slowly when its user leaves gets nothing committed after the
 /// leave: catch-up stops, and the stream is told it left.
 async fn a_member_who_left_gets_nothing_committed_after(backend: Backend) {
     let db = TestDb::new(backend).await;
     let server = TestServer::start(&db, |_| {}).await;
     let mut owner = server.client("owner").await;
-    owner.create_room(create("r")).await.unwrap();
-    fill(&owner, "r", 2000, |i| format!("before {i}")).await;
-    let mut bob = small_window_client(&server, "bob");
-    bob.join_room(join("r")).await.unwrap();
-    let mut sub = Sub::open(&mut bob).await;
-    sub.attached("r", Some(0)).await;
-    // A few messages in, the stream is far behind.
-    for _ in 0..5 {
-        sub.event().await;
-    }
+    let (mut bob, mut sub) = far_behind(&server, &mut owner, "r").await;
     bob.leave_room(pb::LeaveRoomRequest {
         room_id: "r".into(),
     })
@@ -611,16 +617,8 @@ async fn a_member_who_switched_while_behind_follows(backend: Backend) {
     let db = TestDb::new(backend).await;
     let server = TestServer::start(&db, |_| {}).await;
     let mut owner = server.client("owner").await;
-    owner.create_room(create("from")).await.unwrap();
     owner.create_room(create("to")).await.unwrap();
-    fill(&owner, "from", 2000, |i| format!("before {i}")).await;
-    let mut bob = small_window_client(&server, "bob");
-    bob.join_room(join("from")).await.unwrap();
-    let mut sub = Sub::open(&mut bob).await;
-    sub.attached("from", Some(0)).await;
-    for _ in 0..5 {
-        sub.event().await;
-    }
+    let (mut bob, mut sub) = far_behind(&server, &mut owner, "from").await;
     bob.switch_room(pb::SwitchRoomRequest {
         from_room_id: "from".into(),
         to_room_id: "to".into(),
