@@ -346,20 +346,17 @@ impl Session {
     fn enqueue(&mut self, request: pb::SubscribeRequest) {
         let action = Action::Request(request);
         let bytes = action.bytes();
-        if self.queued.len() >= MAX_QUEUED_FRAMES || self.queued_bytes + bytes > MAX_QUEUED_BYTES {
-            let Action::Request(request) = action else {
-                unreachable!()
-            };
+        if self.queued.len() < MAX_QUEUED_FRAMES && self.queued_bytes + bytes <= MAX_QUEUED_BYTES {
+            self.queued_bytes += bytes;
+            self.queued.push_back(action);
+        } else if let Action::Request(request) = action {
             self.outbox.push_back(error_frame(
                 request.request_id,
                 Error::TooManyPendingFrames {
                     limit: MAX_QUEUED_FRAMES as u32,
                 },
             ));
-            return;
         }
-        self.queued_bytes += bytes;
-        self.queued.push_back(action);
     }
 
     /// Whether the next queued action may run now (sends wait while too many are in
