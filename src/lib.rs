@@ -7,7 +7,7 @@
 //!
 //! ## Layout
 //!
-//! Arrows point inward: `api` → `rooms` → (`live`, `store`).
+//! Arrows point inward: `api` → `rooms` → (`live`, `store`) → `domain`.
 //!
 //! - [`config`]: the command line and its environment twins.
 //! - [`error`]: the domain error enum; [`api::status`] holds its one mapping to gRPC.
@@ -16,10 +16,14 @@
 //!   writes pre-encoded frames to HTTP/2), the tasks a stream's database work runs on
 //!   ([`api::work`]: never inside the session, which runs only while its client reads)
 //!   and the server's codec (which answers undecodable messages INVALID_ARGUMENT).
-//! - [`rooms`]: the rules — membership, limits, permissions, sending, the one writer of
-//!   joins and leaves ([`rooms::admissions`]), and the expiry of presence and empty
-//!   rooms. No tonic, no SQL.
-//! - [`live`]: in-memory live state: fan-out hubs, the message writer, presence.
+//! - [`domain`]: the types every layer imports — ids, rooms, members, messages, pages —
+//!   parsed once at the edge.
+//! - [`rooms`]: the rules — membership, limits, permissions, sending — and the two
+//!   writers that group-commit changes: joins and leaves ([`rooms::admissions`]) and
+//!   messages ([`rooms::sequencer`]); the expiry of presence and empty rooms. No
+//!   tonic, no SQL.
+//! - [`live`]: in-memory only: fan-out hubs, frames encoded once, presence. It imports
+//!   no store.
 //! - [`wire`]: domain values in their protobuf form.
 //! - [`store`]: SQL, with a PostgreSQL and a SQLite backend sharing one query text.
 //! - [`pb`]: code generated from `proto/chatroom/v1/chatroom.proto` (the contract).
@@ -38,6 +42,7 @@
 
 pub mod api;
 pub mod config;
+pub mod domain;
 pub mod error;
 pub mod live;
 pub mod rooms;
@@ -92,16 +97,14 @@ pub async fn serve(
     );
 
     // Members online when the last process ended have been offline since.
-    store
-        .mark_all_offline(rooms::model::UnixMicros::now())
-        .await?;
+    store.mark_all_offline(domain::UnixMicros::now()).await?;
 
     let hubs = Arc::new(live::Hubs::new(
         config.room_buffer as usize,
         config.room_buffer_bytes,
         Duration::from_millis(config.member_event_window_ms),
     ));
-    let (sequencer, writer) = live::Sequencer::start(store.clone(), hubs.clone());
+    let (sequencer, writer) = rooms::Sequencer::start(store.clone(), hubs.clone());
     let live = rooms::Live {
         hubs,
         presence: Arc::new(live::Presence::new()),
@@ -109,7 +112,7 @@ pub async fn serve(
     };
     let limits = rooms::Limits {
         max_rooms_per_user: config.max_rooms_per_user,
-        messages: rooms::model::MessageLimits {
+        messages: domain::MessageLimits {
             max_text_bytes: config.max_text_bytes,
             max_payload_bytes: config.max_payload_bytes,
         },

@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use crate::pb;
-use crate::rooms::model::{
-    Member, MemberEvents, Message, MessageKind, Role, Room, RoomSettings, UnixMicros,
+use crate::domain::{
+    DetachReason, Member, MemberEvents, Message, MessageKind, Role, Room, RoomSettings, UnixMicros,
 };
+use crate::pb;
 
 pub fn timestamp(t: UnixMicros) -> prost_types::Timestamp {
     prost_types::Timestamp {
@@ -93,6 +93,18 @@ impl From<&Message> for pb::Message {
             to_user_ids: m.to_user_ids.clone(),
             client_msg_id: m.client_msg_id.clone(),
             sent_at: Some(timestamp(m.sent_at)),
+        }
+    }
+}
+
+impl From<DetachReason> for pb::DetachReason {
+    fn from(r: DetachReason) -> Self {
+        match r {
+            DetachReason::Requested => pb::DetachReason::Requested,
+            DetachReason::Left => pb::DetachReason::Left,
+            DetachReason::Switched => pb::DetachReason::Switched,
+            DetachReason::RoomDeleted => pb::DetachReason::RoomDeleted,
+            DetachReason::PresenceTimeout => pb::DetachReason::PresenceTimeout,
         }
     }
 }

@@ -331,7 +331,7 @@ async fn a_nul_byte_fails_only_its_own_request(backend: Backend) {
 /// the API would refuse (a NUL byte), handed to the writer directly: PostgreSQL
 /// cannot store it, SQLite can.
 async fn the_writer_isolates_an_entry_the_database_refuses(backend: Backend) {
-    use chatroom::rooms::model::{Draft, Message, MessageKind, RoomId};
+    use chatroom::domain::{Draft, Message, MessageKind, RoomId};
     let db = TestDb::new(backend).await;
     let server = TestServer::start(&db, |_| {}).await;
     let mut alice = server.client("alice").await;
@@ -344,7 +344,7 @@ async fn the_writer_isolates_an_entry_the_database_refuses(backend: Backend) {
         1 << 20,
         Duration::from_millis(10),
     ));
-    let (sequencer, writer) = chatroom::live::Sequencer::start(store.clone(), hubs);
+    let (sequencer, writer) = chatroom::rooms::Sequencer::start(store.clone(), hubs);
     let draft = |text: &str| Draft {
         room_id: RoomId::parse("r").unwrap(),
         kind: MessageKind::Chat,

@@ -6,13 +6,13 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-use crate::error::{Error, Result};
-use crate::pb;
-use crate::rooms::model::{
+use crate::domain::{
     Attributes, DEFAULT_MESSAGE_LIMIT, Draft, HistoryRange, MAX_MESSAGE_LIMIT, MemberEvents,
     MessageKind, MessageLimits, NewRoom, RoomId, RoomPatch, RoomSettings, check_attributes,
     check_name, check_no_nul,
 };
+use crate::error::{Error, Result};
+use crate::pb;
 
 /// Parses a room id that arrives in the request field `field`.
 pub fn room_id(field: &str, id: String) -> Result<RoomId> {
@@ -113,7 +113,7 @@ pub fn room_patch(req: pb::UpdateRoomRequest) -> Result<(RoomId, RoomPatch)> {
     for key in &req.remove_attribute_keys {
         check_no_nul("remove_attribute_keys", key)?;
     }
-    if req.remove_attribute_keys.len() > crate::rooms::model::MAX_ATTRIBUTES {
+    if req.remove_attribute_keys.len() > crate::domain::MAX_ATTRIBUTES {
         return Err(Error::invalid(
             "remove_attribute_keys",
             "at most 64 keys may be removed at once",

@@ -14,11 +14,11 @@ use tokio::sync::watch;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::domain::{Caller, PageRequest, RoomFilter, UserId};
 use crate::error::Error;
 use crate::live::Frame;
 use crate::pb;
 use crate::rooms::Rooms;
-use crate::rooms::model::{Caller, PageRequest, RoomFilter, UserId};
 use server::chat_room_service_server::ChatRoomService;
 pub use session::SessionLimits;
 
@@ -169,8 +169,8 @@ impl ChatRoomService for ChatRoomApi {
     ) -> Result<Response<pb::ListRoomsResponse>, Status> {
         self.caller(&request)?;
         let req = request.into_inner();
-        crate::rooms::model::check_name("name", &req.name)?;
-        crate::rooms::model::check_name("name_prefix", &req.name_prefix)?;
+        crate::domain::check_name("name", &req.name)?;
+        crate::domain::check_name("name_prefix", &req.name_prefix)?;
         let page = PageRequest::new(req.page_size, convert::page_token(&req.page_token)?);
         let filter = RoomFilter {
             name: req.name,

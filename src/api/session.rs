@@ -38,13 +38,13 @@ use tokio_stream::{Stream, StreamExt, StreamMap};
 use tonic::{Code, Status, Streaming};
 
 use super::{convert, work};
+use crate::domain::{Caller, DetachReason, Message, Room, RoomId};
 use crate::error::{Error, Result};
 use crate::live::hub::{Delivery, Held, Subscription, Switch};
-use crate::live::{DetachReason, Event, Frame};
+use crate::live::{Event, Frame};
 use crate::pb;
 use crate::pb::subscribe_request::Frame as Request;
 use crate::pb::subscribe_response::Event as PbEvent;
-use crate::rooms::model::{Caller, Message, Room, RoomId};
 use crate::rooms::{Attachment, CatchUp, Rooms};
 
 /// Stored messages read per page while catching up, at most.

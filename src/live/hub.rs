@@ -34,31 +34,9 @@ use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
 use super::frame::Frame;
+use crate::domain::{DetachReason, Member, MemberEvents, Message, Room, RoomId};
 use crate::pb;
 use crate::pb::subscribe_response::Event as PbEvent;
-use crate::rooms::model::{Member, MemberEvents, Message, Room, RoomId};
-
-/// Why a stream stops receiving a room (mirrors the proto's `DetachReason`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DetachReason {
-    Requested,
-    Left,
-    Switched,
-    RoomDeleted,
-    PresenceTimeout,
-}
-
-impl From<DetachReason> for pb::DetachReason {
-    fn from(r: DetachReason) -> Self {
-        match r {
-            DetachReason::Requested => pb::DetachReason::Requested,
-            DetachReason::Left => pb::DetachReason::Left,
-            DetachReason::Switched => pb::DetachReason::Switched,
-            DetachReason::RoomDeleted => pb::DetachReason::RoomDeleted,
-            DetachReason::PresenceTimeout => pb::DetachReason::PresenceTimeout,
-        }
-    }
-}
 
 /// Message frames up to this size live in the ring itself; larger ones are held by
 /// the hub under its byte budget.

@@ -1,6 +1,7 @@
-//! In-memory live state: fan-out of events to attached streams ([`hub`]), the one
-//! writer that sequences and stores CHAT messages ([`sequencer`]), events encoded once
-//! ([`frame`]), and presence — which users have streams attached to which rooms.
+//! In-memory live state only — no store, no rules: fan-out of events to attached
+//! streams ([`hub`]), events encoded once ([`frame`]), and presence — which users have
+//! streams attached to which rooms. The writers that store and then publish here live
+//! in `rooms/`.
 //!
 //! Presence is per process by design: it is about connections, and connections end
 //! with the process. Room reads use it for `online`, `online_count` and
@@ -8,16 +9,14 @@
 
 pub mod frame;
 pub mod hub;
-pub mod sequencer;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 pub use frame::Frame;
-pub use hub::{DetachReason, Event, Hubs};
-pub use sequencer::Sequencer;
+pub use hub::{Event, Hubs};
 
-use crate::rooms::model::RoomId;
+use crate::domain::RoomId;
 
 /// Attached-stream counts per room and user.
 #[derive(Debug, Default)]

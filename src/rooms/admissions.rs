@@ -25,10 +25,10 @@ use std::sync::Arc;
 
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::model::{Member, NewRoom, Role, Room, RoomId, UnixMicros};
 use super::{announce_leave, not_found};
+use crate::domain::{DetachReason, Member, NewRoom, Role, Room, RoomId, UnixMicros};
 use crate::error::{Error, Result};
-use crate::live::{DetachReason, Hubs};
+use crate::live::Hubs;
 use crate::store::Store;
 
 /// Most changes applied by one transaction.

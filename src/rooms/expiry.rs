@@ -12,9 +12,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::{Rooms, Slot, remove_member};
+use crate::domain::{DetachReason, RoomId, UnixMicros};
 use crate::error::Result;
-use crate::live::DetachReason;
-use crate::rooms::model::{RoomId, UnixMicros};
 use crate::store::DueMember;
 
 /// Longest sleep: deadlines made by another process are noticed at least this often.

@@ -25,9 +25,7 @@ use sqlx::{PgPool, Postgres, SqlStr, Sqlite, SqlitePool};
 use crate::error::{Error, Result};
 use std::collections::{BTreeMap, HashMap};
 
-use crate::rooms::model::{
-    HistoryRange, Member, Message, NewRoom, Room, RoomFilter, RoomId, UnixMicros,
-};
+use crate::domain::{HistoryRange, Member, Message, NewRoom, Room, RoomFilter, RoomId, UnixMicros};
 use rows::{KeyedMemberRow, MemberRow, MessageRow, PagedMessageRow, RoomAndNameRow, RoomRow};
 
 /// How long a request waits for a free database connection before failing with

@@ -2,11 +2,11 @@
 
 use std::time::Duration;
 
-use crate::error::{Error, Result};
-use crate::rooms::model::{
+use crate::domain::{
     Attributes, Member, MemberEvents, Message, MessageKind, Role, Room, RoomId, RoomSettings,
     UnixMicros,
 };
+use crate::error::{Error, Result};
 
 #[derive(sqlx::FromRow)]
 pub(super) struct RoomRow {

@@ -12,9 +12,9 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use super::hub::Hubs;
+use crate::domain::Message;
 use crate::error::{Error, Result};
-use crate::rooms::model::Message;
+use crate::live::Hubs;
 use crate::store::{Appended, Pending, Store};
 
 /// Most messages stored by one transaction.

@@ -1,0 +1,27 @@
+//! The domain's types, which every layer imports. Values that come from outside are
+//! parsed into these once, at the edge (`api/`), so everything inward can trust them;
+//! the store reads rows back into them. Nothing here knows gRPC or SQL.
+//!
+//! - [`ids`] — `RoomId`, `UserId`, `Caller`;
+//! - [`room`] — `Room`, its settings, attributes and changes, `DetachReason`;
+//! - [`member`] — `Member`, `Role`;
+//! - [`message`] — `Draft`, `Message`, kinds, limits, history ranges;
+//! - [`page`] — page requests and pages;
+//! - [`text`] — the rules for names and text every store must be able to hold;
+//! - [`mod@time`] — `UnixMicros`.
+
+pub mod ids;
+pub mod member;
+pub mod message;
+pub mod page;
+pub mod room;
+pub mod text;
+pub mod time;
+
+pub use ids::*;
+pub use member::*;
+pub use message::*;
+pub use page::*;
+pub use room::*;
+pub use text::*;
+pub use time::*;
