@@ -10,6 +10,9 @@
 //! Arrows point inward: `api` → `rooms` → (`live`, `store`) → `domain`.
 //!
 //! - [`config`]: the command line and its environment twins.
+//! - [`health`]: what the health service says — the database watcher, and the
+//!   supervision of the writer tasks (one that dies stops the server, which then exits
+//!   non-zero).
 //! - [`error`]: the domain error enum; [`api::status`] holds its one mapping to gRPC.
 //! - [`api`]: the gRPC layer only — identity, request validation, the service, the
 //!   Subscribe session loop ([`api::session`]), its route ([`api::subscribe`], which
@@ -44,6 +47,7 @@ pub mod api;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod health;
 pub mod live;
 pub mod rooms;
 pub mod store;
@@ -56,7 +60,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
-use tonic_health::server::HealthReporter;
 
 pub use config::Config;
 pub use error::{Error, Result};
@@ -70,9 +73,6 @@ pub mod pb {
 /// The encoded descriptor set of the contract and its imports, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/chatroom_descriptor.bin"));
-
-/// How often the health service checks that the database answers.
-const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Sets up logging once, from the configured filter (`RUST_LOG` wins when set).
 pub fn init_telemetry(filter: &str) {
@@ -117,30 +117,55 @@ pub async fn serve(
             max_payload_bytes: config.max_payload_bytes,
         },
     };
-    let rooms = rooms::Rooms::new(store.clone(), live, limits, config.admin_users.clone());
+    let (rooms, admissions) =
+        rooms::Rooms::new(store.clone(), live, limits, config.admin_users.clone());
 
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
     let expiry = rooms::expiry::start(rooms.clone(), stop.clone());
     let session_limits = api::SessionLimits {
         max_rooms_per_stream: config.max_rooms_per_stream as usize,
     };
-    let service =
-        api::subscribe::WithSubscribe::new(api::ChatRoomApi::new(rooms, session_limits, stop));
+    let service = api::subscribe::WithSubscribe::new(api::ChatRoomApi::new(
+        rooms,
+        session_limits,
+        stop.clone(),
+    ));
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     // The database just answered (migrations ran): serving from the first call on.
-    set_health(&health_reporter, ServingStatus::Serving).await;
-    let health_task = tokio::spawn(watch_database(store.clone(), health_reporter));
+    health::set(&health_reporter, ServingStatus::Serving).await;
+    let health_task = tokio::spawn(health::watch_database(
+        store.clone(),
+        health_reporter.clone(),
+        stop.clone(),
+    ));
+    let writers = tokio::spawn(health::watch_writers(
+        vec![
+            ("message writer", writer),
+            ("membership writer", admissions),
+        ],
+        health_reporter,
+        stop_tx.clone(),
+    ));
 
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
     // Shutdown order: stop accepting and tell Subscribe streams to end (they answer
     // their sends in flight, then end with UNAVAILABLE); tonic waits for in-flight
-    // calls; then the writer stores what it was handed and the store closes.
-    let shutdown = async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
+    // calls; then the writers store what they were handed and the store closes. The
+    // stop comes from the caller's `shutdown`, or from a writer that died.
+    let shutdown = {
+        let mut stopped = stop.clone();
+        async move {
+            tokio::select! {
+                () = shutdown => {
+                    let _ = stop_tx.send(true);
+                }
+                _ = stopped.wait_for(|stop| *stop) => {}
+            }
+        }
     };
     // Keepalive reaps connections whose client vanished without closing them (power
     // loss, a NAT that forgot the mapping): nothing else would end their streams.
@@ -156,15 +181,14 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await;
 
-    health_task.abort();
-    // The expiry task holds the last handle to the writer besides the service.
+    let _ = health_task.await;
+    // The expiry task holds the last handles to the writers besides the service.
     let _ = expiry.await;
-    if let Err(error) = writer.await {
-        tracing::error!(%error, "the message writer failed");
-    }
+    let writers = writers.await?;
     store.close().await;
     tracing::info!("chatroom stopped");
-    Ok(result?)
+    result?;
+    Ok(writers?)
 }
 
 /// Accepted connections with Nagle's algorithm off: acks and events are small frames
@@ -188,37 +212,4 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-}
-
-/// Keeps the health service's status in step with the database: NOT_SERVING while it
-/// does not answer, SERVING once it does again.
-async fn watch_database(store: store::Store, reporter: HealthReporter) {
-    let mut last = Some(ServingStatus::Serving);
-    loop {
-        tokio::time::sleep(HEALTH_CHECK_INTERVAL).await;
-        let ping = tokio::time::timeout(HEALTH_CHECK_INTERVAL, store.ping()).await;
-        let status = match ping.unwrap_or_else(|_| Err(Error::Unavailable("ping timed out".into())))
-        {
-            Ok(()) => ServingStatus::Serving,
-            Err(error) => {
-                if last != Some(ServingStatus::NotServing) {
-                    tracing::warn!(%error, "database unreachable; health is NOT_SERVING");
-                }
-                ServingStatus::NotServing
-            }
-        };
-        if last != Some(status) {
-            set_health(&reporter, status).await;
-            last = Some(status);
-        }
-    }
-}
-
-/// Sets the status of the chatroom service and of the server as a whole ("").
-async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
-    const SERVICE: &str = <api::server::chat_room_service_server::ChatRoomServiceServer<
-        api::ChatRoomApi,
-    > as tonic::server::NamedService>::NAME;
-    reporter.set_service_status(SERVICE, status).await;
-    reporter.set_service_status("", status).await;
 }

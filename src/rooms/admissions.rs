@@ -85,14 +85,14 @@ pub struct Admissions {
 }
 
 impl Admissions {
-    /// Starts the writer task. Leaves that empty a room wake `deadlines_changed`
-    /// (a destroy-when-empty delay may start).
+    /// Starts the writer task (returned, for its supervision). Leaves that empty a
+    /// room wake `deadlines_changed` (a destroy-when-empty delay may start).
     pub fn start(
         store: Store,
         hubs: Arc<Hubs>,
         deadlines_changed: Arc<Notify>,
         max_rooms_per_user: u32,
-    ) -> Admissions {
+    ) -> (Admissions, tokio::task::JoinHandle<()>) {
         let (jobs, queue) = mpsc::channel(QUEUE);
         let writer = Writer {
             store,
@@ -100,8 +100,8 @@ impl Admissions {
             deadlines_changed,
             max_rooms_per_user,
         };
-        tokio::spawn(writer.run(queue));
-        Admissions { jobs }
+        let task = tokio::spawn(writer.run(queue));
+        (Admissions { jobs }, task)
     }
 
     /// Joins `user_id` to a room, creating it first from `create` if it does not exist.

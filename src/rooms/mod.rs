@@ -110,22 +110,23 @@ impl Rooms {
         live: Live,
         limits: Limits,
         admins: impl IntoIterator<Item = String>,
-    ) -> Self {
+    ) -> (Self, tokio::task::JoinHandle<()>) {
         let deadlines_changed = Arc::new(Notify::new());
-        let admissions = Admissions::start(
+        let (admissions, writer) = Admissions::start(
             store.clone(),
             live.hubs.clone(),
             deadlines_changed.clone(),
             limits.max_rooms_per_user,
         );
-        Rooms {
+        let rooms = Rooms {
             store,
             live,
             limits,
             admins: Arc::new(admins.into_iter().collect()),
             admissions,
             deadlines_changed,
-        }
+        };
+        (rooms, writer)
     }
 
     /// The fan-out hubs (the Subscribe session receives from them).

@@ -1,0 +1,162 @@
+//! What the health service says, and who decides it: the database watcher, and the
+//! supervision of the two writer tasks.
+//!
+//! Every change of state goes through one of two long-lived tasks (the membership
+//! writer and the message writer, in `rooms/`). Should one of them die — a panic is a
+//! bug, but a bug must not leave a server that answers health checks SERVING while
+//! every join or send fails — the server says NOT_SERVING at once, drains (streams end
+//! with UNAVAILABLE, calls in flight finish) and [`crate::serve`] returns an error, so
+//! the process exits non-zero and its supervisor (systemd, Kubernetes) starts a fresh
+//! one. Restarting the task in place was the alternative; it would hide the bug and
+//! lose the batch it held without a trace outside the log.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::api;
+use crate::error::Error;
+use crate::store::Store;
+
+/// How often the health service checks that the database answers.
+const CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+/// A writer task that ended before the server was told to stop.
+#[derive(Debug, thiserror::Error)]
+#[error("the {0} stopped unexpectedly; the server stopped with it")]
+pub struct WriterDied(pub &'static str);
+
+/// Sets the status of the chatroom service and of the server as a whole ("").
+pub async fn set(reporter: &HealthReporter, status: ServingStatus) {
+    const SERVICE: &str = <api::server::chat_room_service_server::ChatRoomServiceServer<
+        api::ChatRoomApi,
+    > as tonic::server::NamedService>::NAME;
+    reporter.set_service_status(SERVICE, status).await;
+    reporter.set_service_status("", status).await;
+}
+
+/// Keeps the health service's status in step with the database: NOT_SERVING while it
+/// does not answer, SERVING once it does again — until the server stops, when it says
+/// NOT_SERVING for good (load balancers stop sending while it drains).
+pub async fn watch_database(
+    store: Store,
+    reporter: HealthReporter,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut last = Some(ServingStatus::Serving);
+    loop {
+        let stopping = tokio::select! {
+            () = tokio::time::sleep(CHECK_INTERVAL) => false,
+            _ = stop.wait_for(|stop| *stop) => true,
+        };
+        if stopping {
+            set(&reporter, ServingStatus::NotServing).await;
+            return;
+        }
+        let ping = tokio::time::timeout(CHECK_INTERVAL, store.ping()).await;
+        let status = match ping.unwrap_or_else(|_| Err(Error::Unavailable("ping timed out".into())))
+        {
+            Ok(()) => ServingStatus::Serving,
+            Err(error) => {
+                if last != Some(ServingStatus::NotServing) {
+                    tracing::warn!(%error, "database unreachable; health is NOT_SERVING");
+                }
+                ServingStatus::NotServing
+            }
+        };
+        if last != Some(status) && !*stop.borrow() {
+            set(&reporter, status).await;
+            last = Some(status);
+        }
+    }
+}
+
+/// Waits for every writer task to end. One that ends (or panics) before `stop` is set
+/// makes health NOT_SERVING and sets `stop`, so the server drains and stops; the
+/// result then names it. Writers end normally once the server stopped and dropped
+/// their handles.
+pub async fn watch_writers(
+    writers: Vec<(&'static str, JoinHandle<()>)>,
+    reporter: HealthReporter,
+    stop: Arc<watch::Sender<bool>>,
+) -> Result<(), WriterDied> {
+    let mut running: FuturesUnordered<_> = writers
+        .into_iter()
+        .map(|(name, task)| async move { (name, task.await) })
+        .collect();
+    let mut died = None;
+    while let Some((name, ended)) = running.next().await {
+        let stopping = *stop.borrow();
+        match ended {
+            Ok(()) if stopping => continue,
+            Ok(()) => tracing::error!(writer = name, "a writer task ended while serving"),
+            Err(error) => tracing::error!(writer = name, %error, "a writer task failed"),
+        }
+        if died.is_none() {
+            died = Some(WriterDied(name));
+            set(&reporter, ServingStatus::NotServing).await;
+            let _ = stop.send(true);
+        }
+    }
+    died.map_or(Ok(()), Err)
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_server::Health;
+    use tonic_health::server::HealthService;
+
+    use super::*;
+
+    async fn status(service: &HealthService) -> i32 {
+        let request = tonic::Request::new(HealthCheckRequest {
+            service: String::new(),
+        });
+        service.check(request).await.unwrap().into_inner().status
+    }
+
+    #[tokio::test]
+    async fn a_writer_that_dies_stops_the_server_and_fails_it() {
+        let (reporter, _) = tonic_health::server::health_reporter();
+        let service = HealthService::from_health_reporter(reporter.clone());
+        set(&reporter, ServingStatus::Serving).await;
+        let (stop, mut stopped) = watch::channel(false);
+        let stop = Arc::new(stop);
+        let dying = tokio::spawn(async { panic!("a bug in a writer") });
+        // The other writer ends as writers do: once the server has stopped.
+        let mut told = stopped.clone();
+        let healthy = tokio::spawn(async move {
+            let _ = told.wait_for(|stop| *stop).await;
+        });
+        let writers = vec![("membership writer", dying), ("message writer", healthy)];
+        let result = watch_writers(writers, reporter, stop).await;
+        assert_eq!(result.unwrap_err().0, "membership writer");
+        assert!(*stopped.borrow_and_update(), "the server was told to stop");
+        assert_eq!(status(&service).await, ServingStatus::NotServing as i32);
+    }
+
+    #[tokio::test]
+    async fn writers_that_end_after_the_stop_are_fine() {
+        let (reporter, _) = tonic_health::server::health_reporter();
+        let (stop, stopped) = watch::channel(false);
+        let stop = Arc::new(stop);
+        let writers = (0..2)
+            .map(|_| {
+                let mut told = stopped.clone();
+                let task = tokio::spawn(async move {
+                    let _ = told.wait_for(|stop| *stop).await;
+                });
+                ("writer", task)
+            })
+            .collect();
+        let watching = tokio::spawn(watch_writers(writers, reporter, stop.clone()));
+        stop.send(true).unwrap();
+        assert!(watching.await.unwrap().is_ok());
+    }
+}
