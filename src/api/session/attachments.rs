@@ -1,0 +1,125 @@
+//! The rooms a stream receives, and what attaching and detaching one records.
+
+use std::sync::Arc;
+
+use tokio_stream::StreamMap;
+
+use crate::domain::RoomId;
+use crate::live::hub::Subscription;
+use crate::rooms::{Attachment, Rooms};
+
+/// A room this stream receives.
+pub(super) struct Attached {
+    pub(super) room_id: RoomId,
+    pub(super) sender_name: String,
+    /// Highest CHAT seq delivered (or the attach point).
+    pub(super) delivered: u64,
+    /// The room's version this stream last sent or was attached at.
+    pub(super) version: u64,
+    /// Whether the room had a presence timeout at that version.
+    pub(super) presence_timeout: bool,
+}
+
+/// The rooms a stream receives: a handful at most (`--max-rooms-per-stream`), so a
+/// vector searched by id, which costs one entry's size per room where a hash map
+/// starts at a table of four.
+#[derive(Default)]
+pub(super) struct AttachedRooms(Vec<Attached>);
+
+impl AttachedRooms {
+    pub(super) fn get(&self, room_id: &RoomId) -> Option<&Attached> {
+        self.0.iter().find(|a| a.room_id == *room_id)
+    }
+
+    pub(super) fn get_mut(&mut self, room_id: &RoomId) -> Option<&mut Attached> {
+        self.0.iter_mut().find(|a| a.room_id == *room_id)
+    }
+
+    pub(super) fn contains(&self, room_id: &RoomId) -> bool {
+        self.get(room_id).is_some()
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub(super) fn insert(&mut self, attached: Attached) {
+        self.0.reserve_exact(1);
+        self.0.push(attached);
+    }
+
+    pub(super) fn remove(&mut self, room_id: &RoomId) -> Option<Attached> {
+        let i = self.0.iter().position(|a| a.room_id == *room_id)?;
+        Some(self.0.swap_remove(i))
+    }
+
+    pub(super) fn ids(&self) -> Vec<RoomId> {
+        self.0.iter().map(|a| a.room_id.clone()).collect()
+    }
+}
+
+/// The stream's rooms. A room is recorded here in the same synchronous step that
+/// counts the user online in it, and dropping this (the client went away, or the
+/// stream ended) detaches every room, so presence is right whichever way the stream
+/// ends. A subscription whose attach is still being checked is held by the
+/// [`Work`] doing it, and forgets its hub if that is abandoned.
+pub(super) struct Attachments {
+    pub(super) rooms: Rooms,
+    pub(super) user: String,
+    pub(super) attached: AttachedRooms,
+    /// Keyed by a shared id: the map hands out a clone of the key with every event,
+    /// and a `RoomId` clone would be an allocation per delivery.
+    pub(super) events: StreamMap<Arc<RoomId>, Subscription>,
+}
+
+impl Attachments {
+    pub(super) fn detach(&mut self, room_id: &RoomId) -> Option<Attached> {
+        let attached = self.attached.remove(room_id)?;
+        // Whether the presence timeout applies is the room's latest word on it, which
+        // this stream may not have read yet (it may be far behind).
+        let timeout = self
+            .rooms
+            .hubs()
+            .room_state(room_id)
+            .filter(|state| state.room.version > attached.version)
+            .map_or(attached.presence_timeout, |state| {
+                state.room.settings.presence_timeout.is_some()
+            });
+        self.events.remove(room_id);
+        self.rooms.stream_detached(room_id, &self.user, timeout);
+        Some(attached)
+    }
+
+    /// Records an attach whose check passed: the stream receives the room from now on.
+    pub(super) fn record(
+        &mut self,
+        subscription: Subscription,
+        attachment: Attachment,
+        delivered: u64,
+    ) {
+        let room = &attachment.room;
+        self.rooms.stream_attached(room, &self.user);
+        self.events
+            .insert(Arc::clone(subscription.room()), subscription);
+        self.attached.insert(Attached {
+            room_id: room.id.clone(),
+            sender_name: attachment.sender_name,
+            delivered,
+            version: room.version,
+            presence_timeout: room.settings.presence_timeout.is_some(),
+        });
+    }
+}
+
+impl Drop for Attachments {
+    fn drop(&mut self) {
+        let ids = self.attached.ids();
+        for id in ids {
+            self.detach(&id);
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! The frames a session answers with.
+
+use crate::domain::{DetachReason, Message, Room, RoomId};
+use crate::error::{Error, Result};
+use crate::live::Frame;
+use crate::pb;
+use crate::pb::subscribe_response::Event as PbEvent;
+
+pub(super) fn attached_event(room: Room) -> PbEvent {
+    PbEvent::Attached(pb::RoomAttached {
+        room: Some(room.into()),
+        history_truncated: false,
+    })
+}
+
+pub(super) fn detached_frame(request_id: String, room_id: &RoomId, reason: DetachReason) -> Frame {
+    Frame::reply(
+        request_id,
+        PbEvent::Detached(pb::RoomDetached {
+            room_id: room_id.to_string(),
+            reason: pb::DetachReason::from(reason) as i32,
+        }),
+    )
+}
+
+pub(super) fn send_answer(request_id: String, result: Result<Message>) -> Frame {
+    match result {
+        Ok(message) => Frame::reply(
+            request_id,
+            PbEvent::SendAck(pb::SendAck {
+                message: Some((&message).into()),
+            }),
+        ),
+        Err(error) => error_frame(request_id, error),
+    }
+}
+
+/// A failed client frame, as a `StreamError` event (the stream goes on). Clients get
+/// the code, the reason and the same message a unary call would carry.
+pub(super) fn error_frame(request_id: String, error: Error) -> Frame {
+    let (code, reason) = error.code_and_reason();
+    Frame::reply(
+        request_id,
+        PbEvent::Error(pb::StreamError {
+            code: code as i32,
+            reason: reason.to_string(),
+            message: error.public_message(),
+        }),
+    )
+}

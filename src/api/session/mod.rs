@@ -1,0 +1,336 @@
+//! One `Subscribe` stream: attach and detach rooms, send messages, ping — and deliver
+//! every attached room's events.
+//!
+//! The session is a single generator: it waits on the client's frames, its sends in
+//! flight, its rooms' hubs and its one piece of database work, puts the frames each
+//! produces in a small outbox, and yields them. Delivery of CHAT messages is tracked
+//! per room by seq:
+//!
+//! - attach subscribes to the hub *before* reading the room, so nothing committed in
+//!   between is missed; messages at or below the attach point are skipped;
+//! - with `after_seq`, stored messages after it are read from the database first, then
+//!   live ones — duplicates at the seam are skipped by seq;
+//! - a stream that falls behind its hub's ring is told it lagged and reads what it
+//!   missed from the database, in order, then carries on live.
+//!
+//! So each stream gets every CHAT message after its attach point once, in seq order.
+//!
+//! What a stream may make the server hold is bounded, whatever its client does:
+//! - database work runs on tasks of its own ([`super::work`]), never inside the
+//!   generator: the generator runs only while HTTP/2 lets it send, and a client that
+//!   stops reading must not keep a pooled connection;
+//! - catch-up reads a page at a time (by count and bytes), and the next page only once
+//!   the last one is written;
+//! - the client's frames are read as they arrive, also while work runs (h2 closes the
+//!   whole connection when too many small frames wait unread), into a queue of at most
+//!   [`MAX_QUEUED_FRAMES`]; a frame beyond that is answered at once with
+//!   `TOO_MANY_PENDING_FRAMES`.
+//!
+//! The files: this one has the loop ([`run`]) and the stream's state; `requests.rs`
+//! takes client frames (queued in order) and answers them or starts their work;
+//! `results.rs` applies what the work found (attaches, catch-up pages); `route.rs`
+//! decides what one hub event means for the stream (pure, unit-tested);
+//! `attachments.rs` records attached rooms with their presence; `frames.rs` and
+//! `sends.rs` build answers and hold sends in flight.
+
+mod attachments;
+mod frames;
+mod requests;
+mod results;
+mod route;
+mod sends;
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tokio_stream::{Stream, StreamExt, StreamMap};
+use tonic::{Code, Status, Streaming};
+
+use super::{convert, work};
+use crate::domain::{Caller, RoomId};
+use crate::error::Result;
+use crate::live::hub::{Subscription, Switch};
+use crate::live::{Event, Frame};
+use crate::pb;
+use crate::pb::subscribe_request::Frame as Request;
+use crate::rooms::{Attachment, CatchUp, Rooms};
+use attachments::{AttachedRooms, Attachments};
+use sends::Sends;
+
+/// Stored messages read per page while catching up, at most.
+const CATCH_UP_PAGE: u32 = 256;
+/// Bytes of text and payload read per catch-up page, about (one message more at most).
+const CATCH_UP_BYTES: u64 = 256 * 1024;
+/// Sends a stream may have in flight; later ones wait in the queue.
+const MAX_SENDS_IN_FLIGHT: usize = 256;
+/// Client frames a stream may have waiting for their turn.
+pub const MAX_QUEUED_FRAMES: usize = 256;
+/// How long a stream following a switch waits for the switch to commit before it
+/// lets the store decide.
+const FOLLOW_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Bytes of text and payload of the sends waiting in a stream's queue, at most.
+const MAX_QUEUED_BYTES: usize = 4 * 1024 * 1024;
+
+/// Per-stream limits.
+#[derive(Clone, Copy, Debug)]
+pub struct SessionLimits {
+    pub max_rooms_per_stream: usize,
+}
+
+/// What woke the session.
+enum Step {
+    Stop,
+    Worked(std::result::Result<Done, tokio::task::JoinError>),
+    Sent(Frame),
+    Room(Arc<RoomId>, Result<Arc<Event>, BroadcastStreamRecvError>),
+    Client(Option<std::result::Result<pb::SubscribeRequest, Status>>),
+}
+
+/// Something the stream does in its turn, in order.
+enum Action {
+    /// A client frame.
+    Request(pb::SubscribeRequest),
+    /// Follow the user into the room it switched to.
+    Follow(Box<Switch>),
+}
+
+impl Action {
+    fn is_send(&self) -> bool {
+        matches!(
+            self,
+            Action::Request(pb::SubscribeRequest {
+                frame: Some(Request::Send(_)),
+                ..
+            })
+        )
+    }
+
+    /// The bytes it holds that count against [`MAX_QUEUED_BYTES`].
+    fn bytes(&self) -> usize {
+        match self {
+            Action::Request(pb::SubscribeRequest {
+                frame: Some(Request::Send(send)),
+                ..
+            }) => send.text.len() + send.payload.len(),
+            _ => 0,
+        }
+    }
+}
+
+/// The stream's database work in progress, on a task of its own.
+struct Work {
+    task: JoinHandle<Done>,
+    /// An attach's subscription, made before the read so nothing is missed; dropped
+    /// (and the hub released) if the stream ends first.
+    subscription: Option<Subscription>,
+}
+
+/// What a piece of database work found.
+enum Done {
+    Attach {
+        /// `None`: following a switch (answered as an event).
+        request_id: Option<String>,
+        room_id: RoomId,
+        after_seq: Option<u64>,
+        found: Result<Attachment>,
+    },
+    CatchUp {
+        room_id: RoomId,
+        page: Result<CatchUp>,
+    },
+}
+
+/// Outbox capacity a stream keeps once drained; a larger one (a catch-up page) is freed.
+const OUTBOX_KEPT: usize = 8;
+
+/// What a stream keeps between frames.
+///
+/// The generator in [`run`] holds this and little else across its yields: database
+/// work runs on tasks of its own and sends are boxed futures. A generator's state is
+/// as large as the most it holds at any await, for as long as the stream lives, so
+/// awaiting such work in place would make every idle stream cost what its busiest
+/// moment needed.
+struct Session {
+    caller: Caller,
+    limits: SessionLimits,
+    state: Attachments,
+    sends: Sends,
+    /// The one piece of database work in progress.
+    /// Boxed: most of a stream's life it has none, and the generator keeps this field's
+    /// size for all of it.
+    work: Option<Box<Work>>,
+    /// Rooms whose stored messages must be read before live ones, in order.
+    catch_up: VecDeque<RoomId>,
+    /// What waits for its turn (client frames, follows), in order.
+    queued: VecDeque<Action>,
+    queued_bytes: usize,
+    /// Frames ready for the client, in order.
+    outbox: VecDeque<Frame>,
+    /// The client half-closed: no more frames, but events go on until it cancels, the
+    /// server stops, or no room is left.
+    inbound_done: bool,
+}
+
+impl Session {
+    fn finished(&self) -> bool {
+        self.inbound_done
+            && self.state.attached.is_empty()
+            && self.sends.is_empty()
+            && self.catch_up.is_empty()
+            && self.work.is_none()
+            && self.queued.is_empty()
+    }
+
+    /// Frees a drained outbox that grew past [`OUTBOX_KEPT`], and a drained queue:
+    /// most streams send a few frames and then only listen, and a queue's slots are
+    /// a request's full size each.
+    fn trim(&mut self) {
+        if self.outbox.is_empty() && self.outbox.capacity() > OUTBOX_KEPT {
+            self.outbox = VecDeque::new();
+        }
+        if self.queued.is_empty() && self.queued.capacity() > 0 {
+            self.queued = VecDeque::new();
+        }
+    }
+
+    /// Starts the work `make` returns on a task of its own.
+    fn spawn<F>(
+        &mut self,
+        make: impl FnOnce() -> F + Send + 'static,
+        subscription: Option<Subscription>,
+    ) where
+        F: std::future::Future<Output = Done> + Send + 'static,
+    {
+        let task = work::spawn(make);
+        self.work = Some(Box::new(Work { task, subscription }));
+    }
+}
+
+/// Runs one Subscribe stream for `caller` until the client cancels it, or has closed
+/// its side and no room is left attached, or `stop` turns true (then sends in flight
+/// are answered and the stream ends with UNAVAILABLE, so clients reconnect and resume).
+/// A frame that is not a valid `SubscribeRequest` ends it with INVALID_ARGUMENT.
+pub fn run(
+    rooms: Rooms,
+    caller: Caller,
+    limits: SessionLimits,
+    mut inbound: Streaming<pb::SubscribeRequest>,
+    mut stop: watch::Receiver<bool>,
+) -> impl Stream<Item = std::result::Result<Frame, Status>> + Send + 'static {
+    async_stream::stream! {
+        let mut s = Session {
+            state: Attachments {
+                rooms,
+                user: caller.user_id.to_string(),
+                attached: AttachedRooms::default(),
+                events: StreamMap::with_capacity(1),
+            },
+            caller,
+            limits,
+            sends: Sends::default(),
+            work: None,
+            catch_up: VecDeque::new(),
+            queued: VecDeque::new(),
+            queued_bytes: 0,
+            outbox: VecDeque::new(),
+            inbound_done: false,
+        };
+        // One future for the whole session: re-creating it on every turn of the loop
+        // registered and dropped a waiter each time (a tenth of the fan-out profile).
+        let mut stopped = Box::pin(async move {
+            while !*stop.borrow_and_update() {
+                if stop.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut stopping = false;
+        loop {
+            while let Some(frame) = s.outbox.pop_front() {
+                yield Ok(frame);
+            }
+            s.trim();
+            if s.finished() {
+                break;
+            }
+            if stopping {
+                while let Some(sent) = s.sends.next().await {
+                    yield Ok(sent);
+                }
+                yield Err(Status::unavailable("the server is shutting down; reconnect and resume"));
+                break;
+            }
+            if s.work.is_none() {
+                // Catching up comes first, one page at a time, each once the last one
+                // is written; then what waits in the queue.
+                if let Some(room_id) = s.catch_up.pop_front() {
+                    s.start_catch_up(room_id);
+                    continue;
+                }
+                if s.next_ready() {
+                    Box::pin(s.take_next()).await;
+                    continue;
+                }
+            }
+            let idle = s.work.is_none();
+            let step = tokio::select! {
+                biased;
+                () = &mut stopped => Step::Stop,
+                done = work_done(&mut s.work), if !idle => Step::Worked(done),
+                Some(sent) = s.sends.next(), if !s.sends.is_empty() => Step::Sent(sent),
+                Some((room, event)) = s.state.events.next(), if idle && !s.state.events.is_empty() => Step::Room(room, event),
+                frame = inbound.next(), if !s.inbound_done => Step::Client(frame),
+            };
+            match step {
+                Step::Stop => stopping = true,
+                Step::Worked(done) => {
+                    let work = s.work.take().expect("work in progress");
+                    s.finish(*work, done);
+                }
+                Step::Sent(answer) => s.outbox.push_back(answer),
+                Step::Client(None) => s.inbound_done = true,
+                Step::Client(Some(Err(status))) => {
+                    // A frame that does not decode ends the stream with its status; any
+                    // other error is the client going away.
+                    if status.code() == Code::InvalidArgument {
+                        yield Err(status);
+                    }
+                    break;
+                }
+                Step::Client(Some(Ok(request))) => s.enqueue(request),
+                // The hot path: routing is synchronous and allocates nothing of its own.
+                Step::Room(room_id, Ok(event)) => {
+                    let routed = route::route(
+                        &mut s.state.attached,
+                        &s.state.user,
+                        &room_id,
+                        &event,
+                        || s.state.rooms.hubs().room_state(&room_id),
+                        &mut s.outbox,
+                    );
+                    s.follow(&room_id, routed);
+                }
+                Step::Room(room_id, Err(BroadcastStreamRecvError::Lagged(_))) => {
+                    // Fell behind the ring: read what it missed from the store, which
+                    // also checks that it may still receive the room.
+                    s.needs_catch_up(&room_id);
+                }
+            }
+        }
+    }
+}
+
+/// The result of the work in progress (pending forever when there is none: `select!`
+/// makes every branch's future, also those it will not poll).
+async fn work_done(
+    work: &mut Option<Box<Work>>,
+) -> std::result::Result<Done, tokio::task::JoinError> {
+    match work {
+        Some(work) => (&mut work.task).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,191 @@
+//! Client frames: queued in order, then answered or turned into database work.
+
+use super::frames::{detached_frame, error_frame, send_answer};
+use super::*;
+use crate::domain::DetachReason;
+use crate::error::Error;
+use crate::pb::subscribe_response::Event as PbEvent;
+
+impl Session {
+    /// Takes a client frame: queued for its turn, or refused when the queue is full.
+    pub(super) fn enqueue(&mut self, request: pb::SubscribeRequest) {
+        let action = Action::Request(request);
+        let bytes = action.bytes();
+        if self.queued.len() < MAX_QUEUED_FRAMES && self.queued_bytes + bytes <= MAX_QUEUED_BYTES {
+            self.queued_bytes += bytes;
+            self.queued.push_back(action);
+        } else if let Action::Request(request) = action {
+            self.outbox.push_back(error_frame(
+                request.request_id,
+                Error::TooManyPendingFrames {
+                    limit: MAX_QUEUED_FRAMES as u32,
+                },
+            ));
+        }
+    }
+
+    /// Whether the next queued action may run now (sends wait while too many are in
+    /// flight).
+    pub(super) fn next_ready(&self) -> bool {
+        self.queued
+            .front()
+            .is_some_and(|a| !(a.is_send() && self.sends.len() >= MAX_SENDS_IN_FLIGHT))
+    }
+
+    /// Takes the next action off the queue: answers it, or starts its database work.
+    pub(super) async fn take_next(&mut self) {
+        let Some(action) = self.queued.pop_front() else {
+            return;
+        };
+        self.queued_bytes -= action.bytes();
+        match action {
+            Action::Request(request) => self.handle_request(request).await,
+            Action::Follow(switch) => {
+                // Follow the user into the room it switched to, from now on.
+                if !self.state.attached.contains(&switch.to.id) {
+                    let (room_id, after) = (switch.to.id.clone(), switch.to.last_seq);
+                    self.start_attach(None, room_id, Some(after), Some(switch.committed));
+                }
+            }
+        }
+    }
+
+    /// Answers one client frame (or starts the work that will).
+    pub(super) async fn handle_request(&mut self, request: pb::SubscribeRequest) {
+        let request_id = request.request_id;
+        let answer = match request.frame {
+            Some(Request::Attach(attach)) => {
+                match convert::room_id("attach.room_id", attach.room_id) {
+                    Ok(room_id) => {
+                        self.start_attach(Some(request_id), room_id, attach.after_seq, None);
+                        return;
+                    }
+                    Err(error) => error_frame(request_id, error),
+                }
+            }
+            Some(Request::Detach(detach)) => {
+                let detached = convert::room_id("detach.room_id", detach.room_id).and_then(
+                    |room_id| match self.state.detach(&room_id) {
+                        Some(_) => Ok(room_id),
+                        None => Err(Error::NotAttached {
+                            room_id: room_id.to_string(),
+                        }),
+                    },
+                );
+                match detached {
+                    Ok(room_id) => {
+                        self.catch_up.retain(|r| *r != room_id);
+                        detached_frame(request_id, &room_id, DetachReason::Requested)
+                    }
+                    Err(error) => error_frame(request_id, error),
+                }
+            }
+            Some(Request::Send(send)) => {
+                match convert::draft(send, self.state.rooms.message_limits()) {
+                    Err(error) => error_frame(request_id, error),
+                    Ok(draft) => {
+                        let name = self
+                            .state
+                            .attached
+                            .get(&draft.room_id)
+                            .map(|a| a.sender_name.clone());
+                        let rooms = &self.state.rooms;
+                        if name.is_none() && !draft.kind.is_stored() {
+                            // Membership is read from the store: on a task of its own.
+                            let rooms = rooms.clone();
+                            let caller = self.caller.clone();
+                            let task = work::spawn(move || async move {
+                                rooms.send(&caller, draft, None).await
+                            });
+                            self.sends.push(Box::pin(async move {
+                                let sent = task.await.unwrap_or_else(|error| {
+                                    Err(Error::Internal(format!("a send failed: {error}")))
+                                });
+                                send_answer(request_id, sent)
+                            }));
+                            return;
+                        }
+                        // Handed over here, in frame order; only the answers are awaited
+                        // concurrently, so one stream's messages keep their order.
+                        match Box::pin(rooms.submit(&self.caller, draft, name.as_deref())).await {
+                            Ok(sent) => {
+                                self.sends.push(Box::pin(async move {
+                                    send_answer(request_id, sent.answer().await)
+                                }));
+                                return;
+                            }
+                            Err(error) => error_frame(request_id, error),
+                        }
+                    }
+                }
+            }
+            Some(Request::Ping(_)) => Frame::reply(request_id, PbEvent::Pong(pb::Pong {})),
+            None => error_frame(
+                request_id,
+                Error::invalid("frame", "set one of attach, detach, send, ping"),
+            ),
+        };
+        self.outbox.push_back(answer);
+    }
+
+    /// Starts attaching a room: subscribes to its hub first (whatever commits from now
+    /// on is in the ring), then checks access and reads the room on a task — after
+    /// `switch` says its switch committed, when following one.
+    pub(super) fn start_attach(
+        &mut self,
+        request_id: Option<String>,
+        room_id: RoomId,
+        after_seq: Option<u64>,
+        switch: Option<tokio::sync::watch::Receiver<Option<bool>>>,
+    ) {
+        let refused = if self.state.attached.contains(&room_id) {
+            Some(Error::AlreadyAttached {
+                room_id: room_id.to_string(),
+            })
+        } else if self.state.attached.len() >= self.limits.max_rooms_per_stream {
+            Some(Error::TooManyRooms {
+                limit: u32::try_from(self.limits.max_rooms_per_stream).unwrap_or(u32::MAX),
+            })
+        } else {
+            None
+        };
+        if let Some(error) = refused {
+            self.outbox
+                .push_back(error_frame(request_id.unwrap_or_default(), error));
+            return;
+        }
+        let subscription = self.state.rooms.hubs().subscribe(&room_id);
+        let rooms = self.state.rooms.clone();
+        let caller = self.caller.clone();
+        self.spawn(
+            move || async move {
+                if let Some(mut committed) = switch {
+                    let outcome =
+                        tokio::time::timeout(FOLLOW_WAIT, committed.wait_for(Option::is_some));
+                    if let Ok(Ok(outcome)) = outcome.await
+                        && *outcome == Some(false)
+                    {
+                        // The switch failed: the user is not in the room to follow.
+                        let found = Err(Error::NotAMember {
+                            room_id: room_id.to_string(),
+                        });
+                        return Done::Attach {
+                            request_id,
+                            room_id,
+                            after_seq,
+                            found,
+                        };
+                    }
+                }
+                let found = rooms.attach(&caller, &room_id).await;
+                Done::Attach {
+                    request_id,
+                    room_id,
+                    after_seq,
+                    found,
+                }
+            },
+            Some(subscription),
+        );
+    }
+}

@@ -1,0 +1,171 @@
+//! What a stream's database work found, applied; catch-up; events that wait in a ring.
+
+use super::frames::{attached_event, detached_frame, error_frame};
+use super::route::{Routed, route};
+use super::*;
+use crate::domain::DetachReason;
+use crate::error::Error;
+use crate::pb::subscribe_response::Event as PbEvent;
+
+impl Session {
+    /// Starts reading the next page of stored messages for a room catching up.
+    pub(super) fn start_catch_up(&mut self, room_id: RoomId) {
+        let Some(from) = self.state.attached.get(&room_id).map(|a| a.delivered) else {
+            return;
+        };
+        let rooms = self.state.rooms.clone();
+        let caller = self.caller.clone();
+        self.spawn(
+            move || async move {
+                let page = rooms
+                    .catch_up(&caller, &room_id, from, CATCH_UP_PAGE, CATCH_UP_BYTES)
+                    .await;
+                Done::CatchUp { room_id, page }
+            },
+            None,
+        );
+    }
+
+    /// Queues a catch-up of a room unless one is queued already.
+    pub(super) fn needs_catch_up(&mut self, room_id: &RoomId) {
+        if !self.catch_up.contains(room_id) {
+            self.catch_up.push_back(room_id.clone());
+        }
+    }
+
+    /// Applies what a piece of database work found.
+    pub(super) fn finish(
+        &mut self,
+        work: Work,
+        done: std::result::Result<Done, tokio::task::JoinError>,
+    ) {
+        let done = match done {
+            Ok(done) => done,
+            Err(error) => {
+                let error = Error::Internal(format!("a stream's database work failed: {error}"));
+                self.outbox.push_back(error_frame(String::new(), error));
+                return;
+            }
+        };
+        match done {
+            Done::Attach {
+                request_id,
+                room_id,
+                after_seq,
+                found,
+            } => {
+                let answer = match found {
+                    Ok(attachment) => {
+                        let subscription = work.subscription.expect("an attach subscribes");
+                        let room = attachment.room.clone();
+                        let last = room.last_seq;
+                        let delivered = after_seq.map_or(last, |after| after.min(last));
+                        self.state.record(subscription, attachment, delivered);
+                        if delivered < last {
+                            self.needs_catch_up(&room_id);
+                        }
+                        // The user counts as online from this stream on.
+                        let room = self.state.rooms.with_presence(room);
+                        Ok(attached_event(room))
+                    }
+                    Err(error) => Err(error),
+                };
+                let frame = match (request_id, answer) {
+                    (Some(id), Ok(event)) => Frame::reply(id, event),
+                    (Some(id), Err(error)) => error_frame(id, error),
+                    (None, Ok(event)) => Frame::event(event),
+                    (None, Err(error)) => error_frame(String::new(), error),
+                };
+                self.outbox.push_back(frame);
+            }
+            Done::CatchUp { room_id, page } => match page {
+                Ok(CatchUp { messages, more }) => {
+                    if more {
+                        self.catch_up.push_front(room_id.clone());
+                    }
+                    for message in messages {
+                        if let Some(a) = self.state.attached.get_mut(&room_id)
+                            && message.seq > a.delivered
+                        {
+                            a.delivered = message.seq;
+                            self.outbox
+                                .push_back(Frame::event(PbEvent::Message((&message).into())));
+                        }
+                    }
+                }
+                Err(error @ (Error::NotAMember { .. } | Error::RoomNotFound { .. })) => {
+                    // Left (or deleted) while behind: nothing more from this room. How
+                    // it was left is in the room's ring (leaves, switches and timeouts
+                    // are published before they commit): route what waits there, so a
+                    // switch is followed; failing that, it left.
+                    self.route_waiting(&room_id);
+                    self.catch_up.retain(|r| *r != room_id);
+                    if self.state.detach(&room_id).is_some() {
+                        let reason = match error {
+                            Error::RoomNotFound { .. } => DetachReason::RoomDeleted,
+                            _ => DetachReason::Left,
+                        };
+                        self.outbox
+                            .push_back(detached_frame(String::new(), &room_id, reason));
+                    }
+                }
+                Err(error) => self.outbox.push_back(error_frame(String::new(), error)),
+            },
+        }
+    }
+
+    /// Routes the events waiting in one room's ring now, without waiting for more.
+    pub(super) fn route_waiting(&mut self, room_id: &RoomId) {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        loop {
+            let Some((key, subscription)) = self
+                .state
+                .events
+                .iter_mut()
+                .find(|(key, _)| key.as_ref() == room_id)
+            else {
+                return;
+            };
+            let key = Arc::clone(key);
+            let event = match Pin::new(subscription).poll_next(&mut cx) {
+                std::task::Poll::Ready(Some(Ok(event))) => event,
+                std::task::Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(_)))) => continue,
+                _ => return,
+            };
+            let rooms = &self.state.rooms;
+            let routed = route(
+                &mut self.state.attached,
+                &self.state.user,
+                &key,
+                &event,
+                || rooms.hubs().room_state(&key),
+                &mut self.outbox,
+            );
+            self.follow(&key, routed);
+        }
+    }
+
+    /// Does what routing an event asked for besides its frames.
+    pub(super) fn follow(&mut self, room_id: &RoomId, routed: Routed) {
+        if routed.detach.is_some() {
+            self.state.detach(room_id);
+            self.catch_up.retain(|r| r != room_id);
+            return self.follow_switch(routed.switched_to);
+        }
+        if routed.gap {
+            self.needs_catch_up(room_id);
+        }
+        if routed.now_present {
+            self.state
+                .rooms
+                .stream_now_present(room_id, self.caller.user_id.as_str());
+        }
+    }
+
+    /// Follows the user into the room it switched to, next.
+    pub(super) fn follow_switch(&mut self, switched_to: Option<Box<Switch>>) {
+        if let Some(switch) = switched_to {
+            self.queued.push_front(Action::Follow(switch));
+        }
+    }
+}

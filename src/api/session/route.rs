@@ -1,0 +1,366 @@
+//! What one hub event means for one stream. Pure — it reads and updates the stream's
+//! delivery state and says what else must happen — so it is tested on its own.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use super::attachments::AttachedRooms;
+use super::frames::detached_frame;
+use crate::domain::{DetachReason, RoomId};
+use crate::live::hub::{Delivery, Held, RoomState, Switch};
+use crate::live::{Event, Frame};
+use crate::pb;
+use crate::pb::subscribe_response::Event as PbEvent;
+
+/// What one hub event asks of the stream besides its frames.
+#[derive(Debug, Default)]
+pub(super) struct Routed {
+    /// A seq was skipped (or its frame was already evicted): read from the store.
+    pub gap: bool,
+    /// The stream stops receiving the room (its frames are in the outbox already).
+    pub detach: Option<DetachReason>,
+    /// The user switched rooms: attach this one.
+    pub switched_to: Option<Box<Switch>>,
+    /// The room gained a presence timeout: record the user online.
+    pub now_present: bool,
+}
+
+/// Routes one event of `room_id` for a stream of `user`: its frames (if any are for
+/// this stream) go to `outbox`. `latest` gives the room's latest state, read only for
+/// an update.
+pub(super) fn route(
+    attached: &mut AttachedRooms,
+    user: &str,
+    room_id: &RoomId,
+    event: &Event,
+    latest: impl FnOnce() -> Option<Arc<RoomState>>,
+    outbox: &mut VecDeque<Frame>,
+) -> Routed {
+    let mut routed = Routed::default();
+    match event {
+        Event::Message { seq, held } => {
+            let upgraded;
+            let delivery: &Delivery = match held {
+                Held::Inline(delivery) => delivery,
+                Held::Weak(weak) => {
+                    upgraded = weak.upgrade();
+                    match upgraded.as_deref() {
+                        Some(delivery) => delivery,
+                        None => {
+                            // Evicted by the room's byte budget: CHAT is read from
+                            // the store, the other kinds are gone for this stream.
+                            routed.gap = *seq > 0
+                                && attached.get(room_id).is_some_and(|a| *seq > a.delivered);
+                            return routed;
+                        }
+                    }
+                }
+            };
+            if delivery
+                .targets
+                .as_ref()
+                .is_some_and(|t| !t.iter().any(|u| u == user))
+            {
+                return routed;
+            }
+            if *seq == 0 {
+                outbox.push_back(delivery.frame.clone());
+            } else if let Some(a) = attached.get_mut(room_id) {
+                if *seq == a.delivered + 1 {
+                    a.delivered = *seq;
+                    outbox.push_back(delivery.frame.clone());
+                } else if *seq > a.delivered + 1 {
+                    routed.gap = true;
+                }
+            }
+        }
+        Event::Broadcast(frame) => outbox.push_back(frame.clone()),
+        Event::Updated { version } => {
+            let Some(a) = attached.get_mut(room_id) else {
+                return routed;
+            };
+            if *version <= a.version {
+                return routed;
+            }
+            // The latest state, once: several updates this stream has not sent yet
+            // go out as the newest of them.
+            if let Some(latest) = latest()
+                && latest.room.version > a.version
+            {
+                let timeout = latest.room.settings.presence_timeout.is_some();
+                // Online all along: a presence timeout starts when the stream goes away.
+                routed.now_present = timeout && !a.presence_timeout;
+                a.presence_timeout = timeout;
+                a.version = latest.room.version;
+                outbox.push_back(latest.frame.clone());
+            }
+        }
+        Event::Detach {
+            user: leaver,
+            reason,
+            switched_to,
+        } => {
+            if leaver == user && attached.contains(room_id) {
+                outbox.push_back(detached_frame(String::new(), room_id, *reason));
+                routed.detach = Some(*reason);
+                routed.switched_to = switched_to.clone();
+            }
+        }
+        Event::Deleted => {
+            if attached.contains(room_id) {
+                outbox.push_back(Frame::event(PbEvent::RoomDeleted(pb::RoomDeleted {
+                    room_id: room_id.to_string(),
+                })));
+                outbox.push_back(detached_frame(
+                    String::new(),
+                    room_id,
+                    DetachReason::RoomDeleted,
+                ));
+                routed.detach = Some(DetachReason::RoomDeleted);
+            }
+        }
+    }
+    routed
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message as _;
+
+    use super::super::attachments::Attached;
+    use super::*;
+    use crate::domain::{Room, RoomSettings, UnixMicros};
+
+    fn room_id() -> RoomId {
+        RoomId::parse("r").unwrap()
+    }
+
+    /// A stream of "bob" attached to "r", delivered up to seq 5, at room version 1.
+    fn attached() -> AttachedRooms {
+        let mut rooms = AttachedRooms::default();
+        rooms.insert(Attached {
+            room_id: room_id(),
+            sender_name: "Bob".into(),
+            delivered: 5,
+            version: 1,
+            presence_timeout: false,
+        });
+        rooms
+    }
+
+    fn message(seq: u64, text: &str, targets: Option<Vec<String>>) -> Event {
+        let frame = Frame::event(PbEvent::Message(pb::Message {
+            seq,
+            text: text.into(),
+            ..Default::default()
+        }));
+        Event::Message {
+            seq,
+            held: Held::Inline(Delivery { frame, targets }),
+        }
+    }
+
+    fn decoded(frame: &Frame) -> PbEvent {
+        pb::SubscribeResponse::decode(&frame.wire()[5..])
+            .unwrap()
+            .event
+            .unwrap()
+    }
+
+    fn none() -> Option<Arc<RoomState>> {
+        None
+    }
+
+    #[test]
+    fn chat_is_delivered_in_seq_order_and_a_skip_is_a_gap() {
+        let (mut rooms, mut outbox) = (attached(), VecDeque::new());
+        let next = route(
+            &mut rooms,
+            "bob",
+            &room_id(),
+            &message(6, "six", None),
+            none,
+            &mut outbox,
+        );
+        assert!(!next.gap);
+        assert_eq!(outbox.len(), 1);
+        assert_eq!(rooms.get(&room_id()).unwrap().delivered, 6);
+        // Already delivered: nothing.
+        let old = route(
+            &mut rooms,
+            "bob",
+            &room_id(),
+            &message(6, "six", None),
+            none,
+            &mut outbox,
+        );
+        assert!(!old.gap);
+        assert_eq!(outbox.len(), 1);
+        // Seq 8 after 6: a gap, nothing delivered.
+        let skip = route(
+            &mut rooms,
+            "bob",
+            &room_id(),
+            &message(8, "eight", None),
+            none,
+            &mut outbox,
+        );
+        assert!(skip.gap);
+        assert_eq!(outbox.len(), 1);
+        assert_eq!(rooms.get(&room_id()).unwrap().delivered, 6);
+    }
+
+    #[test]
+    fn targets_limit_who_receives_and_unstored_kinds_carry_no_seq() {
+        let (mut rooms, mut outbox) = (attached(), VecDeque::new());
+        let to_carol = message(0, "psst", Some(vec!["carol".into()]));
+        route(&mut rooms, "bob", &room_id(), &to_carol, none, &mut outbox);
+        assert!(outbox.is_empty());
+        let to_bob = message(0, "hi bob", Some(vec!["carol".into(), "bob".into()]));
+        route(&mut rooms, "bob", &room_id(), &to_bob, none, &mut outbox);
+        assert_eq!(outbox.len(), 1);
+        assert_eq!(rooms.get(&room_id()).unwrap().delivered, 5);
+    }
+
+    #[test]
+    fn an_evicted_frame_is_a_gap_for_chat_and_gone_otherwise() {
+        let (mut rooms, mut outbox) = (attached(), VecDeque::new());
+        let evicted = |seq| Event::Message {
+            seq,
+            held: Held::Weak(std::sync::Weak::new()),
+        };
+        assert!(
+            route(
+                &mut rooms,
+                "bob",
+                &room_id(),
+                &evicted(6),
+                none,
+                &mut outbox
+            )
+            .gap
+        );
+        assert!(
+            !route(
+                &mut rooms,
+                "bob",
+                &room_id(),
+                &evicted(0),
+                none,
+                &mut outbox
+            )
+            .gap
+        );
+        assert!(
+            !route(
+                &mut rooms,
+                "bob",
+                &room_id(),
+                &evicted(4),
+                none,
+                &mut outbox
+            )
+            .gap
+        );
+        assert!(outbox.is_empty());
+    }
+
+    fn state(version: u64, timeout: bool) -> Arc<RoomState> {
+        let room = Room {
+            id: room_id(),
+            name: format!("v{version}"),
+            attributes: Default::default(),
+            owner_id: "owner".into(),
+            settings: RoomSettings {
+                presence_timeout: timeout.then(|| std::time::Duration::from_secs(1)),
+                ..Default::default()
+            },
+            member_count: 2,
+            online_count: 0,
+            last_seq: 5,
+            version,
+            created_at: UnixMicros(0),
+            updated_at: UnixMicros(0),
+        };
+        let frame = Frame::event(PbEvent::RoomUpdated(pb::RoomUpdated {
+            room: Some(room.clone().into()),
+        }));
+        Arc::new(RoomState { room, frame })
+    }
+
+    #[test]
+    fn updates_send_the_latest_state_once() {
+        let (mut rooms, mut outbox) = (attached(), VecDeque::new());
+        // Two updates missed: the first event sends the latest (v3), the second nothing.
+        let latest = state(3, true);
+        let first = route(
+            &mut rooms,
+            "bob",
+            &room_id(),
+            &Event::Updated { version: 2 },
+            || Some(latest.clone()),
+            &mut outbox,
+        );
+        assert!(first.now_present, "the room gained a presence timeout");
+        let second = route(
+            &mut rooms,
+            "bob",
+            &room_id(),
+            &Event::Updated { version: 3 },
+            || Some(latest.clone()),
+            &mut outbox,
+        );
+        assert!(!second.now_present);
+        assert_eq!(outbox.len(), 1);
+        match decoded(&outbox[0]) {
+            PbEvent::RoomUpdated(u) => assert_eq!(u.room.unwrap().version, 3),
+            other => panic!("expected a room update, got {other:?}"),
+        }
+        let a = rooms.get(&room_id()).unwrap();
+        assert_eq!((a.version, a.presence_timeout), (3, true));
+    }
+
+    #[test]
+    fn a_detach_concerns_its_user_only_and_a_delete_everyone() {
+        let (mut rooms, mut outbox) = (attached(), VecDeque::new());
+        let detach = |user: &str| Event::Detach {
+            user: user.into(),
+            reason: DetachReason::Left,
+            switched_to: None,
+        };
+        let other = route(
+            &mut rooms,
+            "bob",
+            &room_id(),
+            &detach("carol"),
+            none,
+            &mut outbox,
+        );
+        assert_eq!(other.detach, None);
+        assert!(outbox.is_empty());
+        let own = route(
+            &mut rooms,
+            "bob",
+            &room_id(),
+            &detach("bob"),
+            none,
+            &mut outbox,
+        );
+        assert_eq!(own.detach, Some(DetachReason::Left));
+        assert!(
+            matches!(decoded(&outbox[0]), PbEvent::Detached(d) if d.reason == pb::DetachReason::Left as i32)
+        );
+        outbox.clear();
+        let deleted = route(
+            &mut rooms,
+            "bob",
+            &room_id(),
+            &Event::Deleted,
+            none,
+            &mut outbox,
+        );
+        assert_eq!(deleted.detach, Some(DetachReason::RoomDeleted));
+        assert!(matches!(decoded(&outbox[0]), PbEvent::RoomDeleted(_)));
+        assert!(matches!(decoded(&outbox[1]), PbEvent::Detached(_)));
+    }
+}
