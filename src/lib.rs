@@ -7,6 +7,9 @@
 //!
 //! ## Layout
 //!
+//! `ARCHITECTURE.md` in the repository explains the layers and the hot paths and why
+//! they are shaped so; in brief:
+//!
 //! Arrows point inward: `api` → `rooms` → (`live`, `store`) → `domain`.
 //!
 //! - [`config`]: the command line and its environment twins.
