@@ -31,7 +31,8 @@
 //! - [`live`]: in-memory only: fan-out hubs, frames encoded once, presence. It imports
 //!   no store.
 //! - [`wire`]: domain values in their protobuf form.
-//! - [`store`]: SQL, with a PostgreSQL and a SQLite backend sharing one query text.
+//! - [`store`]: SQL on PostgreSQL and SQLite — one text where the dialects agree, a
+//!   branch each where they differ (the batch statements, row locks).
 //! - [`pb`]: code generated from `proto/chatroom/v1/chatroom.proto` (the contract).
 //!
 //! What a client can make the server hold is bounded, and released by whoever set it

@@ -1,13 +1,13 @@
 //! Durable state: rooms, members, per-user room counts and message history, in
 //! PostgreSQL or an embedded SQLite file.
 //!
-//! Both backends run the same SQL text (numbered `$n` parameters, `RETURNING`,
-//! `ON CONFLICT`, which both dialects speak); the macros below expand one query body
-//! against whichever pool or transaction the store holds, so each operation is written
-//! once and type-checked for both. The only dialect difference is row locking:
-//! PostgreSQL transactions lock the room row (`FOR UPDATE`) to serialize concurrent
-//! changes to one room, while SQLite has a single writer connection, so its write
-//! transactions are already serialized.
+//! Where the dialects agree (numbered `$n` parameters, `RETURNING`, `ON CONFLICT`,
+//! window functions), both backends run the same SQL text: the macros below expand one
+//! query body against whichever pool or transaction the store holds. Where they differ
+//! the statement has a branch per dialect: the batch statements (PostgreSQL takes
+//! whole arrays with `UNNEST`, SQLite loops or chunks on its single writer) and row
+//! locking (PostgreSQL transactions lock the room row with `FOR UPDATE` to serialize
+//! concurrent changes to one room; SQLite's single writer connection already does).
 //!
 //! Locks are always taken rooms first (sorted by id when there are two), then
 //! `user_rooms`, so concurrent transactions cannot deadlock.
