@@ -1,0 +1,151 @@
+//! Reading and administering rooms: GetRoom, ListRooms, UpdateRoom, DeleteRoom,
+//! ListMembers, and who may read a room.
+
+use super::*;
+
+impl Rooms {
+    /// Reads a room.
+    pub async fn get(&self, room_id: &RoomId) -> Result<Room> {
+        let room = self
+            .store
+            .room(room_id)
+            .await?
+            .ok_or_else(|| not_found(room_id))?;
+        Ok(self.with_presence(room))
+    }
+
+    /// Lists rooms by id.
+    pub async fn list(&self, filter: &RoomFilter, page: PageRequest) -> Result<Page<Room>> {
+        let rooms = self
+            .store
+            .rooms(filter, page.after.as_deref(), page.size + 1)
+            .await?;
+        let rooms = rooms.into_iter().map(|r| self.with_presence(r)).collect();
+        Ok(Page::from_overfetch(rooms, page.size, |r: &Room| {
+            r.id.to_string()
+        }))
+    }
+
+    /// Changes a room's name, settings (owner or admin) or attributes (any member).
+    pub async fn update(
+        &self,
+        caller: &Caller,
+        room_id: &RoomId,
+        patch: RoomPatch,
+    ) -> Result<Room> {
+        let mut tx = self.store.begin().await?;
+        let mut room = lock_existing(&mut tx, room_id).await?;
+        if !caller.admin {
+            let user = caller.user_id.as_str();
+            if tx.member(room_id, user).await?.is_none() {
+                return Err(Error::NotAMember {
+                    room_id: room_id.to_string(),
+                });
+            }
+            if patch.needs_owner() && room.owner_id != user {
+                return Err(Error::NotRoomOwner {
+                    room_id: room_id.to_string(),
+                });
+            }
+        }
+        if let Some(expected) = patch.expected_version
+            && expected != room.version
+        {
+            return Err(Error::VersionConflict {
+                room_id: room_id.to_string(),
+                expected,
+                actual: room.version,
+            });
+        }
+        if patch.apply(&mut room)? {
+            room = tx.update_room(&room, UnixMicros::now()).await?;
+            tx.commit().await?;
+            room = self.with_presence(room);
+            self.live.hubs.room_updated(&room);
+            // A new or shorter presence timeout may be due sooner.
+            self.deadlines_changed.notify_one();
+            return Ok(room);
+        }
+        Ok(self.with_presence(room))
+    }
+
+    /// Deletes a room with its members and history (owner or admin).
+    pub async fn delete(&self, caller: &Caller, room_id: &RoomId) -> Result<()> {
+        let mut tx = self.store.begin().await?;
+        let room = lock_existing(&mut tx, room_id).await?;
+        if !caller.admin && room.owner_id != caller.user_id.as_str() {
+            return Err(Error::NotRoomOwner {
+                room_id: room_id.to_string(),
+            });
+        }
+        tx.delete_room(room_id).await?;
+        tx.commit().await?;
+        self.live.hubs.room_deleted(room_id);
+        Ok(())
+    }
+
+    /// Lists a room's members by user id (members and admins only).
+    pub async fn members(
+        &self,
+        caller: &Caller,
+        room_id: &RoomId,
+        online_only: bool,
+        page: PageRequest,
+    ) -> Result<Page<Member>> {
+        self.check_can_read(caller, room_id).await?;
+        let members = if online_only {
+            // Online members are few and known in memory; read just those rows.
+            let mut members = Vec::new();
+            for user in
+                self.live
+                    .presence
+                    .online_users(room_id, page.after.as_deref(), page.size + 1)
+            {
+                if let Some(member) = self.store.member(room_id, &user).await? {
+                    members.push(member);
+                }
+            }
+            members
+        } else {
+            self.store
+                .members(room_id, page.after.as_deref(), page.size + 1)
+                .await?
+        };
+        let members = members
+            .into_iter()
+            .map(|mut m| {
+                m.online = self.live.presence.is_online(room_id, &m.user_id);
+                m
+            })
+            .collect();
+        Ok(Page::from_overfetch(members, page.size, |m: &Member| {
+            m.user_id.clone()
+        }))
+    }
+
+    /// Fails unless the room exists and the caller is a member or an admin.
+    pub(super) async fn check_can_read(&self, caller: &Caller, room_id: &RoomId) -> Result<()> {
+        if caller.admin {
+            return self
+                .store
+                .room(room_id)
+                .await?
+                .map(drop)
+                .ok_or_else(|| not_found(room_id));
+        }
+        if self
+            .store
+            .member(room_id, caller.user_id.as_str())
+            .await?
+            .is_some()
+        {
+            return Ok(());
+        }
+        match self.store.room(room_id).await? {
+            None => Err(not_found(room_id)),
+            Some(_) => Err(Error::NotAMember {
+                room_id: room_id.to_string(),
+            }),
+        }
+    }
+}
