@@ -30,7 +30,8 @@
 //!   tonic, no SQL.
 //! - [`live`]: in-memory only: fan-out hubs, frames encoded once, presence. It imports
 //!   no store.
-//! - [`wire`]: domain values in their protobuf form.
+//! - [`proto`]: domain values and their protobuf form, both ways: requests decoded and
+//!   validated once ([`proto::decode`]), answers and events encoded ([`proto::encode`]).
 //! - [`store`]: SQL on PostgreSQL and SQLite — one text where the dialects agree, a
 //!   branch each where they differ (the batch statements, row locks).
 //! - [`pb`]: code generated from `proto/chatroom/v1/chatroom.proto` (the contract).
@@ -53,9 +54,9 @@ pub mod domain;
 pub mod error;
 pub mod health;
 pub mod live;
+pub mod proto;
 pub mod rooms;
 pub mod store;
-pub mod wire;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -109,7 +110,7 @@ pub async fn serve(
         Duration::from_millis(config.member_event_window_ms),
     ));
     let (sequencer, writer) = rooms::Sequencer::start(store.clone(), hubs.clone());
-    let live = rooms::Live {
+    let live = rooms::LiveParts {
         hubs,
         presence: Arc::new(live::Presence::new()),
         sequencer,

@@ -2,7 +2,6 @@
 //! and encoding answers. It holds no rules of its own.
 
 pub mod codec;
-pub mod convert;
 pub mod session;
 pub mod status;
 pub mod subscribe;
@@ -18,6 +17,7 @@ use crate::domain::{Caller, PageRequest, RoomFilter, UserId};
 use crate::error::Error;
 use crate::live::Frame;
 use crate::pb;
+use crate::proto::decode;
 use crate::rooms::Rooms;
 use server::chat_room_service_server::ChatRoomService;
 pub use session::SessionLimits;
@@ -89,8 +89,8 @@ impl ChatRoomService for ChatRoomApi {
     ) -> Result<Response<pb::CreateRoomResponse>, Status> {
         let caller = self.caller(&request)?;
         let req = request.into_inner();
-        let display_name = convert::display_name(req.display_name)?;
-        let room = convert::new_room(req.room_id, req.name, req.attributes, req.settings)?;
+        let display_name = decode::display_name(req.display_name)?;
+        let room = decode::new_room(req.room_id, req.name, req.attributes, req.settings)?;
         let room = self.rooms.create(&caller, room, display_name).await?;
         Ok(Response::new(pb::CreateRoomResponse {
             room: Some(room.into()),
@@ -103,8 +103,8 @@ impl ChatRoomService for ChatRoomApi {
     ) -> Result<Response<pb::JoinRoomResponse>, Status> {
         let caller = self.caller(&request)?;
         let req = request.into_inner();
-        let room_id = convert::room_id("room_id", req.room_id)?;
-        let display_name = convert::display_name(req.display_name)?;
+        let room_id = decode::room_id("room_id", req.room_id)?;
+        let display_name = decode::display_name(req.display_name)?;
         let room = self.rooms.join(&caller, &room_id, display_name).await?;
         Ok(Response::new(pb::JoinRoomResponse {
             room: Some(room.into()),
@@ -117,8 +117,8 @@ impl ChatRoomService for ChatRoomApi {
     ) -> Result<Response<pb::EnterRoomResponse>, Status> {
         let caller = self.caller(&request)?;
         let req = request.into_inner();
-        let display_name = convert::display_name(req.display_name)?;
-        let room = convert::new_room(req.room_id, req.name, req.attributes, req.settings)?;
+        let display_name = decode::display_name(req.display_name)?;
+        let room = decode::new_room(req.room_id, req.name, req.attributes, req.settings)?;
         let (room, created) = self.rooms.enter(&caller, room, display_name).await?;
         Ok(Response::new(pb::EnterRoomResponse {
             room: Some(room.into()),
@@ -131,7 +131,7 @@ impl ChatRoomService for ChatRoomApi {
         request: Request<pb::LeaveRoomRequest>,
     ) -> Result<Response<pb::LeaveRoomResponse>, Status> {
         let caller = self.caller(&request)?;
-        let room_id = convert::room_id("room_id", request.into_inner().room_id)?;
+        let room_id = decode::room_id("room_id", request.into_inner().room_id)?;
         self.rooms.leave(&caller, &room_id).await?;
         Ok(Response::new(pb::LeaveRoomResponse {}))
     }
@@ -142,9 +142,9 @@ impl ChatRoomService for ChatRoomApi {
     ) -> Result<Response<pb::SwitchRoomResponse>, Status> {
         let caller = self.caller(&request)?;
         let req = request.into_inner();
-        let from = convert::room_id("from_room_id", req.from_room_id)?;
-        let to = convert::room_id("to_room_id", req.to_room_id)?;
-        let display_name = convert::display_name(req.display_name)?;
+        let from = decode::room_id("from_room_id", req.from_room_id)?;
+        let to = decode::room_id("to_room_id", req.to_room_id)?;
+        let display_name = decode::display_name(req.display_name)?;
         let room = self.rooms.switch(&caller, &from, &to, display_name).await?;
         Ok(Response::new(pb::SwitchRoomResponse {
             room: Some(room.into()),
@@ -156,7 +156,7 @@ impl ChatRoomService for ChatRoomApi {
         request: Request<pb::GetRoomRequest>,
     ) -> Result<Response<pb::GetRoomResponse>, Status> {
         self.caller(&request)?;
-        let room_id = convert::room_id("room_id", request.into_inner().room_id)?;
+        let room_id = decode::room_id("room_id", request.into_inner().room_id)?;
         let room = self.rooms.get(&room_id).await?;
         Ok(Response::new(pb::GetRoomResponse {
             room: Some(room.into()),
@@ -171,7 +171,7 @@ impl ChatRoomService for ChatRoomApi {
         let req = request.into_inner();
         crate::domain::check_name("name", &req.name)?;
         crate::domain::check_name("name_prefix", &req.name_prefix)?;
-        let page = PageRequest::new(req.page_size, convert::page_token(&req.page_token)?);
+        let page = PageRequest::new(req.page_size, decode::page_token(&req.page_token)?);
         let filter = RoomFilter {
             name: req.name,
             name_prefix: req.name_prefix,
@@ -179,7 +179,7 @@ impl ChatRoomService for ChatRoomApi {
         let page = self.rooms.list(&filter, page).await?;
         Ok(Response::new(pb::ListRoomsResponse {
             rooms: page.items.into_iter().map(Into::into).collect(),
-            next_page_token: convert::next_page_token(page.next_after),
+            next_page_token: decode::next_page_token(page.next_after),
         }))
     }
 
@@ -188,7 +188,7 @@ impl ChatRoomService for ChatRoomApi {
         request: Request<pb::UpdateRoomRequest>,
     ) -> Result<Response<pb::UpdateRoomResponse>, Status> {
         let caller = self.caller(&request)?;
-        let (room_id, patch) = convert::room_patch(request.into_inner())?;
+        let (room_id, patch) = decode::room_patch(request.into_inner())?;
         let room = self.rooms.update(&caller, &room_id, patch).await?;
         Ok(Response::new(pb::UpdateRoomResponse {
             room: Some(room.into()),
@@ -200,7 +200,7 @@ impl ChatRoomService for ChatRoomApi {
         request: Request<pb::DeleteRoomRequest>,
     ) -> Result<Response<pb::DeleteRoomResponse>, Status> {
         let caller = self.caller(&request)?;
-        let room_id = convert::room_id("room_id", request.into_inner().room_id)?;
+        let room_id = decode::room_id("room_id", request.into_inner().room_id)?;
         self.rooms.delete(&caller, &room_id).await?;
         Ok(Response::new(pb::DeleteRoomResponse {}))
     }
@@ -211,15 +211,15 @@ impl ChatRoomService for ChatRoomApi {
     ) -> Result<Response<pb::ListMembersResponse>, Status> {
         let caller = self.caller(&request)?;
         let req = request.into_inner();
-        let room_id = convert::room_id("room_id", req.room_id)?;
-        let page = PageRequest::new(req.page_size, convert::page_token(&req.page_token)?);
+        let room_id = decode::room_id("room_id", req.room_id)?;
+        let page = PageRequest::new(req.page_size, decode::page_token(&req.page_token)?);
         let page = self
             .rooms
             .members(&caller, &room_id, req.online_only, page)
             .await?;
         Ok(Response::new(pb::ListMembersResponse {
             members: page.items.into_iter().map(Into::into).collect(),
-            next_page_token: convert::next_page_token(page.next_after),
+            next_page_token: decode::next_page_token(page.next_after),
         }))
     }
 
@@ -228,7 +228,7 @@ impl ChatRoomService for ChatRoomApi {
         request: Request<pb::SendMessageRequest>,
     ) -> Result<Response<pb::SendMessageResponse>, Status> {
         let caller = self.caller(&request)?;
-        let draft = convert::draft(request.into_inner(), self.rooms.message_limits())?;
+        let draft = decode::draft(request.into_inner(), self.rooms.message_limits())?;
         let message = self.rooms.send(&caller, draft, None).await?;
         Ok(Response::new(pb::SendMessageResponse {
             message: Some((&message).into()),
@@ -241,8 +241,8 @@ impl ChatRoomService for ChatRoomApi {
     ) -> Result<Response<pb::ListMessagesResponse>, Status> {
         let caller = self.caller(&request)?;
         let req = request.into_inner();
-        let (range, limit) = convert::history(&req)?;
-        let room_id = convert::room_id("room_id", req.room_id)?;
+        let (range, limit) = decode::history(&req)?;
+        let room_id = decode::room_id("room_id", req.room_id)?;
         let (messages, has_more) = self.rooms.messages(&caller, &room_id, range, limit).await?;
         Ok(Response::new(pb::ListMessagesResponse {
             messages: messages.iter().map(Into::into).collect(),

@@ -100,7 +100,7 @@ pub enum Event {
 struct Hub {
     sender: broadcast::Sender<Arc<Event>>,
     /// Member changes waiting for the coalescing window to close.
-    pending: Mutex<Pending>,
+    pending: Mutex<MemberChanges>,
     /// Large message frames the ring points at, oldest first, within the budget.
     retained: Mutex<Retained>,
     /// The room as its last update left it (`None`: not updated since the hub began).
@@ -115,7 +115,7 @@ struct Retained {
 }
 
 #[derive(Default)]
-struct Pending {
+struct MemberChanges {
     changes: Vec<MemberChange>,
     flush_scheduled: bool,
 }
@@ -189,7 +189,7 @@ impl Hubs {
             let hub = rooms.entry(room.clone()).or_insert_with(|| {
                 Arc::new(Hub {
                     sender: broadcast::channel(self.capacity).0,
-                    pending: Mutex::new(Pending::default()),
+                    pending: Mutex::new(MemberChanges::default()),
                     retained: Mutex::new(Retained::default()),
                     state: Mutex::new(None),
                 })

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::{Rooms, Slot, remove_member};
+use super::{Rooms, UserSlot, remove_member};
 use crate::domain::{DetachReason, RoomId, UnixMicros};
 use crate::error::Result;
 use crate::store::DueMember;
@@ -117,7 +117,8 @@ impl Rooms {
         if !tx.member_offline_since(room_id, user, cutoff).await? {
             return Ok(false);
         }
-        let Some((member, room)) = remove_member(&mut tx, room_id, user, Slot::Claim).await? else {
+        let Some((member, room)) = remove_member(&mut tx, room_id, user, UserSlot::Counted).await?
+        else {
             return Ok(false);
         };
         // Before the commit, as for every leave (see `announce_leave`).

@@ -20,7 +20,7 @@ impl Rooms {
             });
         }
         let (room, _) = self
-            .join_in(&mut tx, caller, &room.id, display_name, Slot::Claim)
+            .join_in(&mut tx, caller, &room.id, display_name, UserSlot::Counted)
             .await?;
         tx.commit().await?;
         Ok(self.with_presence(room))
@@ -53,7 +53,7 @@ impl Rooms {
         caller: &Caller,
         room_id: &RoomId,
         display_name: String,
-        slot: Slot,
+        slot: UserSlot,
     ) -> Result<(Room, Option<Member>)> {
         let user = caller.user_id.as_str();
         let now = UnixMicros::now();
@@ -66,7 +66,7 @@ impl Rooms {
             return Ok((room, None));
         };
         let limit = self.limits.max_rooms_per_user;
-        if slot == Slot::Claim && !tx.claim_room_slot(user, limit).await? {
+        if slot == UserSlot::Counted && !tx.claim_room_slot(user, limit).await? {
             return Err(Error::TooManyRooms { limit });
         }
         match tx.count_new_member(room_id).await? {
@@ -138,13 +138,14 @@ impl Rooms {
             return Err(not_found(to));
         }
         let user = caller.user_id.as_str();
-        let Some((left, from_room)) = remove_member(&mut tx, from, user, Slot::Move).await? else {
+        let Some((left, from_room)) = remove_member(&mut tx, from, user, UserSlot::Moves).await?
+        else {
             return Err(Error::NotAMember {
                 room_id: from.to_string(),
             });
         };
         let (room, joined) = self
-            .join_in(&mut tx, caller, to, display_name, Slot::Move)
+            .join_in(&mut tx, caller, to, display_name, UserSlot::Moves)
             .await?;
         if joined.is_none() {
             // Already a member of `to`: the move freed the slot `from` held.

@@ -39,7 +39,7 @@ impl Rooms {
         }
         let name = match sender_name {
             Some(name) => name.to_string(),
-            None => self.attach(caller, &draft.room_id).await?.sender_name,
+            None => self.access(caller, &draft.room_id).await?.sender_name,
         };
         let message = Message::accept(draft, caller.user_id.as_str(), &name);
         self.live
@@ -83,7 +83,7 @@ impl Rooms {
             .await?;
         if messages.is_empty() {
             // Caught up, or no longer allowed: which one, the access check tells.
-            self.attach(caller, room_id).await?;
+            self.access(caller, room_id).await?;
         }
         Ok(CatchUp { messages, more })
     }

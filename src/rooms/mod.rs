@@ -45,7 +45,7 @@ pub struct Limits {
 
 /// The live parts the rules drive: fan-out, presence and the message writer.
 #[derive(Clone)]
-pub struct Live {
+pub struct LiveParts {
     pub hubs: Arc<Hubs>,
     pub presence: Arc<Presence>,
     pub sequencer: Sequencer,
@@ -55,7 +55,7 @@ pub struct Live {
 #[derive(Clone)]
 pub struct Rooms {
     store: Store,
-    live: Live,
+    live: LiveParts,
     limits: Limits,
     admins: Arc<HashSet<String>>,
     /// The one writer of joins and leaves (JoinRoom, EnterRoom, LeaveRoom).
@@ -99,25 +99,28 @@ pub struct CatchUp {
     pub more: bool,
 }
 
-/// What attaching a stream to a room found.
+/// What checking a caller's access to a room found: the room as stored, and the
+/// name the caller's messages carry in it.
 #[derive(Clone, Debug)]
-pub struct Attachment {
+pub struct Access {
     pub room: Room,
     /// The name messages from this stream carry.
     pub sender_name: String,
 }
 
-/// Whether a join adds to the user's room count (a switch moves it instead).
+/// How a join or a leave affects the user's room count (`--max-rooms-per-user`).
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Slot {
-    Claim,
-    Move,
+enum UserSlot {
+    /// It counts: a join claims a slot, a leave frees one.
+    Counted,
+    /// Part of a switch: the user's slot moves with it from one room to the other.
+    Moves,
 }
 
 impl Rooms {
     pub fn new(
         store: Store,
-        live: Live,
+        live: LiveParts,
         limits: Limits,
         admins: impl IntoIterator<Item = String>,
     ) -> (Self, tokio::task::JoinHandle<()>) {
@@ -174,19 +177,19 @@ async fn lock_existing(tx: &mut Tx, room_id: &RoomId) -> Result<Room> {
         .ok_or_else(|| not_found(room_id))
 }
 
-/// Removes a member, returning it and the room after; `Slot::Claim` also frees the
+/// Removes a member, returning it and the room after; `UserSlot::Counted` also frees the
 /// user's room slot. Rows are touched member → user_rooms → rooms, so that a leave and
 /// a join of one user never wait on each other in opposite orders.
 async fn remove_member(
     tx: &mut Tx,
     room_id: &RoomId,
     user: &str,
-    slot: Slot,
+    slot: UserSlot,
 ) -> Result<Option<(Member, Room)>> {
     let Some(removed) = tx.delete_member(room_id, user).await? else {
         return Ok(None);
     };
-    if slot == Slot::Claim {
+    if slot == UserSlot::Counted {
         tx.release_room_slot(user).await?;
     }
     let room = tx

@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use crate::domain::Message;
 use crate::error::{Error, Result};
 use crate::live::Hubs;
-use crate::store::{Appended, Pending, Store};
+use crate::store::{Appended, Store, Submission};
 
 /// Most messages stored by one transaction.
 pub const MAX_BATCH: usize = 2000;
@@ -23,7 +23,7 @@ pub const MAX_BATCH: usize = 2000;
 const QUEUE: usize = 8192;
 
 struct Job {
-    pending: Pending,
+    pending: Submission,
     answer: oneshot::Sender<Result<Appended>>,
 }
 
@@ -48,7 +48,7 @@ impl Sequencer {
     /// transaction, and fills in its display name.
     pub async fn submit(&self, message: Message, admin: bool) -> Result<Answer> {
         let (answer, answered) = oneshot::channel();
-        let pending = Pending { message, admin };
+        let pending = Submission { message, admin };
         self.jobs
             .send(Job { pending, answer })
             .await
@@ -77,7 +77,7 @@ async fn write_batches(store: Store, hubs: Arc<Hubs>, mut queue: mpsc::Receiver<
     let mut jobs = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut jobs, MAX_BATCH).await > 0 {
         // The messages move into the batch; only the answer channels stay behind.
-        let (batch, answers): (Vec<Pending>, Vec<_>) =
+        let (batch, answers): (Vec<Submission>, Vec<_>) =
             jobs.drain(..).map(|j| (j.pending, j.answer)).unzip();
         let stored = store_batch(&store, &hubs, batch).await;
         for (answer, stored) in answers.into_iter().zip(stored) {
@@ -93,7 +93,7 @@ async fn write_batches(store: Store, hubs: Arc<Hubs>, mut queue: mpsc::Receiver<
 /// being unavailable (which fails every part alike), it is split in halves and each
 /// is tried on its own, down to the entry at fault: a bad entry costs its batch a
 /// few more transactions (log2 of its size), and fails alone.
-async fn store_batch(store: &Store, hubs: &Hubs, batch: Vec<Pending>) -> Vec<Result<Appended>> {
+async fn store_batch(store: &Store, hubs: &Hubs, batch: Vec<Submission>) -> Vec<Result<Appended>> {
     let size = batch.len();
     match store.append_messages(batch).await {
         Ok(appended) => {

@@ -5,7 +5,7 @@ use super::*;
 impl Rooms {
     /// Checks that the caller may receive a room (member or admin) and returns it, as
     /// stored: a stream fills in presence once it has registered itself.
-    pub async fn attach(&self, caller: &Caller, room_id: &RoomId) -> Result<Attachment> {
+    pub async fn access(&self, caller: &Caller, room_id: &RoomId) -> Result<Access> {
         let user = caller.user_id.as_str();
         let (room, name) = self
             .store
@@ -21,7 +21,7 @@ impl Rooms {
                 });
             }
         };
-        Ok(Attachment { room, sender_name })
+        Ok(Access { room, sender_name })
     }
 
     /// Records a stream of `user` attached to `room`; a member of a room with a

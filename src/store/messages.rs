@@ -15,8 +15,8 @@ impl Store {
     /// (in parts: one entry the database refuses must not fail the others).
     pub async fn append_messages(
         &self,
-        batch: Vec<Pending>,
-    ) -> std::result::Result<Vec<Appended>, (Error, Vec<Pending>)> {
+        batch: Vec<Submission>,
+    ) -> std::result::Result<Vec<Appended>, (Error, Vec<Submission>)> {
         let (mut messages, admin): (Vec<Message>, Vec<bool>) =
             batch.into_iter().map(|p| (p.message, p.admin)).unzip();
         match self.append(&mut messages, &admin).await {
@@ -25,7 +25,7 @@ impl Store {
                 let batch = messages
                     .into_iter()
                     .zip(admin)
-                    .map(|(message, admin)| Pending { message, admin })
+                    .map(|(message, admin)| Submission { message, admin })
                     .collect();
                 Err((error, batch))
             }
@@ -162,7 +162,7 @@ impl Store {
 }
 
 /// A message for [`Store::append_messages`].
-pub struct Pending {
+pub struct Submission {
     pub message: Message,
     /// Admins may send to rooms they are not members of.
     pub admin: bool,

@@ -143,7 +143,7 @@ pub mod presence;
 pub mod reads;
 pub mod rooms;
 
-pub use messages::{Appended, Pending};
+pub use messages::{Appended, Submission};
 pub use presence::DueMember;
 
 #[derive(Clone, Debug)]

@@ -30,10 +30,10 @@
 //! takes client frames (queued in order) and answers them or starts their work;
 //! `results.rs` applies what the work found (attaches, catch-up pages); `route.rs`
 //! decides what one hub event means for the stream (pure, unit-tested);
-//! `attachments.rs` records attached rooms with their presence; `frames.rs` and
+//! `attached.rs` records attached rooms with their presence; `frames.rs` and
 //! `sends.rs` build answers and hold sends in flight.
 
-mod attachments;
+mod attached;
 mod frames;
 mod requests;
 mod results;
@@ -50,15 +50,16 @@ use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::{Stream, StreamExt, StreamMap};
 use tonic::{Code, Status, Streaming};
 
-use super::{convert, work};
+use super::work;
 use crate::domain::{Caller, RoomId};
 use crate::error::Result;
 use crate::live::hub::{Subscription, Switch};
 use crate::live::{Event, Frame};
 use crate::pb;
 use crate::pb::subscribe_request::Frame as Request;
-use crate::rooms::{Attachment, CatchUp, Rooms};
-use attachments::{AttachedRooms, Attachments};
+use crate::proto::decode;
+use crate::rooms::{Access, CatchUp, Rooms};
+use attached::{AttachedRooms, StreamRooms};
 use sends::Sends;
 
 /// Stored messages read per page while catching up, at most.
@@ -136,7 +137,7 @@ enum Done {
         request_id: Option<String>,
         room_id: RoomId,
         after_seq: Option<u64>,
-        found: Result<Attachment>,
+        found: Result<Access>,
     },
     CatchUp {
         room_id: RoomId,
@@ -157,7 +158,7 @@ const OUTBOX_KEPT: usize = 8;
 struct Session {
     caller: Caller,
     limits: SessionLimits,
-    state: Attachments,
+    state: StreamRooms,
     sends: Sends,
     /// The one piece of database work in progress.
     /// Boxed: most of a stream's life it has none, and the generator keeps this field's
@@ -223,7 +224,7 @@ pub fn run(
 ) -> impl Stream<Item = std::result::Result<Frame, Status>> + Send + 'static {
     async_stream::stream! {
         let mut s = Session {
-            state: Attachments {
+            state: StreamRooms {
                 rooms,
                 user: caller.user_id.to_string(),
                 attached: AttachedRooms::default(),

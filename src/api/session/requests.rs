@@ -55,7 +55,7 @@ impl Session {
         let request_id = request.request_id;
         let answer = match request.frame {
             Some(Request::Attach(attach)) => {
-                match convert::room_id("attach.room_id", attach.room_id) {
+                match decode::room_id("attach.room_id", attach.room_id) {
                     Ok(room_id) => {
                         self.start_attach(Some(request_id), room_id, attach.after_seq, None);
                         return;
@@ -64,7 +64,7 @@ impl Session {
                 }
             }
             Some(Request::Detach(detach)) => {
-                let detached = convert::room_id("detach.room_id", detach.room_id).and_then(
+                let detached = decode::room_id("detach.room_id", detach.room_id).and_then(
                     |room_id| match self.state.detach(&room_id) {
                         Some(_) => Ok(room_id),
                         None => Err(Error::NotAttached {
@@ -81,7 +81,7 @@ impl Session {
                 }
             }
             Some(Request::Send(send)) => {
-                match convert::draft(send, self.state.rooms.message_limits()) {
+                match decode::draft(send, self.state.rooms.message_limits()) {
                     Err(error) => error_frame(request_id, error),
                     Ok(draft) => {
                         let name = self
@@ -177,7 +177,7 @@ impl Session {
                         };
                     }
                 }
-                let found = rooms.attach(&caller, &room_id).await;
+                let found = rooms.access(&caller, &room_id).await;
                 Done::Attach {
                     request_id,
                     room_id,

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use super::attachments::AttachedRooms;
+use super::attached::AttachedRooms;
 use super::frames::detached_frame;
 use crate::domain::{DetachReason, RoomId};
 use crate::live::hub::{Delivery, Held, RoomState, Switch};
@@ -127,7 +127,7 @@ pub(super) fn route(
 mod tests {
     use prost::Message as _;
 
-    use super::super::attachments::Attached;
+    use super::super::attached::AttachedRoom;
     use super::*;
     use crate::domain::{Room, RoomSettings, UnixMicros};
 
@@ -138,7 +138,7 @@ mod tests {
     /// A stream of "bob" attached to "r", delivered up to seq 5, at room version 1.
     fn attached() -> AttachedRooms {
         let mut rooms = AttachedRooms::default();
-        rooms.insert(Attached {
+        rooms.insert(AttachedRoom {
             room_id: room_id(),
             sender_name: "Bob".into(),
             delivered: 5,

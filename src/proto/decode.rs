@@ -1,5 +1,5 @@
-//! Conversions between the generated proto types and the domain types. Requests are
-//! validated here, once, on their way in; error fields use the proto field names.
+//! Requests from their protobuf form into domain values, validated here, once, on
+//! their way in; error fields use the proto field names.
 
 use std::time::Duration;
 

@@ -6,10 +6,10 @@ use tokio_stream::StreamMap;
 
 use crate::domain::RoomId;
 use crate::live::hub::Subscription;
-use crate::rooms::{Attachment, Rooms};
+use crate::rooms::{Access, Rooms};
 
 /// A room this stream receives.
-pub(super) struct Attached {
+pub(super) struct AttachedRoom {
     pub(super) room_id: RoomId,
     pub(super) sender_name: String,
     /// Highest CHAT seq delivered (or the attach point).
@@ -24,14 +24,14 @@ pub(super) struct Attached {
 /// vector searched by id, which costs one entry's size per room where a hash map
 /// starts at a table of four.
 #[derive(Default)]
-pub(super) struct AttachedRooms(Vec<Attached>);
+pub(super) struct AttachedRooms(Vec<AttachedRoom>);
 
 impl AttachedRooms {
-    pub(super) fn get(&self, room_id: &RoomId) -> Option<&Attached> {
+    pub(super) fn get(&self, room_id: &RoomId) -> Option<&AttachedRoom> {
         self.0.iter().find(|a| a.room_id == *room_id)
     }
 
-    pub(super) fn get_mut(&mut self, room_id: &RoomId) -> Option<&mut Attached> {
+    pub(super) fn get_mut(&mut self, room_id: &RoomId) -> Option<&mut AttachedRoom> {
         self.0.iter_mut().find(|a| a.room_id == *room_id)
     }
 
@@ -47,12 +47,12 @@ impl AttachedRooms {
         self.0.is_empty()
     }
 
-    pub(super) fn insert(&mut self, attached: Attached) {
+    pub(super) fn insert(&mut self, attached: AttachedRoom) {
         self.0.reserve_exact(1);
         self.0.push(attached);
     }
 
-    pub(super) fn remove(&mut self, room_id: &RoomId) -> Option<Attached> {
+    pub(super) fn remove(&mut self, room_id: &RoomId) -> Option<AttachedRoom> {
         let i = self.0.iter().position(|a| a.room_id == *room_id)?;
         Some(self.0.swap_remove(i))
     }
@@ -67,7 +67,7 @@ impl AttachedRooms {
 /// stream ended) detaches every room, so presence is right whichever way the stream
 /// ends. A subscription whose attach is still being checked is held by the
 /// [`Work`] doing it, and forgets its hub if that is abandoned.
-pub(super) struct Attachments {
+pub(super) struct StreamRooms {
     pub(super) rooms: Rooms,
     pub(super) user: String,
     pub(super) attached: AttachedRooms,
@@ -76,8 +76,8 @@ pub(super) struct Attachments {
     pub(super) events: StreamMap<Arc<RoomId>, Subscription>,
 }
 
-impl Attachments {
-    pub(super) fn detach(&mut self, room_id: &RoomId) -> Option<Attached> {
+impl StreamRooms {
+    pub(super) fn detach(&mut self, room_id: &RoomId) -> Option<AttachedRoom> {
         let attached = self.attached.remove(room_id)?;
         // Whether the presence timeout applies is the room's latest word on it, which
         // this stream may not have read yet (it may be far behind).
@@ -98,14 +98,14 @@ impl Attachments {
     pub(super) fn record(
         &mut self,
         subscription: Subscription,
-        attachment: Attachment,
+        attachment: Access,
         delivered: u64,
     ) {
         let room = &attachment.room;
         self.rooms.stream_attached(room, &self.user);
         self.events
             .insert(Arc::clone(subscription.room()), subscription);
-        self.attached.insert(Attached {
+        self.attached.insert(AttachedRoom {
             room_id: room.id.clone(),
             sender_name: attachment.sender_name,
             delivered,
@@ -115,7 +115,7 @@ impl Attachments {
     }
 }
 
-impl Drop for Attachments {
+impl Drop for StreamRooms {
     fn drop(&mut self) {
         let ids = self.attached.ids();
         for id in ids {
