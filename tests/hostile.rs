@@ -40,16 +40,6 @@ mod postgres_outage {
     }
 }
 
-/// A client whose HTTP/2 stream window is the protocol's default (64 KiB): a stream it
-/// does not read stops the server from sending on it once that much is in flight.
-fn small_window_client(server: &TestServer, user: &str) -> Client {
-    let channel = Endpoint::from_shared(format!("http://{}", server.addr))
-        .unwrap()
-        .initial_stream_window_size(65_535)
-        .connect_lazy();
-    ChatRoomServiceClient::with_interceptor(channel, UserHeader::new(user))
-}
-
 /// Fills a room with `n` small messages from `client` (a member), 16 at a time.
 async fn fill(client: &Client, room: &str, n: usize, text: impl Fn(usize) -> String) {
     let mut tasks = tokio::task::JoinSet::new();
@@ -80,7 +70,7 @@ async fn stalled_stream(
     tokio::sync::mpsc::Sender<pb::SubscribeRequest>,
     tonic::Streaming<pb::SubscribeResponse>,
 ) {
-    let mut client = small_window_client(server, user);
+    let mut client = server.small_window_client(user);
     client.join_room(join(room)).await.unwrap();
     let (frames, rx) = tokio::sync::mpsc::channel(4);
     let responses = client
@@ -514,7 +504,7 @@ async fn a_presence_timeout_removed_and_added_again_applies(backend: Backend) {
     // The owner stays, attached: only bob may go.
     let mut owner_sub = Sub::open(&mut owner).await;
     owner_sub.attached("r", None).await;
-    let mut bob = small_window_client(&server, "bob");
+    let mut bob = server.small_window_client("bob");
     bob.join_room(join("r")).await.unwrap();
     bob.join_room(join("big")).await.unwrap();
     let mut sub = Sub::open(&mut bob).await;
@@ -563,7 +553,7 @@ async fn a_presence_timeout_removed_and_added_again_applies(backend: Backend) {
 async fn far_behind(server: &TestServer, owner: &mut Client, room: &str) -> (Client, Sub) {
     owner.create_room(create(room)).await.unwrap();
     fill(owner, room, 2000, |i| format!("before {i}")).await;
-    let mut bob = small_window_client(server, "bob");
+    let mut bob = server.small_window_client("bob");
     bob.join_room(join(room)).await.unwrap();
     let mut sub = Sub::open(&mut bob).await;
     sub.attached(room, Some(0)).await;

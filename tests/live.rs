@@ -247,13 +247,21 @@ async fn storm_of_sends_reaches_every_stream_in_order(backend: Backend) {
     const EACH: usize = 500;
     const TOTAL: u64 = (PUBLISHERS * EACH) as u64;
     let db = TestDb::new(backend).await;
-    let server = TestServer::start(&db, |_| {}).await;
+    // A ring far smaller than the storm, so that the slow reader really falls off it
+    // and is caught up from the store.
+    let server = TestServer::start(&db, |c| c.room_buffer = 64).await;
     let mut owner = server.client("owner").await;
     owner.create_room(create("storm")).await.unwrap();
 
     let mut readers = Vec::new();
     for i in 0..5 {
-        let mut client = server.client(&format!("reader{i}")).await;
+        // The last one (the slow reader) with a small HTTP/2 window: it holds back the
+        // server's side of its stream, not just its own buffer.
+        let mut client = if i == 4 {
+            server.small_window_client(&format!("reader{i}"))
+        } else {
+            server.client(&format!("reader{i}")).await
+        };
         client.join_room(join("storm")).await.unwrap();
         let mut sub = Sub::open(&mut client).await;
         sub.attached("storm", None).await;

@@ -443,3 +443,51 @@ fn take_batch(waiting: &mut VecDeque<Job>) -> Vec<Job> {
     *waiting = rest;
     batch
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(user: &str, room: &str) -> Job {
+        Job {
+            change: Change {
+                room_id: RoomId::parse(room).unwrap(),
+                user_id: user.into(),
+                kind: Kind::Leave,
+            },
+            answer: oneshot::channel().0,
+        }
+    }
+
+    fn keys(jobs: &[Job]) -> Vec<(String, String)> {
+        jobs.iter().map(|j| j.change.key()).collect()
+    }
+
+    #[test]
+    fn a_batch_holds_one_change_per_user_and_keeps_the_order() {
+        let mut waiting: VecDeque<Job> = [
+            job("a", "r1"),
+            job("b", "r1"),
+            job("a", "r2"),
+            job("c", "r1"),
+            job("b", "r2"),
+        ]
+        .into_iter()
+        .collect();
+        let batch = take_batch(&mut waiting);
+        let k = |r: &str, u: &str| (r.to_string(), u.to_string());
+        assert_eq!(keys(&batch), vec![k("r1", "a"), k("r1", "b"), k("r1", "c")]);
+        let rest: Vec<Job> = waiting.drain(..).collect();
+        assert_eq!(keys(&rest), vec![k("r2", "a"), k("r2", "b")]);
+    }
+
+    #[test]
+    fn a_batch_holds_at_most_max_batch_changes() {
+        let mut waiting: VecDeque<Job> = (0..MAX_BATCH + 5)
+            .map(|i| job(&format!("u{i}"), "r"))
+            .collect();
+        assert_eq!(take_batch(&mut waiting).len(), MAX_BATCH);
+        assert_eq!(waiting.len(), 5);
+        assert_eq!(waiting[0].change.user_id, format!("u{MAX_BATCH}"));
+    }
+}

@@ -227,6 +227,17 @@ impl TestServer {
         ChatRoomServiceClient::with_interceptor(self.channel().await, UserHeader::new(user))
     }
 
+    /// A client acting as `user` whose HTTP/2 stream window is the protocol's default
+    /// (64 KiB): a stream it does not read stops the server from sending on it once
+    /// that much is in flight, so the server's side falls behind.
+    pub fn small_window_client(&self, user: &str) -> Client {
+        let channel = Endpoint::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .initial_stream_window_size(65_535)
+            .connect_lazy();
+        ChatRoomServiceClient::with_interceptor(channel, UserHeader::new(user))
+    }
+
     /// A client with no identity.
     pub async fn anonymous(&self) -> ChatRoomServiceClient<Channel> {
         ChatRoomServiceClient::new(self.channel().await)
