@@ -23,7 +23,9 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc};
+
+use super::writer::{self, Writer};
 
 use super::{announce_leave, not_found};
 use crate::domain::{DetachReason, Member, NewRoom, Role, Room, RoomId, UnixMicros};
@@ -72,17 +74,12 @@ enum Outcome {
     },
 }
 
-struct Job {
-    change: Change,
-    answer: oneshot::Sender<Result<Outcome>>,
-}
+type Job = writer::Job<Change, Outcome>;
 
 /// The handle callers use; cheap to clone. The writer task ends once every handle is
 /// dropped and the changes already handed over are applied.
 #[derive(Clone)]
-pub struct Admissions {
-    jobs: mpsc::Sender<Job>,
-}
+pub struct Admissions(Writer<Change, Outcome>);
 
 impl Admissions {
     /// Starts the writer task (returned, for its supervision). Leaves that empty a
@@ -93,15 +90,14 @@ impl Admissions {
         deadlines_changed: Arc<Notify>,
         max_rooms_per_user: u32,
     ) -> (Admissions, tokio::task::JoinHandle<()>) {
-        let (jobs, queue) = mpsc::channel(QUEUE);
-        let writer = Writer {
+        let batches = Batches {
             store,
             hubs,
             deadlines_changed,
             max_rooms_per_user,
         };
-        let task = tokio::spawn(writer.run(queue));
-        (Admissions { jobs }, task)
+        let (writer, task) = Writer::start("membership writer", QUEUE, |queue| batches.run(queue));
+        (Admissions(writer), task)
     }
 
     /// Joins `user_id` to a room, creating it first from `create` if it does not exist.
@@ -131,19 +127,12 @@ impl Admissions {
     }
 
     async fn apply(&self, room_id: &RoomId, user_id: &str, kind: Kind) -> Result<Outcome> {
-        let (answer, answered) = oneshot::channel();
         let change = Change {
             room_id: room_id.clone(),
             user_id: user_id.to_string(),
             kind,
         };
-        self.jobs
-            .send(Job { change, answer })
-            .await
-            .map_err(|_| Error::Unavailable("the server is shutting down".into()))?;
-        answered
-            .await
-            .unwrap_or_else(|_| Err(Error::Internal("the membership writer stopped".into())))
+        self.0.hand_over(change).await?.await
     }
 }
 
@@ -161,14 +150,15 @@ fn members_by_key(rows: Vec<(String, Member)>) -> HashMap<(String, String), Memb
         .collect()
 }
 
-struct Writer {
+/// The writer's task: applies batches of changes.
+struct Batches {
     store: Store,
     hubs: Arc<Hubs>,
     deadlines_changed: Arc<Notify>,
     max_rooms_per_user: u32,
 }
 
-impl Writer {
+impl Batches {
     async fn run(self, mut queue: mpsc::Receiver<Job>) {
         let mut waiting: VecDeque<Job> = VecDeque::new();
         let mut received = Vec::with_capacity(MAX_BATCH);
@@ -455,7 +445,7 @@ mod tests {
                 user_id: user.into(),
                 kind: Kind::Leave,
             },
-            answer: oneshot::channel().0,
+            answer: tokio::sync::oneshot::channel().0,
         }
     }
 

@@ -9,7 +9,8 @@
 //! switch), [`admin`] (read, list, update, delete rooms, list members), [`messages`]
 //! (send, read history, catch up), [`streams`] (access and presence for Subscribe);
 //! the two writers every change goes through, [`admissions`] (membership) and
-//! [`sequencer`] (messages); and [`expiry`] (presence timeouts, empty rooms).
+//! [`sequencer`] (messages), on the handle they share ([`writer`]); and [`expiry`]
+//! (presence timeouts, empty rooms).
 
 pub mod admin;
 pub mod admissions;
@@ -18,6 +19,7 @@ pub mod membership;
 pub mod messages;
 pub mod sequencer;
 pub mod streams;
+pub mod writer;
 
 use std::collections::HashSet;
 use std::sync::Arc;

@@ -9,8 +9,10 @@
 
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+
+use super::writer::{self, Writer};
 
 use crate::domain::Message;
 use crate::error::{Error, Result};
@@ -22,24 +24,23 @@ pub const MAX_BATCH: usize = 2000;
 /// Messages that may wait for the writer before senders wait to hand theirs over.
 const QUEUE: usize = 8192;
 
-struct Job {
-    pending: Submission,
-    answer: oneshot::Sender<Result<Appended>>,
-}
+type Job = writer::Job<Submission, Appended>;
+
+/// The writer's answer for one message.
+pub type Answer = writer::Answer<Appended>;
 
 /// The handle senders use; cheap to clone. The writer task ends once every handle
 /// is dropped and the messages already handed over are stored.
 #[derive(Clone)]
-pub struct Sequencer {
-    jobs: mpsc::Sender<Job>,
-}
+pub struct Sequencer(Writer<Submission, Appended>);
 
 impl Sequencer {
-    /// Starts the writer task.
+    /// Starts the writer task (returned, for its supervision).
     pub fn start(store: Store, hubs: Arc<Hubs>) -> (Sequencer, JoinHandle<()>) {
-        let (jobs, queue) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(write_batches(store, hubs, queue));
-        (Sequencer { jobs }, task)
+        let (writer, task) = Writer::start("message writer", QUEUE, |queue| {
+            write_batches(store, hubs, queue)
+        });
+        (Sequencer(writer), task)
     }
 
     /// Hands a CHAT message to the writer, in the order of calls; the returned
@@ -47,29 +48,7 @@ impl Sequencer {
     /// The writer checks that the sender is a member (unless `admin`) in the same
     /// transaction, and fills in its display name.
     pub async fn submit(&self, message: Message, admin: bool) -> Result<Answer> {
-        let (answer, answered) = oneshot::channel();
-        let pending = Submission { message, admin };
-        self.jobs
-            .send(Job { pending, answer })
-            .await
-            .map_err(|_| Error::Unavailable("the server is shutting down".into()))?;
-        Ok(Answer(answered))
-    }
-}
-
-/// The writer's answer for one message.
-pub struct Answer(oneshot::Receiver<Result<Appended>>);
-
-impl std::future::Future for Answer {
-    type Output = Result<Appended>;
-
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
-        std::pin::Pin::new(&mut self.0).poll(cx).map(|answered| {
-            answered.unwrap_or_else(|_| Err(Error::Internal("the message writer stopped".into())))
-        })
+        self.0.hand_over(Submission { message, admin }).await
     }
 }
 
@@ -78,7 +57,7 @@ async fn write_batches(store: Store, hubs: Arc<Hubs>, mut queue: mpsc::Receiver<
     while queue.recv_many(&mut jobs, MAX_BATCH).await > 0 {
         // The messages move into the batch; only the answer channels stay behind.
         let (batch, answers): (Vec<Submission>, Vec<_>) =
-            jobs.drain(..).map(|j| (j.pending, j.answer)).unzip();
+            jobs.drain(..).map(|j| (j.change, j.answer)).unzip();
         let stored = store_batch(&store, &hubs, batch).await;
         for (answer, stored) in answers.into_iter().zip(stored) {
             let _ = answer.send(stored);
