@@ -2,7 +2,9 @@
 # The one test command (CI runs it through .ci/run). It
 #   1. finds PostgreSQL: $DATABASE_URL if set, else 127.0.0.1:5432 if it answers, else a
 #      throwaway cluster it starts (installing PostgreSQL with apt-get if it can);
-#   2. runs cargo fmt --check, cargo clippy -D warnings, buf lint, the seed products'
+#   2. makes sure PostgreSQL's server binaries are installed (one test runs a cluster
+#      of its own, stopping and starting it);
+#   3. runs cargo fmt --check, cargo clippy -D warnings, buf lint, the seed products'
 #      room flows from a Python client generated from the proto (on both stores), and
 #      cargo test.
 # Every store test runs on SQLite and on PostgreSQL; without PostgreSQL this script
@@ -70,6 +72,18 @@ elif port_answers 127.0.0.1 5432; then
     step "PostgreSQL on 127.0.0.1:5432"
 else
     start_throwaway_cluster
+fi
+
+# The outage test (tests/hostile.rs) starts and stops a PostgreSQL cluster of its own,
+# so the server binaries must be here even when a server answers already.
+if ! pg_bin >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        step "installing PostgreSQL server binaries (apt-get)"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null \
+            || die "could not install PostgreSQL with apt-get"
+    else
+        die "the outage test needs PostgreSQL's server binaries (initdb, pg_ctl): install postgresql"
+    fi
 fi
 
 # Drop databases left by earlier test runs that stopped half-way.
