@@ -7,6 +7,8 @@ use std::path::PathBuf;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto = "proto/chatroom/v1/chatroom.proto";
     println!("cargo:rerun-if-changed={proto}");
+    // `sqlx::migrate!` embeds these at build time: a new migration must rebuild.
+    println!("cargo:rerun-if-changed=migrations");
 
     let fds = protox::compile([proto], ["proto"])?;
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);

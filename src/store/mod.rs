@@ -23,10 +23,10 @@ mod rows;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
-use sqlx::{PgPool, Postgres, SqlStr, Sqlite, SqlitePool};
+use sqlx::{PgPool, Postgres, Sqlite, SqlitePool};
 
 use crate::error::{Error, Result};
 use std::collections::{BTreeMap, HashMap};
@@ -178,7 +178,7 @@ impl Store {
                 .acquire_timeout(ACQUIRE_TIMEOUT)
                 .connect_with(options)
                 .await?;
-            migrator(POSTGRES_MIGRATIONS)
+            POSTGRES_MIGRATIONS
                 .run(&pool)
                 .await
                 .map_err(migrate_error)?;
@@ -195,7 +195,7 @@ impl Store {
                 .acquire_timeout(SQLITE_ACQUIRE_TIMEOUT)
                 .connect_with(options.clone())
                 .await?;
-            migrator(SQLITE_MIGRATIONS)
+            SQLITE_MIGRATIONS
                 .run(&writer)
                 .await
                 .map_err(migrate_error)?;
@@ -274,42 +274,10 @@ impl Tx {
     }
 }
 
-const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
-    (
-        1,
-        "init",
-        include_str!("../../migrations/postgres/0001_init.sql"),
-    ),
-    (
-        2,
-        "members without room fk",
-        include_str!("../../migrations/postgres/0002_members_without_room_fk.sql"),
-    ),
-];
-const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../../migrations/sqlite/0001_init.sql"),
-)];
-
-/// sqlx's migrator over the embedded migration files of one dialect (embedded, so the
-/// binary runs anywhere; sqlx records applied versions and checksums).
-fn migrator(migrations: &'static [(i64, &'static str, &'static str)]) -> Migrator {
-    Migrator::with_migrations(
-        migrations
-            .iter()
-            .map(|&(version, description, sql)| {
-                Migration::new(
-                    version,
-                    description.into(),
-                    MigrationType::Simple,
-                    SqlStr::from_static(sql),
-                    false,
-                )
-            })
-            .collect(),
-    )
-}
+/// The migrations of each dialect, embedded in the binary at build time (so it runs
+/// anywhere); sqlx records applied versions and checksums in the database.
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
 
 fn migrate_error(e: sqlx::migrate::MigrateError) -> Error {
     match e {
