@@ -563,6 +563,40 @@ async fn far_behind(server: &TestServer, owner: &mut Client, room: &str) -> (Cli
     (bob, sub)
 }
 
+/// Once the stream's user has left `room` (the last seq then: `at`), 20 more messages
+/// are sent to it: the stream reads on until it is detached with `reason`, and none of
+/// what it got from the room was committed after the leave.
+async fn nothing_after_the_detach(
+    owner: &mut Client,
+    sub: &mut Sub,
+    room: &str,
+    reason: pb::DetachReason,
+) {
+    let at = get_room(owner, room).await.unwrap().last_seq;
+    for i in 0..20 {
+        owner
+            .send_message(chat(room, &format!("after {i}")))
+            .await
+            .unwrap();
+    }
+    loop {
+        match sub.event().await {
+            Ev::Message(m) => assert!(
+                m.room_id == room && m.seq <= at,
+                "message {} of {} committed after the leave reached the leaver",
+                m.seq,
+                m.room_id
+            ),
+            Ev::Detached(d) => {
+                assert_eq!(d.room_id, room);
+                assert_eq!(d.reason, reason as i32);
+                return;
+            }
+            _ => {}
+        }
+    }
+}
+
 /// A stream catching up slowly when its user leaves gets nothing committed after the
 /// leave: catch-up stops, and the stream is told it left.
 async fn a_member_who_left_gets_nothing_committed_after(backend: Backend) {
@@ -575,27 +609,7 @@ async fn a_member_who_left_gets_nothing_committed_after(backend: Backend) {
     })
     .await
     .unwrap();
-    let at_leave = get_room(&mut owner, "r").await.unwrap().last_seq;
-    for i in 0..20 {
-        owner
-            .send_message(chat("r", &format!("after {i}")))
-            .await
-            .unwrap();
-    }
-    loop {
-        match sub.event().await {
-            Ev::Message(m) => assert!(
-                m.seq <= at_leave,
-                "message {} committed after the leave reached the leaver",
-                m.seq
-            ),
-            Ev::Detached(d) => {
-                assert_eq!(d.reason, pb::DetachReason::Left as i32);
-                break;
-            }
-            _ => {}
-        }
-    }
+    nothing_after_the_detach(&mut owner, &mut sub, "r", pb::DetachReason::Left).await;
     server.stop().await;
     db.remove().await;
 }
@@ -616,29 +630,7 @@ async fn a_member_who_switched_while_behind_follows(backend: Backend) {
     })
     .await
     .unwrap();
-    let at_switch = get_room(&mut owner, "from").await.unwrap().last_seq;
-    for i in 0..20 {
-        owner
-            .send_message(chat("from", &format!("after {i}")))
-            .await
-            .unwrap();
-    }
-    loop {
-        match sub.event().await {
-            Ev::Message(m) => assert!(
-                m.room_id == "from" && m.seq <= at_switch,
-                "message {} of {} reached the switcher",
-                m.seq,
-                m.room_id
-            ),
-            Ev::Detached(d) => {
-                assert_eq!(d.room_id, "from");
-                assert_eq!(d.reason, pb::DetachReason::Switched as i32);
-                break;
-            }
-            _ => {}
-        }
-    }
+    nothing_after_the_detach(&mut owner, &mut sub, "from", pb::DetachReason::Switched).await;
     loop {
         match sub.event().await {
             Ev::Attached(a) => {
