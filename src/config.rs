@@ -70,11 +70,15 @@ pub struct Config {
     /// Seconds between HTTP/2 pings on an idle connection; a client that does not
     /// answer within `--keepalive-timeout` is disconnected (its streams end, its
     /// presence with them). 0 turns pings off.
-    #[arg(long, env = "CHATROOM_KEEPALIVE_INTERVAL", default_value_t = 30)]
+    #[arg(
+        long = "keepalive-interval",
+        env = "CHATROOM_KEEPALIVE_INTERVAL",
+        default_value_t = 30
+    )]
     pub keepalive_interval_secs: u64,
 
     /// Seconds a client has to answer a keepalive ping.
-    #[arg(long, env = "CHATROOM_KEEPALIVE_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long = "keepalive-timeout", value_name = "SECONDS", env = "CHATROOM_KEEPALIVE_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub keepalive_timeout_secs: u64,
 
     /// How long member join/leave events are gathered into one frame, in milliseconds.
