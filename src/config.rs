@@ -72,6 +72,7 @@ pub struct Config {
     /// presence with them). 0 turns pings off.
     #[arg(
         long = "keepalive-interval",
+        value_name = "SECONDS",
         env = "CHATROOM_KEEPALIVE_INTERVAL",
         default_value_t = 30
     )]
