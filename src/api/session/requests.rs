@@ -159,25 +159,18 @@ impl Session {
         let caller = self.caller.clone();
         self.spawn(
             move || async move {
-                if let Some(mut committed) = switch {
-                    let outcome =
-                        tokio::time::timeout(FOLLOW_WAIT, committed.wait_for(Option::is_some));
-                    if let Ok(Ok(outcome)) = outcome.await
-                        && *outcome == Some(false)
-                    {
-                        // The switch failed: the user is not in the room to follow.
-                        let found = Err(Error::NotAMember {
-                            room_id: room_id.to_string(),
-                        });
-                        return Done::Attach {
-                            request_id,
-                            room_id,
-                            after_seq,
-                            found,
-                        };
-                    }
-                }
-                let found = rooms.access(&caller, &room_id).await;
+                let failed = match switch {
+                    Some(committed) => switch_failed(committed).await,
+                    None => false,
+                };
+                let found = if failed {
+                    // The user is not in the room to follow.
+                    Err(Error::NotAMember {
+                        room_id: room_id.to_string(),
+                    })
+                } else {
+                    rooms.access(&caller, &room_id).await
+                };
                 Done::Attach {
                     request_id,
                     room_id,
@@ -188,4 +181,11 @@ impl Session {
             Some(subscription),
         );
     }
+}
+
+/// Whether the switch a stream follows failed, as its commit signal says within
+/// [`FOLLOW_WAIT`]. Abandoned or slow: not known to have failed (the store decides).
+async fn switch_failed(mut committed: tokio::sync::watch::Receiver<Option<bool>>) -> bool {
+    let outcome = tokio::time::timeout(FOLLOW_WAIT, committed.wait_for(Option::is_some)).await;
+    matches!(outcome, Ok(Ok(outcome)) if *outcome == Some(false))
 }
