@@ -25,7 +25,8 @@
 //! - [`domain`]: the types every layer imports — ids, rooms, members, messages, pages —
 //!   parsed once at the edge.
 //! - [`rooms`]: the rules — membership, limits, permissions, sending — and the two
-//!   writers that group-commit changes: joins and leaves ([`rooms::admissions`]) and
+//!   writers that group-commit changes: every change of membership
+//!   ([`rooms::admissions`]) and
 //!   messages ([`rooms::sequencer`]); the expiry of presence and empty rooms. No
 //!   tonic, no SQL.
 //! - [`live`]: in-memory only: fan-out hubs, frames encoded once, presence. It imports

@@ -4,15 +4,16 @@
 //! plus the room's `presence_timeout`, `rooms.empty_since_us` plus its
 //! `destroy_when_empty_after`), so after a restart the overdue ones still happen. One
 //! task sleeps until the earliest deadline — woken early when a new one starts — and
-//! applies whatever is due, each in its own transaction that re-checks under the lock.
+//! hands whatever is due to the membership writer, which re-checks each under its
+//! room's lock (a member who came back online, or a room someone joined, stays).
 
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::{Rooms, UserSlot, remove_member};
-use crate::domain::{DetachReason, RoomId, UnixMicros};
+use super::Rooms;
+use crate::domain::UnixMicros;
 use crate::error::Result;
 use crate::store::DueMember;
 
@@ -20,7 +21,7 @@ use crate::store::DueMember;
 const MAX_WAIT: Duration = Duration::from_secs(5);
 /// Shortest sleep, so a deadline that cannot be applied yet is not spun on.
 const MIN_WAIT: Duration = Duration::from_millis(50);
-/// Most removals applied per round, and rows read per page.
+/// Removals after which a round ends, and rows read per page.
 const ROUND: u32 = 200;
 /// Most pages of due members read per round (online ones are skipped).
 const MAX_PAGES: usize = 8;
@@ -59,13 +60,15 @@ fn until(now: UnixMicros, deadline: UnixMicros) -> Duration {
 
 impl Rooms {
     /// Removes members whose presence timeout passed and deletes rooms whose
-    /// destroy-when-empty delay passed, as of `now`.
+    /// destroy-when-empty delay passed, as of `now`. Both are changes of membership,
+    /// so the membership writer applies them, re-checking each under its room's lock.
     async fn expire_due(&self, now: UnixMicros) -> Result<()> {
         let mut cursor = DueMember::first();
         let mut removed = 0;
-        'pages: for _ in 0..MAX_PAGES {
+        for _ in 0..MAX_PAGES {
             let due = self.store.expired_members(now, &cursor, ROUND).await?;
             let last_page = due.len() < ROUND as usize;
+            let mut offline = Vec::with_capacity(due.len());
             for member in due {
                 cursor = member.clone();
                 let DueMember {
@@ -79,55 +82,16 @@ impl Rooms {
                     }
                     continue;
                 }
-                if self.expire_member(&room_id, &user_id, now).await? {
-                    removed += 1;
-                    if removed == ROUND {
-                        break 'pages;
-                    }
-                }
+                offline.push((room_id, user_id));
             }
-            if last_page {
+            removed += self.admissions.expire(offline, now).await?;
+            if last_page || removed >= ROUND as usize {
                 break;
             }
         }
         for room_id in self.store.expired_rooms(now, ROUND).await? {
-            let mut tx = self.store.begin().await?;
-            if tx.lock_room(&room_id).await?.is_none() || !tx.room_expired(&room_id, now).await? {
-                continue;
-            }
-            tx.delete_room(&room_id).await?;
-            tx.commit().await?;
-            tracing::debug!(room = %room_id, "empty room destroyed");
-            self.live.hubs.room_deleted(&room_id);
+            self.admissions.destroy(&room_id, now).await?;
         }
         Ok(())
-    }
-
-    /// Removes a member whose presence timeout passed, re-checked under its room's
-    /// lock; true when it was removed.
-    async fn expire_member(&self, room_id: &RoomId, user: &str, now: UnixMicros) -> Result<bool> {
-        let mut tx = self.store.begin().await?;
-        let Some(room) = tx.lock_room(room_id).await? else {
-            return Ok(false);
-        };
-        let Some(timeout) = room.settings.presence_timeout else {
-            return Ok(false);
-        };
-        let cutoff = UnixMicros(now.0 - i64::try_from(timeout.as_micros()).unwrap_or(i64::MAX));
-        if !tx.member_offline_since(room_id, user, cutoff).await? {
-            return Ok(false);
-        }
-        let Some((member, room)) = remove_member(&mut tx, room_id, user, UserSlot::Counted).await?
-        else {
-            return Ok(false);
-        };
-        // Before the commit, as for every leave (see `announce_leave`).
-        self.live
-            .hubs
-            .detach_user(room_id, user, DetachReason::PresenceTimeout, None);
-        tx.commit().await?;
-        tracing::debug!(room = %room_id, user, "presence timeout: member removed");
-        self.announce_leave(&room, member);
-        Ok(true)
     }
 }

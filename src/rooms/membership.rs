@@ -1,4 +1,6 @@
-//! Joining and leaving: CreateRoom, JoinRoom, EnterRoom, LeaveRoom, SwitchRoom.
+//! Joining and leaving: CreateRoom, JoinRoom, EnterRoom, LeaveRoom, SwitchRoom. Each
+//! hands its change to the membership writer ([`Admissions`]), where its rules are
+//! checked, in the same transaction as its writes.
 
 use super::*;
 
@@ -10,19 +12,10 @@ impl Rooms {
         room: NewRoom,
         display_name: String,
     ) -> Result<Room> {
-        let mut tx = self.store.begin().await?;
-        if !tx
-            .insert_room(&room, caller.user_id.as_str(), UnixMicros::now())
-            .await?
-        {
-            return Err(Error::RoomExists {
-                room_id: room.id.to_string(),
-            });
-        }
-        let (room, _) = self
-            .join_in(&mut tx, caller, &room.id, display_name, UserSlot::Counted)
+        let room = self
+            .admissions
+            .create(room, caller.user_id.as_str(), display_name)
             .await?;
-        tx.commit().await?;
         Ok(self.with_presence(room))
     }
 
@@ -35,50 +28,9 @@ impl Rooms {
     ) -> Result<Room> {
         let joined = self
             .admissions
-            .join(room_id, caller.user_id.as_str(), display_name, None)
+            .join_existing(room_id, caller.user_id.as_str(), display_name)
             .await?;
         Ok(self.with_presence(joined.room))
-    }
-
-    /// Joins a room within a transaction that holds it already (CreateRoom's new row,
-    /// SwitchRoom's lock), claiming a room slot unless the join is part of a move:
-    /// insert the member (the room's owner rejoins as owner), claim the slot, then add
-    /// to the member count if the room has space. Any failure drops the transaction
-    /// and with it the inserted member. Returns the room and the new member (`None`:
-    /// already a member, nothing changed). JoinRoom, EnterRoom and LeaveRoom go
-    /// through [`Admissions`] instead, batched.
-    async fn join_in(
-        &self,
-        tx: &mut Tx,
-        caller: &Caller,
-        room_id: &RoomId,
-        display_name: String,
-        slot: UserSlot,
-    ) -> Result<(Room, Option<Member>)> {
-        let user = caller.user_id.as_str();
-        let now = UnixMicros::now();
-        let Some(member) = tx
-            .insert_member_if_new(room_id, user, &display_name, now)
-            .await?
-        else {
-            // Already a member (nothing changes), or no such room.
-            let room = tx.room(room_id).await?.ok_or_else(|| not_found(room_id))?;
-            return Ok((room, None));
-        };
-        let limit = self.limits.max_rooms_per_user;
-        if slot == UserSlot::Counted && !tx.claim_room_slot(user, limit).await? {
-            return Err(Error::TooManyRooms { limit });
-        }
-        match tx.count_new_member(room_id).await? {
-            Some(room) => Ok((room, Some(member))),
-            None => {
-                let room = tx.room(room_id).await?.ok_or_else(|| not_found(room_id))?;
-                Err(Error::RoomFull {
-                    room_id: room_id.to_string(),
-                    max_members: room.settings.max_members,
-                })
-            }
-        }
     }
 
     /// Creates the room, or joins it if it exists; true when this call created it.
@@ -91,10 +43,9 @@ impl Rooms {
         room: NewRoom,
         display_name: String,
     ) -> Result<(Room, bool)> {
-        let room_id = room.id.clone();
         let joined = self
             .admissions
-            .join(&room_id, caller.user_id.as_str(), display_name, Some(room))
+            .enter(room, caller.user_id.as_str(), display_name)
             .await?;
         Ok((self.with_presence(joined.room), joined.created))
     }
@@ -108,6 +59,8 @@ impl Rooms {
 
     /// Leaves `from` and joins `to` in one transaction: if the join fails, the
     /// caller is still in `from`. A move never trips the per-user room limit.
+    /// The caller's streams stop receiving `from` before the commit, like every
+    /// leave, and follow into `to` once the commit says so.
     pub async fn switch(
         &self,
         caller: &Caller,
@@ -115,60 +68,10 @@ impl Rooms {
         to: &RoomId,
         display_name: String,
     ) -> Result<Room> {
-        if from == to {
-            return Err(Error::invalid(
-                "to_room_id",
-                "must differ from from_room_id",
-            ));
-        }
-        let mut tx = self.store.begin().await?;
-        // Lock in id order so two opposite switches cannot deadlock.
-        let (first, second) = if from < to { (from, to) } else { (to, from) };
-        let first_room = tx.lock_room(first).await?;
-        let second_room = tx.lock_room(second).await?;
-        let (from_room, to_room) = if from < to {
-            (first_room, second_room)
-        } else {
-            (second_room, first_room)
-        };
-        if from_room.is_none() {
-            return Err(not_found(from));
-        }
-        if to_room.is_none() {
-            return Err(not_found(to));
-        }
-        let user = caller.user_id.as_str();
-        let Some((left, from_room)) = remove_member(&mut tx, from, user, UserSlot::Moves).await?
-        else {
-            return Err(Error::NotAMember {
-                room_id: from.to_string(),
-            });
-        };
-        let (room, joined) = self
-            .join_in(&mut tx, caller, to, display_name, UserSlot::Moves)
+        let room = self
+            .admissions
+            .switch(from, to, caller.user_id.as_str(), display_name)
             .await?;
-        if joined.is_none() {
-            // Already a member of `to`: the move freed the slot `from` held.
-            tx.release_room_slot(user).await?;
-        }
-        // The user's streams stop receiving `from` before the commit, like every leave
-        // (see `announce_leave`), and follow into `to` once the commit says so.
-        let (committed, outcome) = tokio::sync::watch::channel(None);
-        let switch = crate::live::hub::Switch {
-            to: self.with_presence(room.clone()),
-            committed: outcome,
-        };
-        self.live
-            .hubs
-            .detach_user(from, user, DetachReason::Switched, Some(switch));
-        let result = tx.commit().await;
-        let _ = committed.send(Some(result.is_ok()));
-        result?;
-        let room = self.with_presence(room);
-        self.announce_leave(&from_room, left);
-        if let Some(member) = joined {
-            self.live.hubs.member_changed(&room, member, true);
-        }
-        Ok(room)
+        Ok(self.with_presence(room))
     }
 }

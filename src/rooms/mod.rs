@@ -27,8 +27,8 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 
 use crate::domain::{
-    Caller, DetachReason, Draft, HistoryRange, Member, Message, MessageLimits, NewRoom, Page,
-    PageRequest, Room, RoomFilter, RoomId, RoomPatch, UnixMicros, UserId,
+    Caller, Draft, HistoryRange, Member, Message, MessageLimits, NewRoom, Page, PageRequest, Room,
+    RoomFilter, RoomId, RoomPatch, UnixMicros, UserId,
 };
 use crate::error::{Error, Result};
 use crate::live::{Hubs, Presence};
@@ -60,7 +60,8 @@ pub struct Rooms {
     live: LiveParts,
     limits: Limits,
     admins: Arc<HashSet<String>>,
-    /// The one writer of joins and leaves (JoinRoom, EnterRoom, LeaveRoom).
+    /// The one writer of membership (every join, leave, switch, presence timeout and
+    /// destroy-when-empty deletion).
     admissions: Admissions,
     /// Wakes the expiry task when a new presence or destruction deadline starts.
     deadlines_changed: Arc<Notify>,
@@ -110,15 +111,6 @@ pub struct Access {
     pub sender_name: String,
 }
 
-/// How a join or a leave affects the user's room count (`--max-rooms-per-user`).
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum UserSlot {
-    /// It counts: a join claims a slot, a leave frees one.
-    Counted,
-    /// Part of a switch: the user's slot moves with it from one room to the other.
-    Moves,
-}
-
 impl Rooms {
     pub fn new(
         store: Store,
@@ -130,6 +122,7 @@ impl Rooms {
         let (admissions, writer) = Admissions::start(
             store.clone(),
             live.hubs.clone(),
+            live.presence.clone(),
             deadlines_changed.clone(),
             limits.max_rooms_per_user,
         );
@@ -165,11 +158,6 @@ impl Rooms {
         room.online_count = self.live.presence.online_count(&room.id);
         room
     }
-
-    /// Announces a committed leave (coalesced).
-    fn announce_leave(&self, room: &Room, member: Member) {
-        announce_leave(&self.live.hubs, &self.deadlines_changed, room, member);
-    }
 }
 
 /// Locks a room, or fails with ROOM_NOT_FOUND.
@@ -177,38 +165,6 @@ async fn lock_existing(tx: &mut Tx, room_id: &RoomId) -> Result<Room> {
     tx.lock_room(room_id)
         .await?
         .ok_or_else(|| not_found(room_id))
-}
-
-/// Removes a member, returning it and the room after; `UserSlot::Counted` also frees the
-/// user's room slot. Rows are touched member → user_rooms → rooms, so that a leave and
-/// a join of one user never wait on each other in opposite orders.
-async fn remove_member(
-    tx: &mut Tx,
-    room_id: &RoomId,
-    user: &str,
-    slot: UserSlot,
-) -> Result<Option<(Member, Room)>> {
-    let Some(removed) = tx.delete_member(room_id, user).await? else {
-        return Ok(None);
-    };
-    if slot == UserSlot::Counted {
-        tx.release_room_slot(user).await?;
-    }
-    let room = tx
-        .change_member_count(room_id, -1, UnixMicros::now())
-        .await?;
-    Ok(Some((removed, room)))
-}
-
-/// Announces a committed leave (coalesced); a room left empty may start its
-/// destroy-when-empty delay, so the expiry task looks again. The leaver's streams
-/// were detached before the commit ([`Hubs::detach_user`]): a message committed after
-/// the leave is published after that, so it never reaches them.
-fn announce_leave(hubs: &Hubs, deadlines_changed: &Notify, room: &Room, member: Member) {
-    hubs.member_changed(room, member, false);
-    if room.member_count == 0 && room.settings.destroy_when_empty_after.is_some() {
-        deadlines_changed.notify_one();
-    }
 }
 
 fn not_found(room_id: &RoomId) -> Error {

@@ -223,61 +223,6 @@ impl Tx {
         }
     }
 
-    /// Adds `user_id` to an existing room unless it is a member already (the room's
-    /// owner gets the owner role). `None`: already a member, or no such room.
-    pub async fn insert_member_if_new(
-        &mut self,
-        room_id: &RoomId,
-        user_id: &str,
-        display_name: &str,
-        now: UnixMicros,
-    ) -> Result<Option<Member>> {
-        let inserted: std::result::Result<Option<MemberRow>, sqlx::Error> = on_tx!(self, c => {
-            sqlx::query_as(concat!(
-                "INSERT INTO members (room_id, user_id, display_name, role, joined_at_us, last_seen_us) \
-                 SELECT room_id, $2, $3, CASE WHEN owner_id = $2 THEN 1 ELSE 2 END, $4, $4 \
-                 FROM rooms WHERE room_id = $1 \
-                 ON CONFLICT (room_id, user_id) DO NOTHING RETURNING ",
-                member_columns!()
-            ))
-            .bind(room_id.as_str())
-            .bind(user_id)
-            .bind(display_name)
-            .bind(now.0)
-            .fetch_optional(c)
-            .await
-        });
-        match inserted {
-            Ok(row) => row.map(Member::try_from).transpose(),
-            // SQLite keeps the foreign key to rooms; should it ever fire, the room is
-            // gone (and the transaction may be unusable, so answer here).
-            Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => {
-                Err(Error::RoomNotFound {
-                    room_id: room_id.to_string(),
-                })
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Counts a new member if the room has space (`max_members` 0 or not reached) and
-    /// returns the room; `None` when it is full or gone. The only statement of a join
-    /// that locks the room row.
-    pub async fn count_new_member(&mut self, room_id: &RoomId) -> Result<Option<Room>> {
-        let row: Option<RoomRow> = on_tx!(self, c => {
-            sqlx::query_as(concat!(
-                "UPDATE rooms SET member_count = member_count + 1, empty_since_us = NULL \
-                 WHERE room_id = $1 AND (max_members = 0 OR member_count < max_members) \
-                 RETURNING ",
-                room_columns!()
-            ))
-            .bind(room_id.as_str())
-            .fetch_optional(c)
-            .await
-        })?;
-        row.map(Room::try_from).transpose()
-    }
-
     /// Reads one member of a room.
     pub async fn member(&mut self, room_id: &RoomId, user_id: &str) -> Result<Option<Member>> {
         let row: Option<MemberRow> = on_tx!(self, c => {
@@ -290,28 +235,9 @@ impl Tx {
         row.map(Member::try_from).transpose()
     }
 
-    /// Removes a member, returning it; `None` when the user was not a member.
-    pub async fn delete_member(
-        &mut self,
-        room_id: &RoomId,
-        user_id: &str,
-    ) -> Result<Option<Member>> {
-        let row: Option<MemberRow> = on_tx!(self, c => {
-            sqlx::query_as(concat!(
-                "DELETE FROM members WHERE room_id = $1 AND user_id = $2 RETURNING ",
-                member_columns!()
-            ))
-            .bind(room_id.as_str())
-            .bind(user_id)
-            .fetch_optional(c)
-            .await
-        })?;
-        row.map(Member::try_from).transpose()
-    }
-
     /// Adds `delta` to the room's member count, records when it became empty, and
     /// returns the room.
-    pub async fn change_member_count(
+    async fn change_member_count(
         &mut self,
         room_id: &RoomId,
         delta: i64,
@@ -335,7 +261,7 @@ impl Tx {
 
     /// Counts one more room for `user_id` unless that would exceed `limit` (0 means
     /// unlimited); false when it would.
-    pub async fn claim_room_slot(&mut self, user_id: &str, limit: u32) -> Result<bool> {
+    async fn claim_room_slot(&mut self, user_id: &str, limit: u32) -> Result<bool> {
         let claimed: Option<(i64,)> = on_tx!(self, c => {
             sqlx::query_as(
                 "INSERT INTO user_rooms (user_id, room_count) VALUES ($1, 1) \
@@ -352,7 +278,7 @@ impl Tx {
     }
 
     /// Counts one room fewer for `user_id`.
-    pub async fn release_room_slot(&mut self, user_id: &str) -> Result<()> {
+    async fn release_room_slot(&mut self, user_id: &str) -> Result<()> {
         on_tx!(self, c => {
             sqlx::query("UPDATE user_rooms SET room_count = room_count - 1 WHERE user_id = $1")
                 .bind(user_id)

@@ -1,0 +1,589 @@
+//! One batch of membership changes, applied in one transaction: the rules of joining
+//! and leaving, each written once.
+//!
+//! The rules are those of each change on its own: already being a member (or not
+//! being one, for a leave) is not an error; the per-user room limit is checked before
+//! the room's `max_members`; a switch moves the user's room slot with it (it never
+//! trips the per-user limit); a leave frees its place for a later join in the batch.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use tokio::sync::{Notify, watch};
+
+use super::{Change, Create, Job, Joined, Kind, MemberChange, Outcome, Switched};
+use crate::domain::{DetachReason, Member, Role, Room, RoomId, UnixMicros};
+use crate::error::{Error, Result};
+use crate::live::hub::Switch;
+use crate::live::{Hubs, Presence};
+use crate::rooms::not_found;
+use crate::store::{Store, Tx};
+
+/// What applying a batch needs.
+pub(super) struct Batches {
+    pub store: Store,
+    pub hubs: Arc<Hubs>,
+    pub presence: Arc<Presence>,
+    pub deadlines_changed: Arc<Notify>,
+    pub max_rooms_per_user: u32,
+}
+
+/// A `(room, user)` key of a member row.
+type Key = (String, String);
+
+fn key(room_id: &RoomId, user: &str) -> Key {
+    (room_id.to_string(), user.to_string())
+}
+
+/// Members read back, by `(room, user)` key.
+fn members_by_key(rows: Vec<(String, Member)>) -> HashMap<Key, Member> {
+    rows.into_iter()
+        .map(|(room, member)| ((room, member.user_id.clone()), member))
+        .collect()
+}
+
+impl Batches {
+    /// Applies a batch (all member changes, or all deletions: see `take_batch`),
+    /// announces what it did, and answers each change.
+    pub(super) async fn apply(&self, batch: Vec<Job>) {
+        let (changes, answers): (Vec<Change>, Vec<_>) =
+            batch.into_iter().map(|j| (j.change, j.answer)).unzip();
+        let written = if changes.first().is_some_and(Change::is_destroy) {
+            self.destroy(&changes).await
+        } else {
+            let members: Vec<&MemberChange> = changes
+                .iter()
+                .filter_map(|c| match c {
+                    Change::Member(m) => Some(m),
+                    Change::Destroy { .. } => None,
+                })
+                .collect();
+            self.write(&members).await
+        };
+        match written {
+            Ok(outcomes) => {
+                self.announce(&outcomes);
+                for (answer, outcome) in answers.into_iter().zip(outcomes) {
+                    let _ = answer.send(outcome);
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, batch = changes.len(), "applying membership changes failed");
+                for answer in answers {
+                    let _ = answer.send(Err(error.shared()));
+                }
+            }
+        }
+    }
+
+    /// Applies member changes in one transaction; one answer per change, with the
+    /// rooms as that change left them. An `Err` is the whole batch's: nothing was
+    /// written.
+    async fn write(&self, changes: &[&MemberChange]) -> Result<Vec<Result<Outcome>>> {
+        let now = UnixMicros::now();
+        let limit = self.max_rooms_per_user;
+        let mut tx = self.store.begin().await?;
+
+        // 1. Lock the rooms that exist (a switch's both), then read which of the
+        //    batch's users are members of them, and which timed-out members are due.
+        let mut ids: Vec<&RoomId> = Vec::with_capacity(changes.len());
+        for change in changes {
+            ids.push(&change.room_id);
+            if let Kind::Switch { to, .. } = &change.kind {
+                ids.push(to);
+            }
+        }
+        let mut rooms: HashMap<RoomId, Room> = tx
+            .lock_rooms(&ids)
+            .await?
+            .into_iter()
+            .map(|room| (room.id.clone(), room))
+            .collect();
+        let mut keys: Vec<(&str, &str)> = Vec::with_capacity(ids.len());
+        for change in changes {
+            let user = change.user_id.as_str();
+            if rooms.contains_key(&change.room_id) {
+                keys.push((change.room_id.as_str(), user));
+            }
+            if let Kind::Switch { to, .. } = &change.kind
+                && rooms.contains_key(to)
+            {
+                keys.push((to.as_str(), user));
+            }
+        }
+        let mut members = members_by_key(tx.members_among(&keys).await?);
+        let due = due_to_expire(&mut tx, changes, &rooms).await?;
+
+        // 2. The per-user room limit comes first: claim a slot for every join that may
+        //    add a member (one that then adds none gives its slot back below).
+        let joining: Vec<&str> = changes
+            .iter()
+            .filter(|c| {
+                matches!(c.kind, Kind::Join { .. })
+                    && !members.contains_key(&key(&c.room_id, &c.user_id))
+            })
+            .map(|c| c.user_id.as_str())
+            .collect();
+        let claimed: HashSet<String> = tx
+            .claim_room_slots(&joining, limit)
+            .await?
+            .into_iter()
+            .collect();
+
+        // 3. Rooms CreateRoom and EnterRoom ask for: the first such join that claimed
+        //    its slot creates a missing room (a join that may not join creates nothing).
+        let mut creator: HashMap<&RoomId, usize> = HashMap::new();
+        for (i, change) in changes.iter().enumerate() {
+            let Kind::Join {
+                create: Some(Create { room: new, .. }),
+                ..
+            } = &change.kind
+            else {
+                continue;
+            };
+            if rooms.contains_key(&change.room_id) || !claimed.contains(&change.user_id) {
+                continue;
+            }
+            if tx.insert_room(new, &change.user_id, now).await? {
+                creator.insert(&change.room_id, i);
+            } else {
+                // Created by another transaction since step 1 (the insert waited for
+                // its commit): read its members among ours like the others'.
+                let keys: Vec<(&str, &str)> = changes
+                    .iter()
+                    .filter(|c| c.room_id == change.room_id)
+                    .map(|c| (c.room_id.as_str(), c.user_id.as_str()))
+                    .collect();
+                members.extend(members_by_key(tx.members_among(&keys).await?));
+            }
+            let room = tx
+                .lock_room(&change.room_id)
+                .await?
+                .ok_or_else(|| Error::Internal("a room just inserted is gone".into()))?;
+            rooms.insert(room.id.clone(), room);
+        }
+
+        // 4. The rules, in arrival order, against the locked rooms.
+        let mut rules = Rules {
+            rooms,
+            members,
+            claimed,
+            creator,
+            due,
+            limit,
+            now,
+            plan: Plan::default(),
+        };
+        let outcomes: Vec<Result<Outcome>> = changes
+            .iter()
+            .enumerate()
+            .map(|(i, &change)| match &change.kind {
+                Kind::Join {
+                    display_name,
+                    create,
+                } => rules.join(i, change, display_name, create.as_ref()),
+                Kind::Leave => rules.leave(change, DetachReason::Left),
+                Kind::Expire { .. } if !rules.due.contains(&i) => rules.not_due(change),
+                Kind::Expire { .. } => rules.leave(change, DetachReason::PresenceTimeout),
+                Kind::Switch { to, display_name } => rules.switch(change, to, display_name),
+            })
+            .collect();
+        let Rules {
+            rooms,
+            claimed,
+            mut plan,
+            ..
+        } = rules;
+
+        // 5. The writes, a statement each for the whole batch. Slots claimed by
+        //    joins that added no member go back with the leavers'.
+        let unused = joining
+            .iter()
+            .filter(|u| claimed.contains(**u) && !plan.admitted.contains(**u));
+        plan.released.extend(unused);
+        plan.write(&mut tx, &rooms, now).await?;
+
+        // The leavers' streams stop receiving before the commit: the message writer
+        // cannot commit into these rooms while this transaction holds them, so every
+        // message committed after a leave is published after its detach. (Should the
+        // commit fail, the streams were detached from a room their user is still in;
+        // they may attach again. A switch's streams are told, and stay where they are.)
+        let (committed, commit_outcome) = watch::channel(None);
+        for outcome in outcomes.iter().flatten() {
+            match outcome {
+                Outcome::Left {
+                    room,
+                    member: Some(m),
+                    reason,
+                } => self.hubs.detach_user(&room.id, &m.user_id, *reason, None),
+                Outcome::Switched(moved) => {
+                    let Switched { from, left, to, .. } = &**moved;
+                    let switch = Switch {
+                        to: self.with_presence(to.clone()),
+                        committed: commit_outcome.clone(),
+                    };
+                    self.hubs.detach_user(
+                        &from.id,
+                        &left.user_id,
+                        DetachReason::Switched,
+                        Some(switch),
+                    );
+                }
+                _ => {}
+            }
+        }
+        let result = tx.commit().await;
+        let _ = committed.send(Some(result.is_ok()));
+        result?;
+        Ok(outcomes)
+    }
+
+    /// Deletes the rooms of a batch of deletions that are still empty and overdue.
+    async fn destroy(&self, changes: &[Change]) -> Result<Vec<Result<Outcome>>> {
+        let mut tx = self.store.begin().await?;
+        let ids: Vec<&RoomId> = changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::Destroy { room_id, .. } => Some(room_id),
+                Change::Member(_) => None,
+            })
+            .collect();
+        let mut rooms: HashMap<RoomId, Room> = tx
+            .lock_rooms(&ids)
+            .await?
+            .into_iter()
+            .map(|room| (room.id.clone(), room))
+            .collect();
+        let mut outcomes = Vec::with_capacity(changes.len());
+        for change in changes {
+            let Change::Destroy { room_id, now } = change else {
+                return Err(Error::Internal("a member change among deletions".into()));
+            };
+            let destroy = match rooms.get(room_id) {
+                Some(room) => {
+                    room.member_count == 0
+                        && room.settings.destroy_when_empty_after.is_some()
+                        && tx.room_expired(room_id, *now).await?
+                }
+                None => false,
+            };
+            if destroy {
+                tx.delete_room(room_id).await?;
+                rooms.remove(room_id);
+            }
+            outcomes.push(Ok(Outcome::Destroyed(destroy)));
+        }
+        tx.commit().await?;
+        for (change, outcome) in changes.iter().zip(&outcomes) {
+            if let (Change::Destroy { room_id, .. }, Ok(Outcome::Destroyed(true))) =
+                (change, outcome)
+            {
+                tracing::debug!(room = %room_id, "empty room destroyed");
+                self.hubs.room_deleted(room_id);
+            }
+        }
+        Ok(outcomes)
+    }
+
+    /// Announces the batch's joins and leaves in the order they were applied.
+    fn announce(&self, outcomes: &[Result<Outcome>]) {
+        for outcome in outcomes.iter().flatten() {
+            match outcome {
+                Outcome::Joined(Joined {
+                    room,
+                    member: Some(m),
+                    ..
+                }) => self.hubs.member_changed(room, m.clone(), true),
+                Outcome::Left {
+                    room,
+                    member: Some(m),
+                    reason,
+                } => {
+                    if *reason == DetachReason::PresenceTimeout {
+                        tracing::debug!(room = %room.id, user = m.user_id, "presence timeout: member removed");
+                    }
+                    self.announce_leave(room, m.clone());
+                }
+                Outcome::Switched(moved) => {
+                    let Switched {
+                        from,
+                        left,
+                        to,
+                        joined,
+                    } = &**moved;
+                    self.announce_leave(from, left.clone());
+                    if let Some(m) = joined {
+                        self.hubs.member_changed(to, m.clone(), true);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Announces a committed leave (coalesced); a room left empty may start its
+    /// destroy-when-empty delay, so the expiry task looks again. The leaver's streams
+    /// were detached before the commit ([`Hubs::detach_user`]): a message committed
+    /// after the leave is published after that, so it never reaches them.
+    fn announce_leave(&self, room: &Room, member: Member) {
+        self.hubs.member_changed(room, member, false);
+        if room.member_count == 0 && room.settings.destroy_when_empty_after.is_some() {
+            self.deadlines_changed.notify_one();
+        }
+    }
+
+    fn with_presence(&self, mut room: Room) -> Room {
+        room.online_count = self.presence.online_count(&room.id);
+        room
+    }
+}
+
+/// The presence-timeout changes of a batch whose member is due: still offline since
+/// the room's timeout before the change's `now`, as stored under the room's lock.
+async fn due_to_expire(
+    tx: &mut Tx,
+    changes: &[&MemberChange],
+    rooms: &HashMap<RoomId, Room>,
+) -> Result<HashSet<usize>> {
+    let mut due = HashSet::new();
+    for (i, change) in changes.iter().enumerate() {
+        let Kind::Expire { now } = change.kind else {
+            continue;
+        };
+        let Some(timeout) = rooms
+            .get(&change.room_id)
+            .and_then(|r| r.settings.presence_timeout)
+        else {
+            continue;
+        };
+        let timeout = i64::try_from(timeout.as_micros()).unwrap_or(i64::MAX);
+        let cutoff = UnixMicros(now.0.saturating_sub(timeout));
+        if tx
+            .member_offline_since(&change.room_id, &change.user_id, cutoff)
+            .await?
+        {
+            due.insert(i);
+        }
+    }
+    Ok(due)
+}
+
+/// What step 4 of [`Batches::write`] checks the rules against, and the rows it
+/// plans to change.
+struct Rules<'a> {
+    /// The batch's rooms, locked, as the changes so far left them.
+    rooms: HashMap<RoomId, Room>,
+    /// The batch's users' member rows in them.
+    members: HashMap<Key, Member>,
+    /// Users who claimed a room slot (the per-user limit allowed one more room).
+    claimed: HashSet<String>,
+    /// The change that created each room created in this batch.
+    creator: HashMap<&'a RoomId, usize>,
+    /// The presence-timeout changes whose member is due.
+    due: HashSet<usize>,
+    limit: u32,
+    now: UnixMicros,
+    plan: Plan<'a>,
+}
+
+impl<'a> Rules<'a> {
+    /// Change `i`, a join (creating the room first, for CreateRoom and EnterRoom).
+    fn join(
+        &mut self,
+        i: usize,
+        change: &'a MemberChange,
+        display_name: &str,
+        create: Option<&Create>,
+    ) -> Result<Outcome> {
+        let room_id = &change.room_id;
+        let user = change.user_id.as_str();
+        let Some(room) = self.rooms.get_mut(room_id) else {
+            // Missing after step 3: a create here could not claim its slot.
+            return Err(match create {
+                Some(_) => Error::TooManyRooms { limit: self.limit },
+                None => not_found(room_id),
+            });
+        };
+        let created = self.creator.get(room_id) == Some(&i);
+        if create.is_some_and(|c| c.must_be_new) && !created {
+            return Err(Error::RoomExists {
+                room_id: room_id.to_string(),
+            });
+        }
+        let member = if self.members.contains_key(&key(room_id, user)) {
+            None
+        } else if !self.claimed.contains(user) {
+            return Err(Error::TooManyRooms { limit: self.limit });
+        } else {
+            let member = admit(room, user, display_name, self.now)?;
+            self.plan.add(room_id, &member);
+            self.plan.admitted.insert(user);
+            Some(member)
+        };
+        Ok(Outcome::Joined(Joined {
+            room: room.clone(),
+            created,
+            member,
+        }))
+    }
+
+    /// A leave, or a presence timeout that is due.
+    fn leave(&mut self, change: &'a MemberChange, reason: DetachReason) -> Result<Outcome> {
+        let room_id = &change.room_id;
+        let user = change.user_id.as_str();
+        let room = self
+            .rooms
+            .get_mut(room_id)
+            .ok_or_else(|| not_found(room_id))?;
+        let member = self.members.remove(&key(room_id, user));
+        if member.is_some() {
+            self.plan.remove(room, room_id, user);
+            self.plan.released.push(user);
+        }
+        Ok(Outcome::Left {
+            room: room.clone(),
+            member,
+            reason,
+        })
+    }
+
+    /// A presence timeout whose member is not due (any more): nothing changes.
+    fn not_due(&self, change: &MemberChange) -> Result<Outcome> {
+        let room = self
+            .rooms
+            .get(&change.room_id)
+            .ok_or_else(|| not_found(&change.room_id))?;
+        Ok(Outcome::Left {
+            room: room.clone(),
+            member: None,
+            reason: DetachReason::PresenceTimeout,
+        })
+    }
+
+    /// A switch from `change.room_id` to `to`: both, or neither.
+    fn switch(
+        &mut self,
+        change: &'a MemberChange,
+        to: &'a RoomId,
+        display_name: &str,
+    ) -> Result<Outcome> {
+        let from = &change.room_id;
+        let user = change.user_id.as_str();
+        if to == from {
+            return Err(Error::invalid(
+                "to_room_id",
+                "must differ from from_room_id",
+            ));
+        }
+        let [Some(from_room), Some(to_room)] = self.rooms.get_disjoint_mut([from, to]) else {
+            let missing = if self.rooms.contains_key(from) {
+                to
+            } else {
+                from
+            };
+            return Err(not_found(missing));
+        };
+        let Some(left) = self.members.get(&key(from, user)).cloned() else {
+            return Err(Error::NotAMember {
+                room_id: from.to_string(),
+            });
+        };
+        let joined = if self.members.contains_key(&key(to, user)) {
+            // A member of `to` already: the move frees the slot `from` held.
+            self.plan.released.push(user);
+            None
+        } else {
+            // The user's slot moves with it: no claim, so no per-user limit.
+            let member = admit(to_room, user, display_name, self.now)?;
+            self.plan.add(to, &member);
+            Some(member)
+        };
+        self.members.remove(&key(from, user));
+        self.plan.remove(from_room, from, user);
+        Ok(Outcome::Switched(Box::new(Switched {
+            from: from_room.clone(),
+            left,
+            to: to_room.clone(),
+            joined,
+        })))
+    }
+}
+
+/// The member a join adds to `room` (counted in), or why the room takes no more.
+fn admit(room: &mut Room, user: &str, display_name: &str, now: UnixMicros) -> Result<Member> {
+    let max = room.settings.max_members;
+    if max != 0 && room.member_count >= max {
+        return Err(Error::RoomFull {
+            room_id: room.id.to_string(),
+            max_members: max,
+        });
+    }
+    room.member_count += 1;
+    Ok(Member {
+        user_id: user.to_string(),
+        display_name: display_name.to_string(),
+        // The room's owner rejoins as its owner.
+        role: if room.owner_id == user {
+            Role::Owner
+        } else {
+            Role::Member
+        },
+        online: false,
+        joined_at: now,
+    })
+}
+
+/// The rows a batch changes, gathered while its rules are checked.
+#[derive(Default)]
+struct Plan<'a> {
+    added: Vec<(&'a RoomId, Member)>,
+    removed: Vec<(&'a str, &'a str)>,
+    /// Users whose join added a member (their claimed slot stays taken).
+    admitted: HashSet<&'a str>,
+    /// Users who hold one room fewer.
+    released: Vec<&'a str>,
+    /// Each room's change of member count.
+    counts: BTreeMap<&'a RoomId, i64>,
+}
+
+impl<'a> Plan<'a> {
+    fn add(&mut self, room_id: &'a RoomId, member: &Member) {
+        *self.counts.entry(room_id).or_default() += 1;
+        self.added.push((room_id, member.clone()));
+    }
+
+    fn remove(&mut self, room: &mut Room, room_id: &'a RoomId, user: &'a str) {
+        room.member_count = room.member_count.saturating_sub(1);
+        *self.counts.entry(room_id).or_default() -= 1;
+        self.removed.push((room_id.as_str(), user));
+    }
+
+    /// Writes the plan: a statement each for the whole batch.
+    async fn write(
+        &self,
+        tx: &mut Tx,
+        rooms: &HashMap<RoomId, Room>,
+        now: UnixMicros,
+    ) -> Result<()> {
+        let added: Vec<(&RoomId, &Member)> = self.added.iter().map(|(r, m)| (*r, m)).collect();
+        tx.insert_members(&added).await?;
+        if tx.delete_members(&self.removed).await? != self.removed.len() as u64 {
+            return Err(Error::Internal(
+                "a member row vanished under its room's lock".into(),
+            ));
+        }
+        tx.release_room_slots(&self.released).await?;
+        let counts: Vec<(&RoomId, i64)> = self.counts.iter().map(|(r, d)| (*r, *d)).collect();
+        for stored in tx.add_member_counts(&counts, now).await? {
+            // Every other writer of member counts locks the room first; a difference
+            // would mean one does not, and the batch must not commit on it.
+            if rooms.get(&stored.id).map(|r| r.member_count) != Some(stored.member_count) {
+                return Err(Error::Internal(format!(
+                    "member count of room {} changed under its lock",
+                    stored.id
+                )));
+            }
+        }
+        Ok(())
+    }
+}
