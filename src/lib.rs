@@ -26,9 +26,8 @@
 //!   parsed once at the edge.
 //! - [`rooms`]: the rules — membership, limits, permissions, sending — and the two
 //!   writers that group-commit changes: every change of membership
-//!   ([`rooms::admissions`]) and
-//!   messages ([`rooms::sequencer`]); the expiry of presence and empty rooms. No
-//!   tonic, no SQL.
+//!   ([`rooms::admissions`]) and messages ([`rooms::sequencer`]); the expiry of
+//!   presence and empty rooms. No tonic, no SQL.
 //! - [`live`]: in-memory only: fan-out hubs, frames encoded once, presence. It imports
 //!   no store.
 //! - [`proto`]: domain values and their protobuf form, both ways: requests decoded and
