@@ -123,29 +123,9 @@ impl Rooms {
         }))
     }
 
-    /// Fails unless the room exists and the caller is a member or an admin.
+    /// Fails unless the room exists and the caller may receive it (a member or an
+    /// admin).
     pub(super) async fn check_can_read(&self, caller: &Caller, room_id: &RoomId) -> Result<()> {
-        if caller.admin {
-            return self
-                .store
-                .room(room_id)
-                .await?
-                .map(drop)
-                .ok_or_else(|| not_found(room_id));
-        }
-        if self
-            .store
-            .member(room_id, caller.user_id.as_str())
-            .await?
-            .is_some()
-        {
-            return Ok(());
-        }
-        match self.store.room(room_id).await? {
-            None => Err(not_found(room_id)),
-            Some(_) => Err(Error::NotAMember {
-                room_id: room_id.to_string(),
-            }),
-        }
+        self.access(caller, room_id).await.map(drop)
     }
 }

@@ -32,8 +32,9 @@ use crate::domain::{
 };
 use crate::error::{Error, Result};
 use crate::live::{Hubs, Presence};
-use crate::store::{Appended, Store, Tx};
+use crate::store::{Store, Tx};
 use admissions::Admissions;
+use sequencer::Appended;
 pub use sequencer::Sequencer;
 
 /// Limits that apply across rooms.
@@ -165,6 +166,17 @@ async fn lock_existing(tx: &mut Tx, room_id: &RoomId) -> Result<Room> {
     tx.lock_room(room_id)
         .await?
         .ok_or_else(|| not_found(room_id))
+}
+
+/// Who may receive and send in a room, and under which name: its members, under their
+/// display name (`display_name`, `None` when `user` is not a member), and admins, who
+/// go by their user id. `None`: neither.
+fn sender_name(admin: bool, user: &str, display_name: Option<&str>) -> Option<String> {
+    match display_name {
+        Some(name) => Some(name.to_string()),
+        None if admin => Some(user.to_string()),
+        None => None,
+    }
 }
 
 fn not_found(room_id: &RoomId) -> Error {

@@ -12,15 +12,10 @@ impl Rooms {
             .room_and_name(room_id, user)
             .await?
             .ok_or_else(|| not_found(room_id))?;
-        let sender_name = match name {
-            Some(name) => name,
-            None if caller.admin => user.to_string(),
-            None => {
-                return Err(Error::NotAMember {
-                    room_id: room_id.to_string(),
-                });
-            }
-        };
+        let sender_name =
+            sender_name(caller.admin, user, name.as_deref()).ok_or_else(|| Error::NotAMember {
+                room_id: room_id.to_string(),
+            })?;
         Ok(Access { room, sender_name })
     }
 

@@ -1,192 +1,14 @@
-//! Storing a batch of messages: the message writer's one transaction.
+//! Message rows within the message writer's transaction: idempotency keys, seqs,
+//! inserts.
 
 use super::*;
-
-impl Store {
-    /// Stores a batch of accepted CHAT messages in one transaction: senders are checked
-    /// to be members (their display names come from the same rows), each room's next
-    /// seqs are taken from `rooms.last_seq` (rooms locked in sorted order, so
-    /// concurrent batches cannot deadlock), and all rows go in together.
-    ///
-    /// A message whose `(room, sender, client_msg_id)` is already stored — or appears
-    /// earlier in the batch — is not stored again: its answer is the first one.
-    /// One answer per message, in order. When the transaction fails nothing is
-    /// stored, and the batch comes back with the error so that it can be tried again
-    /// (in parts: one entry the database refuses must not fail the others).
-    pub async fn append_messages(
-        &self,
-        batch: Vec<Submission>,
-    ) -> std::result::Result<Vec<Appended>, (Error, Vec<Submission>)> {
-        let (mut messages, admin): (Vec<Message>, Vec<bool>) =
-            batch.into_iter().map(|p| (p.message, p.admin)).unzip();
-        match self.append(&mut messages, &admin).await {
-            Ok(answers) => Ok(answers),
-            Err(error) => {
-                let batch = messages
-                    .into_iter()
-                    .zip(admin)
-                    .map(|(message, admin)| Submission { message, admin })
-                    .collect();
-                Err((error, batch))
-            }
-        }
-    }
-
-    async fn append(&self, messages: &mut [Message], admin: &[bool]) -> Result<Vec<Appended>> {
-        let mut answers: Vec<Option<Appended>> = vec![None; messages.len()];
-        let mut tx = self.begin().await?;
-
-        // 1. Who may send, and under which name: members, and admins.
-        let pairs: Vec<(&str, &str)> = messages
-            .iter()
-            .map(|m| (m.room_id.as_str(), m.sender_id.as_str()))
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let names: HashMap<(String, String), String> = tx
-            .members_among(&pairs)
-            .await?
-            .into_iter()
-            .map(|(room, m)| ((room, m.user_id), m.display_name))
-            .collect();
-        let mut refused_rooms = std::collections::BTreeSet::new();
-        for (i, m) in messages.iter_mut().enumerate() {
-            match names.get(&(m.room_id.to_string(), m.sender_id.clone())) {
-                Some(name) => m.sender_name = name.clone(),
-                None if admin[i] => m.sender_name = m.sender_id.clone(),
-                None => {
-                    answers[i] = Some(Appended::NotAMember);
-                    refused_rooms.insert(m.room_id.clone());
-                }
-            }
-        }
-        // A refused sender in a room that does not exist is told so.
-        for room_id in refused_rooms {
-            if tx.lock_room(&room_id).await?.is_none() {
-                for (i, m) in messages.iter().enumerate() {
-                    if m.room_id == room_id {
-                        answers[i] = Some(Appended::RoomGone);
-                    }
-                }
-            }
-        }
-
-        // 2. Idempotency: keys seen before (stored, or earlier in this batch).
-        let keyed: Vec<usize> = (0..messages.len())
-            .filter(|&i| answers[i].is_none() && !messages[i].client_msg_id.is_empty())
-            .collect();
-        let stored: HashMap<(String, String, String), Message> = tx
-            .messages_by_keys(&keyed.iter().map(|&i| &messages[i]).collect::<Vec<_>>())
-            .await?
-            .into_iter()
-            .map(|m| {
-                (
-                    (
-                        m.room_id.to_string(),
-                        m.sender_id.clone(),
-                        m.client_msg_id.clone(),
-                    ),
-                    m,
-                )
-            })
-            .collect();
-        let mut first_with_key: HashMap<(String, String, String), usize> = HashMap::new();
-        let mut copies: Vec<(usize, usize)> = Vec::new();
-        for i in keyed {
-            let m = &messages[i];
-            let key = (
-                m.room_id.to_string(),
-                m.sender_id.clone(),
-                m.client_msg_id.clone(),
-            );
-            if let Some(existing) = stored.get(&key) {
-                answers[i] = Some(Appended::Existing(existing.clone()));
-            } else if let Some(&first) = first_with_key.get(&key) {
-                copies.push((i, first));
-            } else {
-                first_with_key.insert(key, i);
-            }
-        }
-
-        // 3. Seqs, for each room in id order.
-        let is_copy: std::collections::HashSet<usize> = copies.iter().map(|&(i, _)| i).collect();
-        let mut by_room: BTreeMap<RoomId, Vec<usize>> = BTreeMap::new();
-        for (i, m) in messages.iter().enumerate() {
-            if answers[i].is_none() && !is_copy.contains(&i) {
-                by_room.entry(m.room_id.clone()).or_default().push(i);
-            }
-        }
-        let counts: Vec<(&RoomId, i64)> =
-            by_room.iter().map(|(r, ix)| (r, ix.len() as i64)).collect();
-        let last_seqs = tx.advance_seqs(&counts).await?;
-        let mut new_rows = Vec::new();
-        for (room_id, indexes) in &by_room {
-            match last_seqs.get(room_id.as_str()) {
-                None => {
-                    for &i in indexes {
-                        answers[i] = Some(Appended::RoomGone);
-                    }
-                }
-                Some(&last) => {
-                    let first = (last - indexes.len() as i64 + 1) as u64;
-                    for (offset, &i) in indexes.iter().enumerate() {
-                        messages[i].seq = first + offset as u64;
-                        new_rows.push(i);
-                    }
-                }
-            }
-        }
-
-        // 4. The rows, together.
-        if !new_rows.is_empty() {
-            tx.insert_messages(&new_rows.iter().map(|&i| &messages[i]).collect::<Vec<_>>())
-                .await?;
-        }
-        tx.commit().await?;
-
-        for &i in &new_rows {
-            answers[i] = Some(Appended::New(messages[i].clone()));
-        }
-        for (i, first) in copies {
-            answers[i] = Some(match &answers[first] {
-                Some(Appended::New(m) | Appended::Existing(m)) => Appended::Existing(m.clone()),
-                Some(other) => other.clone(),
-                None => Appended::RoomGone,
-            });
-        }
-        Ok(answers
-            .into_iter()
-            .map(|a| a.expect("every message has an answer"))
-            .collect())
-    }
-}
-
-/// A message for [`Store::append_messages`].
-pub struct Submission {
-    pub message: Message,
-    /// Admins may send to rooms they are not members of.
-    pub admin: bool,
-}
-
-/// What happened to one message of a batch.
-#[derive(Clone, Debug)]
-pub enum Appended {
-    /// Stored now, with its seq.
-    New(Message),
-    /// Its idempotency key was already stored: the stored message.
-    Existing(Message),
-    /// The room no longer exists.
-    RoomGone,
-    /// The sender is not a member of the room.
-    NotAMember,
-}
 
 /// Rows per SQLite multi-row INSERT (11 parameters each: within its limit).
 const INSERT_CHUNK: usize = 1000;
 
 impl Tx {
     /// The stored messages with the idempotency keys of `messages`.
-    pub(super) async fn messages_by_keys(&mut self, messages: &[&Message]) -> Result<Vec<Message>> {
+    pub async fn messages_by_keys(&mut self, messages: &[&Message]) -> Result<Vec<Message>> {
         if messages.is_empty() {
             return Ok(Vec::new());
         }
@@ -233,7 +55,7 @@ impl Tx {
     /// Reserves `n` seqs in each room (given in id order); returns each existing
     /// room's new `last_seq`. Rooms are locked in id order, which orders concurrent
     /// batches and room changes without deadlocks.
-    pub(super) async fn advance_seqs(
+    pub async fn advance_seqs(
         &mut self,
         counts: &[(&RoomId, i64)],
     ) -> Result<HashMap<String, i64>> {
@@ -285,7 +107,7 @@ impl Tx {
 
     /// Inserts messages: on PostgreSQL one statement over arrays (the same text for
     /// every batch size, so it is prepared once); on SQLite multi-row VALUES in chunks.
-    pub(super) async fn insert_messages(&mut self, messages: &[&Message]) -> Result<()> {
+    pub async fn insert_messages(&mut self, messages: &[&Message]) -> Result<()> {
         match &mut self.inner {
             TxInner::Postgres(tx) => {
                 let col =

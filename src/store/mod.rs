@@ -29,7 +29,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{PgPool, Postgres, Sqlite, SqlitePool};
 
 use crate::error::{Error, Result};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use crate::domain::{HistoryRange, Member, Message, NewRoom, Room, RoomFilter, RoomId, UnixMicros};
 use rows::{KeyedMemberRow, MemberRow, MessageRow, PagedMessageRow, RoomAndNameRow, RoomRow};
@@ -143,7 +143,6 @@ pub mod presence;
 pub mod reads;
 pub mod rooms;
 
-pub use messages::{Appended, Submission};
 pub use presence::DueMember;
 
 #[derive(Clone, Debug)]

@@ -7,6 +7,8 @@
 //! commit, not a thousand; an answer always means the message is stored; and since one
 //! task publishes in commit order, every stream sees a room's seqs in order.
 
+mod batch;
+
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -17,7 +19,8 @@ use super::writer::{self, Writer};
 use crate::domain::Message;
 use crate::error::{Error, Result};
 use crate::live::Hubs;
-use crate::store::{Appended, Store, Submission};
+use crate::store::Store;
+pub use batch::{Appended, Submission};
 
 /// Most messages stored by one transaction.
 pub const MAX_BATCH: usize = 2000;
@@ -72,21 +75,25 @@ async fn write_batches(store: Store, hubs: Arc<Hubs>, mut queue: mpsc::Receiver<
 /// being unavailable (which fails every part alike), it is split in halves and each
 /// is tried on its own, down to the entry at fault: a bad entry costs its batch a
 /// few more transactions (log2 of its size), and fails alone.
-async fn store_batch(store: &Store, hubs: &Hubs, batch: Vec<Submission>) -> Vec<Result<Appended>> {
+async fn store_batch(
+    store: &Store,
+    hubs: &Hubs,
+    mut batch: Vec<Submission>,
+) -> Vec<Result<Appended>> {
     let size = batch.len();
-    match store.append_messages(batch).await {
+    match batch::append(store, &mut batch).await {
         Ok(appended) => {
             publish(hubs, &appended);
             appended.into_iter().map(Ok).collect()
         }
-        Err((error, mut batch)) if size > 1 && !matches!(error, Error::Unavailable(_)) => {
+        Err(error) if size > 1 && !matches!(error, Error::Unavailable(_)) => {
             tracing::warn!(%error, batch = size, "a batch of messages failed; storing it in parts");
             let second = batch.split_off(size / 2);
             let mut answers = Box::pin(store_batch(store, hubs, batch)).await;
             answers.extend(Box::pin(store_batch(store, hubs, second)).await);
             answers
         }
-        Err((error, _)) => {
+        Err(error) => {
             tracing::warn!(%error, batch = size, "storing a batch of messages failed");
             (0..size).map(|_| Err(error.shared())).collect()
         }

@@ -1,0 +1,169 @@
+//! One batch of CHAT messages, stored in one transaction: the rules of sending — who
+//! may send and under which name, idempotency, seq assignment — each written once.
+//! The store executes the reads and writes it is handed.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use crate::domain::{Message, RoomId};
+use crate::error::Result;
+use crate::rooms::sender_name;
+use crate::store::Store;
+
+/// A message handed to the writer.
+pub struct Submission {
+    pub message: Message,
+    /// Admins may send to rooms they are not members of.
+    pub admin: bool,
+}
+
+/// What happened to one message of a batch.
+#[derive(Clone, Debug)]
+pub enum Appended {
+    /// Stored now, with its seq.
+    New(Message),
+    /// Its idempotency key was already stored: the stored message.
+    Existing(Message),
+    /// The room no longer exists.
+    RoomGone,
+    /// The sender is not a member of the room.
+    NotAMember,
+}
+
+/// An idempotency key: `(room, sender, client_msg_id)`.
+type Key = (String, String, String);
+
+fn key(m: &Message) -> Key {
+    (
+        m.room_id.to_string(),
+        m.sender_id.clone(),
+        m.client_msg_id.clone(),
+    )
+}
+
+/// Stores a batch of accepted CHAT messages in one transaction: senders are checked
+/// to be members (their display names come from the same rows), each room's next
+/// seqs are taken from its `last_seq` (rooms locked in id order, so concurrent
+/// batches cannot deadlock), and all rows go in together.
+///
+/// A message whose idempotency key is already stored — or appears earlier in the
+/// batch — is not stored again: its answer is the first one. One answer per message,
+/// in order. On `Err` nothing was stored and the batch may be tried again (its
+/// messages' names and seqs are filled in afresh).
+pub(super) async fn append(store: &Store, batch: &mut [Submission]) -> Result<Vec<Appended>> {
+    let mut answers: Vec<Option<Appended>> = vec![None; batch.len()];
+    let mut tx = store.begin().await?;
+
+    // 1. Who may send, and under which name: members, and admins.
+    let pairs: Vec<(&str, &str)> = batch
+        .iter()
+        .map(|s| (s.message.room_id.as_str(), s.message.sender_id.as_str()))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let names: HashMap<(String, String), String> = tx
+        .members_among(&pairs)
+        .await?
+        .into_iter()
+        .map(|(room, m)| ((room, m.user_id), m.display_name))
+        .collect();
+    let mut refused_rooms = BTreeSet::new();
+    for (i, s) in batch.iter_mut().enumerate() {
+        let m = &mut s.message;
+        let name = names.get(&(m.room_id.to_string(), m.sender_id.clone()));
+        match sender_name(s.admin, &m.sender_id, name.map(String::as_str)) {
+            Some(name) => m.sender_name = name,
+            None => {
+                answers[i] = Some(Appended::NotAMember);
+                refused_rooms.insert(m.room_id.clone());
+            }
+        }
+    }
+    // A refused sender in a room that does not exist is told so.
+    for room_id in refused_rooms {
+        if tx.lock_room(&room_id).await?.is_none() {
+            for (i, s) in batch.iter().enumerate() {
+                if s.message.room_id == room_id {
+                    answers[i] = Some(Appended::RoomGone);
+                }
+            }
+        }
+    }
+
+    // 2. Idempotency: keys seen before (stored, or earlier in this batch).
+    let keyed: Vec<usize> = (0..batch.len())
+        .filter(|&i| answers[i].is_none() && !batch[i].message.client_msg_id.is_empty())
+        .collect();
+    let lookups: Vec<&Message> = keyed.iter().map(|&i| &batch[i].message).collect();
+    let stored: HashMap<Key, Message> = tx
+        .messages_by_keys(&lookups)
+        .await?
+        .into_iter()
+        .map(|m| (key(&m), m))
+        .collect();
+    let mut first_with_key: HashMap<Key, usize> = HashMap::new();
+    let mut copies: Vec<(usize, usize)> = Vec::new();
+    for i in keyed {
+        let k = key(&batch[i].message);
+        if let Some(existing) = stored.get(&k) {
+            answers[i] = Some(Appended::Existing(existing.clone()));
+        } else if let Some(&first) = first_with_key.get(&k) {
+            copies.push((i, first));
+        } else {
+            first_with_key.insert(k, i);
+        }
+    }
+
+    // 3. Seqs: each room's next ones, in arrival order, rooms in id order.
+    let is_copy: HashSet<usize> = copies.iter().map(|&(i, _)| i).collect();
+    let mut by_room: BTreeMap<RoomId, Vec<usize>> = BTreeMap::new();
+    for (i, s) in batch.iter().enumerate() {
+        if answers[i].is_none() && !is_copy.contains(&i) {
+            by_room
+                .entry(s.message.room_id.clone())
+                .or_default()
+                .push(i);
+        }
+    }
+    let counts: Vec<(&RoomId, i64)> = by_room.iter().map(|(r, ix)| (r, ix.len() as i64)).collect();
+    let last_seqs = tx.advance_seqs(&counts).await?;
+    let mut new_rows = Vec::new();
+    for (room_id, indexes) in &by_room {
+        match last_seqs.get(room_id.as_str()) {
+            None => {
+                for &i in indexes {
+                    answers[i] = Some(Appended::RoomGone);
+                }
+            }
+            Some(&last) => {
+                // `last` is the room's last seq after reserving these: they end there.
+                let first = (last - indexes.len() as i64 + 1) as u64;
+                for (offset, &i) in indexes.iter().enumerate() {
+                    batch[i].message.seq = first + offset as u64;
+                    new_rows.push(i);
+                }
+            }
+        }
+    }
+
+    // 4. The rows, together.
+    if !new_rows.is_empty() {
+        let rows: Vec<&Message> = new_rows.iter().map(|&i| &batch[i].message).collect();
+        tx.insert_messages(&rows).await?;
+    }
+    tx.commit().await?;
+
+    for &i in &new_rows {
+        answers[i] = Some(Appended::New(batch[i].message.clone()));
+    }
+    for (i, first) in copies {
+        answers[i] = Some(match &answers[first] {
+            Some(Appended::New(m) | Appended::Existing(m)) => Appended::Existing(m.clone()),
+            Some(other) => other.clone(),
+            None => Appended::RoomGone,
+        });
+    }
+    Ok(answers
+        .into_iter()
+        .map(|a| a.expect("every message has an answer"))
+        .collect())
+}
