@@ -2,21 +2,24 @@
 //! PostgreSQL or an embedded SQLite file.
 //!
 //! Where the dialects agree (numbered `$n` parameters, `RETURNING`, `ON CONFLICT`,
-//! window functions), both backends run the same SQL text: the macros below expand one
-//! query body against whichever pool or transaction the store holds. Where they differ
-//! the statement has a branch per dialect: the batch statements (PostgreSQL takes
-//! whole arrays with `UNNEST`, SQLite loops or chunks on its single writer) and row
-//! locking (PostgreSQL transactions lock the room row with `FOR UPDATE` to serialize
-//! concurrent changes to one room; SQLite's single writer connection already does).
+//! window functions), both backends run the same SQL text: the `on_pool!`, `on_writer!`
+//! and `on_tx!` macros below expand one query body against whichever pool or
+//! transaction the store holds. Where they differ — the batch statements the two
+//! writers run, and row locking — each dialect has a file of its own with a function
+//! per statement, and `by_dialect!` calls the right one: [`postgres`] takes a whole
+//! batch in one statement over arrays (`UNNEST`) and locks room rows with
+//! `FOR UPDATE`; [`sqlite`] runs a statement per row on its single writer connection,
+//! which already serializes write transactions.
 //!
 //! Locks are always taken rooms first (sorted by id when there are two), then
 //! `user_rooms`, so concurrent transactions cannot deadlock.
 //!
 //! The files: this one has the handle, the transaction type, migrations and the
 //! mapping of database errors; [`reads`] the reads outside transactions; [`messages`]
-//! the message writer's batch; [`membership`] and [`rooms`] the statements of
-//! membership and room changes within a transaction; [`presence`] last-seen times and
-//! deadlines; `rows.rs` rows and their conversion to domain values.
+//! and [`membership`] the batch statements of the two writers' transactions;
+//! [`rooms`] room rows within a transaction; [`presence`] last-seen times and
+//! deadlines; [`postgres`] and [`sqlite`] each dialect's batch statements; `rows.rs`
+//! rows and their conversion to domain values.
 
 mod rows;
 
@@ -32,7 +35,7 @@ use crate::error::{Error, Result};
 use std::collections::HashMap;
 
 use crate::domain::{HistoryRange, Member, Message, NewRoom, Room, RoomFilter, RoomId, UnixMicros};
-use rows::{KeyedMemberRow, MemberRow, MessageRow, PagedMessageRow, RoomAndNameRow, RoomRow};
+use rows::{MemberRow, MessageRow, PagedMessageRow, RoomAndNameRow, RoomRow};
 
 /// How long a request waits for a free database connection before failing with
 /// UNAVAILABLE. Short, so that while the database is unreachable calls fail fast
@@ -136,6 +139,20 @@ macro_rules! on_tx {
         }
     };
 }
+
+/// Calls the transaction's dialect's own form of a batch statement,
+/// `postgres::$f` or `sqlite::$f`, with the transaction's connection first.
+macro_rules! by_dialect {
+    ($tx:expr, $f:ident($($arg:expr),* $(,)?)) => {
+        match &mut $tx.inner {
+            TxInner::Postgres(tx) => postgres::$f(&mut **tx, $($arg),*).await,
+            TxInner::Sqlite(tx) => sqlite::$f(&mut **tx, $($arg),*).await,
+        }
+    };
+}
+
+mod postgres;
+mod sqlite;
 
 pub mod membership;
 pub mod messages;

@@ -9,61 +9,13 @@ impl Tx {
         let mut ids: Vec<&str> = room_ids.iter().map(|r| r.as_str()).collect();
         ids.sort_unstable();
         ids.dedup();
-        let rows: Vec<RoomRow> = match &mut self.inner {
-            TxInner::Postgres(tx) => {
-                sqlx::query_as(concat!(
-                    "SELECT ",
-                    room_columns!(),
-                    " FROM rooms WHERE room_id = ANY($1) ORDER BY room_id FOR UPDATE"
-                ))
-                .bind(ids)
-                .fetch_all(&mut **tx)
-                .await?
-            }
-            // The single writer connection already serializes write transactions.
-            TxInner::Sqlite(tx) => {
-                let mut rows = Vec::with_capacity(ids.len());
-                for id in ids {
-                    let row: Option<RoomRow> = sqlx::query_as(room_by_id!())
-                        .bind(id)
-                        .fetch_optional(&mut **tx)
-                        .await?;
-                    rows.extend(row);
-                }
-                rows
-            }
-        };
+        let rows = by_dialect!(self, lock_rooms(&ids))?;
         rows.into_iter().map(Room::try_from).collect()
-    }
-
-    /// Reads a room without locking it.
-    pub async fn room(&mut self, room_id: &RoomId) -> Result<Option<Room>> {
-        let row: Option<RoomRow> = on_tx!(self, c => {
-            sqlx::query_as(room_by_id!())
-                .bind(room_id.as_str())
-                .fetch_optional(c)
-                .await
-        })?;
-        row.map(Room::try_from).transpose()
     }
 
     /// Reads a room and holds it against concurrent change until the transaction ends.
     pub async fn lock_room(&mut self, room_id: &RoomId) -> Result<Option<Room>> {
-        let row: Option<RoomRow> = match &mut self.inner {
-            TxInner::Postgres(tx) => {
-                sqlx::query_as(concat!(room_by_id!(), " FOR UPDATE"))
-                    .bind(room_id.as_str())
-                    .fetch_optional(&mut **tx)
-                    .await?
-            }
-            // The single writer connection already serializes write transactions.
-            TxInner::Sqlite(tx) => {
-                sqlx::query_as(room_by_id!())
-                    .bind(room_id.as_str())
-                    .fetch_optional(&mut **tx)
-                    .await?
-            }
-        };
+        let row = by_dialect!(self, lock_room(room_id))?;
         row.map(Room::try_from).transpose()
     }
 
