@@ -33,7 +33,7 @@
 //! - [`proto`]: domain values and their protobuf form, both ways: requests decoded and
 //!   validated once ([`proto::decode`]), answers and events encoded ([`proto::encode`]).
 //! - [`store`]: SQL on PostgreSQL and SQLite — one text where the dialects agree, a
-//!   branch each where they differ (the batch statements, row locks).
+//!   file per dialect where they differ (the writers' batch statements, row locks).
 //! - [`pb`]: code generated from `proto/chatroom/v1/chatroom.proto` (the contract).
 //!
 //! What a client can make the server hold is bounded, and released by whoever set it
