@@ -1,22 +1,23 @@
-//! One batch of membership changes, applied in one transaction: the rules of joining
-//! and leaving, each written once.
+//! One batch of membership changes, applied in one transaction: read and lock what
+//! the batch touches, check the rules ([`super::rules`]), write, detach the leavers'
+//! streams, commit, announce.
 //!
 //! The rules are those of each change on its own: already being a member (or not
 //! being one, for a leave) is not an error; the per-user room limit is checked before
 //! the room's `max_members`; a switch moves the user's room slot with it (it never
 //! trips the per-user limit); a leave frees its place for a later join in the batch.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use tokio::sync::{Notify, watch};
 
+use super::rules::{Plan, Rules};
 use super::{Change, Create, Job, Joined, Kind, MemberChange, Outcome, Switched};
-use crate::domain::{DetachReason, Member, Role, Room, RoomId, UnixMicros};
+use crate::domain::{DetachReason, Member, Room, RoomId, UnixMicros};
 use crate::error::{Error, Result};
 use crate::live::hub::Switch;
 use crate::live::{Hubs, Presence};
-use crate::rooms::not_found;
 use crate::store::{Store, Tx};
 
 /// What applying a batch needs.
@@ -29,9 +30,9 @@ pub(super) struct Batches {
 }
 
 /// A `(room, user)` key of a member row.
-type Key = (String, String);
+pub(super) type Key = (String, String);
 
-fn key(room_id: &RoomId, user: &str) -> Key {
+pub(super) fn key(room_id: &RoomId, user: &str) -> Key {
     (room_id.to_string(), user.to_string())
 }
 
@@ -93,12 +94,7 @@ impl Batches {
                 ids.push(to);
             }
         }
-        let mut rooms: HashMap<RoomId, Room> = tx
-            .lock_rooms(&ids)
-            .await?
-            .into_iter()
-            .map(|room| (room.id.clone(), room))
-            .collect();
+        let mut rooms = lock_by_id(&mut tx, &ids).await?;
         let mut keys: Vec<(&str, &str)> = Vec::with_capacity(ids.len());
         for change in changes {
             let user = change.user_id.as_str();
@@ -248,12 +244,7 @@ impl Batches {
                 Change::Member(_) => None,
             })
             .collect();
-        let mut rooms: HashMap<RoomId, Room> = tx
-            .lock_rooms(&ids)
-            .await?
-            .into_iter()
-            .map(|room| (room.id.clone(), room))
-            .collect();
+        let mut rooms = lock_by_id(&mut tx, &ids).await?;
         let mut outcomes = Vec::with_capacity(changes.len());
         for change in changes {
             let Change::Destroy { room_id, now } = change else {
@@ -338,6 +329,12 @@ impl Batches {
     }
 }
 
+/// Locks the rooms of `ids` that exist; by id.
+async fn lock_by_id(tx: &mut Tx, ids: &[&RoomId]) -> Result<HashMap<RoomId, Room>> {
+    let rooms = tx.lock_rooms(ids).await?;
+    Ok(rooms.into_iter().map(|r| (r.id.clone(), r)).collect())
+}
+
 /// The presence-timeout changes of a batch whose member is due: still offline since
 /// the room's timeout before the change's `now`, as stored under the room's lock.
 async fn due_to_expire(
@@ -366,224 +363,4 @@ async fn due_to_expire(
         }
     }
     Ok(due)
-}
-
-/// What step 4 of [`Batches::write`] checks the rules against, and the rows it
-/// plans to change.
-struct Rules<'a> {
-    /// The batch's rooms, locked, as the changes so far left them.
-    rooms: HashMap<RoomId, Room>,
-    /// The batch's users' member rows in them.
-    members: HashMap<Key, Member>,
-    /// Users who claimed a room slot (the per-user limit allowed one more room).
-    claimed: HashSet<String>,
-    /// The change that created each room created in this batch.
-    creator: HashMap<&'a RoomId, usize>,
-    /// The presence-timeout changes whose member is due.
-    due: HashSet<usize>,
-    limit: u32,
-    now: UnixMicros,
-    plan: Plan<'a>,
-}
-
-impl<'a> Rules<'a> {
-    /// Change `i`, a join (creating the room first, for CreateRoom and EnterRoom).
-    fn join(
-        &mut self,
-        i: usize,
-        change: &'a MemberChange,
-        display_name: &str,
-        create: Option<&Create>,
-    ) -> Result<Outcome> {
-        let room_id = &change.room_id;
-        let user = change.user_id.as_str();
-        let Some(room) = self.rooms.get_mut(room_id) else {
-            // Missing after step 3: a create here could not claim its slot.
-            return Err(match create {
-                Some(_) => Error::TooManyRooms { limit: self.limit },
-                None => not_found(room_id),
-            });
-        };
-        let created = self.creator.get(room_id) == Some(&i);
-        if create.is_some_and(|c| c.must_be_new) && !created {
-            return Err(Error::RoomExists {
-                room_id: room_id.to_string(),
-            });
-        }
-        let member = if self.members.contains_key(&key(room_id, user)) {
-            None
-        } else if !self.claimed.contains(user) {
-            return Err(Error::TooManyRooms { limit: self.limit });
-        } else {
-            let member = admit(room, user, display_name, self.now)?;
-            self.plan.add(room_id, &member);
-            self.plan.admitted.insert(user);
-            Some(member)
-        };
-        Ok(Outcome::Joined(Joined {
-            room: room.clone(),
-            created,
-            member,
-        }))
-    }
-
-    /// A leave, or a presence timeout that is due.
-    fn leave(&mut self, change: &'a MemberChange, reason: DetachReason) -> Result<Outcome> {
-        let room_id = &change.room_id;
-        let user = change.user_id.as_str();
-        let room = self
-            .rooms
-            .get_mut(room_id)
-            .ok_or_else(|| not_found(room_id))?;
-        let member = self.members.remove(&key(room_id, user));
-        if member.is_some() {
-            self.plan.remove(room, room_id, user);
-            self.plan.released.push(user);
-        }
-        Ok(Outcome::Left {
-            room: room.clone(),
-            member,
-            reason,
-        })
-    }
-
-    /// A presence timeout whose member is not due (any more): nothing changes.
-    fn not_due(&self, change: &MemberChange) -> Result<Outcome> {
-        let room = self
-            .rooms
-            .get(&change.room_id)
-            .ok_or_else(|| not_found(&change.room_id))?;
-        Ok(Outcome::Left {
-            room: room.clone(),
-            member: None,
-            reason: DetachReason::PresenceTimeout,
-        })
-    }
-
-    /// A switch from `change.room_id` to `to`: both, or neither.
-    fn switch(
-        &mut self,
-        change: &'a MemberChange,
-        to: &'a RoomId,
-        display_name: &str,
-    ) -> Result<Outcome> {
-        let from = &change.room_id;
-        let user = change.user_id.as_str();
-        if to == from {
-            return Err(Error::invalid(
-                "to_room_id",
-                "must differ from from_room_id",
-            ));
-        }
-        let [Some(from_room), Some(to_room)] = self.rooms.get_disjoint_mut([from, to]) else {
-            let missing = if self.rooms.contains_key(from) {
-                to
-            } else {
-                from
-            };
-            return Err(not_found(missing));
-        };
-        let Some(left) = self.members.get(&key(from, user)).cloned() else {
-            return Err(Error::NotAMember {
-                room_id: from.to_string(),
-            });
-        };
-        let joined = if self.members.contains_key(&key(to, user)) {
-            // A member of `to` already: the move frees the slot `from` held.
-            self.plan.released.push(user);
-            None
-        } else {
-            // The user's slot moves with it: no claim, so no per-user limit.
-            let member = admit(to_room, user, display_name, self.now)?;
-            self.plan.add(to, &member);
-            Some(member)
-        };
-        self.members.remove(&key(from, user));
-        self.plan.remove(from_room, from, user);
-        Ok(Outcome::Switched(Box::new(Switched {
-            from: from_room.clone(),
-            left,
-            to: to_room.clone(),
-            joined,
-        })))
-    }
-}
-
-/// The member a join adds to `room` (counted in), or why the room takes no more.
-fn admit(room: &mut Room, user: &str, display_name: &str, now: UnixMicros) -> Result<Member> {
-    let max = room.settings.max_members;
-    if max != 0 && room.member_count >= max {
-        return Err(Error::RoomFull {
-            room_id: room.id.to_string(),
-            max_members: max,
-        });
-    }
-    room.member_count += 1;
-    Ok(Member {
-        user_id: user.to_string(),
-        display_name: display_name.to_string(),
-        // The room's owner rejoins as its owner.
-        role: if room.owner_id == user {
-            Role::Owner
-        } else {
-            Role::Member
-        },
-        online: false,
-        joined_at: now,
-    })
-}
-
-/// The rows a batch changes, gathered while its rules are checked.
-#[derive(Default)]
-struct Plan<'a> {
-    added: Vec<(&'a RoomId, Member)>,
-    removed: Vec<(&'a str, &'a str)>,
-    /// Users whose join added a member (their claimed slot stays taken).
-    admitted: HashSet<&'a str>,
-    /// Users who hold one room fewer.
-    released: Vec<&'a str>,
-    /// Each room's change of member count.
-    counts: BTreeMap<&'a RoomId, i64>,
-}
-
-impl<'a> Plan<'a> {
-    fn add(&mut self, room_id: &'a RoomId, member: &Member) {
-        *self.counts.entry(room_id).or_default() += 1;
-        self.added.push((room_id, member.clone()));
-    }
-
-    fn remove(&mut self, room: &mut Room, room_id: &'a RoomId, user: &'a str) {
-        room.member_count = room.member_count.saturating_sub(1);
-        *self.counts.entry(room_id).or_default() -= 1;
-        self.removed.push((room_id.as_str(), user));
-    }
-
-    /// Writes the plan: a statement each for the whole batch.
-    async fn write(
-        &self,
-        tx: &mut Tx,
-        rooms: &HashMap<RoomId, Room>,
-        now: UnixMicros,
-    ) -> Result<()> {
-        let added: Vec<(&RoomId, &Member)> = self.added.iter().map(|(r, m)| (*r, m)).collect();
-        tx.insert_members(&added).await?;
-        if tx.delete_members(&self.removed).await? != self.removed.len() as u64 {
-            return Err(Error::Internal(
-                "a member row vanished under its room's lock".into(),
-            ));
-        }
-        tx.release_room_slots(&self.released).await?;
-        let counts: Vec<(&RoomId, i64)> = self.counts.iter().map(|(r, d)| (*r, *d)).collect();
-        for stored in tx.add_member_counts(&counts, now).await? {
-            // Every other writer of member counts locks the room first; a difference
-            // would mean one does not, and the batch must not commit on it.
-            if rooms.get(&stored.id).map(|r| r.member_count) != Some(stored.member_count) {
-                return Err(Error::Internal(format!(
-                    "member count of room {} changed under its lock",
-                    stored.id
-                )));
-            }
-        }
-        Ok(())
-    }
 }

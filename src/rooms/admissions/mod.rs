@@ -5,7 +5,7 @@
 //! destroy-when-empty deletions. No other code writes member rows, member counts or
 //! users' room counts. The task takes every change that is waiting (up to
 //! [`MAX_BATCH`]) and applies them in one transaction, in the order they arrived
-//! ([`apply`]): it creates the rooms CreateRoom and EnterRoom ask for, locks every
+//! ([`apply`], [`rules`]): it creates the rooms CreateRoom and EnterRoom ask for, locks every
 //! room of the batch (in id order, as every transaction locks rooms), checks the rules
 //! against what it read, and writes the whole batch with a few statements — the new
 //! member rows, the removed ones, the users' room counts, and each room's member count
@@ -16,7 +16,7 @@
 //! join, each held that row from its update through its commit, so joins into one busy
 //! room went one commit at a time, each with a dozen statements. Here a batch of them
 //! costs one update of the row, a handful of statements and one commit. And since
-//! every change goes through here, each rule is written once ([`apply`]).
+//! every change goes through here, each rule is written once ([`rules`]).
 //!
 //! One user's changes apply in the order they were handed over: a batch holds at most
 //! one change per user, and that user's later ones wait for the next batch. Deleting
@@ -24,6 +24,7 @@
 //! so that nothing handed over after one is applied before it.
 
 mod apply;
+mod rules;
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
