@@ -173,16 +173,7 @@ impl Batches {
         let outcomes: Vec<Result<Outcome>> = changes
             .iter()
             .enumerate()
-            .map(|(i, &change)| match &change.kind {
-                Kind::Join {
-                    display_name,
-                    create,
-                } => rules.join(i, change, display_name, create.as_ref()),
-                Kind::Leave => rules.leave(change, DetachReason::Left),
-                Kind::Expire { .. } if !rules.due.contains(&i) => rules.not_due(change),
-                Kind::Expire { .. } => rules.leave(change, DetachReason::PresenceTimeout),
-                Kind::Switch { to, display_name } => rules.switch(change, to, display_name),
-            })
+            .map(|(i, &change)| rules.decide(i, change))
             .collect();
         let Rules {
             rooms,

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::apply::{Key, key};
-use super::{Create, Joined, MemberChange, Outcome, Switched};
+use super::{Create, Joined, Kind, MemberChange, Outcome, Switched};
 use crate::domain::{DetachReason, Member, Role, Room, RoomId, UnixMicros};
 use crate::error::{Error, Result};
 use crate::rooms::not_found;
@@ -31,8 +31,23 @@ pub(super) struct Rules<'a> {
 }
 
 impl<'a> Rules<'a> {
+    /// Decides change `i` of the batch, against the rooms as the earlier ones left
+    /// them, and plans its rows.
+    pub fn decide(&mut self, i: usize, change: &'a MemberChange) -> Result<Outcome> {
+        match &change.kind {
+            Kind::Join {
+                display_name,
+                create,
+            } => self.join(i, change, display_name, create.as_ref()),
+            Kind::Leave => self.leave(change, DetachReason::Left),
+            Kind::Expire { .. } if !self.due.contains(&i) => self.not_due(change),
+            Kind::Expire { .. } => self.leave(change, DetachReason::PresenceTimeout),
+            Kind::Switch { to, display_name } => self.switch(change, to, display_name),
+        }
+    }
+
     /// Change `i`, a join (creating the room first, for CreateRoom and EnterRoom).
-    pub fn join(
+    fn join(
         &mut self,
         i: usize,
         change: &'a MemberChange,
@@ -72,7 +87,7 @@ impl<'a> Rules<'a> {
     }
 
     /// A leave, or a presence timeout that is due.
-    pub fn leave(&mut self, change: &'a MemberChange, reason: DetachReason) -> Result<Outcome> {
+    fn leave(&mut self, change: &'a MemberChange, reason: DetachReason) -> Result<Outcome> {
         let room_id = &change.room_id;
         let user = change.user_id.as_str();
         let room = self
@@ -92,7 +107,7 @@ impl<'a> Rules<'a> {
     }
 
     /// A presence timeout whose member is not due (any more): nothing changes.
-    pub fn not_due(&self, change: &MemberChange) -> Result<Outcome> {
+    fn not_due(&self, change: &MemberChange) -> Result<Outcome> {
         let room = self
             .rooms
             .get(&change.room_id)
@@ -105,7 +120,7 @@ impl<'a> Rules<'a> {
     }
 
     /// A switch from `change.room_id` to `to`: both, or neither.
-    pub fn switch(
+    fn switch(
         &mut self,
         change: &'a MemberChange,
         to: &'a RoomId,
@@ -229,5 +244,204 @@ impl<'a> Plan<'a> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{NewRoom, RoomSettings};
+
+    fn id(room: &str) -> RoomId {
+        RoomId::parse(room).unwrap()
+    }
+
+    /// A locked room: `members` of at most `max` (0: unlimited), owned by "owner".
+    fn room(room_id: &str, max: u32, members: u32) -> Room {
+        Room {
+            id: id(room_id),
+            name: room_id.into(),
+            attributes: Default::default(),
+            owner_id: "owner".into(),
+            settings: RoomSettings {
+                max_members: max,
+                ..Default::default()
+            },
+            member_count: members,
+            online_count: 0,
+            last_seq: 0,
+            version: 1,
+            created_at: UnixMicros(0),
+            updated_at: UnixMicros(0),
+        }
+    }
+
+    fn member(user: &str) -> Member {
+        Member {
+            user_id: user.into(),
+            display_name: user.into(),
+            role: Role::Member,
+            online: false,
+            joined_at: UnixMicros(0),
+        }
+    }
+
+    fn change(user: &str, room: &str, kind: Kind) -> MemberChange {
+        MemberChange {
+            room_id: id(room),
+            user_id: user.into(),
+            kind,
+        }
+    }
+
+    fn join(user: &str, room: &str) -> MemberChange {
+        let kind = Kind::Join {
+            display_name: user.into(),
+            create: None,
+        };
+        change(user, room, kind)
+    }
+
+    fn switch(user: &str, from: &str, to: &str) -> MemberChange {
+        let kind = Kind::Switch {
+            to: id(to),
+            display_name: user.into(),
+        };
+        change(user, from, kind)
+    }
+
+    /// Rules over `rooms`, where `members` are `(room, user)` rows and `claimed` the
+    /// users whose room slot was claimed.
+    fn rules<'a>(rooms: Vec<Room>, members: &[(&str, &str)], claimed: &[&str]) -> Rules<'a> {
+        Rules {
+            rooms: rooms.into_iter().map(|r| (r.id.clone(), r)).collect(),
+            members: members
+                .iter()
+                .map(|(r, u)| (key(&id(r), u), member(u)))
+                .collect(),
+            claimed: claimed.iter().map(|u| u.to_string()).collect(),
+            creator: HashMap::new(),
+            due: HashSet::new(),
+            limit: 3,
+            now: UnixMicros(1),
+            plan: Plan::default(),
+        }
+    }
+
+    /// What a decision came to, as the error reason a client would see.
+    fn reason(outcome: &Result<Outcome>) -> &'static str {
+        match outcome {
+            Ok(_) => "ok",
+            Err(Error::RoomFull { .. }) => "ROOM_FULL",
+            Err(Error::TooManyRooms { .. }) => "TOO_MANY_ROOMS",
+            Err(Error::RoomExists { .. }) => "ROOM_EXISTS",
+            Err(Error::RoomNotFound { .. }) => "ROOM_NOT_FOUND",
+            Err(Error::NotAMember { .. }) => "NOT_A_MEMBER",
+            Err(other) => panic!("unexpected error: {other}"),
+        }
+    }
+
+    #[test]
+    fn a_leave_frees_a_place_for_a_later_join_of_the_batch() {
+        let changes = [
+            join("b", "r"),
+            change("a", "r", Kind::Leave),
+            join("c", "r"),
+        ];
+        let mut rules = rules(
+            vec![room("r", 2, 2)],
+            &[("r", "owner"), ("r", "a")],
+            &["b", "c"],
+        );
+        let outcomes: Vec<_> = changes
+            .iter()
+            .enumerate()
+            .map(|(i, c)| rules.decide(i, c))
+            .collect();
+        let reasons: Vec<_> = outcomes.iter().map(reason).collect();
+        assert_eq!(reasons, ["ROOM_FULL", "ok", "ok"]);
+        assert_eq!(rules.rooms[&id("r")].member_count, 2);
+        assert_eq!(rules.plan.counts.get(&id("r")), Some(&0));
+        assert_eq!(rules.plan.removed, [("r", "a")]);
+        assert_eq!(rules.plan.added.len(), 1);
+        assert_eq!(rules.plan.added[0].1.user_id, "c");
+        assert_eq!(rules.plan.released, ["a"]);
+        assert!(rules.plan.admitted.contains("c") && !rules.plan.admitted.contains("b"));
+    }
+
+    #[test]
+    fn the_room_limit_is_checked_before_max_members() {
+        let changes = [join("a", "full")];
+        let mut rules = rules(vec![room("full", 1, 1)], &[("full", "owner")], &[]);
+        assert_eq!(reason(&rules.decide(0, &changes[0])), "TOO_MANY_ROOMS");
+        assert!(rules.plan.added.is_empty());
+    }
+
+    #[test]
+    fn the_owner_rejoins_as_owner_and_a_member_joins_once() {
+        let changes = [join("owner", "r"), join("a", "r")];
+        let mut rules = rules(vec![room("r", 0, 1)], &[("r", "a")], &["owner"]);
+        let Ok(Outcome::Joined(joined)) = rules.decide(0, &changes[0]) else {
+            panic!("the owner joins");
+        };
+        assert_eq!(joined.member.unwrap().role, Role::Owner);
+        let Ok(Outcome::Joined(again)) = rules.decide(1, &changes[1]) else {
+            panic!("a member's join is no error");
+        };
+        assert!(again.member.is_none());
+        assert_eq!(rules.rooms[&id("r")].member_count, 2);
+    }
+
+    #[test]
+    fn a_switch_into_a_full_room_changes_neither() {
+        let changes = [switch("a", "from", "full")];
+        let mut rules = rules(
+            vec![room("from", 0, 2), room("full", 1, 1)],
+            &[("from", "a"), ("from", "owner"), ("full", "owner")],
+            &[],
+        );
+        assert_eq!(reason(&rules.decide(0, &changes[0])), "ROOM_FULL");
+        assert_eq!(rules.rooms[&id("from")].member_count, 2);
+        assert!(rules.members.contains_key(&key(&id("from"), "a")));
+        assert!(rules.plan.removed.is_empty() && rules.plan.counts.is_empty());
+    }
+
+    #[test]
+    fn a_switch_moves_the_slot_and_into_a_room_already_joined_frees_it() {
+        // No slot was claimed: a move needs none, even at the limit.
+        let changes = [switch("a", "x", "y"), switch("b", "x", "y")];
+        let mut rules = rules(
+            vec![room("x", 0, 2), room("y", 0, 1)],
+            &[("x", "a"), ("x", "b"), ("y", "b")],
+            &[],
+        );
+        assert_eq!(reason(&rules.decide(0, &changes[0])), "ok");
+        assert_eq!(reason(&rules.decide(1, &changes[1])), "ok");
+        assert_eq!(rules.rooms[&id("x")].member_count, 0);
+        assert_eq!(rules.rooms[&id("y")].member_count, 2);
+        // Only b, already in y, holds one room fewer.
+        assert_eq!(rules.plan.released, ["b"]);
+        assert_eq!(rules.plan.removed, [("x", "a"), ("x", "b")]);
+    }
+
+    #[test]
+    fn create_room_on_a_taken_id_is_room_exists() {
+        let new = NewRoom {
+            id: id("r"),
+            name: "r".into(),
+            attributes: Default::default(),
+            settings: RoomSettings::default(),
+        };
+        let kind = Kind::Join {
+            display_name: "a".into(),
+            create: Some(Create {
+                room: new,
+                must_be_new: true,
+            }),
+        };
+        let changes = [change("a", "r", kind)];
+        let mut rules = rules(vec![room("r", 0, 1)], &[("r", "owner")], &["a"]);
+        assert_eq!(reason(&rules.decide(0, &changes[0])), "ROOM_EXISTS");
+        assert!(rules.plan.added.is_empty());
     }
 }
