@@ -56,23 +56,29 @@ impl<'a> Rules<'a> {
     ) -> Result<Outcome> {
         let room_id = &change.room_id;
         let user = change.user_id.as_str();
-        let Some(room) = self.rooms.get_mut(room_id) else {
-            // Missing after step 3: a create here could not claim its slot.
-            return Err(match create {
-                Some(_) => Error::TooManyRooms { limit: self.limit },
-                None => not_found(room_id),
-            });
-        };
+        let exists = self.rooms.contains_key(room_id);
+        if !exists && create.is_none() {
+            return Err(not_found(room_id));
+        }
         let created = self.creator.get(room_id) == Some(&i);
-        if create.is_some_and(|c| c.must_be_new) && !created {
+        if exists && !created && create.is_some_and(|c| c.must_be_new) {
             return Err(Error::RoomExists {
                 room_id: room_id.to_string(),
             });
         }
-        let member = if self.members.contains_key(&key(room_id, user)) {
-            None
-        } else if !self.claimed.contains(user) {
+        let is_member = self.members.contains_key(&key(room_id, user));
+        // The per-user room limit: a join that would add a member needs a slot. (A
+        // room to create is missing here exactly when its join got none: step 3
+        // creates rooms only for joins that claimed one.)
+        if !is_member && !self.claimed.contains(user) {
             return Err(Error::TooManyRooms { limit: self.limit });
+        }
+        let room = self
+            .rooms
+            .get_mut(room_id)
+            .ok_or_else(|| Error::Internal("a room to create was not created".into()))?;
+        let member = if is_member {
+            None
         } else {
             let member = admit(room, user, display_name, self.now)?;
             self.plan.add(room_id, &member);
@@ -424,24 +430,37 @@ mod tests {
         assert_eq!(rules.plan.removed, [("x", "a"), ("x", "b")]);
     }
 
-    #[test]
-    fn create_room_on_a_taken_id_is_room_exists() {
+    fn create(user: &str, room: &str) -> MemberChange {
         let new = NewRoom {
-            id: id("r"),
-            name: "r".into(),
+            id: id(room),
+            name: room.into(),
             attributes: Default::default(),
             settings: RoomSettings::default(),
         };
         let kind = Kind::Join {
-            display_name: "a".into(),
+            display_name: user.into(),
             create: Some(Create {
                 room: new,
                 must_be_new: true,
             }),
         };
-        let changes = [change("a", "r", kind)];
+        change(user, room, kind)
+    }
+
+    #[test]
+    fn create_room_on_a_taken_id_is_room_exists() {
+        let changes = [create("a", "r")];
         let mut rules = rules(vec![room("r", 0, 1)], &[("r", "owner")], &["a"]);
         assert_eq!(reason(&rules.decide(0, &changes[0])), "ROOM_EXISTS");
         assert!(rules.plan.added.is_empty());
+    }
+
+    #[test]
+    fn a_missing_room_is_too_many_rooms_for_a_create_and_not_found_for_a_join() {
+        // Step 3 created nothing: neither user could claim a slot.
+        let changes = [create("a", "r"), join("b", "r")];
+        let mut rules = rules(Vec::new(), &[], &[]);
+        assert_eq!(reason(&rules.decide(0, &changes[0])), "TOO_MANY_ROOMS");
+        assert_eq!(reason(&rules.decide(1, &changes[1])), "ROOM_NOT_FOUND");
     }
 }
