@@ -167,44 +167,24 @@ mod tests {
             .unwrap()
     }
 
-    fn none() -> Option<Arc<RoomState>> {
-        None
+    /// Routes `event` of "r" for bob's stream, with no room state to send.
+    fn to_bob(rooms: &mut AttachedRooms, event: &Event, outbox: &mut VecDeque<Frame>) -> Routed {
+        route(rooms, "bob", &room_id(), event, || None, outbox)
     }
 
     #[test]
     fn chat_is_delivered_in_seq_order_and_a_skip_is_a_gap() {
         let (mut rooms, mut outbox) = (attached(), VecDeque::new());
-        let next = route(
-            &mut rooms,
-            "bob",
-            &room_id(),
-            &message(6, "six", None),
-            none,
-            &mut outbox,
-        );
+        let next = to_bob(&mut rooms, &message(6, "six", None), &mut outbox);
         assert!(!next.gap);
         assert_eq!(outbox.len(), 1);
         assert_eq!(rooms.get(&room_id()).unwrap().delivered, 6);
         // Already delivered: nothing.
-        let old = route(
-            &mut rooms,
-            "bob",
-            &room_id(),
-            &message(6, "six", None),
-            none,
-            &mut outbox,
-        );
+        let old = to_bob(&mut rooms, &message(6, "six", None), &mut outbox);
         assert!(!old.gap);
         assert_eq!(outbox.len(), 1);
         // Seq 8 after 6: a gap, nothing delivered.
-        let skip = route(
-            &mut rooms,
-            "bob",
-            &room_id(),
-            &message(8, "eight", None),
-            none,
-            &mut outbox,
-        );
+        let skip = to_bob(&mut rooms, &message(8, "eight", None), &mut outbox);
         assert!(skip.gap);
         assert_eq!(outbox.len(), 1);
         assert_eq!(rooms.get(&room_id()).unwrap().delivered, 6);
@@ -214,10 +194,10 @@ mod tests {
     fn targets_limit_who_receives_and_unstored_kinds_carry_no_seq() {
         let (mut rooms, mut outbox) = (attached(), VecDeque::new());
         let to_carol = message(0, "psst", Some(vec!["carol".into()]));
-        route(&mut rooms, "bob", &room_id(), &to_carol, none, &mut outbox);
+        to_bob(&mut rooms, &to_carol, &mut outbox);
         assert!(outbox.is_empty());
-        let to_bob = message(0, "hi bob", Some(vec!["carol".into(), "bob".into()]));
-        route(&mut rooms, "bob", &room_id(), &to_bob, none, &mut outbox);
+        let hi_bob = message(0, "hi bob", Some(vec!["carol".into(), "bob".into()]));
+        to_bob(&mut rooms, &hi_bob, &mut outbox);
         assert_eq!(outbox.len(), 1);
         assert_eq!(rooms.get(&room_id()).unwrap().delivered, 5);
     }
@@ -229,39 +209,9 @@ mod tests {
             seq,
             held: Held::Weak(std::sync::Weak::new()),
         };
-        assert!(
-            route(
-                &mut rooms,
-                "bob",
-                &room_id(),
-                &evicted(6),
-                none,
-                &mut outbox
-            )
-            .gap
-        );
-        assert!(
-            !route(
-                &mut rooms,
-                "bob",
-                &room_id(),
-                &evicted(0),
-                none,
-                &mut outbox
-            )
-            .gap
-        );
-        assert!(
-            !route(
-                &mut rooms,
-                "bob",
-                &room_id(),
-                &evicted(4),
-                none,
-                &mut outbox
-            )
-            .gap
-        );
+        assert!(to_bob(&mut rooms, &evicted(6), &mut outbox).gap);
+        assert!(!to_bob(&mut rooms, &evicted(0), &mut outbox).gap);
+        assert!(!to_bob(&mut rooms, &evicted(4), &mut outbox).gap);
         assert!(outbox.is_empty());
     }
 
@@ -328,37 +278,16 @@ mod tests {
             reason: DetachReason::Left,
             switched_to: None,
         };
-        let other = route(
-            &mut rooms,
-            "bob",
-            &room_id(),
-            &detach("carol"),
-            none,
-            &mut outbox,
-        );
+        let other = to_bob(&mut rooms, &detach("carol"), &mut outbox);
         assert_eq!(other.detach, None);
         assert!(outbox.is_empty());
-        let own = route(
-            &mut rooms,
-            "bob",
-            &room_id(),
-            &detach("bob"),
-            none,
-            &mut outbox,
-        );
+        let own = to_bob(&mut rooms, &detach("bob"), &mut outbox);
         assert_eq!(own.detach, Some(DetachReason::Left));
         assert!(
             matches!(decoded(&outbox[0]), PbEvent::Detached(d) if d.reason == pb::DetachReason::Left as i32)
         );
         outbox.clear();
-        let deleted = route(
-            &mut rooms,
-            "bob",
-            &room_id(),
-            &Event::Deleted,
-            none,
-            &mut outbox,
-        );
+        let deleted = to_bob(&mut rooms, &Event::Deleted, &mut outbox);
         assert_eq!(deleted.detach, Some(DetachReason::RoomDeleted));
         assert!(matches!(decoded(&outbox[0]), PbEvent::RoomDeleted(_)));
         assert!(matches!(decoded(&outbox[1]), PbEvent::Detached(_)));
