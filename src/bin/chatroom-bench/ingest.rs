@@ -54,28 +54,17 @@ pub async fn run(target: &str, args: Ingest, report: &mut Report) -> Result<bool
     let mut publishers = tokio::task::JoinSet::new();
     for (i, room) in rooms.into_iter().enumerate() {
         let client = common::client(&channels[i % channels.len()], &format!("i{id}-{i}"));
-        let size = args.size;
-        let inflight = args.inflight.max(1);
+        let load = Load {
+            size: args.size,
+            inflight: args.inflight.max(1),
+            rate: per_room_rate,
+            started,
+            deadline,
+        };
         if args.unary {
-            publishers.spawn(unary_publisher(
-                client,
-                room,
-                size,
-                inflight,
-                per_room_rate,
-                started,
-                deadline,
-            ));
+            publishers.spawn(unary_publisher(client, room, load));
         } else {
-            publishers.spawn(stream_publisher(
-                client,
-                room,
-                size,
-                inflight,
-                per_room_rate,
-                started,
-                deadline,
-            ));
+            publishers.spawn(stream_publisher(client, room, load));
         }
     }
     let mut latency = common::histogram();
@@ -101,6 +90,17 @@ pub async fn run(target: &str, args: Ingest, report: &mut Report) -> Result<bool
     Ok(failed == 0)
 }
 
+/// What one publisher sends: `size`-byte messages, up to `inflight` unanswered, at
+/// `rate` per second (`None`: as fast as answers come), from `started` to `deadline`.
+#[derive(Clone, Copy)]
+struct Load {
+    size: usize,
+    inflight: usize,
+    rate: Option<f64>,
+    started: Instant,
+    deadline: Instant,
+}
+
 type Outcome = Result<(u64, u64, hdrhistogram::Histogram<u64>), Error>;
 
 async fn pace(rate: Option<f64>, started: Instant, sent: u64) {
@@ -110,15 +110,14 @@ async fn pace(rate: Option<f64>, started: Instant, sent: u64) {
     }
 }
 
-async fn stream_publisher(
-    mut client: common::Client,
-    room: String,
-    size: usize,
-    inflight: usize,
-    rate: Option<f64>,
-    started: Instant,
-    deadline: Instant,
-) -> Outcome {
+async fn stream_publisher(mut client: common::Client, room: String, load: Load) -> Outcome {
+    let Load {
+        size,
+        inflight,
+        rate,
+        started,
+        deadline,
+    } = load;
     let (frames, outbound) = tokio::sync::mpsc::channel::<pb::SubscribeRequest>(inflight);
     let mut answers = client
         .subscribe(tokio_stream::wrappers::ReceiverStream::new(outbound))
@@ -164,15 +163,14 @@ async fn stream_publisher(
     Ok((acked, failed, latency))
 }
 
-async fn unary_publisher(
-    client: common::Client,
-    room: String,
-    size: usize,
-    inflight: usize,
-    rate: Option<f64>,
-    started: Instant,
-    deadline: Instant,
-) -> Outcome {
+async fn unary_publisher(client: common::Client, room: String, load: Load) -> Outcome {
+    let Load {
+        size,
+        inflight,
+        rate,
+        started,
+        deadline,
+    } = load;
     let per_task_rate = rate.map(|r| r / inflight as f64);
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..inflight {
