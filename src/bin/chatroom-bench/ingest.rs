@@ -111,14 +111,7 @@ async fn pace(rate: Option<f64>, started: Instant, sent: u64) {
 }
 
 async fn stream_publisher(mut client: common::Client, room: String, load: Load) -> Outcome {
-    let Load {
-        size,
-        inflight,
-        rate,
-        started,
-        deadline,
-    } = load;
-    let (frames, outbound) = tokio::sync::mpsc::channel::<pb::SubscribeRequest>(inflight);
+    let (frames, outbound) = tokio::sync::mpsc::channel::<pb::SubscribeRequest>(load.inflight);
     let mut answers = client
         .subscribe(tokio_stream::wrappers::ReceiverStream::new(outbound))
         .await?
@@ -128,7 +121,7 @@ async fn stream_publisher(mut client: common::Client, room: String, load: Load) 
     let mut send_times = std::collections::VecDeque::new();
     loop {
         let outstanding = sent - acked - failed;
-        let may_send = Instant::now() < deadline && outstanding < inflight as u64;
+        let may_send = Instant::now() < load.deadline && outstanding < load.inflight as u64;
         if !may_send && outstanding == 0 {
             break;
         }
@@ -148,13 +141,13 @@ async fn stream_publisher(mut client: common::Client, room: String, load: Load) 
                     let _ = latency.record(Instant::elapsed(&t).as_micros().max(1) as u64);
                 }
             }
-            () = pace(rate, started, sent), if may_send => {
+            () = pace(load.rate, load.started, sent), if may_send => {
                 sent += 1;
                 send_times.push_back(Instant::now());
                 frames
                     .send(pb::SubscribeRequest {
                         request_id: sent.to_string(),
-                        frame: Some(pb::subscribe_request::Frame::Send(common::chat(&room, common::stamped_text(size)))),
+                        frame: Some(pb::subscribe_request::Frame::Send(common::chat(&room, common::stamped_text(load.size)))),
                     })
                     .await?;
             }
@@ -164,27 +157,20 @@ async fn stream_publisher(mut client: common::Client, room: String, load: Load) 
 }
 
 async fn unary_publisher(client: common::Client, room: String, load: Load) -> Outcome {
-    let Load {
-        size,
-        inflight,
-        rate,
-        started,
-        deadline,
-    } = load;
-    let per_task_rate = rate.map(|r| r / inflight as f64);
+    let per_task_rate = load.rate.map(|r| r / load.inflight as f64);
     let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..inflight {
+    for _ in 0..load.inflight {
         let mut client = client.clone();
         let room = room.clone();
         tasks.spawn(async move {
             let mut latency = common::histogram();
             let (mut acked, mut failed, mut sent) = (0u64, 0u64, 0u64);
-            while Instant::now() < deadline {
-                pace(per_task_rate, started, sent).await;
+            while Instant::now() < load.deadline {
+                pace(per_task_rate, load.started, sent).await;
                 sent += 1;
                 let t = Instant::now();
                 match client
-                    .send_message(common::chat(&room, common::stamped_text(size)))
+                    .send_message(common::chat(&room, common::stamped_text(load.size)))
                     .await
                 {
                     Ok(_) => acked += 1,
