@@ -28,7 +28,7 @@ async fn a_dropped_app_stops_its_server_and_removes_its_database(backend: Backen
     let app = TestApp::start(backend).await;
     app.create_room("alice", "r").await;
     let mut sub = app.attached("alice", "r").await;
-    let addr = app.addr();
+    let addr = app.addr;
     let location = app.db().location();
     assert!(location.exists().await);
 

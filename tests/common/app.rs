@@ -11,13 +11,11 @@
 use std::sync::Arc;
 
 use tokio::runtime::{Handle, RuntimeFlavor};
-use tonic::transport::Channel;
 
 use chatroom::Config;
 use chatroom::pb;
-use chatroom::pb::chat_room_service_client::ChatRoomServiceClient;
 
-use super::{Backend, Client, Sub, TestDb, TestServer, chat, create, join, leave};
+use super::{Backend, Sub, TestDb, TestServer, chat, create, join, leave};
 
 type Configure = Arc<dyn Fn(&mut Config) + Send + Sync>;
 
@@ -70,28 +68,6 @@ impl TestApp {
             .expect("the server is running (start_again after stop_server)")
     }
 
-    pub fn addr(&self) -> std::net::SocketAddr {
-        self.server().addr
-    }
-
-    pub async fn channel(&self) -> Channel {
-        self.server().channel().await
-    }
-
-    /// A client acting as `user`.
-    pub async fn client(&self, user: &str) -> Client {
-        self.server().client(user).await
-    }
-
-    /// See [`TestServer::small_window_client`].
-    pub fn small_window_client(&self, user: &str) -> Client {
-        self.server().small_window_client(user)
-    }
-
-    pub async fn anonymous(&self) -> ChatRoomServiceClient<Channel> {
-        self.server().anonymous().await
-    }
-
     /// Stops the server gracefully and waits until it has closed the database; the
     /// database stays, for [`TestApp::start_again`] or for the test to open itself.
     pub async fn stop_server(&mut self) {
@@ -119,7 +95,21 @@ impl TestApp {
         }
         self.db.remove_now().await;
     }
+}
 
+/// The running server, so that `app.client(..)`, `app.addr` and the setup helpers
+/// below read as calls on the app.
+impl std::ops::Deref for TestApp {
+    type Target = TestServer;
+
+    fn deref(&self) -> &TestServer {
+        self.server()
+    }
+}
+
+/// Setup steps the tests repeat, each as one user over a connection of its own (a
+/// unary call's connection makes no difference to it).
+impl TestServer {
     /// `user` creates `room_id` with defaults; the room as created.
     pub async fn create_room(&self, user: &str, room_id: &str) -> pb::Room {
         self.create_room_with(user, create(room_id)).await
