@@ -10,7 +10,6 @@
 pub mod app;
 pub mod pg_cluster;
 
-#[allow(unused_imports)] // until every test binary uses it
 pub use app::TestApp;
 
 use std::str::FromStr;
@@ -152,12 +151,6 @@ impl TestDb {
         }
     }
 
-    /// Drops a PostgreSQL test database now (SQLite files go with the temp dir);
-    /// dropping the `TestDb` does the same.
-    pub async fn remove(mut self) {
-        self.remove_now().await;
-    }
-
     /// Drops a PostgreSQL test database now; nothing is left for `Drop` to do.
     pub async fn remove_now(&mut self) {
         if let Some(name) = self.pg_name.take() {
@@ -288,6 +281,7 @@ impl TestServer {
             {
                 return;
             }
+            // Polls: nothing announces that the port serves.
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         panic!("server on {} did not become healthy", self.addr);
@@ -513,6 +507,7 @@ where
             tokio::time::Instant::now() < deadline,
             "{what}: still {now:?}, expected {expected:?}"
         );
+        // Polls: what is waited for has no event of its own.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
