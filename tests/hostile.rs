@@ -12,8 +12,8 @@ use tonic::transport::Endpoint;
 use chatroom::pb;
 use common::{
     Backend, Client, Ev, ServerProcess, Sub, TestApp, TestDb, TestServer, UserHeader,
-    assert_bad_request, assert_error, chat, create, eventually, eventually_room, get_room, join,
-    millis,
+    assert_bad_request, assert_error, chat, create, eventually, eventually_room, get_room,
+    health_status, join, millis,
 };
 use pb::chat_room_service_client::ChatRoomServiceClient;
 
@@ -1095,19 +1095,7 @@ async fn a_database_outage_fails_fast_and_recovers() {
         }
         other => panic!("expected an error frame, got {other:?}"),
     }
-    let health = tonic_health::pb::health_client::HealthClient::new(app.channel().await);
-    eventually("health is NOT_SERVING", 2, || {
-        let mut health = health.clone();
-        async move {
-            health
-                .check(tonic_health::pb::HealthCheckRequest::default())
-                .await
-                .unwrap()
-                .into_inner()
-                .status
-        }
-    })
-    .await;
+    eventually("health is NOT_SERVING", 2, || health_status(&app, "")).await;
 
     cluster.up();
     eventually("sends work again", true, || {
@@ -1115,18 +1103,7 @@ async fn a_database_outage_fails_fast_and_recovers() {
         async move { alice.send_message(chat("r", "after")).await.is_ok() }
     })
     .await;
-    eventually("health is SERVING", 1, || {
-        let mut health = health.clone();
-        async move {
-            health
-                .check(tonic_health::pb::HealthCheckRequest::default())
-                .await
-                .unwrap()
-                .into_inner()
-                .status
-        }
-    })
-    .await;
+    eventually("health is SERVING", 1, || health_status(&app, "")).await;
     let stored: Vec<String> = common::history(&mut alice, "r")
         .await
         .into_iter()
@@ -1138,7 +1115,6 @@ async fn a_database_outage_fails_fast_and_recovers() {
         "{stored:?}"
     );
     assert!(stored.iter().any(|t| t == "after"));
-    drop(health);
     drop(sub);
     app.stop().await;
 }

@@ -288,17 +288,7 @@ async fn join_room_errors(backend: Backend) {
     let err = bob.join_room(join("missing")).await.unwrap_err();
     assert_error(&err, Code::NotFound, "ROOM_NOT_FOUND");
 
-    app.create_room_with(
-        "alice",
-        pb::CreateRoomRequest {
-            settings: Some(pb::RoomSettings {
-                max_members: 2,
-                ..Default::default()
-            }),
-            ..create("small")
-        },
-    )
-    .await;
+    app.create_room_with("alice", limited("small", 2)).await;
     app.join("bob", "small").await;
     let err = carol.join_room(join("small")).await.unwrap_err();
     assert_error(&err, Code::ResourceExhausted, "ROOM_FULL");
@@ -407,17 +397,7 @@ async fn concurrent_enter_room_creates_exactly_once(backend: Backend) {
 async fn concurrent_joins_respect_max_members(backend: Backend) {
     let app = TestApp::start(backend).await;
     let mut owner = app.client("owner").await;
-    app.create_room_with(
-        "owner",
-        pb::CreateRoomRequest {
-            settings: Some(pb::RoomSettings {
-                max_members: 5,
-                ..Default::default()
-            }),
-            ..create("five")
-        },
-    )
-    .await;
+    app.create_room_with("owner", limited("five", 5)).await;
 
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..20 {
@@ -446,17 +426,7 @@ async fn concurrent_joins_respect_max_members(backend: Backend) {
 async fn concurrent_joins_and_leaves_keep_counts_exact(backend: Backend) {
     let app = TestApp::with(backend, |c| c.max_rooms_per_user = 2).await;
     let mut owner = app.client("owner").await;
-    app.create_room_with(
-        "owner",
-        pb::CreateRoomRequest {
-            settings: Some(pb::RoomSettings {
-                max_members: 10,
-                ..Default::default()
-            }),
-            ..create("busy")
-        },
-    )
-    .await;
+    app.create_room_with("owner", limited("busy", 10)).await;
     for i in 0..9 {
         app.join(&format!("m{i}"), "busy").await;
     }
@@ -591,6 +561,17 @@ async fn leave_room_is_idempotent(backend: Backend) {
     );
 }
 
+/// A CreateRoom request for `room_id` that admits at most `max_members`.
+fn limited(room_id: &str, max_members: u32) -> pb::CreateRoomRequest {
+    pb::CreateRoomRequest {
+        settings: Some(pb::RoomSettings {
+            max_members,
+            ..Default::default()
+        }),
+        ..create(room_id)
+    }
+}
+
 fn switch(from: &str, to: &str) -> pb::SwitchRoomRequest {
     pb::SwitchRoomRequest {
         from_room_id: from.into(),
@@ -646,17 +627,7 @@ async fn switch_room_failure_keeps_the_user_in_from(backend: Backend) {
     let mut owner = app.client("owner").await;
     let mut mover = app.client("mover").await;
     app.create_room("owner", "from").await;
-    app.create_room_with(
-        "owner",
-        pb::CreateRoomRequest {
-            settings: Some(pb::RoomSettings {
-                max_members: 1,
-                ..Default::default()
-            }),
-            ..create("full")
-        },
-    )
-    .await;
+    app.create_room_with("owner", limited("full", 1)).await;
     app.join("mover", "from").await;
 
     let err = mover.switch_room(switch("from", "full")).await.unwrap_err();

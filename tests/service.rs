@@ -4,11 +4,9 @@ mod common;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::StreamExt;
-use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 
-use common::{Backend, TestApp, TestDb};
+use common::{Backend, TestApp, TestDb, health_status};
 
 on_both_stores!(
     health_is_serving,
@@ -16,18 +14,6 @@ on_both_stores!(
 );
 
 const SERVICE: &str = "chatroom.v1.ChatRoomService";
-
-async fn health_status(app: &TestApp, service: &str) -> i32 {
-    let mut health = HealthClient::new(app.channel().await);
-    health
-        .check(HealthCheckRequest {
-            service: service.into(),
-        })
-        .await
-        .expect("health check")
-        .into_inner()
-        .status
-}
 
 async fn health_is_serving(backend: Backend) {
     let app = TestApp::start(backend).await;

@@ -371,6 +371,19 @@ impl ServerProcess {
     }
 }
 
+/// The health status of `service` ("" for the whole server), as the server answers.
+pub async fn health_status(server: &TestServer, service: &str) -> i32 {
+    let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel().await);
+    health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .expect("health check")
+        .into_inner()
+        .status
+}
+
 /// A server dropped without [`TestServer::stop`] (the test panicked) is told to shut
 /// down; its task ends with the runtime if it has not by then.
 impl Drop for TestServer {
