@@ -6,7 +6,7 @@ mod common;
 
 use serde_json::Value;
 
-use common::{Backend, TestDb, TestServer};
+use common::{Backend, TestApp, TestServer};
 
 on_both_stores!(every_bench_scenario_runs_clean);
 
@@ -29,12 +29,11 @@ async fn bench(server: &TestServer, args: &[&str]) -> Value {
 }
 
 async fn every_bench_scenario_runs_clean(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let server = TestServer::start(&db, |_| {}).await;
+    let app = TestApp::start(backend).await;
     let pid = std::process::id().to_string();
 
     let fanout = bench(
-        &server,
+        app.server(),
         &[
             "fanout",
             "--subscribers",
@@ -66,7 +65,7 @@ async fn every_bench_scenario_runs_clean(backend: Backend) {
     assert!(fanout["latency_ms"]["p99"].as_f64().is_some());
 
     let paced = bench(
-        &server,
+        app.server(),
         &[
             "fanout",
             "--subscribers",
@@ -98,18 +97,22 @@ async fn every_bench_scenario_runs_clean(backend: Backend) {
             "2",
         ];
         args.extend_from_slice(transport);
-        let ingest = bench(&server, &args).await;
+        let ingest = bench(app.server(), &args).await;
         assert!(ingest["acked"].as_u64().unwrap() > 0);
         assert_eq!(ingest["failed"].as_u64(), Some(0));
         assert!(ingest["acked_per_sec"].as_f64().unwrap() > 0.0);
     }
 
-    let joins = bench(&server, &["joins", "--users", "20", "--concurrency", "4"]).await;
+    let joins = bench(
+        app.server(),
+        &["joins", "--users", "20", "--concurrency", "4"],
+    )
+    .await;
     assert_eq!(joins["operations"].as_u64(), Some(20));
     assert_eq!(joins["failed"].as_u64(), Some(0));
 
     let idle = bench(
-        &server,
+        app.server(),
         &[
             "idle",
             "--subscribers",
@@ -128,7 +131,4 @@ async fn every_bench_scenario_runs_clean(backend: Backend) {
     assert_eq!(idle["subscribers"].as_u64(), Some(20));
     assert!(idle["server_kib_per_stream"].as_f64().is_some());
     assert!(idle["server_kib_per_stream_after_burst"].as_f64().is_some());
-
-    server.stop().await;
-    db.remove().await;
 }

@@ -11,8 +11,9 @@ use tonic::transport::Endpoint;
 
 use chatroom::pb;
 use common::{
-    Backend, Client, Ev, Sub, TestDb, TestServer, UserHeader, assert_bad_request, assert_error,
-    chat, create, eventually, get_room, join, millis,
+    Backend, Client, Ev, ServerProcess, Sub, TestApp, TestDb, TestServer, UserHeader,
+    assert_bad_request, assert_error, chat, create, eventually, eventually_room, get_room,
+    health_status, join, millis,
 };
 use pb::chat_room_service_client::ChatRoomServiceClient;
 
@@ -94,20 +95,21 @@ async fn stalled_stream(
 /// Streams that attach with a long catch-up and then never read must not hold the
 /// database: everyone else's reads, attaches and sends go on.
 async fn stalled_streams_do_not_starve_other_calls(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let server = TestServer::start(&db, |_| {}).await;
-    let mut owner = server.client("owner").await;
-    owner.create_room(create("big")).await.unwrap();
+    let app = TestApp::start(backend).await;
+    let owner = app.client("owner").await;
+    app.create_room("owner", "big").await;
     fill(&owner, "big", 3000, |i| format!("m{i}")).await;
 
     // More stalled streams than the pool has connections (8 here, 4 SQLite readers).
     let mut stalled = Vec::new();
     for i in 0..32 {
-        stalled.push(stalled_stream(&server, &format!("s{i}"), "big").await);
+        stalled.push(stalled_stream(&app, &format!("s{i}"), "big").await);
     }
+    // The stalled streams start their catch-ups and stall (the state under test); a
+    // stream that never reads has no marker to wait for.
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    let mut other = server.client("other").await;
+    let mut other = app.client("other").await;
     let started = Instant::now();
     let within = Duration::from_secs(3);
     tokio::time::timeout(within, other.create_room(create("small")))
@@ -146,8 +148,6 @@ async fn stalled_streams_do_not_starve_other_calls(backend: Backend) {
     );
 
     drop(stalled);
-    server.stop().await;
-    db.remove().await;
 }
 
 /// Forwards bytes between a client and the server until `freeze` is set, then stops
@@ -207,17 +207,16 @@ async fn freezable_proxy(
 /// A client that disappears without closing its connection is noticed by HTTP/2
 /// keepalive: its streams end and it goes offline.
 async fn a_vanished_client_is_reaped_by_keepalive(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let server = TestServer::start(&db, |c| {
+    let app = TestApp::with(backend, |c| {
         c.keepalive_interval_secs = 1;
         c.keepalive_timeout_secs = 1;
     })
     .await;
-    let mut owner = server.client("owner").await;
-    owner.create_room(create("r")).await.unwrap();
-    owner.join_room(join("r")).await.unwrap();
+    let mut owner = app.client("owner").await;
+    app.create_room("owner", "r").await;
+    app.join("owner", "r").await;
 
-    let (proxy, freeze) = freezable_proxy(server.addr).await;
+    let (proxy, freeze) = freezable_proxy(app.addr).await;
     let channel = Endpoint::from_shared(format!("http://{proxy}"))
         .unwrap()
         .connect_lazy();
@@ -228,25 +227,25 @@ async fn a_vanished_client_is_reaped_by_keepalive(backend: Backend) {
     assert_eq!(get_room(&mut owner, "r").await.unwrap().online_count, 1);
 
     freeze.send(true).unwrap();
-    eventually("the vanished client's stream is gone", 0, || {
-        let mut owner = owner.clone();
-        async move { get_room(&mut owner, "r").await.unwrap().online_count }
-    })
+    eventually_room(
+        &owner,
+        "r",
+        "the vanished client's stream is gone",
+        0,
+        |r| r.online_count,
+    )
     .await;
     drop(sub);
-    server.stop().await;
-    db.remove().await;
 }
 
 /// A NUL byte is refused at the edge on both stores, and never fails anyone else's
 /// message (on PostgreSQL it used to fail the whole group-committed batch).
 async fn a_nul_byte_fails_only_its_own_request(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let server = TestServer::start(&db, |_| {}).await;
-    let mut alice = server.client("alice").await;
-    alice.create_room(create("r")).await.unwrap();
-    let mut mallory = server.client("mallory").await;
-    mallory.join_room(join("r")).await.unwrap();
+    let app = TestApp::start(backend).await;
+    let mut alice = app.client("alice").await;
+    app.create_room("alice", "r").await;
+    let mut mallory = app.client("mallory").await;
+    app.join("mallory", "r").await;
 
     let mut sends = tokio::task::JoinSet::new();
     for i in 0..30 {
@@ -278,8 +277,7 @@ async fn a_nul_byte_fails_only_its_own_request(backend: Backend) {
         assert_bad_request(&status, field);
     }
     // Over a stream, the same.
-    let mut sub = Sub::open(&mut mallory).await;
-    sub.attached("r", None).await;
+    let mut sub = app.attached("mallory", "r").await;
     match sub.send(chat("r", "\0")).await {
         Ev::Error(e) => assert_eq!(e.reason, "INVALID_ARGUMENT"),
         other => panic!("expected an error, got {other:?}"),
@@ -312,8 +310,6 @@ async fn a_nul_byte_fails_only_its_own_request(backend: Backend) {
     let stored = common::history(&mut alice, "r").await;
     assert_eq!(stored.len(), 30);
     assert!(stored.iter().all(|m| !m.text.contains('\0')));
-    server.stop().await;
-    db.remove().await;
 }
 
 /// The message writer applies a batch in one transaction; when the database refuses
@@ -322,13 +318,13 @@ async fn a_nul_byte_fails_only_its_own_request(backend: Backend) {
 /// cannot store it, SQLite can.
 async fn the_writer_isolates_an_entry_the_database_refuses(backend: Backend) {
     use chatroom::domain::{Draft, Message, MessageKind, RoomId};
-    let db = TestDb::new(backend).await;
-    let server = TestServer::start(&db, |_| {}).await;
-    let mut alice = server.client("alice").await;
-    alice.create_room(create("r")).await.unwrap();
-    server.stop().await;
+    let mut app = TestApp::start(backend).await;
+    app.create_room("alice", "r").await;
+    app.stop_server().await;
 
-    let store = chatroom::store::Store::connect(&db.url, 4).await.unwrap();
+    let store = chatroom::store::Store::connect(&app.db().url, 4)
+        .await
+        .unwrap();
     let hubs = std::sync::Arc::new(chatroom::live::Hubs::new(
         16,
         1 << 20,
@@ -366,13 +362,12 @@ async fn the_writer_isolates_an_entry_the_database_refuses(backend: Backend) {
             }
         }
     }
-    let nul_storable = db.backend() == Backend::Sqlite;
+    let nul_storable = app.db().backend() == Backend::Sqlite;
     assert_eq!(stored, if nul_storable { 40 } else { 39 });
     assert_eq!(refused, if nul_storable { 0 } else { 1 });
     drop(sequencer);
     writer.await.unwrap();
     store.close().await;
-    db.remove().await;
 }
 
 /// Runs one SQL statement against the test's database from outside the server.
@@ -397,9 +392,8 @@ async fn execute(db: &TestDb, sql: &str) {
 /// between a detach and an attach can leave it) must not keep other rooms' presence
 /// timeouts from firing.
 async fn online_members_with_a_stale_last_seen_do_not_block_timeouts(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let server = TestServer::start(&db, |c| c.member_event_window_ms = 10).await;
-    let mut owner = server.client("owner").await;
+    let app = TestApp::with(backend, |c| c.member_event_window_ms = 10).await;
+    let mut owner = app.client("owner").await;
     let mut crowded = create("crowded");
     crowded.settings = Some(pb::RoomSettings {
         presence_timeout: millis(60_000),
@@ -407,10 +401,10 @@ async fn online_members_with_a_stale_last_seen_do_not_block_timeouts(backend: Ba
     });
     owner.create_room(crowded).await.unwrap();
     let mut subs = Vec::new();
-    let mut client = server.client("u0").await;
+    let mut client = app.client("u0").await;
     for i in 0..230 {
         let user = format!("u{i}");
-        let mut c = server.client(&user).await;
+        let mut c = app.client(&user).await;
         c.join_room(join("crowded")).await.unwrap();
         let mut sub = Sub::open(&mut c).await;
         sub.attached("crowded", None).await;
@@ -419,7 +413,7 @@ async fn online_members_with_a_stale_last_seen_do_not_block_timeouts(backend: Ba
     }
     drop(client);
     execute(
-        &db,
+        app.db(),
         "UPDATE members SET last_seen_us = 1 WHERE room_id = 'crowded' AND user_id <> 'owner'",
     )
     .await;
@@ -431,16 +425,12 @@ async fn online_members_with_a_stale_last_seen_do_not_block_timeouts(backend: Ba
     });
     owner.create_room(quick).await.unwrap();
     // The owner stays, attached; bob goes away.
-    let mut owner_sub = Sub::open(&mut owner).await;
-    owner_sub.attached("quick", None).await;
-    let mut bob = server.client("bob").await;
-    bob.join_room(join("quick")).await.unwrap();
-    let mut sub = Sub::open(&mut bob).await;
-    sub.attached("quick", None).await;
+    let owner_sub = app.attached("owner", "quick").await;
+    app.join("bob", "quick").await;
+    let sub = app.attached("bob", "quick").await;
     drop(sub);
-    eventually("bob's presence timeout fired", 1, || {
-        let mut owner = owner.clone();
-        async move { get_room(&mut owner, "quick").await.unwrap().member_count }
+    eventually_room(&owner, "quick", "bob's presence timeout fired", 1, |r| {
+        r.member_count
     })
     .await;
     // The crowded room's attached members stay.
@@ -449,23 +439,20 @@ async fn online_members_with_a_stale_last_seen_do_not_block_timeouts(backend: Ba
         231
     );
     drop((subs, owner_sub));
-    server.stop().await;
-    db.remove().await;
 }
 
 /// Streams dropped at every moment of an attach leave nobody online.
 async fn a_stream_cancelled_mid_attach_leaves_nobody_online(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let server = TestServer::start(&db, |_| {}).await;
-    let mut owner = server.client("owner").await;
+    let app = TestApp::start(backend).await;
+    let mut owner = app.client("owner").await;
     let mut room = create("r");
     room.settings = Some(pb::RoomSettings {
         presence_timeout: millis(600_000),
         ..Default::default()
     });
     owner.create_room(room).await.unwrap();
-    let mut bob = server.client("bob").await;
-    bob.join_room(join("r")).await.unwrap();
+    let mut bob = app.client("bob").await;
+    app.join("bob", "r").await;
     for i in 0..120u64 {
         let mut sub = Sub::open(&mut bob).await;
         sub.request(pb::subscribe_request::Frame::Attach(pb::AttachRoom {
@@ -473,38 +460,38 @@ async fn a_stream_cancelled_mid_attach_leaves_nobody_online(backend: Backend) {
             after_seq: None,
         }))
         .await;
+        // Each stream goes away at another moment of its attach: what is tested.
         tokio::time::sleep(Duration::from_micros(50 * (i % 40))).await;
         drop(sub);
     }
-    eventually("nobody online after every stream went away", 0, || {
-        let mut owner = owner.clone();
-        async move { get_room(&mut owner, "r").await.unwrap().online_count }
-    })
+    eventually_room(
+        &owner,
+        "r",
+        "nobody online after every stream went away",
+        0,
+        |r| r.online_count,
+    )
     .await;
-    server.stop().await;
-    db.remove().await;
 }
 
 /// A presence timeout removed and then added again while a member is attached applies
 /// once the member's stream goes away — also when the stream goes away before it has
 /// read the second change (the detach used the stream's own, stale copy of the room).
 async fn a_presence_timeout_removed_and_added_again_applies(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let server = TestServer::start(&db, |c| c.member_event_window_ms = 10).await;
-    let mut owner = server.client("owner").await;
+    let app = TestApp::with(backend, |c| c.member_event_window_ms = 10).await;
+    let mut owner = app.client("owner").await;
     let with_timeout = |ms| pb::RoomSettings {
         presence_timeout: ms,
         ..Default::default()
     };
-    owner.create_room(create("big")).await.unwrap();
+    app.create_room("owner", "big").await;
     fill(&owner, "big", 2000, |i| format!("m{i}")).await;
     let mut room = create("r");
     room.settings = Some(with_timeout(millis(300)));
     owner.create_room(room).await.unwrap();
     // The owner stays, attached: only bob may go.
-    let mut owner_sub = Sub::open(&mut owner).await;
-    owner_sub.attached("r", None).await;
-    let mut bob = server.small_window_client("bob");
+    let owner_sub = app.attached("owner", "r").await;
+    let mut bob = app.small_window_client("bob");
     bob.join_room(join("r")).await.unwrap();
     bob.join_room(join("big")).await.unwrap();
     let mut sub = Sub::open(&mut bob).await;
@@ -529,23 +516,21 @@ async fn a_presence_timeout_removed_and_added_again_applies(backend: Backend) {
         after_seq: Some(0),
     }))
     .await;
+    // Time to fall behind on the catch-up it does not read (nothing it reads can say so).
     tokio::time::sleep(Duration::from_millis(300)).await;
     owner
         .update_room(update(with_timeout(millis(300))))
         .await
         .unwrap();
     drop(sub);
-    eventually("bob's presence timeout fired", 1, || {
-        let mut owner = owner.clone();
-        async move { get_room(&mut owner, "r").await.unwrap().member_count }
+    eventually_room(&owner, "r", "bob's presence timeout fired", 1, |r| {
+        r.member_count
     })
     .await;
     let members = common::all_members(&mut owner, "r").await;
     assert_eq!(members.len(), 1);
     assert_eq!(members[0].user_id, "owner");
     drop(owner_sub);
-    server.stop().await;
-    db.remove().await;
 }
 
 /// A new room of `owner` with 2,000 messages, and the stream of bob, a member, that
@@ -600,29 +585,25 @@ async fn nothing_after_the_detach(
 /// A stream catching up slowly when its user leaves gets nothing committed after the
 /// leave: catch-up stops, and the stream is told it left.
 async fn a_member_who_left_gets_nothing_committed_after(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let server = TestServer::start(&db, |_| {}).await;
-    let mut owner = server.client("owner").await;
-    let (mut bob, mut sub) = far_behind(&server, &mut owner, "r").await;
+    let app = TestApp::start(backend).await;
+    let mut owner = app.client("owner").await;
+    let (mut bob, mut sub) = far_behind(&app, &mut owner, "r").await;
     bob.leave_room(pb::LeaveRoomRequest {
         room_id: "r".into(),
     })
     .await
     .unwrap();
     nothing_after_the_detach(&mut owner, &mut sub, "r", pb::DetachReason::Left).await;
-    server.stop().await;
-    db.remove().await;
 }
 
 /// The same for a switch: a stream catching up slowly on `from` when its user switches
 /// gets nothing of `from` committed after the switch, is told it switched, and
 /// follows into `to`.
 async fn a_member_who_switched_while_behind_follows(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let server = TestServer::start(&db, |_| {}).await;
-    let mut owner = server.client("owner").await;
-    owner.create_room(create("to")).await.unwrap();
-    let (mut bob, mut sub) = far_behind(&server, &mut owner, "from").await;
+    let app = TestApp::start(backend).await;
+    let mut owner = app.client("owner").await;
+    app.create_room("owner", "to").await;
+    let (mut bob, mut sub) = far_behind(&app, &mut owner, "from").await;
     bob.switch_room(pb::SwitchRoomRequest {
         from_room_id: "from".into(),
         to_room_id: "to".into(),
@@ -641,15 +622,13 @@ async fn a_member_who_switched_while_behind_follows(backend: Backend) {
             _ => {}
         }
     }
-    owner.send_message(chat("to", "welcome")).await.unwrap();
+    app.send("owner", "to", "welcome").await;
     loop {
         if let Ev::Message(m) = sub.event().await {
             assert_eq!((m.room_id.as_str(), m.text.as_str()), ("to", "welcome"));
             break;
         }
     }
-    server.stop().await;
-    db.remove().await;
 }
 
 /// Encodes a message whose string field `tag` holds bytes that are not UTF-8.
@@ -694,9 +673,8 @@ impl<D: prost::Message + Default + Send + 'static> tonic::codec::Codec for RawCo
 /// Frames and requests that are not valid protobuf (a string that is not UTF-8) are
 /// INVALID_ARGUMENT with ErrorInfo, on streams and unary calls alike.
 async fn malformed_frames_are_invalid_argument(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let server = TestServer::start(&db, |_| {}).await;
-    let channel = server.channel().await;
+    let app = TestApp::start(backend).await;
+    let channel = app.channel().await;
     let mut grpc = tonic::client::Grpc::new(channel);
 
     let mut request = tonic::Request::new(with_bad_utf8(1)); // GetRoomRequest.room_id
@@ -737,17 +715,14 @@ async fn malformed_frames_are_invalid_argument(backend: Backend) {
         Err(_) => panic!("the stream did not end"),
     };
     assert_error(&status, Code::InvalidArgument, "INVALID_ARGUMENT");
-    server.stop().await;
-    db.remove().await;
 }
 
 /// Durations are stored in whole milliseconds: a non-zero one below a millisecond is
 /// refused (it used to be stored as 0, "unset", yet act at once), and one with a
 /// fraction of a millisecond is rounded up — the room answers what is stored.
 async fn durations_below_a_millisecond_are_refused(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let server = TestServer::start(&db, |_| {}).await;
-    let mut alice = server.client("alice").await;
+    let app = TestApp::start(backend).await;
+    let mut alice = app.client("alice").await;
     let micros = |us: i32| {
         Some(prost_types::Duration {
             seconds: 0,
@@ -787,8 +762,6 @@ async fn durations_below_a_millisecond_are_refused(backend: Backend) {
     let read = get_room(&mut alice, "r").await.unwrap();
     assert_eq!(read.settings.unwrap().presence_timeout, two_ms);
     assert_eq!(read.member_count, 1);
-    server.stop().await;
-    db.remove().await;
 }
 
 /// A raw HTTP/2 connection: every gRPC message its streams send goes out as a DATA
@@ -902,12 +875,10 @@ fn ping(id: &str) -> pb::SubscribeRequest {
 /// DATA frames wait unread): the stream reads on while its work runs, answering what
 /// it cannot queue with an error, and its neighbour on the same connection carries on.
 async fn a_flood_of_small_frames_does_not_end_the_connection(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let server = TestServer::start(&db, |_| {}).await;
-    let mut owner = server.client("owner").await;
-    owner.create_room(create("big")).await.unwrap();
+    let app = TestApp::start(backend).await;
+    app.create_room("owner", "big").await;
 
-    let mut conn = raw::Conn::open(server.addr).await;
+    let mut conn = raw::Conn::open(app.addr).await;
     let mut neighbour = conn.subscribe("owner").await;
     neighbour.send(&ping("n0"));
     assert_eq!(neighbour.next().await.unwrap().request_id, "n0");
@@ -963,6 +934,7 @@ async fn a_flood_of_small_frames_does_not_end_the_connection(backend: Backend) {
         send.send_data(raw::frame(&attach), false).unwrap();
         send.send_data(raw::frame(&detach), false).unwrap();
         if i % 10 == 0 {
+            // Paces the flood as a client writing frame by frame does.
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
@@ -983,52 +955,6 @@ async fn a_flood_of_small_frames_does_not_end_the_connection(backend: Backend) {
             .request_id,
         "n1"
     );
-    server.stop().await;
-    db.remove().await;
-}
-
-/// The real binary on `db`, and its resident memory.
-struct Process {
-    child: tokio::process::Child,
-    server: TestServer,
-}
-
-impl Process {
-    async fn start(db: &TestDb) -> Process {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatroom"))
-            .args([
-                "--listen",
-                &addr.to_string(),
-                "--database-url",
-                &db.url,
-                "--log",
-                "warn",
-            ])
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start the chatroom binary");
-        let server = TestServer::external(addr).await;
-        Process { child, server }
-    }
-
-    /// Resident set size, in MiB.
-    fn rss_mib(&self) -> f64 {
-        let pid = self.child.id().unwrap();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        let kib: f64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .expect("VmRSS");
-        kib / 1024.0
-    }
 }
 
 /// A room whose attributes are as large as allowed (64 values of 4,096 four-byte
@@ -1036,17 +962,15 @@ impl Process {
 /// never reads: the server keeps one copy of the room, not one per stream and update.
 async fn room_updates_do_not_multiply_memory(backend: Backend) {
     let db = TestDb::new(backend).await;
-    let process = Process::start(&db).await;
+    let process = ServerProcess::start(&db).await;
     let server = &process.server;
     let mut owner = server.client("owner").await;
-    owner.create_room(create("r")).await.unwrap();
+    server.create_room("owner", "r").await;
     let mut subs = Vec::new();
     for i in 0..20 {
-        let mut c = server.client(&format!("u{i}")).await;
-        c.join_room(join("r")).await.unwrap();
-        let mut sub = Sub::open(&mut c).await;
-        sub.attached("r", None).await;
-        subs.push(sub);
+        let user = format!("u{i}");
+        server.join(&user, "r").await;
+        subs.push(server.attached(&user, "r").await);
     }
     let before = process.rss_mib();
     for round in 0..60 {
@@ -1067,19 +991,19 @@ async fn room_updates_do_not_multiply_memory(backend: Backend) {
     for sub in subs.iter_mut().skip(1) {
         sub.until_pong().await;
     }
+    // Lets the server settle what it sent before its memory is read (a measurement).
     tokio::time::sleep(Duration::from_millis(500)).await;
     let grown = process.rss_mib() - before;
     eprintln!("60 updates of a 1 MiB room: the server grew by {grown:.1} MiB");
     assert!(grown < 40.0, "the server grew by {grown:.0} MiB");
     drop(subs);
-    db.remove().await;
 }
 
 /// Streams that attach to a room of large messages and never read hold a bounded
 /// number of bytes each, not a whole catch-up page of them.
 async fn catch_up_is_bounded_by_bytes(backend: Backend) {
     let db = TestDb::new(backend).await;
-    let process = Process::start(&db).await;
+    let process = ServerProcess::start(&db).await;
     let server = &process.server;
     let owner = server.client("owner").await;
     owner.clone().create_room(create("r")).await.unwrap();
@@ -1104,6 +1028,8 @@ async fn catch_up_is_bounded_by_bytes(backend: Backend) {
     for i in 0..20 {
         stalled.push(stalled_stream(server, &format!("s{i}"), "r").await);
     }
+    // Lets the stalled catch-ups load all they would before memory is read (a
+    // measurement; a stream that never reads has no marker to wait for).
     tokio::time::sleep(Duration::from_secs(2)).await;
     let grown = process.rss_mib() - before;
     eprintln!("20 stalled streams: the server grew by {grown:.1} MiB");
@@ -1113,7 +1039,6 @@ async fn catch_up_is_bounded_by_bytes(backend: Backend) {
         "20 stalled streams grew the server by {grown:.0} MiB"
     );
     drop(stalled);
-    db.remove().await;
 }
 
 /// PostgreSQL goes away: sends fail fast with UNAVAILABLE (never INTERNAL, never a
@@ -1121,13 +1046,11 @@ async fn catch_up_is_bounded_by_bytes(backend: Backend) {
 /// again and every acknowledged message is there.
 async fn a_database_outage_fails_fast_and_recovers() {
     let cluster = common::pg_cluster::PgCluster::start();
-    let db = TestDb::on(cluster.url());
-    let server = TestServer::start(&db, |_| {}).await;
-    let mut alice = server.client("alice").await;
-    alice.create_room(create("r")).await.unwrap();
-    let mut sub = Sub::open(&mut alice).await;
-    sub.attached("r", None).await;
-    alice.send_message(chat("r", "before")).await.unwrap();
+    let app = TestApp::over(TestDb::on(cluster.url()), |_| {}).await;
+    let mut alice = app.client("alice").await;
+    app.create_room("alice", "r").await;
+    let mut sub = app.attached("alice", "r").await;
+    app.send("alice", "r", "before").await;
 
     cluster.down();
     for i in 0..3 {
@@ -1172,19 +1095,7 @@ async fn a_database_outage_fails_fast_and_recovers() {
         }
         other => panic!("expected an error frame, got {other:?}"),
     }
-    let health = tonic_health::pb::health_client::HealthClient::new(server.channel().await);
-    eventually("health is NOT_SERVING", 2, || {
-        let mut health = health.clone();
-        async move {
-            health
-                .check(tonic_health::pb::HealthCheckRequest::default())
-                .await
-                .unwrap()
-                .into_inner()
-                .status
-        }
-    })
-    .await;
+    eventually("health is NOT_SERVING", 2, || health_status(&app, "")).await;
 
     cluster.up();
     eventually("sends work again", true, || {
@@ -1192,18 +1103,7 @@ async fn a_database_outage_fails_fast_and_recovers() {
         async move { alice.send_message(chat("r", "after")).await.is_ok() }
     })
     .await;
-    eventually("health is SERVING", 1, || {
-        let mut health = health.clone();
-        async move {
-            health
-                .check(tonic_health::pb::HealthCheckRequest::default())
-                .await
-                .unwrap()
-                .into_inner()
-                .status
-        }
-    })
-    .await;
+    eventually("health is SERVING", 1, || health_status(&app, "")).await;
     let stored: Vec<String> = common::history(&mut alice, "r")
         .await
         .into_iter()
@@ -1215,7 +1115,6 @@ async fn a_database_outage_fails_fast_and_recovers() {
         "{stored:?}"
     );
     assert!(stored.iter().any(|t| t == "after"));
-    drop(health);
     drop(sub);
-    server.stop().await;
+    app.stop().await;
 }

@@ -9,8 +9,7 @@ use tonic::Code;
 
 use chatroom::pb;
 use common::{
-    Backend, TestDb, TestServer, all_members, assert_bad_request, assert_error, create, enter,
-    get_room, join,
+    Backend, TestApp, all_members, assert_bad_request, assert_error, create, enter, get_room, join,
 };
 
 on_both_stores!(
@@ -38,9 +37,8 @@ on_both_stores!(
 );
 
 async fn create_room_makes_the_caller_owner(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let server = TestServer::start(&db, |_| {}).await;
-    let mut alice = server.client("alice").await;
+    let app = TestApp::start(backend).await;
+    let mut alice = app.client("alice").await;
 
     let settings = pb::RoomSettings {
         max_members: 10,
@@ -54,19 +52,18 @@ async fn create_room_makes_the_caller_owner(backend: Backend) {
             nanos: 500_000_000,
         }),
     };
-    let room = alice
-        .create_room(pb::CreateRoomRequest {
-            room_id: "lobby".into(),
-            name: "The Lobby".into(),
-            attributes: HashMap::from([("topic".into(), "rust".into())]),
-            settings: Some(settings),
-            display_name: "Alice".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .room
-        .unwrap();
+    let room = app
+        .create_room_with(
+            "alice",
+            pb::CreateRoomRequest {
+                room_id: "lobby".into(),
+                name: "The Lobby".into(),
+                attributes: HashMap::from([("topic".into(), "rust".into())]),
+                settings: Some(settings),
+                display_name: "Alice".into(),
+            },
+        )
+        .await;
     assert_eq!(room.room_id, "lobby");
     assert_eq!(room.name, "The Lobby");
     assert_eq!(room.attributes["topic"], "rust");
@@ -86,30 +83,14 @@ async fn create_room_makes_the_caller_owner(backend: Backend) {
     assert_eq!(members[0].display_name, "Alice");
     assert_eq!(members[0].role, pb::Role::Owner as i32);
     assert!(!members[0].online);
-
-    server.stop().await;
-    db.remove().await;
 }
 
 async fn create_room_generates_an_id_when_empty(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let server = TestServer::start(&db, |_| {}).await;
-    let mut alice = server.client("alice").await;
+    let app = TestApp::start(backend).await;
+    let mut alice = app.client("alice").await;
 
-    let a = alice
-        .create_room(create(""))
-        .await
-        .unwrap()
-        .into_inner()
-        .room
-        .unwrap();
-    let b = alice
-        .create_room(create(""))
-        .await
-        .unwrap()
-        .into_inner()
-        .room
-        .unwrap();
+    let a = app.create_room("alice", "").await;
+    let b = app.create_room("alice", "").await;
     let id = uuid::Uuid::parse_str(&a.room_id).expect("a UUID");
     assert_eq!(id.get_version_num(), 7);
     assert_ne!(a.room_id, b.room_id);
@@ -117,18 +98,14 @@ async fn create_room_generates_an_id_when_empty(backend: Backend) {
         get_room(&mut alice, &a.room_id).await.unwrap().owner_id,
         "alice"
     );
-
-    server.stop().await;
-    db.remove().await;
 }
 
 async fn create_room_with_a_taken_id_is_already_exists(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let server = TestServer::start(&db, |_| {}).await;
-    let mut alice = server.client("alice").await;
-    let mut bob = server.client("bob").await;
+    let app = TestApp::start(backend).await;
+    let mut alice = app.client("alice").await;
+    let mut bob = app.client("bob").await;
 
-    alice.create_room(create("r1")).await.unwrap();
+    app.create_room("alice", "r1").await;
     let mut again = create("r1");
     again.name = "Bob's".into();
     let err = bob.create_room(again).await.unwrap_err();
@@ -139,15 +116,11 @@ async fn create_room_with_a_taken_id_is_already_exists(backend: Backend) {
     assert_eq!(room.owner_id, "alice");
     assert_eq!(room.name, "room r1");
     assert_eq!(room.member_count, 1);
-
-    server.stop().await;
-    db.remove().await;
 }
 
 async fn bad_input_is_rejected_before_anything_is_written(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let server = TestServer::start(&db, |_| {}).await;
-    let mut alice = server.client("alice").await;
+    let app = TestApp::start(backend).await;
+    let mut alice = app.client("alice").await;
 
     let cases: Vec<(pb::CreateRoomRequest, &str)> = vec![
         (create("has space"), "room_id"),
@@ -239,15 +212,11 @@ async fn bad_input_is_rejected_before_anything_is_written(backend: Backend) {
         .await
         .unwrap_err();
     assert_bad_request(&err, "page_token");
-
-    server.stop().await;
-    db.remove().await;
 }
 
 async fn calls_without_identity_are_unauthenticated(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let server = TestServer::start(&db, |_| {}).await;
-    let mut anon = server.anonymous().await;
+    let app = TestApp::start(backend).await;
+    let mut anon = app.anonymous().await;
 
     let err = anon.create_room(create("r")).await.unwrap_err();
     assert_error(&err, Code::Unauthenticated, "UNAUTHENTICATED");
@@ -265,25 +234,21 @@ async fn calls_without_identity_are_unauthenticated(backend: Backend) {
     assert_error(&err, Code::Unauthenticated, "UNAUTHENTICATED");
 
     // A present but invalid id is rejected too.
-    let mut bad = server.client("has\tno").await;
+    let mut bad = app.client("has\tno").await;
     let err = bad.create_room(create("r")).await.unwrap_err();
     assert_error(&err, Code::Unauthenticated, "UNAUTHENTICATED");
 
-    let mut alice = server.client("alice").await;
+    let mut alice = app.client("alice").await;
     let err = get_room(&mut alice, "r").await.unwrap_err();
     assert_error(&err, Code::NotFound, "ROOM_NOT_FOUND");
-
-    server.stop().await;
-    db.remove().await;
 }
 
 async fn join_room_adds_a_member_once(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let server = TestServer::start(&db, |_| {}).await;
-    let mut alice = server.client("alice").await;
-    let mut bob = server.client("bob").await;
+    let app = TestApp::start(backend).await;
+    let mut alice = app.client("alice").await;
+    let mut bob = app.client("bob").await;
 
-    alice.create_room(create("r")).await.unwrap();
+    app.create_room("alice", "r").await;
     let room = bob
         .join_room(pb::JoinRoomRequest {
             room_id: "r".into(),
@@ -312,51 +277,34 @@ async fn join_room_adds_a_member_once(backend: Backend) {
         "the second join kept the first name"
     );
     assert_eq!(members[1].role, pb::Role::Member as i32);
-
-    server.stop().await;
-    db.remove().await;
 }
 
 async fn join_room_errors(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let server = TestServer::start(&db, |_| {}).await;
-    let mut alice = server.client("alice").await;
-    let mut bob = server.client("bob").await;
-    let mut carol = server.client("carol").await;
+    let app = TestApp::start(backend).await;
+    let mut alice = app.client("alice").await;
+    let mut bob = app.client("bob").await;
+    let mut carol = app.client("carol").await;
 
     let err = bob.join_room(join("missing")).await.unwrap_err();
     assert_error(&err, Code::NotFound, "ROOM_NOT_FOUND");
 
-    alice
-        .create_room(pb::CreateRoomRequest {
-            settings: Some(pb::RoomSettings {
-                max_members: 2,
-                ..Default::default()
-            }),
-            ..create("small")
-        })
-        .await
-        .unwrap();
-    bob.join_room(join("small")).await.unwrap();
+    app.create_room_with("alice", limited("small", 2)).await;
+    app.join("bob", "small").await;
     let err = carol.join_room(join("small")).await.unwrap_err();
     assert_error(&err, Code::ResourceExhausted, "ROOM_FULL");
     // A member re-joining a full room is still fine.
-    bob.join_room(join("small")).await.unwrap();
+    app.join("bob", "small").await;
     assert_eq!(get_room(&mut alice, "small").await.unwrap().member_count, 2);
-
-    server.stop().await;
-    db.remove().await;
 }
 
 async fn max_rooms_per_user_is_enforced_and_freed(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let server = TestServer::start(&db, |c| c.max_rooms_per_user = 2).await;
-    let mut alice = server.client("alice").await;
-    let mut bob = server.client("bob").await;
+    let app = TestApp::with(backend, |c| c.max_rooms_per_user = 2).await;
+    let mut alice = app.client("alice").await;
+    let mut bob = app.client("bob").await;
 
-    alice.create_room(create("a1")).await.unwrap();
-    alice.create_room(create("a2")).await.unwrap();
-    bob.create_room(create("b1")).await.unwrap();
+    app.create_room("alice", "a1").await;
+    app.create_room("alice", "a2").await;
+    app.create_room("bob", "b1").await;
 
     let err = alice.create_room(create("a3")).await.unwrap_err();
     assert_error(&err, Code::ResourceExhausted, "TOO_MANY_ROOMS");
@@ -371,26 +319,17 @@ async fn max_rooms_per_user_is_enforced_and_freed(backend: Backend) {
     assert_eq!(get_room(&mut bob, "b1").await.unwrap().member_count, 1);
 
     // Re-joining a room already counted is not a new room.
-    alice.join_room(join("a1")).await.unwrap();
+    app.join("alice", "a1").await;
 
-    alice
-        .leave_room(pb::LeaveRoomRequest {
-            room_id: "a1".into(),
-        })
-        .await
-        .unwrap();
-    alice.join_room(join("b1")).await.unwrap();
+    app.leave("alice", "a1").await;
+    app.join("alice", "b1").await;
     assert_eq!(get_room(&mut bob, "b1").await.unwrap().member_count, 2);
-
-    server.stop().await;
-    db.remove().await;
 }
 
 async fn enter_room_creates_then_joins(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let server = TestServer::start(&db, |_| {}).await;
-    let mut alice = server.client("alice").await;
-    let mut bob = server.client("bob").await;
+    let app = TestApp::start(backend).await;
+    let mut alice = app.client("alice").await;
+    let mut bob = app.client("bob").await;
 
     let first = alice.enter_room(enter("e")).await.unwrap().into_inner();
     assert!(first.created);
@@ -431,18 +370,14 @@ async fn enter_room_creates_then_joins(backend: Backend) {
     let fresh = bob.enter_room(enter("")).await.unwrap().into_inner();
     assert!(fresh.created);
     assert_eq!(fresh.room.unwrap().owner_id, "bob");
-
-    server.stop().await;
-    db.remove().await;
 }
 
 async fn concurrent_enter_room_creates_exactly_once(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let server = TestServer::start(&db, |_| {}).await;
+    let app = TestApp::start(backend).await;
 
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..50 {
-        let mut client = server.client(&format!("user{i:02}")).await;
+        let mut client = app.client(&format!("user{i:02}")).await;
         tasks.spawn(async move { client.enter_room(enter("hot")).await });
     }
     let mut created = 0;
@@ -451,35 +386,22 @@ async fn concurrent_enter_room_creates_exactly_once(backend: Backend) {
         created += usize::from(response.created);
     }
     assert_eq!(created, 1, "exactly one call creates the room");
-    let mut observer = server.client("user00").await;
+    let mut observer = app.client("user00").await;
     assert_eq!(
         get_room(&mut observer, "hot").await.unwrap().member_count,
         50
     );
     assert_eq!(all_members(&mut observer, "hot").await.len(), 50);
-
-    server.stop().await;
-    db.remove().await;
 }
 
 async fn concurrent_joins_respect_max_members(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let server = TestServer::start(&db, |_| {}).await;
-    let mut owner = server.client("owner").await;
-    owner
-        .create_room(pb::CreateRoomRequest {
-            settings: Some(pb::RoomSettings {
-                max_members: 5,
-                ..Default::default()
-            }),
-            ..create("five")
-        })
-        .await
-        .unwrap();
+    let app = TestApp::start(backend).await;
+    let mut owner = app.client("owner").await;
+    app.create_room_with("owner", limited("five", 5)).await;
 
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..20 {
-        let mut client = server.client(&format!("joiner{i:02}")).await;
+        let mut client = app.client(&format!("joiner{i:02}")).await;
         tasks.spawn(async move { client.join_room(join("five")).await });
     }
     let (mut admitted, mut full) = (0, 0);
@@ -495,9 +417,6 @@ async fn concurrent_joins_respect_max_members(backend: Backend) {
     assert_eq!((admitted, full), (4, 16));
     assert_eq!(get_room(&mut owner, "five").await.unwrap().member_count, 5);
     assert_eq!(all_members(&mut owner, "five").await.len(), 5);
-
-    server.stop().await;
-    db.remove().await;
 }
 
 /// Joins, leaves and enters of many users at once are applied in batches; whatever
@@ -505,28 +424,17 @@ async fn concurrent_joins_respect_max_members(backend: Backend) {
 /// rows and never passes `max_members`, each user's room slots match the rooms it is
 /// in, and a user with two changes in flight gets both applied.
 async fn concurrent_joins_and_leaves_keep_counts_exact(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let server = TestServer::start(&db, |c| c.max_rooms_per_user = 2).await;
-    let mut owner = server.client("owner").await;
-    owner
-        .create_room(pb::CreateRoomRequest {
-            settings: Some(pb::RoomSettings {
-                max_members: 10,
-                ..Default::default()
-            }),
-            ..create("busy")
-        })
-        .await
-        .unwrap();
+    let app = TestApp::with(backend, |c| c.max_rooms_per_user = 2).await;
+    let mut owner = app.client("owner").await;
+    app.create_room_with("owner", limited("busy", 10)).await;
     for i in 0..9 {
-        let mut member = server.client(&format!("m{i}")).await;
-        member.join_room(join("busy")).await.unwrap();
+        app.join(&format!("m{i}"), "busy").await;
     }
     // n0..n4 are in two rooms already: no slot left.
     for i in 0..5 {
-        let mut full = server.client(&format!("n{i:02}")).await;
-        full.create_room(create(&format!("n{i}-a"))).await.unwrap();
-        full.create_room(create(&format!("n{i}-b"))).await.unwrap();
+        let full = format!("n{i:02}");
+        app.create_room(&full, &format!("n{i}-a")).await;
+        app.create_room(&full, &format!("n{i}-b")).await;
     }
 
     #[derive(Debug)]
@@ -537,7 +445,7 @@ async fn concurrent_joins_and_leaves_keep_counts_exact(backend: Backend) {
     }
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..9 {
-        let mut member = server.client(&format!("m{i}")).await;
+        let mut member = app.client(&format!("m{i}")).await;
         tasks.spawn(async move {
             let r = member
                 .leave_room(pb::LeaveRoomRequest {
@@ -549,14 +457,14 @@ async fn concurrent_joins_and_leaves_keep_counts_exact(backend: Backend) {
         });
     }
     for i in 0..30 {
-        let mut newcomer = server.client(&format!("n{i:02}")).await;
+        let mut newcomer = app.client(&format!("n{i:02}")).await;
         tasks.spawn(async move {
             let r = newcomer.join_room(join("busy")).await.map(|_| false);
             (Call::Join(i), r)
         });
         // n25..n29 also enter a new room at the same time.
         if i >= 25 {
-            let mut newcomer = server.client(&format!("n{i:02}")).await;
+            let mut newcomer = app.client(&format!("n{i:02}")).await;
             tasks.spawn(async move {
                 let r = newcomer
                     .enter_room(enter("fresh"))
@@ -594,7 +502,7 @@ async fn concurrent_joins_and_leaves_keep_counts_exact(backend: Backend) {
     assert!(busy.member_count <= 10, "max_members passed: {busy:?}");
     assert_eq!(all_members(&mut owner, "busy").await.len(), 1 + admitted);
     assert_eq!(created, 1, "exactly one EnterRoom creates the room");
-    let mut observer = server.client("n25").await;
+    let mut observer = app.client("n25").await;
     assert_eq!(
         get_room(&mut observer, "fresh").await.unwrap().member_count,
         5
@@ -603,7 +511,7 @@ async fn concurrent_joins_and_leaves_keep_counts_exact(backend: Backend) {
 
     // Room slots: each newcomer may create exactly as many rooms as it has left.
     for (i, &in_room) in in_busy.iter().enumerate().skip(5) {
-        let mut newcomer = server.client(&format!("n{i:02}")).await;
+        let mut newcomer = app.client(&format!("n{i:02}")).await;
         let used = usize::from(in_room) + usize::from(i >= 25);
         for k in 0..=(2 - used) {
             let r = newcomer.create_room(create(&format!("n{i}-{k}"))).await;
@@ -615,26 +523,22 @@ async fn concurrent_joins_and_leaves_keep_counts_exact(backend: Backend) {
             }
         }
     }
-
-    server.stop().await;
-    db.remove().await;
 }
 
 async fn leave_room_is_idempotent(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let server = TestServer::start(&db, |_| {}).await;
-    let mut alice = server.client("alice").await;
-    let mut bob = server.client("bob").await;
+    let app = TestApp::start(backend).await;
+    let mut alice = app.client("alice").await;
+    let mut bob = app.client("bob").await;
     let leave = |id: &str| pb::LeaveRoomRequest { room_id: id.into() };
 
     let err = bob.leave_room(leave("missing")).await.unwrap_err();
     assert_error(&err, Code::NotFound, "ROOM_NOT_FOUND");
 
-    alice.create_room(create("r")).await.unwrap();
+    app.create_room("alice", "r").await;
     bob.leave_room(leave("r"))
         .await
         .expect("leaving a room one is not in is OK");
-    bob.join_room(join("r")).await.unwrap();
+    app.join("bob", "r").await;
     assert_eq!(get_room(&mut alice, "r").await.unwrap().member_count, 2);
     bob.leave_room(leave("r")).await.unwrap();
     bob.leave_room(leave("r")).await.unwrap();
@@ -650,14 +554,22 @@ async fn leave_room_is_idempotent(backend: Backend) {
     alice.leave_room(leave("r")).await.unwrap();
     let room = get_room(&mut alice, "r").await.unwrap();
     assert_eq!((room.member_count, room.owner_id.as_str()), (0, "alice"));
-    alice.join_room(join("r")).await.unwrap();
+    app.join("alice", "r").await;
     assert_eq!(
         all_members(&mut alice, "r").await[0].role,
         pb::Role::Owner as i32
     );
+}
 
-    server.stop().await;
-    db.remove().await;
+/// A CreateRoom request for `room_id` that admits at most `max_members`.
+fn limited(room_id: &str, max_members: u32) -> pb::CreateRoomRequest {
+    pb::CreateRoomRequest {
+        settings: Some(pb::RoomSettings {
+            max_members,
+            ..Default::default()
+        }),
+        ..create(room_id)
+    }
 }
 
 fn switch(from: &str, to: &str) -> pb::SwitchRoomRequest {
@@ -669,22 +581,15 @@ fn switch(from: &str, to: &str) -> pb::SwitchRoomRequest {
 }
 
 async fn switch_room_moves_the_member(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let server = TestServer::start(&db, |c| c.max_rooms_per_user = 2).await;
-    let mut owner = server.client("owner").await;
-    let mut mover = server.client("mover").await;
-    let mut other = server.client("other").await;
-    owner.create_room(create("a")).await.unwrap();
-    owner.create_room(create("b")).await.unwrap();
-    other.create_room(create("c")).await.unwrap();
-    other
-        .leave_room(pb::LeaveRoomRequest {
-            room_id: "c".into(),
-        })
-        .await
-        .unwrap();
-    mover.join_room(join("a")).await.unwrap();
-    mover.join_room(join("b")).await.unwrap();
+    let app = TestApp::with(backend, |c| c.max_rooms_per_user = 2).await;
+    let mut owner = app.client("owner").await;
+    let mut mover = app.client("mover").await;
+    app.create_room("owner", "a").await;
+    app.create_room("owner", "b").await;
+    app.create_room("other", "c").await;
+    app.leave("other", "c").await;
+    app.join("mover", "a").await;
+    app.join("mover", "b").await;
 
     // At the per-user limit, a move still works.
     let room = mover
@@ -705,7 +610,7 @@ async fn switch_room_moves_the_member(backend: Backend) {
     assert_eq!(get_room(&mut owner, "b").await.unwrap().member_count, 1);
     assert_eq!(get_room(&mut owner, "c").await.unwrap().member_count, 1);
     // ...and frees a slot: mover is in one room now, so two joins fit... but not three.
-    mover.join_room(join("a")).await.unwrap();
+    app.join("mover", "a").await;
     let err = mover.join_room(join("b")).await.unwrap_err();
     assert_error(&err, Code::ResourceExhausted, "TOO_MANY_ROOMS");
 
@@ -715,28 +620,15 @@ async fn switch_room_moves_the_member(backend: Backend) {
     assert_error(&err, Code::PermissionDenied, "NOT_A_MEMBER");
     let err = mover.switch_room(switch("nope", "c")).await.unwrap_err();
     assert_error(&err, Code::NotFound, "ROOM_NOT_FOUND");
-
-    server.stop().await;
-    db.remove().await;
 }
 
 async fn switch_room_failure_keeps_the_user_in_from(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let server = TestServer::start(&db, |_| {}).await;
-    let mut owner = server.client("owner").await;
-    let mut mover = server.client("mover").await;
-    owner.create_room(create("from")).await.unwrap();
-    owner
-        .create_room(pb::CreateRoomRequest {
-            settings: Some(pb::RoomSettings {
-                max_members: 1,
-                ..Default::default()
-            }),
-            ..create("full")
-        })
-        .await
-        .unwrap();
-    mover.join_room(join("from")).await.unwrap();
+    let app = TestApp::start(backend).await;
+    let mut owner = app.client("owner").await;
+    let mut mover = app.client("mover").await;
+    app.create_room("owner", "from").await;
+    app.create_room_with("owner", limited("full", 1)).await;
+    app.join("mover", "from").await;
 
     let err = mover.switch_room(switch("from", "full")).await.unwrap_err();
     assert_error(&err, Code::ResourceExhausted, "ROOM_FULL");
@@ -754,35 +646,20 @@ async fn switch_room_failure_keeps_the_user_in_from(backend: Backend) {
         .collect();
     assert_eq!(ids, ["mover", "owner"]);
     assert_eq!(get_room(&mut owner, "full").await.unwrap().member_count, 1);
-
-    server.stop().await;
-    db.remove().await;
 }
 
 async fn get_room_is_open_to_every_user(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let server = TestServer::start(&db, |_| {}).await;
-    let mut alice = server.client("alice").await;
-    let mut stranger = server.client("stranger").await;
-    let created = alice
-        .create_room(create("open"))
-        .await
-        .unwrap()
-        .into_inner()
-        .room
-        .unwrap();
+    let app = TestApp::start(backend).await;
+    let mut stranger = app.client("stranger").await;
+    let created = app.create_room("alice", "open").await;
     assert_eq!(get_room(&mut stranger, "open").await.unwrap(), created);
     let err = get_room(&mut stranger, "closed").await.unwrap_err();
     assert_error(&err, Code::NotFound, "ROOM_NOT_FOUND");
-
-    server.stop().await;
-    db.remove().await;
 }
 
 async fn list_rooms_pages_and_filters(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let server = TestServer::start(&db, |_| {}).await;
-    let mut alice = server.client("alice").await;
+    let app = TestApp::start(backend).await;
+    let mut alice = app.client("alice").await;
     let rooms = [
         ("r5", "games"),
         ("r1", "music"),
@@ -791,13 +668,14 @@ async fn list_rooms_pages_and_filters(backend: Backend) {
         ("r4", "music"),
     ];
     for (id, name) in rooms {
-        alice
-            .create_room(pb::CreateRoomRequest {
+        app.create_room_with(
+            "alice",
+            pb::CreateRoomRequest {
                 name: name.into(),
                 ..create(id)
-            })
-            .await
-            .unwrap();
+            },
+        )
+        .await;
     }
 
     // Pages of two, in id order, until no token.
@@ -854,26 +732,23 @@ async fn list_rooms_pages_and_filters(backend: Backend) {
         .unwrap()
         .into_inner();
     assert!(none.rooms.is_empty() && none.next_page_token.is_empty());
-
-    server.stop().await;
-    db.remove().await;
 }
 
 async fn update_room_permissions_and_versions(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let server = TestServer::start(&db, |c| c.admin_users = vec!["root".into()]).await;
-    let mut owner = server.client("owner").await;
-    let mut member = server.client("member").await;
-    let mut stranger = server.client("stranger").await;
-    let mut root = server.client("root").await;
-    owner
-        .create_room(pb::CreateRoomRequest {
+    let app = TestApp::with(backend, |c| c.admin_users = vec!["root".into()]).await;
+    let mut owner = app.client("owner").await;
+    let mut member = app.client("member").await;
+    let mut stranger = app.client("stranger").await;
+    let mut root = app.client("root").await;
+    app.create_room_with(
+        "owner",
+        pb::CreateRoomRequest {
             attributes: HashMap::from([("a".into(), "1".into()), ("b".into(), "2".into())]),
             ..create("u")
-        })
-        .await
-        .unwrap();
-    member.join_room(join("u")).await.unwrap();
+        },
+    )
+    .await;
+    app.join("member", "u").await;
 
     // A member changes attributes: remove then set, version advances.
     let room = member
@@ -985,25 +860,21 @@ async fn update_room_permissions_and_versions(backend: Backend) {
         .await
         .unwrap_err();
     assert_error(&err, Code::NotFound, "ROOM_NOT_FOUND");
-
-    server.stop().await;
-    db.remove().await;
 }
 
 async fn delete_room_permissions_and_cleanup(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let server = TestServer::start(&db, |c| {
+    let app = TestApp::with(backend, |c| {
         c.admin_users = vec!["root".into()];
         c.max_rooms_per_user = 1;
     })
     .await;
-    let mut owner = server.client("owner").await;
-    let mut member = server.client("member").await;
-    let mut root = server.client("root").await;
+    let mut owner = app.client("owner").await;
+    let mut member = app.client("member").await;
+    let mut root = app.client("root").await;
     let delete = |id: &str| pb::DeleteRoomRequest { room_id: id.into() };
 
-    owner.create_room(create("d")).await.unwrap();
-    member.join_room(join("d")).await.unwrap();
+    app.create_room("owner", "d").await;
+    app.join("member", "d").await;
     let err = member.delete_room(delete("d")).await.unwrap_err();
     assert_error(&err, Code::PermissionDenied, "NOT_ROOM_OWNER");
     assert_eq!(get_room(&mut member, "d").await.unwrap().member_count, 2);
@@ -1015,10 +886,10 @@ async fn delete_room_permissions_and_cleanup(backend: Backend) {
     assert_error(&err, Code::NotFound, "ROOM_NOT_FOUND");
 
     // Both users' room slots were freed (the limit is one room each).
-    member.create_room(create("m")).await.unwrap();
-    owner.join_room(join("m")).await.unwrap();
+    app.create_room("member", "m").await;
+    app.join("owner", "m").await;
     // The id can be reused, with no members left over.
-    root.create_room(create("d")).await.unwrap();
+    app.create_room("root", "d").await;
     assert_eq!(get_room(&mut root, "d").await.unwrap().member_count, 1);
 
     // An admin may delete a room it does not own.
@@ -1028,19 +899,14 @@ async fn delete_room_permissions_and_cleanup(backend: Backend) {
         Code::NotFound,
         "ROOM_NOT_FOUND",
     );
-
-    server.stop().await;
-    db.remove().await;
 }
 
 async fn list_members_permissions_and_pages(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let server = TestServer::start(&db, |c| c.admin_users = vec!["root".into()]).await;
-    let mut owner = server.client("m00").await;
-    owner.create_room(create("big")).await.unwrap();
+    let app = TestApp::with(backend, |c| c.admin_users = vec!["root".into()]).await;
+    let mut owner = app.client("m00").await;
+    app.create_room("m00", "big").await;
     for i in 1..25 {
-        let mut c = server.client(&format!("m{i:02}")).await;
-        c.join_room(join("big")).await.unwrap();
+        app.join(&format!("m{i:02}"), "big").await;
     }
 
     let first = owner
@@ -1066,7 +932,7 @@ async fn list_members_permissions_and_pages(backend: Backend) {
         .into_inner();
     assert_eq!(default_page.members.len(), 20, "default page size");
 
-    let mut root = server.client("root").await;
+    let mut root = app.client("root").await;
     let all = all_members(&mut root, "big").await;
     assert_eq!(all.len(), 25);
     assert!(all.windows(2).all(|w| w[0].user_id < w[1].user_id));
@@ -1083,7 +949,7 @@ async fn list_members_permissions_and_pages(backend: Backend) {
         .into_inner();
     assert!(online.members.is_empty(), "no streams are attached");
 
-    let mut stranger = server.client("stranger").await;
+    let mut stranger = app.client("stranger").await;
     let err = stranger
         .list_members(pb::ListMembersRequest {
             room_id: "big".into(),
@@ -1100,18 +966,14 @@ async fn list_members_permissions_and_pages(backend: Backend) {
         .await
         .unwrap_err();
     assert_error(&err, Code::NotFound, "ROOM_NOT_FOUND");
-
-    server.stop().await;
-    db.remove().await;
 }
 
 async fn everything_survives_a_restart(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let server = TestServer::start(&db, |c| c.max_rooms_per_user = 2).await;
-    let mut alice = server.client("alice").await;
-    let mut bob = server.client("bob").await;
-    alice
-        .create_room(pb::CreateRoomRequest {
+    let mut app = TestApp::with(backend, |c| c.max_rooms_per_user = 2).await;
+    let mut alice = app.client("alice").await;
+    app.create_room_with(
+        "alice",
+        pb::CreateRoomRequest {
             attributes: HashMap::from([("k".into(), "v".into())]),
             settings: Some(pb::RoomSettings {
                 max_members: 7,
@@ -1124,11 +986,11 @@ async fn everything_survives_a_restart(backend: Backend) {
             }),
             display_name: "Alice".into(),
             ..create("keep")
-        })
-        .await
-        .unwrap();
-    alice.create_room(create("second")).await.unwrap();
-    bob.join_room(join("keep")).await.unwrap();
+        },
+    )
+    .await;
+    app.create_room("alice", "second").await;
+    app.join("bob", "keep").await;
     alice
         .update_room(pb::UpdateRoomRequest {
             room_id: "keep".into(),
@@ -1139,10 +1001,8 @@ async fn everything_survives_a_restart(backend: Backend) {
         .unwrap();
     let before_room = get_room(&mut alice, "keep").await.unwrap();
     let before_members = all_members(&mut alice, "keep").await;
-    server.stop().await;
-
-    let server = TestServer::start(&db, |c| c.max_rooms_per_user = 2).await;
-    let mut alice = server.client("alice").await;
+    app.restart().await;
+    let mut alice = app.client("alice").await;
     assert_eq!(get_room(&mut alice, "keep").await.unwrap(), before_room);
     assert_eq!(all_members(&mut alice, "keep").await, before_members);
     assert_eq!(
@@ -1152,7 +1012,4 @@ async fn everything_survives_a_restart(backend: Backend) {
     // The per-user room count survived too: alice is still in two rooms.
     let err = alice.create_room(create("third")).await.unwrap_err();
     assert_error(&err, Code::ResourceExhausted, "TOO_MANY_ROOMS");
-
-    server.stop().await;
-    db.remove().await;
 }

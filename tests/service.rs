@@ -4,11 +4,9 @@ mod common;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::StreamExt;
-use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 
-use common::{Backend, TestDb, TestServer};
+use common::{Backend, TestApp, TestDb, health_status};
 
 on_both_stores!(
     health_is_serving,
@@ -17,36 +15,17 @@ on_both_stores!(
 
 const SERVICE: &str = "chatroom.v1.ChatRoomService";
 
-async fn health_status(server: &TestServer, service: &str) -> i32 {
-    let mut health = HealthClient::new(server.channel().await);
-    health
-        .check(HealthCheckRequest {
-            service: service.into(),
-        })
-        .await
-        .expect("health check")
-        .into_inner()
-        .status
-}
-
 async fn health_is_serving(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let server = TestServer::start(&db, |_| {}).await;
+    let app = TestApp::start(backend).await;
+    assert_eq!(health_status(&app, "").await, ServingStatus::Serving as i32);
     assert_eq!(
-        health_status(&server, "").await,
+        health_status(&app, SERVICE).await,
         ServingStatus::Serving as i32
     );
-    assert_eq!(
-        health_status(&server, SERVICE).await,
-        ServingStatus::Serving as i32
-    );
-    server.stop().await;
-    db.remove().await;
 }
 
 async fn reflection_v1_and_v1alpha_list_and_describe(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let server = TestServer::start(&db, |_| {}).await;
+    let app = TestApp::start(backend).await;
 
     // v1
     {
@@ -55,7 +34,7 @@ async fn reflection_v1_and_v1alpha_list_and_describe(backend: Backend) {
         use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
         use tonic_reflection::pb::v1::{ServerReflectionRequest, ServerReflectionResponse};
 
-        let mut client = ServerReflectionClient::new(server.channel().await);
+        let mut client = ServerReflectionClient::new(app.channel().await);
         let ask = |m| ServerReflectionRequest {
             host: String::new(),
             message_request: Some(m),
@@ -93,7 +72,7 @@ async fn reflection_v1_and_v1alpha_list_and_describe(backend: Backend) {
         use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
         use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
 
-        let mut client = ServerReflectionClient::new(server.channel().await);
+        let mut client = ServerReflectionClient::new(app.channel().await);
         let requests = tokio_stream::iter(vec![ServerReflectionRequest {
             host: String::new(),
             message_request: Some(MessageRequest::ListServices(String::new())),
@@ -109,9 +88,6 @@ async fn reflection_v1_and_v1alpha_list_and_describe(backend: Backend) {
         };
         assert!(list.service.iter().any(|s| s.name == SERVICE));
     }
-
-    server.stop().await;
-    db.remove().await;
 }
 
 /// A TCP forwarder to PostgreSQL that the test can cut, making the database
@@ -165,9 +141,9 @@ async fn postgres_health_follows_the_database() {
     let proxy = Proxy::start(host_port.to_string(), None).await;
     let proxied = format!("{}@{}/{}", url.split_once('@').unwrap().0, proxy.addr, rest);
 
-    let server = TestServer::start(&db, |c| c.database_url = proxied).await;
+    let app = TestApp::over(db, move |c| c.database_url = proxied.clone()).await;
     assert_eq!(
-        health_status(&server, SERVICE).await,
+        health_status(&app, SERVICE).await,
         ServingStatus::Serving as i32
     );
 
@@ -175,15 +151,15 @@ async fn postgres_health_follows_the_database() {
     common::eventually(
         "health NotServing",
         ServingStatus::NotServing as i32,
-        || health_status(&server, SERVICE),
+        || health_status(&app, SERVICE),
     )
     .await;
     assert_eq!(
-        health_status(&server, "").await,
+        health_status(&app, "").await,
         ServingStatus::NotServing as i32
     );
     // Calls that need the database fail with UNAVAILABLE meanwhile.
-    let mut alice = server.client("alice").await;
+    let mut alice = app.client("alice").await;
     let err = alice.create_room(common::create("r")).await.unwrap_err();
     common::assert_error(&err, tonic::Code::Unavailable, "STORE_UNAVAILABLE");
 
@@ -191,7 +167,7 @@ async fn postgres_health_follows_the_database() {
     let listener = TcpListener::bind(addr).await.expect("rebind proxy port");
     let proxy = Proxy::start(host_port.to_string(), Some(listener)).await;
     common::eventually("health Serving", ServingStatus::Serving as i32, || {
-        health_status(&server, SERVICE)
+        health_status(&app, SERVICE)
     })
     .await;
     alice
@@ -199,7 +175,6 @@ async fn postgres_health_follows_the_database() {
         .await
         .expect("works again");
 
-    server.stop().await;
+    app.stop().await;
     proxy.cut();
-    db.remove().await;
 }

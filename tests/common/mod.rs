@@ -7,7 +7,10 @@
 
 #![allow(dead_code)]
 
+pub mod app;
 pub mod pg_cluster;
+
+pub use app::TestApp;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -139,16 +142,84 @@ impl TestDb {
         self.backend
     }
 
-    /// Drops a PostgreSQL test database (SQLite files go with the temp dir).
-    pub async fn remove(self) {
-        if let Some(name) = &self.pg_name {
-            let mut admin = admin_connection().await;
-            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
-            )))
-            .execute(&mut admin)
-            .await
-            .expect("drop test database");
+    /// Where the data is, to look for once the `TestDb` is gone.
+    pub fn location(&self) -> DbLocation {
+        match (&self._dir, &self.pg_name) {
+            (Some(dir), _) => DbLocation::SqliteDir(dir.path().to_path_buf()),
+            (None, Some(name)) => DbLocation::Postgres(name.clone()),
+            (None, None) => panic!("a database the test did not create"),
+        }
+    }
+
+    /// Drops a PostgreSQL test database now; nothing is left for `Drop` to do.
+    pub async fn remove_now(&mut self) {
+        if let Some(name) = self.pg_name.take() {
+            drop_database(&name).await;
+        }
+    }
+}
+
+/// Where a [`TestDb`] keeps its data.
+#[derive(Clone, Debug)]
+pub enum DbLocation {
+    /// The temporary directory of the SQLite file.
+    SqliteDir(std::path::PathBuf),
+    /// The name of the PostgreSQL database.
+    Postgres(String),
+}
+
+impl DbLocation {
+    pub async fn exists(&self) -> bool {
+        match self {
+            DbLocation::SqliteDir(dir) => dir.exists(),
+            DbLocation::Postgres(name) => {
+                let mut admin = admin_connection().await;
+                let found: i64 =
+                    sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname = $1")
+                        .bind(name)
+                        .fetch_one(&mut admin)
+                        .await
+                        .expect("read pg_database");
+                found > 0
+            }
+        }
+    }
+}
+
+async fn drop_database(name: &str) {
+    let mut admin = admin_connection().await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await
+    .expect("drop test database");
+}
+
+/// A PostgreSQL test database not removed yet is dropped here, also when the test
+/// panicked: on a thread of its own with a runtime of its own, because the test's
+/// runtime may be unwinding or shutting down, and `Drop` cannot await. `FORCE` ends
+/// whatever connections a server that was only told to stop still holds.
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some(name) = self.pg_name.take() else {
+            return;
+        };
+        let dropped = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime to drop the test database")
+                .block_on(drop_database(&name));
+        })
+        .join();
+        if dropped.is_err() {
+            // The thread said why. Panicking again while unwinding would abort.
+            if std::thread::panicking() {
+                eprintln!("the test database was not dropped");
+            } else {
+                panic!("the test database was not dropped");
+            }
         }
     }
 }
@@ -210,6 +281,7 @@ impl TestServer {
             {
                 return;
             }
+            // Polls: nothing announces that the port serves.
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         panic!("server on {} did not become healthy", self.addr);
@@ -250,6 +322,74 @@ impl TestServer {
         }
         if let Some(handle) = self.handle.take() {
             handle.await.expect("server task");
+        }
+    }
+}
+
+/// The real `chatroom` binary serving `db` on a free port; killed if dropped while it
+/// runs.
+pub struct ServerProcess {
+    pub child: tokio::process::Child,
+    pub server: TestServer,
+}
+
+impl ServerProcess {
+    pub async fn start(db: &TestDb) -> ServerProcess {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatroom"))
+            .args([
+                "--listen",
+                &addr.to_string(),
+                "--database-url",
+                &db.url,
+                "--log",
+                "warn",
+            ])
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start the chatroom binary");
+        let server = TestServer::external(addr).await;
+        ServerProcess { child, server }
+    }
+
+    /// Resident set size, in MiB.
+    pub fn rss_mib(&self) -> f64 {
+        let pid = self.child.id().unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .expect("VmRSS");
+        kib / 1024.0
+    }
+}
+
+/// The health status of `service` ("" for the whole server), as the server answers.
+pub async fn health_status(server: &TestServer, service: &str) -> i32 {
+    let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel().await);
+    health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .expect("health check")
+        .into_inner()
+        .status
+}
+
+/// A server dropped without [`TestServer::stop`] (the test panicked) is told to shut
+/// down; its task ends with the runtime if it has not by then.
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
         }
     }
 }
@@ -315,6 +455,12 @@ pub fn enter(room_id: &str) -> pb::EnterRoomRequest {
     }
 }
 
+pub fn leave(room_id: &str) -> pb::LeaveRoomRequest {
+    pb::LeaveRoomRequest {
+        room_id: room_id.into(),
+    }
+}
+
 pub fn join(room_id: &str) -> pb::JoinRoomRequest {
     pb::JoinRoomRequest {
         room_id: room_id.into(),
@@ -374,8 +520,27 @@ where
             tokio::time::Instant::now() < deadline,
             "{what}: still {now:?}, expected {expected:?}"
         );
+        // Polls: what is waited for has no event of its own.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Polls `room_id` as `client` sees it until `field` of it equals `expected`.
+pub async fn eventually_room<T>(
+    client: &Client,
+    room_id: &str,
+    what: &str,
+    expected: T,
+    field: impl Fn(pb::Room) -> T,
+) where
+    T: PartialEq + std::fmt::Debug,
+{
+    eventually(what, expected, || {
+        let mut client = client.clone();
+        let field = &field;
+        async move { field(get_room(&mut client, room_id).await.unwrap()) }
+    })
+    .await;
 }
 
 /// A duration of `ms` milliseconds, as the proto carries it.
@@ -543,6 +708,17 @@ impl Sub {
                 return before;
             }
             before.push(r.event.expect("an event"));
+        }
+    }
+
+    /// Reads until members leave an attached room; their user ids.
+    pub async fn members_left(&mut self) -> Vec<String> {
+        loop {
+            if let Ev::MembersLeft(l) = self.event().await
+                && !l.members.is_empty()
+            {
+                return l.members.into_iter().map(|m| m.user_id).collect();
+            }
         }
     }
 

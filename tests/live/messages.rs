@@ -4,8 +4,7 @@
 use tonic::Code;
 
 use crate::common::{
-    Backend, Ev, Sub, TestDb, TestServer, assert_bad_request, assert_error, chat, create, get_room,
-    history, join,
+    Backend, Ev, Sub, TestApp, assert_bad_request, assert_error, chat, get_room, history, join,
 };
 use crate::on_both_stores;
 use chatroom::pb;
@@ -29,11 +28,10 @@ fn seq_of(ev: Ev) -> u64 {
 }
 
 async fn messages_flow_live_and_into_history(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let server = TestServer::start(&db, |_| {}).await;
-    let mut alice = server.client("alice").await;
-    let mut bob = server.client("bob").await;
-    alice.create_room(create("r")).await.unwrap();
+    let app = TestApp::start(backend).await;
+    let mut alice = app.client("alice").await;
+    let mut bob = app.client("bob").await;
+    app.create_room("alice", "r").await;
     bob.join_room(pb::JoinRoomRequest {
         room_id: "r".into(),
         display_name: "Bob".into(),
@@ -85,30 +83,26 @@ async fn messages_flow_live_and_into_history(backend: Backend) {
     let stored = history(&mut alice, "r").await;
     assert_eq!(stored, vec![sent, mine]);
     assert_eq!(get_room(&mut alice, "r").await.unwrap().last_seq, 2);
-
-    server.stop().await;
-    db.remove().await;
 }
 
 async fn storm_of_sends_reaches_every_stream_in_order(backend: Backend) {
     const PUBLISHERS: usize = 20;
     const EACH: usize = 500;
     const TOTAL: u64 = (PUBLISHERS * EACH) as u64;
-    let db = TestDb::new(backend).await;
     // A ring far smaller than the storm, so that the slow reader really falls off it
     // and is caught up from the store.
-    let server = TestServer::start(&db, |c| c.room_buffer = 64).await;
-    let mut owner = server.client("owner").await;
-    owner.create_room(create("storm")).await.unwrap();
+    let app = TestApp::with(backend, |c| c.room_buffer = 64).await;
+    let mut owner = app.client("owner").await;
+    app.create_room("owner", "storm").await;
 
     let mut readers = Vec::new();
     for i in 0..5 {
         // The last one (the slow reader) with a small HTTP/2 window: it holds back the
         // server's side of its stream, not just its own buffer.
         let mut client = if i == 4 {
-            server.small_window_client(&format!("reader{i}"))
+            app.small_window_client(&format!("reader{i}"))
         } else {
-            server.client(&format!("reader{i}")).await
+            app.client(&format!("reader{i}")).await
         };
         client.join_room(join("storm")).await.unwrap();
         let mut sub = Sub::open(&mut client).await;
@@ -117,9 +111,9 @@ async fn storm_of_sends_reaches_every_stream_in_order(backend: Backend) {
     }
     let mut publishers = Vec::new();
     for p in 0..PUBLISHERS {
-        let mut client = server.client(&format!("pub{p:02}")).await;
-        client.join_room(join("storm")).await.unwrap();
-        publishers.push(Sub::open(&mut client).await);
+        let publisher = format!("pub{p:02}");
+        app.join(&publisher, "storm").await;
+        publishers.push(app.subscribe(&publisher).await);
     }
 
     // Four readers read all along; the fifth stops reading until the storm is over,
@@ -176,16 +170,12 @@ async fn storm_of_sends_reaches_every_stream_in_order(backend: Backend) {
         .map(|m| m.seq)
         .collect();
     assert_eq!(stored, expected);
-
-    server.stop().await;
-    db.remove().await;
 }
 
 async fn resume_with_after_seq_across_a_restart(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let server = TestServer::start(&db, |_| {}).await;
-    let mut alice = server.client("alice").await;
-    alice.create_room(create("r")).await.unwrap();
+    let mut app = TestApp::start(backend).await;
+    let mut alice = app.client("alice").await;
+    app.create_room("alice", "r").await;
     for i in 1..=10 {
         alice
             .send_message(chat("r", &format!("m{i}")))
@@ -195,15 +185,13 @@ async fn resume_with_after_seq_across_a_restart(backend: Backend) {
     let mut sub = Sub::open(&mut alice).await;
     let room = sub.attached("r", Some(4)).await;
     assert_eq!(room.last_seq, 10);
-    alice.send_message(chat("r", "m11")).await.unwrap();
+    app.send("alice", "r", "m11").await;
     assert_eq!(sub.chat_seqs_until(11).await, (5..=11).collect::<Vec<_>>());
-    server.stop().await;
-
-    let server = TestServer::start(&db, |_| {}).await;
-    let mut alice = server.client("alice").await;
+    app.restart().await;
+    let mut alice = app.client("alice").await;
     let mut sub = Sub::open(&mut alice).await;
     sub.attached("r", Some(8)).await;
-    alice.send_message(chat("r", "m12")).await.unwrap();
+    app.send("alice", "r", "m12").await;
     assert_eq!(sub.chat_seqs_until(12).await, vec![9, 10, 11, 12]);
     // after_seq 0 reads from the start; beyond the end it is live only.
     let mut from_start = Sub::open(&mut alice).await;
@@ -214,22 +202,17 @@ async fn resume_with_after_seq_across_a_restart(backend: Backend) {
     );
     let mut beyond = Sub::open(&mut alice).await;
     beyond.attached("r", Some(99)).await;
-    alice.send_message(chat("r", "m13")).await.unwrap();
+    app.send("alice", "r", "m13").await;
     assert_eq!(beyond.chat_seqs_until(13).await, vec![13]);
-
-    server.stop().await;
-    db.remove().await;
 }
 
 async fn idempotent_retry_is_stored_and_delivered_once(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let server = TestServer::start(&db, |_| {}).await;
-    let mut alice = server.client("alice").await;
-    let mut bob = server.client("bob").await;
-    alice.create_room(create("r")).await.unwrap();
-    bob.join_room(join("r")).await.unwrap();
-    let mut watcher = Sub::open(&mut bob).await;
-    watcher.attached("r", None).await;
+    let app = TestApp::start(backend).await;
+    let mut alice = app.client("alice").await;
+    let mut bob = app.client("bob").await;
+    app.create_room("alice", "r").await;
+    app.join("bob", "r").await;
+    let mut watcher = app.attached("bob", "r").await;
 
     let keyed = pb::SendMessageRequest {
         client_msg_id: "k-1".into(),
@@ -259,7 +242,7 @@ async fn idempotent_retry_is_stored_and_delivered_once(backend: Backend) {
     // Many concurrent retries still store one.
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..10 {
-        let mut c = server.client("alice").await;
+        let mut c = app.client("alice").await;
         let k = pb::SendMessageRequest {
             client_msg_id: "k-2".into(),
             ..chat("r", "burst")
@@ -295,18 +278,13 @@ async fn idempotent_retry_is_stored_and_delivered_once(backend: Backend) {
         "each delivered once"
     );
     assert_eq!(history(&mut alice, "r").await.len(), 3);
-
-    server.stop().await;
-    db.remove().await;
 }
 
 async fn barrage_is_delivered_but_not_stored(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let server = TestServer::start(&db, |_| {}).await;
-    let mut alice = server.client("alice").await;
-    alice.create_room(create("r")).await.unwrap();
-    let mut sub = Sub::open(&mut alice).await;
-    sub.attached("r", None).await;
+    let app = TestApp::start(backend).await;
+    let mut alice = app.client("alice").await;
+    app.create_room("alice", "r").await;
+    let mut sub = app.attached("alice", "r").await;
 
     let barrage = pb::SendMessageRequest {
         kind: pb::MessageKind::Barrage as i32,
@@ -337,24 +315,16 @@ async fn barrage_is_delivered_but_not_stored(backend: Backend) {
         .message
         .unwrap();
     assert_eq!(chat1.seq, 1);
-
-    server.stop().await;
-    db.remove().await;
 }
 
 async fn command_reaches_only_its_targets(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let server = TestServer::start(&db, |_| {}).await;
-    let mut alice = server.client("alice").await;
-    let mut bob = server.client("bob").await;
-    let mut carol = server.client("carol").await;
-    alice.create_room(create("r")).await.unwrap();
-    bob.join_room(join("r")).await.unwrap();
-    carol.join_room(join("r")).await.unwrap();
-    let mut bob_sub = Sub::open(&mut bob).await;
-    bob_sub.attached("r", None).await;
-    let mut carol_sub = Sub::open(&mut carol).await;
-    carol_sub.attached("r", None).await;
+    let app = TestApp::start(backend).await;
+    let mut alice = app.client("alice").await;
+    app.create_room("alice", "r").await;
+    app.join("bob", "r").await;
+    app.join("carol", "r").await;
+    let mut bob_sub = app.attached("bob", "r").await;
+    let mut carol_sub = app.attached("carol", "r").await;
 
     let command = pb::SendMessageRequest {
         kind: pb::MessageKind::Command as i32,
@@ -378,7 +348,7 @@ async fn command_reaches_only_its_targets(backend: Backend) {
     };
     assert_eq!(got, sent);
     // Carol's next frame is the CHAT that followed, not the command.
-    alice.send_message(chat("r", "after")).await.unwrap();
+    app.send("alice", "r", "after").await;
     let Ev::Message(next) = carol_sub.event().await else {
         panic!("expected a message")
     };
@@ -401,16 +371,12 @@ async fn command_reaches_only_its_targets(backend: Backend) {
             .iter()
             .all(|m| m.kind == pb::MessageKind::Chat as i32)
     );
-
-    server.stop().await;
-    db.remove().await;
 }
 
 async fn list_messages_pages_both_ways(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let server = TestServer::start(&db, |c| c.admin_users = vec!["root".into()]).await;
-    let mut alice = server.client("alice").await;
-    alice.create_room(create("r")).await.unwrap();
+    let app = TestApp::with(backend, |c| c.admin_users = vec!["root".into()]).await;
+    let mut alice = app.client("alice").await;
+    app.create_room("alice", "r").await;
     for i in 1..=7 {
         alice
             .send_message(chat("r", &format!("m{i}")))
@@ -465,7 +431,7 @@ async fn list_messages_pages_both_ways(backend: Backend) {
         .unwrap()
         .into_inner();
     assert_eq!(seqs(page).0.len(), 7, "default limit 50");
-    let mut root = server.client("root").await;
+    let mut root = app.client("root").await;
     assert_eq!(history(&mut root, "r").await.len(), 7, "admins may read");
 
     let err = alice
@@ -473,7 +439,7 @@ async fn list_messages_pages_both_ways(backend: Backend) {
         .await
         .unwrap_err();
     assert_bad_request(&err, "before_seq");
-    let mut stranger = server.client("stranger").await;
+    let mut stranger = app.client("stranger").await;
     let err = stranger
         .list_messages(list(None, None, 3))
         .await
@@ -487,17 +453,13 @@ async fn list_messages_pages_both_ways(backend: Backend) {
         .await
         .unwrap_err();
     assert_error(&err, Code::NotFound, "ROOM_NOT_FOUND");
-
-    server.stop().await;
-    db.remove().await;
 }
 
 async fn send_message_errors(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let server = TestServer::start(&db, |c| c.max_text_bytes = 10).await;
-    let mut alice = server.client("alice").await;
-    let mut stranger = server.client("stranger").await;
-    alice.create_room(create("r")).await.unwrap();
+    let app = TestApp::with(backend, |c| c.max_text_bytes = 10).await;
+    let mut alice = app.client("alice").await;
+    let mut stranger = app.client("stranger").await;
+    app.create_room("alice", "r").await;
 
     let err = stranger.send_message(chat("r", "hi")).await.unwrap_err();
     assert_error(&err, Code::PermissionDenied, "NOT_A_MEMBER");
@@ -531,7 +493,4 @@ async fn send_message_errors(backend: Backend) {
         "nothing was stored"
     );
     assert_eq!(get_room(&mut alice, "r").await.unwrap().last_seq, 0);
-
-    server.stop().await;
-    db.remove().await;
 }

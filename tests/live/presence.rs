@@ -6,7 +6,7 @@ use std::time::Duration;
 use tonic::Code;
 
 use crate::common::{
-    self, Backend, Ev, Sub, TestDb, TestServer, chat, create, eventually, get_room, history, join,
+    self, Backend, Ev, Sub, TestApp, create, eventually, eventually_room, get_room, history,
 };
 use crate::on_both_stores;
 use chatroom::pb;
@@ -22,16 +22,12 @@ on_both_stores!(
 /// A presence timeout added by UpdateRoom while a member's stream is attached applies
 /// once that stream goes away.
 async fn presence_timeout_set_while_attached_applies(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let server = TestServer::start(&db, |c| c.member_event_window_ms = 10).await;
-    let mut owner = server.client("owner").await;
-    let mut bob = server.client("bob").await;
-    owner.create_room(create("r")).await.unwrap();
-    bob.join_room(join("r")).await.unwrap();
-    let mut watcher = Sub::open(&mut owner).await;
-    watcher.attached("r", None).await;
-    let mut bob_sub = Sub::open(&mut bob).await;
-    bob_sub.attached("r", None).await;
+    let app = TestApp::with(backend, |c| c.member_event_window_ms = 10).await;
+    let mut owner = app.client("owner").await;
+    app.create_room("owner", "r").await;
+    app.join("bob", "r").await;
+    let mut watcher = app.attached("owner", "r").await;
+    let mut bob_sub = app.attached("bob", "r").await;
 
     owner
         .update_room(pb::UpdateRoomRequest {
@@ -51,38 +47,33 @@ async fn presence_timeout_set_while_attached_applies(backend: Backend) {
         "{frames:?}"
     );
     // He was online all along: his timeout counts from when his stream went away.
+    // (The wait outlasts the 500 ms timeout on purpose.)
     tokio::time::sleep(Duration::from_millis(700)).await;
     drop(bob_sub);
     let gone = std::time::Instant::now();
-    let mut left = Vec::new();
-    while left.is_empty() {
-        if let Ev::MembersLeft(l) = watcher.event().await {
-            left = l.members.into_iter().map(|m| m.user_id).collect();
-        }
-    }
-    assert_eq!(left, ["bob"]);
+    assert_eq!(watcher.members_left().await, ["bob"]);
     assert!(
         gone.elapsed() >= Duration::from_millis(400),
         "removed {:?} after leaving, before the 500 ms timeout",
         gone.elapsed()
     );
-
-    server.stop().await;
-    db.remove().await;
 }
 
 async fn online_follows_attached_streams(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let server = TestServer::start(&db, |_| {}).await;
-    let mut alice = server.client("alice").await;
-    let mut bob = server.client("bob").await;
-    alice.create_room(create("r")).await.unwrap();
-    bob.join_room(join("r")).await.unwrap();
+    let app = TestApp::start(backend).await;
+    let mut alice = app.client("alice").await;
+    let mut bob = app.client("bob").await;
+    app.create_room("alice", "r").await;
+    app.create_room("alice", "elsewhere").await;
+    app.join("bob", "r").await;
+    app.join("bob", "elsewhere").await;
 
     let mut first = Sub::open(&mut bob).await;
     first.attached("r", None).await;
     let mut second = Sub::open(&mut bob).await;
     second.attached("r", None).await;
+    // Only `first` has bob in `elsewhere`: a marker of its going away (below).
+    first.attached("elsewhere", None).await;
     assert_eq!(get_room(&mut alice, "r").await.unwrap().online_count, 1);
     let online = alice
         .list_members(pb::ListMembersRequest {
@@ -100,21 +91,22 @@ async fn online_follows_attached_streams(backend: Backend) {
     );
 
     drop(first);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A stream that goes away detaches all its rooms in one step, so once bob is
+    // offline in `elsewhere`, `first` is gone from `r` too.
+    eventually_room(&alice, "elsewhere", "first's stream is gone", 0, |r| {
+        r.online_count
+    })
+    .await;
     assert_eq!(
         get_room(&mut alice, "r").await.unwrap().online_count,
         1,
         "one stream left"
     );
     drop(second);
-    eventually("offline once every stream is gone", 0, || {
-        let mut alice = alice.clone();
-        async move { get_room(&mut alice, "r").await.unwrap().online_count }
+    eventually_room(&alice, "r", "offline once every stream is gone", 0, |r| {
+        r.online_count
     })
     .await;
-
-    server.stop().await;
-    db.remove().await;
 }
 
 fn presence_room(id: &str, timeout_ms: i64) -> pb::CreateRoomRequest {
@@ -128,46 +120,28 @@ fn presence_room(id: &str, timeout_ms: i64) -> pb::CreateRoomRequest {
 }
 
 async fn presence_timeout_removes_absent_members(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let server = TestServer::start(&db, |c| c.member_event_window_ms = 10).await;
-    let mut alice = server.client("alice").await;
-    let mut bob = server.client("bob").await;
-    let mut carol = server.client("carol").await;
-    alice.create_room(presence_room("p", 800)).await.unwrap();
-    let mut alice_sub = Sub::open(&mut alice).await;
-    alice_sub.attached("p", None).await;
-    bob.join_room(join("p")).await.unwrap();
-    carol.join_room(join("p")).await.unwrap();
-    let mut bob_sub = Sub::open(&mut bob).await;
-    bob_sub.attached("p", None).await;
+    let app = TestApp::with(backend, |c| c.member_event_window_ms = 10).await;
+    let mut alice = app.client("alice").await;
+    app.create_room_with("alice", presence_room("p", 800)).await;
+    let mut alice_sub = app.attached("alice", "p").await;
+    app.join("bob", "p").await;
+    app.join("carol", "p").await;
+    let bob_sub = app.attached("bob", "p").await;
+    // Past the 800 ms timeout on purpose: what an attached member outlives.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     // Carol never attached: gone. Bob is attached: stays. So is alice.
-    let mut left = Vec::new();
-    while left.is_empty() {
-        if let Ev::MembersLeft(l) = alice_sub.event().await {
-            left = l.members.into_iter().map(|m| m.user_id).collect();
-        }
-    }
-    assert_eq!(left, ["carol"]);
+    assert_eq!(alice_sub.members_left().await, ["carol"]);
+    assert_eq!(get_room(&mut alice, "p").await.unwrap().member_count, 2);
     drop(bob_sub);
-    let mut left = Vec::new();
-    while left.is_empty() {
-        if let Ev::MembersLeft(l) = alice_sub.event().await {
-            left = l.members.into_iter().map(|m| m.user_id).collect();
-        }
-    }
     assert_eq!(
-        left,
+        alice_sub.members_left().await,
         ["bob"],
         "removed once its stream was gone for the timeout"
     );
     let room = get_room(&mut alice, "p").await.unwrap();
     assert_eq!(room.member_count, 1);
     // Bob's room slot was freed and he may join again.
-    bob.join_room(join("p")).await.unwrap();
-
-    server.stop().await;
-    db.remove().await;
+    app.join("bob", "p").await;
 }
 
 fn destroy_room(id: &str, after_ms: i64) -> pb::CreateRoomRequest {
@@ -193,26 +167,29 @@ async fn wait_gone(client: &mut common::Client, room: &str) {
 }
 
 async fn destroy_when_empty_with_and_without_rejoin(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let server = TestServer::start(&db, |_| {}).await;
-    let mut alice = server.client("alice").await;
-    let mut bob = server.client("bob").await;
-    let leave = |id: &str| pb::LeaveRoomRequest { room_id: id.into() };
-    alice.create_room(destroy_room("gone", 500)).await.unwrap();
-    alice.create_room(destroy_room("kept", 800)).await.unwrap();
-    alice
-        .send_message(chat("gone", "history too"))
-        .await
-        .unwrap();
+    let app = TestApp::start(backend).await;
+    let mut alice = app.client("alice").await;
+    let mut bob = app.client("bob").await;
+    app.create_room_with("alice", destroy_room("gone", 500))
+        .await;
+    app.create_room_with("alice", destroy_room("kept", 800))
+        .await;
+    // Due 300 ms after `kept`, by the same timer task: once it is gone, `kept`
+    // would be too, had the rejoin not cancelled its delay.
+    app.create_room_with("alice", destroy_room("later", 1100))
+        .await;
+    app.send("alice", "gone", "history too").await;
     let mut bob_watch = Sub::open(&mut bob).await;
 
-    alice.leave_room(leave("gone")).await.unwrap();
-    alice.leave_room(leave("kept")).await.unwrap();
+    app.leave("alice", "gone").await;
+    app.leave("alice", "kept").await;
+    app.leave("alice", "later").await;
+    // The rejoin falls in the middle of `kept`'s delay.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    bob.join_room(join("kept")).await.unwrap();
+    app.join("bob", "kept").await;
     bob_watch.attached("kept", None).await;
     wait_gone(&mut bob, "gone").await;
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    wait_gone(&mut bob, "later").await;
     assert_eq!(
         get_room(&mut bob, "kept").await.unwrap().member_count,
         1,
@@ -220,43 +197,29 @@ async fn destroy_when_empty_with_and_without_rejoin(backend: Backend) {
     );
 
     // Once bob leaves too, it goes; the id is free again, with no history left.
-    bob.leave_room(leave("kept")).await.unwrap();
+    app.leave("bob", "kept").await;
     wait_gone(&mut bob, "kept").await;
-    alice.create_room(create("gone")).await.unwrap();
+    app.create_room("alice", "gone").await;
     assert!(history(&mut alice, "gone").await.is_empty());
-
-    server.stop().await;
-    db.remove().await;
 }
 
 async fn timers_survive_a_restart(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let server = TestServer::start(&db, |_| {}).await;
-    let mut alice = server.client("alice").await;
-    let mut bob = server.client("bob").await;
-    alice
-        .create_room(destroy_room("empty-soon", 600))
-        .await
-        .unwrap();
-    alice
-        .create_room(presence_room("present", 600))
-        .await
-        .unwrap();
-    bob.join_room(join("present")).await.unwrap();
-    let mut alice_sub = Sub::open(&mut alice).await;
-    alice_sub.attached("present", None).await;
-    alice
-        .leave_room(pb::LeaveRoomRequest {
-            room_id: "empty-soon".into(),
-        })
-        .await
-        .unwrap();
-    server.stop().await;
+    let mut app = TestApp::start(backend).await;
+    app.create_room_with("alice", destroy_room("empty-soon", 600))
+        .await;
+    app.create_room_with("alice", presence_room("present", 600))
+        .await;
+    app.join("bob", "present").await;
+    // Attached when the server goes down.
+    let _alice_sub = app.attached("alice", "present").await;
+    app.leave("alice", "empty-soon").await;
+    app.stop_server().await;
+    // Both 600 ms timers come due while no server runs: what this test is about.
     tokio::time::sleep(Duration::from_millis(900)).await;
 
     // Overdue while the server was down: applied right after it starts.
-    let server = TestServer::start(&db, |_| {}).await;
-    let mut alice = server.client("alice").await;
+    app.start_again().await;
+    let mut alice = app.client("alice").await;
     wait_gone(&mut alice, "empty-soon").await;
     eventually(
         "bob never attached and alice's stream ended with the old process",
@@ -267,7 +230,4 @@ async fn timers_survive_a_restart(backend: Backend) {
         },
     )
     .await;
-
-    server.stop().await;
-    db.remove().await;
 }

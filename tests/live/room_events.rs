@@ -1,9 +1,7 @@
 //! Room events on streams: member events (coalesced, suppressed) and the detaches of
 //! leave, switch and delete.
 
-use std::time::Duration;
-
-use crate::common::{Backend, Ev, Sub, TestDb, TestServer, chat, create, get_room, join};
+use crate::common::{Backend, Ev, Sub, TestApp, create, get_room, join};
 use crate::on_both_stores;
 use chatroom::pb;
 
@@ -30,16 +28,13 @@ async fn member_frames(sub: &mut Sub, count: usize) -> Vec<Ev> {
 }
 
 async fn member_events_are_coalesced(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let server = TestServer::start(&db, |c| c.member_event_window_ms = 400).await;
-    let mut owner = server.client("owner").await;
-    owner.create_room(create("r")).await.unwrap();
-    let mut sub = Sub::open(&mut owner).await;
-    sub.attached("r", None).await;
+    let app = TestApp::with(backend, |c| c.member_event_window_ms = 400).await;
+    app.create_room("owner", "r").await;
+    let mut sub = app.attached("owner", "r").await;
 
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..5 {
-        let mut c = server.client(&format!("u{i}")).await;
+        let mut c = app.client(&format!("u{i}")).await;
         tasks.spawn(async move {
             c.join_room(pb::JoinRoomRequest {
                 room_id: "r".into(),
@@ -73,12 +68,7 @@ async fn member_events_are_coalesced(backend: Backend) {
         (0..5).map(|i| format!("User {i}")).collect::<Vec<_>>()
     );
 
-    let mut u0 = server.client("u0").await;
-    u0.leave_room(pb::LeaveRoomRequest {
-        room_id: "r".into(),
-    })
-    .await
-    .unwrap();
+    app.leave("u0", "r").await;
     let left = member_frames(&mut sub, 1).await;
     let Ev::MembersLeft(left) = &left[0] else {
         panic!("expected a leave")
@@ -87,71 +77,70 @@ async fn member_events_are_coalesced(backend: Backend) {
         (left.members[0].user_id.as_str(), left.member_count),
         ("u0", 5)
     );
-
-    server.stop().await;
-    db.remove().await;
 }
 
 async fn member_events_none_suppresses_them(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let server = TestServer::start(&db, |c| c.member_event_window_ms = 20).await;
-    let mut owner = server.client("owner").await;
-    owner
-        .create_room(pb::CreateRoomRequest {
+    let app = TestApp::with(backend, |c| c.member_event_window_ms = 20).await;
+    let mut owner = app.client("owner").await;
+    app.create_room_with(
+        "owner",
+        pb::CreateRoomRequest {
             settings: Some(pb::RoomSettings {
                 member_events: pb::MemberEvents::None as i32,
                 ..Default::default()
             }),
             ..create("quiet")
+        },
+    )
+    .await;
+    let mut sub = app.attached("owner", "quiet").await;
+    for i in 0..3 {
+        app.join(&format!("u{i}"), "quiet").await;
+    }
+    app.leave("u1", "quiet").await;
+    assert_eq!(get_room(&mut owner, "quiet").await.unwrap().member_count, 3);
+    // A marker: once the room announces members again, one more join. Member changes
+    // go out in the order they were made, so any frame of the ones above would come
+    // before the marker's (or with it).
+    owner
+        .update_room(pb::UpdateRoomRequest {
+            room_id: "quiet".into(),
+            settings: Some(pb::RoomSettings {
+                member_events: pb::MemberEvents::All as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
         })
         .await
         .unwrap();
-    let mut sub = Sub::open(&mut owner).await;
-    sub.attached("quiet", None).await;
-    for i in 0..3 {
-        let mut c = server.client(&format!("u{i}")).await;
-        c.join_room(join("quiet")).await.unwrap();
+    app.join("marker", "quiet").await;
+    loop {
+        match sub.event().await {
+            Ev::RoomUpdated(_) => {}
+            Ev::MembersJoined(j) if j.members.iter().all(|m| m.user_id == "marker") => break,
+            other => panic!("no member frames before the marker's join: {other:?}"),
+        }
     }
-    let mut u1 = server.client("u1").await;
-    u1.leave_room(pb::LeaveRoomRequest {
-        room_id: "quiet".into(),
-    })
-    .await
-    .unwrap();
-    assert_eq!(get_room(&mut owner, "quiet").await.unwrap().member_count, 3);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    owner
-        .send_message(chat("quiet", "only this"))
-        .await
-        .unwrap();
+    app.send("owner", "quiet", "only this").await;
     let Ev::Message(m) = sub.event().await else {
         panic!("no member frames before the message")
     };
     assert_eq!(m.text, "only this");
-
-    server.stop().await;
-    db.remove().await;
 }
 
 async fn leave_switch_and_delete_detach_streams(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let server = TestServer::start(&db, |_| {}).await;
-    let mut owner = server.client("owner").await;
-    let mut bob = server.client("bob").await;
+    let app = TestApp::start(backend).await;
+    let mut owner = app.client("owner").await;
+    let mut bob = app.client("bob").await;
     for id in ["a", "b", "c"] {
         owner.create_room(create(id)).await.unwrap();
         bob.join_room(join(id)).await.unwrap();
     }
-    let mut sub = Sub::open(&mut bob).await;
-    sub.attached("a", None).await;
+    let mut sub = app.attached("bob", "a").await;
     sub.attached("c", None).await;
 
     // LeaveRoom from anywhere detaches the user's streams.
-    bob.leave_room(pb::LeaveRoomRequest {
-        room_id: "a".into(),
-    })
-    .await
-    .unwrap();
+    app.leave("bob", "a").await;
     let Ev::Detached(d) = sub.event().await else {
         panic!("expected detached")
     };
@@ -159,14 +148,14 @@ async fn leave_switch_and_delete_detach_streams(backend: Backend) {
         (d.room_id.as_str(), d.reason),
         ("a", pb::DetachReason::Left as i32)
     );
-    owner.send_message(chat("a", "not for bob")).await.unwrap();
+    app.send("owner", "a", "not for bob").await;
     assert!(
         sub.until_pong().await.is_empty(),
         "nothing from a room left"
     );
 
     // SwitchRoom moves the stream: detached{SWITCHED}, then attached to the new room.
-    bob.join_room(join("a")).await.unwrap();
+    app.join("bob", "a").await;
     bob.switch_room(pb::SwitchRoomRequest {
         from_room_id: "c".into(),
         to_room_id: "b".into(),
@@ -185,7 +174,7 @@ async fn leave_switch_and_delete_detach_streams(backend: Backend) {
         panic!("expected attached")
     };
     assert_eq!(att.room.unwrap().room_id, "b");
-    owner.send_message(chat("b", "to b")).await.unwrap();
+    app.send("owner", "b", "to b").await;
     let Ev::Message(m) = sub.event().await else {
         panic!("expected the message in b")
     };
@@ -229,7 +218,4 @@ async fn leave_switch_and_delete_detach_streams(backend: Backend) {
             .any(|e| matches!(e, Ev::RoomUpdated(u) if u.room.as_ref().unwrap().name == "renamed")),
         "{frames:?}"
     );
-
-    server.stop().await;
-    db.remove().await;
 }

@@ -6,7 +6,8 @@ use std::time::Duration;
 use tonic::Code;
 
 use crate::common::{
-    Backend, Ev, Sub, TestDb, TestServer, assert_error, chat, create, history, join,
+    Backend, Ev, ServerProcess, Sub, TestApp, TestDb, TestServer, assert_error, chat, create,
+    history, join,
 };
 use crate::on_both_stores;
 use chatroom::pb;
@@ -23,40 +24,37 @@ on_both_stores!(
 /// A server shutting down ends each stream with UNAVAILABLE (in its trailers), after
 /// the frames already produced: clients reconnect and resume.
 async fn shutdown_ends_streams_with_unavailable(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let server = TestServer::start(&db, |_| {}).await;
-    let mut alice = server.client("alice").await;
-    alice.create_room(create("r")).await.unwrap();
-    let mut sub = Sub::open(&mut alice).await;
-    sub.attached("r", None).await;
-    alice.send_message(chat("r", "before")).await.unwrap();
+    let mut app = TestApp::start(backend).await;
+    app.create_room("alice", "r").await;
+    let mut sub = app.attached("alice", "r").await;
+    app.send("alice", "r", "before").await;
 
-    let stopping = tokio::spawn(server.stop());
     let mut texts = Vec::new();
-    let status = loop {
-        match tokio::time::timeout(Duration::from_secs(10), sub.responses_result()).await {
-            Ok(Ok(Some(frame))) => {
-                if let Some(Ev::Message(m)) = frame.event {
-                    texts.push(m.text);
+    let ending = async {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), sub.responses_result()).await {
+                Ok(Ok(Some(frame))) => {
+                    if let Some(Ev::Message(m)) = frame.event {
+                        texts.push(m.text);
+                    }
                 }
+                Ok(Ok(None)) => panic!("the stream ended without a status"),
+                Ok(Err(status)) => break status,
+                Err(_) => panic!("the stream did not end at shutdown"),
             }
-            Ok(Ok(None)) => panic!("the stream ended without a status"),
-            Ok(Err(status)) => break status,
-            Err(_) => panic!("the stream did not end at shutdown"),
         }
     };
+    // The stop runs while the stream is read; it returns once the server is done.
+    let ((), status) = tokio::join!(app.stop_server(), ending);
     assert_eq!(texts, ["before"]);
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert!(status.message().contains("reconnect"), "{status:?}");
-    stopping.await.unwrap();
-    db.remove().await;
 }
 
 /// Subscribe checks the caller like every other call.
 async fn subscribe_without_identity_is_unauthenticated(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let server = TestServer::start(&db, |_| {}).await;
-    let mut anon = server.anonymous().await;
+    let app = TestApp::start(backend).await;
+    let mut anon = app.anonymous().await;
     let frames = tokio_stream::iter(vec![pb::SubscribeRequest {
         request_id: "p".into(),
         frame: Some(pb::subscribe_request::Frame::Ping(pb::Ping {})),
@@ -69,21 +67,16 @@ async fn subscribe_without_identity_is_unauthenticated(backend: Backend) {
         },
     };
     assert_error(&status, Code::Unauthenticated, "UNAUTHENTICATED");
-
-    server.stop().await;
-    db.remove().await;
 }
 
 async fn a_half_closed_stream_keeps_delivering(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let server = TestServer::start(&db, |_| {}).await;
-    let mut alice = server.client("alice").await;
-    alice.create_room(create("r")).await.unwrap();
-    let mut sub = Sub::open(&mut alice).await;
-    sub.attached("r", None).await;
+    let app = TestApp::start(backend).await;
+    let mut alice = app.client("alice").await;
+    app.create_room("alice", "r").await;
+    let mut sub = app.attached("alice", "r").await;
     sub.close_sending();
     // Listening only: messages still arrive after the client closed its side...
-    alice.send_message(chat("r", "still here")).await.unwrap();
+    app.send("alice", "r", "still here").await;
     let Ev::Message(m) = sub.event().await else {
         panic!("expected the message")
     };
@@ -98,16 +91,12 @@ async fn a_half_closed_stream_keeps_delivering(backend: Backend) {
     assert!(matches!(sub.event().await, Ev::RoomDeleted(_)));
     assert!(matches!(sub.event().await, Ev::Detached(_)));
     assert_eq!(sub.end().await.code(), Code::Ok);
-
-    server.stop().await;
-    db.remove().await;
 }
 
 async fn stream_errors_do_not_end_the_stream(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let server = TestServer::start(&db, |c| c.max_rooms_per_stream = 2).await;
-    let mut owner = server.client("owner").await;
-    let mut stranger = server.client("stranger").await;
+    let app = TestApp::with(backend, |c| c.max_rooms_per_stream = 2).await;
+    let mut owner = app.client("owner").await;
+    let mut stranger = app.client("stranger").await;
     for id in ["a", "b", "c"] {
         owner.create_room(create(id)).await.unwrap();
     }
@@ -139,8 +128,7 @@ async fn stream_errors_do_not_end_the_stream(backend: Backend) {
         "NOT_A_MEMBER",
     );
 
-    let mut owner_sub = Sub::open(&mut owner).await;
-    owner_sub.attached("a", None).await;
+    let mut owner_sub = app.attached("owner", "a").await;
     owner_sub.attached("b", None).await;
     expect_error(
         owner_sub.attach("c", None).await,
@@ -188,9 +176,6 @@ async fn stream_errors_do_not_end_the_stream(backend: Backend) {
     );
     assert!(owner_sub.until_pong().await.is_empty());
     assert!(sub.until_pong().await.is_empty());
-
-    server.stop().await;
-    db.remove().await;
 }
 
 /// Eight members sending as fast as they can until the server goes away: four over
@@ -237,13 +222,9 @@ async fn start_storm(server: &TestServer, room: &str) -> tokio::task::JoinSet<Ve
     tasks
 }
 
-/// Collects what a storm acknowledged and checks, on a fresh server over the same
-/// database, that the history is 1..=N without gaps and holds every one of them.
-async fn assert_acknowledged_are_stored(
-    db: &TestDb,
-    room: &str,
-    mut storm: tokio::task::JoinSet<Vec<u64>>,
-) {
+/// Waits until the storm's senders stop (the server went away); the seqs they were
+/// acknowledged.
+async fn acknowledged(mut storm: tokio::task::JoinSet<Vec<u64>>) -> Vec<u64> {
     let mut acked = Vec::new();
     while let Some(seqs) = storm.join_next().await {
         acked.extend(seqs.unwrap());
@@ -253,9 +234,13 @@ async fn assert_acknowledged_are_stored(
         "the storm was running ({} acked)",
         acked.len()
     );
+    acked
+}
 
-    let server = TestServer::start(db, |_| {}).await;
-    let mut owner = server.client("owner").await;
+/// Checks, on a fresh server over the storm's database, that the history is 1..=N
+/// without gaps and holds every acknowledged message.
+async fn assert_stored(app: &TestApp, room: &str, acked: &[u64]) {
+    let mut owner = app.client("owner").await;
     let stored: Vec<u64> = history(&mut owner, room)
         .await
         .iter()
@@ -268,58 +253,40 @@ async fn assert_acknowledged_are_stored(
         acked.iter().all(|s| stored.contains(s)),
         "every acknowledged message is stored"
     );
-    server.stop().await;
 }
 
 async fn shutdown_during_a_send_storm_loses_no_acknowledged_message(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let server = TestServer::start(&db, |_| {}).await;
-    let mut owner = server.client("owner").await;
-    owner.create_room(create("s")).await.unwrap();
-    let storm = start_storm(&server, "s").await;
+    let mut app = TestApp::start(backend).await;
+    app.create_room("owner", "s").await;
+    let storm = start_storm(&app, "s").await;
+    // The storm runs a while, so that the shutdown falls in the middle of it.
     tokio::time::sleep(Duration::from_millis(700)).await;
-    server.stop().await;
-    assert_acknowledged_are_stored(&db, "s", storm).await;
-    db.remove().await;
+    app.stop_server().await;
+    let acked = acknowledged(storm).await;
+    app.start_again().await;
+    assert_stored(&app, "s", &acked).await;
 }
 
 /// The same through the real binary and a real SIGTERM.
 async fn sigterm_during_a_send_storm_loses_no_acknowledged_message(backend: Backend) {
     let db = TestDb::new(backend).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatroom"))
-        .args([
-            "--listen",
-            &addr.to_string(),
-            "--database-url",
-            &db.url,
-            "--log",
-            "warn",
-        ])
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start the chatroom binary");
-    let server = TestServer::external(addr).await;
-    let mut owner = server.client("owner").await;
-    owner.create_room(create("s")).await.unwrap();
-    let storm = start_storm(&server, "s").await;
+    let mut process = ServerProcess::start(&db).await;
+    process.server.create_room("owner", "s").await;
+    let storm = start_storm(&process.server, "s").await;
+    // As above: the SIGTERM falls in the middle of the storm.
     tokio::time::sleep(Duration::from_millis(700)).await;
 
     let killed = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().unwrap().to_string()])
+        .args(["-TERM", &process.child.id().unwrap().to_string()])
         .status()
         .expect("run kill");
     assert!(killed.success());
-    let exit = tokio::time::timeout(Duration::from_secs(20), child.wait())
+    let exit = tokio::time::timeout(Duration::from_secs(20), process.child.wait())
         .await
         .expect("the server stops after SIGTERM")
         .unwrap();
     assert!(exit.success(), "clean exit after SIGTERM: {exit:?}");
-    assert_acknowledged_are_stored(&db, "s", storm).await;
-    db.remove().await;
+    let acked = acknowledged(storm).await;
+    let app = TestApp::over(db, |_| {}).await;
+    assert_stored(&app, "s", &acked).await;
 }

@@ -1,0 +1,75 @@
+//! The test harness itself: a `TestApp` leaves no server and no database behind,
+//! whether its test returns or panics.
+
+mod common;
+
+use std::panic::AssertUnwindSafe;
+
+use tonic::Code;
+
+use common::{Backend, TestApp};
+
+on_both_stores!(a_dropped_app_stops_its_server_and_removes_its_database);
+
+/// Panicking tests run on runtimes of their own, as `#[tokio::test]` would.
+mod panicking {
+    #[test]
+    fn on_sqlite() {
+        super::a_panicking_test_leaves_nothing_behind(super::Backend::Sqlite);
+    }
+
+    #[test]
+    fn on_postgres() {
+        super::a_panicking_test_leaves_nothing_behind(super::Backend::Postgres);
+    }
+}
+
+async fn a_dropped_app_stops_its_server_and_removes_its_database(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    app.create_room("alice", "r").await;
+    let mut sub = app.attached("alice", "r").await;
+    let addr = app.addr;
+    let location = app.db().location();
+    assert!(location.exists().await);
+
+    drop(app);
+    // The graceful stop ended the stream as a shutdown does, and closed the port.
+    assert_eq!(sub.end().await.code(), Code::Unavailable);
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "{addr} still accepts connections"
+    );
+    assert!(!location.exists().await, "{location:?} is still there");
+}
+
+/// A test body that panics while its server holds database connections and a stream:
+/// its database is gone once the panic has unwound out of the runtime.
+fn a_panicking_test_leaves_nothing_behind(backend: Backend) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let failed = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        runtime.block_on(async {
+            let app = TestApp::start(backend).await;
+            tx.send(app.db().location()).unwrap();
+            app.create_room("alice", "r").await;
+            let _sub = app.attached("alice", "r").await;
+            panic!("a failing test, on purpose");
+        })
+    }));
+    assert!(failed.is_err(), "the test body panicked");
+    drop(runtime);
+
+    let location = rx.recv().expect("the app said where its database is");
+    let check = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    assert!(
+        !check.block_on(location.exists()),
+        "{location:?} outlived the panic"
+    );
+}
