@@ -9,9 +9,7 @@ mod common;
 use tonic::Code;
 
 use chatroom::pb;
-use common::{
-    Backend, Client, TestDb, TestServer, all_members, assert_error, create, get_room, join,
-};
+use common::{Backend, Client, TestApp, all_members, assert_error, create, get_room, join};
 
 on_both_stores!(
     concurrent_create_room_creates_exactly_once,
@@ -34,13 +32,12 @@ fn member_ids(members: Vec<pb::Member>) -> Vec<String> {
 /// Of many CreateRoom calls for one id at once (likely in one batch), exactly one
 /// creates the room and owns it; every other is told ROOM_EXISTS and joins nothing.
 async fn concurrent_create_room_creates_exactly_once(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let server = TestServer::start(&db, |_| {}).await;
+    let app = TestApp::start(backend).await;
 
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..30 {
         let user = format!("user{i:02}");
-        let mut client = server.client(&user).await;
+        let mut client = app.client(&user).await;
         tasks.spawn(async move { (user, client.create_room(create("taken")).await) });
     }
     let mut owners = Vec::new();
@@ -59,7 +56,7 @@ async fn concurrent_create_room_creates_exactly_once(backend: Backend) {
         1,
         "exactly one CreateRoom succeeds: {owners:?}"
     );
-    let mut owner = server.client(&owners[0]).await;
+    let mut owner = app.client(&owners[0]).await;
     let room = get_room(&mut owner, "taken").await.unwrap();
     assert_eq!(
         (room.owner_id.as_str(), room.member_count),
@@ -68,18 +65,14 @@ async fn concurrent_create_room_creates_exactly_once(backend: Backend) {
     let members = all_members(&mut owner, "taken").await;
     assert_eq!(member_ids(members.clone()), [owners[0].clone()]);
     assert_eq!(members[0].role, pb::Role::Owner as i32);
-
-    server.stop().await;
-    db.remove().await;
 }
 
 /// Switches into a room and joins of it race for its last places. The room never
 /// passes `max_members`, its count matches its rows, a switch that found the room
 /// full left its user where it was, and one that got in left its old room.
 async fn switches_and_joins_racing_for_the_last_places_keep_counts_exact(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let server = TestServer::start(&db, |_| {}).await;
-    let mut owner = server.client("owner").await;
+    let app = TestApp::start(backend).await;
+    let mut owner = app.client("owner").await;
     owner
         .create_room(pb::CreateRoomRequest {
             settings: Some(pb::RoomSettings {
@@ -96,7 +89,7 @@ async fn switches_and_joins_racing_for_the_last_places_keep_counts_exact(backend
         let user = format!("mover{i}");
         let from = format!("from{i}");
         owner.create_room(create(&from)).await.unwrap();
-        let mut client = server.client(&user).await;
+        let mut client = app.client(&user).await;
         client.join_room(join(&from)).await.unwrap();
         movers.push((user, client));
     }
@@ -113,7 +106,7 @@ async fn switches_and_joins_racing_for_the_last_places_keep_counts_exact(backend
     }
     for i in 0..10 {
         let user = format!("joiner{i}");
-        let mut client = server.client(&user).await;
+        let mut client = app.client(&user).await;
         tasks.spawn(async move { (user, None, client.join_room(join("target")).await.map(drop)) });
     }
     let mut inside = vec!["owner".to_string()];
@@ -143,18 +136,14 @@ async fn switches_and_joins_racing_for_the_last_places_keep_counts_exact(backend
     let room = get_room(&mut owner, "target").await.unwrap();
     assert_eq!(room.member_count, 6);
     assert_eq!(member_ids(all_members(&mut owner, "target").await), inside);
-
-    server.stop().await;
-    db.remove().await;
 }
 
 /// A CreateRoom the per-user room limit refuses leaves no room behind, and the id
 /// stays free for someone else.
 async fn create_room_beyond_the_room_limit_creates_nothing(backend: Backend) {
-    let db = TestDb::new(backend).await;
-    let server = TestServer::start(&db, |c| c.max_rooms_per_user = 1).await;
-    let mut alice = server.client("alice").await;
-    let mut bob = server.client("bob").await;
+    let app = TestApp::with(backend, |c| c.max_rooms_per_user = 1).await;
+    let mut alice = app.client("alice").await;
+    let mut bob = app.client("bob").await;
     alice.create_room(create("first")).await.unwrap();
 
     let err = alice.create_room(create("second")).await.unwrap_err();
@@ -170,7 +159,4 @@ async fn create_room_beyond_the_room_limit_creates_nothing(backend: Backend) {
         .room
         .unwrap();
     assert_eq!((room.owner_id.as_str(), room.member_count), ("bob", 1));
-
-    server.stop().await;
-    db.remove().await;
 }
