@@ -41,7 +41,7 @@
 //! statement, a queue of at most 256 frames, one catch-up page (256 messages or
 //! 256 KiB); a room's ring holds `--room-buffer` events and `--room-buffer-bytes` of
 //! large frames, and one shared copy of the room; HTTP/2 keepalive reaps connections
-//! whose client vanished. `tests/hostile.rs` tries each of these from outside.
+//! whose client vanished. `tests/hostile/` tries each of these from outside.
 //!
 //! [`serve`] runs the whole server on a listener until a shutdown future resolves;
 //! `main.rs` calls it with the configured address and SIGTERM/SIGINT, tests call it on

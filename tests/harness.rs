@@ -11,16 +11,38 @@ use common::{Backend, TestApp};
 
 on_both_stores!(a_dropped_app_stops_its_server_and_removes_its_database);
 
-/// Panicking tests run on runtimes of their own, as `#[tokio::test]` would.
+/// Panicking tests run on runtimes of their own, as `#[tokio::test]` would, on a
+/// thread of their own: one that hangs fails the test instead of the whole run.
 mod panicking {
+    use std::time::Duration;
+
+    use super::Backend;
+
+    /// Far more than a panicking test and its cleanup take (well under a second).
+    const LIMIT: Duration = Duration::from_secs(60);
+
+    fn within_limit(backend: Backend) {
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let outcome =
+                std::panic::catch_unwind(|| super::a_panicking_test_leaves_nothing_behind(backend));
+            let _ = done.send(outcome);
+        });
+        match finished.recv_timeout(LIMIT) {
+            Ok(Ok(())) => {}
+            Ok(Err(panic)) => std::panic::resume_unwind(panic),
+            Err(_) => panic!("a panicking test on {backend:?} and its cleanup took over {LIMIT:?}"),
+        }
+    }
+
     #[test]
     fn on_sqlite() {
-        super::a_panicking_test_leaves_nothing_behind(super::Backend::Sqlite);
+        within_limit(Backend::Sqlite);
     }
 
     #[test]
     fn on_postgres() {
-        super::a_panicking_test_leaves_nothing_behind(super::Backend::Postgres);
+        within_limit(Backend::Postgres);
     }
 }
 

@@ -271,11 +271,14 @@ impl TestServer {
     /// Waits until the gRPC port answers (migrations run before it is served).
     async fn wait_until_serving(&self) {
         let mut health = tonic_health::pb::health_client::HealthClient::new(self.channel().await);
-        for _ in 0..200 {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        // Each check is bounded too: until the server accepts, a connection only waits.
+        while let Some(left) = deadline.checked_duration_since(tokio::time::Instant::now()) {
             let req = tonic_health::pb::HealthCheckRequest {
                 service: String::new(),
             };
-            if let Ok(r) = health.check(req).await
+            let check = tokio::time::timeout(left.min(Duration::from_secs(1)), health.check(req));
+            if let Ok(Ok(r)) = check.await
                 && r.into_inner().status
                     == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
             {
@@ -284,7 +287,10 @@ impl TestServer {
             // Polls: nothing announces that the port serves.
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        panic!("server on {} did not become healthy", self.addr);
+        panic!(
+            "server on {} did not become healthy within {WAIT:?}",
+            self.addr
+        );
     }
 
     /// A channel to the server; connects lazily and retries until the port is up.
@@ -564,9 +570,10 @@ pub use pb::subscribe_response::Event as Ev;
 impl Sub {
     pub async fn open(client: &mut Client) -> Sub {
         let (frames, rx) = tokio::sync::mpsc::channel(1024);
-        let responses = client
-            .subscribe(tokio_stream::wrappers::ReceiverStream::new(rx))
+        let opened = client.subscribe(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let responses = tokio::time::timeout(WAIT, opened)
             .await
+            .unwrap_or_else(|_| panic!("Subscribe did not answer within {WAIT:?}"))
             .expect("subscribe")
             .into_inner();
         Sub {

@@ -1,0 +1,97 @@
+//! Memory a client can make the server hold: room updates and catch-up pages are
+//! bounded, whatever a stream that does not read leaves behind.
+
+use std::time::Duration;
+
+use crate::common::{Backend, ServerProcess, TestDb, chat, create};
+use crate::{on_both_stores, stalled_stream};
+use chatroom::pb;
+
+on_both_stores!(
+    room_updates_do_not_multiply_memory,
+    catch_up_is_bounded_by_bytes,
+);
+
+/// A room whose attributes are as large as allowed (64 values of 4,096 four-byte
+/// characters, 1 MiB), updated 60 times while 20 streams are attached and one of them
+/// never reads: the server keeps one copy of the room, not one per stream and update.
+async fn room_updates_do_not_multiply_memory(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let process = ServerProcess::start(&db).await;
+    let server = &process.server;
+    let mut owner = server.client("owner").await;
+    server.create_room("owner", "r").await;
+    let mut subs = Vec::new();
+    for i in 0..20 {
+        let user = format!("u{i}");
+        server.join(&user, "r").await;
+        subs.push(server.attached(&user, "r").await);
+    }
+    let before = process.rss_mib();
+    for round in 0..60 {
+        let value: String = std::iter::repeat_n('😀', 4096 - 1)
+            .chain(std::iter::once(char::from(b'a' + (round % 26) as u8)))
+            .collect();
+        let attributes = (0..64).map(|k| (format!("k{k}"), value.clone())).collect();
+        owner
+            .update_room(pb::UpdateRoomRequest {
+                room_id: "r".into(),
+                set_attributes: attributes,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    // Every stream but the first takes what it was sent.
+    for sub in subs.iter_mut().skip(1) {
+        sub.until_pong().await;
+    }
+    // Lets the server settle what it sent before its memory is read (a measurement).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let grown = process.rss_mib() - before;
+    eprintln!("60 updates of a 1 MiB room: the server grew by {grown:.1} MiB");
+    assert!(grown < 40.0, "the server grew by {grown:.0} MiB");
+    drop(subs);
+}
+
+/// Streams that attach to a room of large messages and never read hold a bounded
+/// number of bytes each, not a whole catch-up page of them.
+async fn catch_up_is_bounded_by_bytes(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let process = ServerProcess::start(&db).await;
+    let server = &process.server;
+    let owner = server.client("owner").await;
+    owner.clone().create_room(create("r")).await.unwrap();
+    let payload = vec![7u8; 64 * 1024];
+    let mut tasks = tokio::task::JoinSet::new();
+    for lane in 0..8 {
+        let mut owner = owner.clone();
+        let payload = payload.clone();
+        tasks.spawn(async move {
+            for i in 0..40 {
+                let mut m = chat("r", &format!("{lane}:{i}"));
+                m.payload = payload.clone();
+                owner.send_message(m).await.unwrap();
+            }
+        });
+    }
+    while let Some(t) = tasks.join_next().await {
+        t.unwrap();
+    }
+    let before = process.rss_mib();
+    let mut stalled = Vec::new();
+    for i in 0..20 {
+        stalled.push(stalled_stream(server, &format!("s{i}"), "r").await);
+    }
+    // Lets the stalled catch-ups load all they would before memory is read (a
+    // measurement; a stream that never reads has no marker to wait for).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let grown = process.rss_mib() - before;
+    eprintln!("20 stalled streams: the server grew by {grown:.1} MiB");
+    // A whole page each (256 messages of 64 KiB) would be 16 MiB per stream.
+    assert!(
+        grown < 80.0,
+        "20 stalled streams grew the server by {grown:.0} MiB"
+    );
+    drop(stalled);
+}

@@ -1,0 +1,33 @@
+//! Room lifecycle over a real gRPC connection: create, join, enter, leave, switch, get,
+//! list, update, delete, list members — on SQLite and on PostgreSQL. One test binary, a
+//! module per group of calls.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod admin;
+mod concurrency;
+mod creating;
+mod joining;
+
+use chatroom::pb;
+use common::create;
+
+/// A CreateRoom request for `room_id` that admits at most `max_members`.
+fn limited(room_id: &str, max_members: u32) -> pb::CreateRoomRequest {
+    pb::CreateRoomRequest {
+        settings: Some(pb::RoomSettings {
+            max_members,
+            ..Default::default()
+        }),
+        ..create(room_id)
+    }
+}
+
+fn switch(from: &str, to: &str) -> pb::SwitchRoomRequest {
+    pb::SwitchRoomRequest {
+        from_room_id: from.into(),
+        to_room_id: to.into(),
+        display_name: "Mover".into(),
+    }
+}
