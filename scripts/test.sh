@@ -3,7 +3,8 @@
 #   1. finds PostgreSQL: $DATABASE_URL if set, else 127.0.0.1:5432 if it answers, else a
 #      throwaway cluster it starts (installing PostgreSQL with apt-get if it can);
 #   2. makes sure PostgreSQL's server binaries are installed (one test runs a cluster
-#      of its own, stopping and starting it);
+#      of its own, stopping and starting it), and nats-server (the cluster tests run
+#      one of their own);
 #   3. runs cargo fmt --check, cargo clippy -D warnings, buf lint, the seed products'
 #      room flows from a Python client generated from the proto (on both stores), and
 #      cargo test.
@@ -83,6 +84,17 @@ if ! pg_bin >/dev/null; then
             || die "could not install PostgreSQL with apt-get"
     else
         die "the outage test needs PostgreSQL's server binaries (initdb, pg_ctl): install postgresql"
+    fi
+fi
+
+# The cluster tests (tests/cluster.rs) run a nats-server of their own on a free port.
+if ! command -v nats-server >/dev/null && [ ! -x /usr/sbin/nats-server ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        step "installing nats-server (apt-get)"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server >/dev/null \
+            || die "could not install nats-server with apt-get"
+    else
+        die "the cluster tests need nats-server: install it (Debian package nats-server)"
     fi
 fi
 

@@ -86,6 +86,24 @@ pub struct Config {
     #[arg(long, env = "CHATROOM_MEMBER_EVENT_WINDOW_MS", default_value_t = 50)]
     pub member_event_window_ms: u64,
 
+    /// NATS server URL (`nats://HOST:4222`) that makes this process one node of a
+    /// cluster: nodes sharing one PostgreSQL database and one NATS deliver every
+    /// room's messages to each other's streams. Needs a postgres:// `--database-url`.
+    /// Unset: a single node.
+    #[arg(long, env = "CHATROOM_NATS_URL")]
+    pub nats_url: Option<String>,
+
+    /// This node's name in the cluster, unique per running process. Default: made
+    /// anew (a UUIDv7) at every start.
+    #[arg(long, env = "CHATROOM_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// In a cluster, how often (milliseconds) a node checks the rooms it has streams in
+    /// against the database, so that a message the bus lost reaches them anyway: the
+    /// longest such a message can take, at one small read per check.
+    #[arg(long, env = "CHATROOM_CLUSTER_REPAIR_INTERVAL_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..))]
+    pub cluster_repair_interval_ms: u64,
+
     /// Log filter, in `tracing` EnvFilter syntax (for example `info,chatroom=debug`).
     #[arg(long, env = "CHATROOM_LOG", default_value = "info")]
     pub log: String,
@@ -110,6 +128,9 @@ impl Config {
             keepalive_interval_secs: 30,
             keepalive_timeout_secs: 10,
             member_event_window_ms: 50,
+            nats_url: None,
+            node_id: None,
+            cluster_repair_interval_ms: 500,
             log: "info".into(),
         }
     }

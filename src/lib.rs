@@ -94,6 +94,14 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::result::Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    if config.nats_url.is_some() && !store::Store::is_postgres_url(&config.database_url) {
+        // Nodes share their rooms through the database: a SQLite file is one process's.
+        return Err(Error::invalid(
+            "nats_url",
+            "a cluster (--nats-url) needs a shared PostgreSQL database: --database-url must be postgres://",
+        )
+        .into());
+    }
     let store = store::Store::connect(&config.database_url, config.db_pool_size).await?;
     tracing::info!(
         dialect = store.dialect(),
@@ -101,17 +109,30 @@ pub async fn serve(
         "chatroom serving"
     );
 
-    // Members online when the last process ended have been offline since.
-    store.mark_all_offline(domain::UnixMicros::now()).await?;
+    // Members online when the last process ended have been offline since. In a
+    // cluster the other nodes' members may be online right now, and presence is not
+    // shared between nodes yet: a starting node leaves it as it is.
+    if config.nats_url.is_none() {
+        store.mark_all_offline(domain::UnixMicros::now()).await?;
+    }
 
-    let hubs = Arc::new(live::Hubs::new(
+    let hubs = live::Hubs::new(
         config.room_buffer as usize,
         config.room_buffer_bytes,
         Duration::from_millis(config.member_event_window_ms),
-    ));
+    );
+    let (hubs, relayed) = match &config.nats_url {
+        Some(url) => {
+            let (relay, queue) = live::Relay::new();
+            let client = live::nats::connect(url).await?;
+            (hubs.relaying(relay), Some((client, queue)))
+        }
+        None => (hubs, None),
+    };
+    let hubs = Arc::new(hubs);
     let (sequencer, writer) = rooms::Sequencer::start(store.clone(), hubs.clone());
     let live = rooms::LiveParts {
-        hubs,
+        hubs: hubs.clone(),
         presence: Arc::new(live::Presence::new()),
         sequencer,
     };
@@ -127,6 +148,27 @@ pub async fn serve(
 
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let stop_tx = Arc::new(stop_tx);
+    // A cluster node: messages to and from the other nodes, and the repair of what
+    // the bus loses.
+    let node = config
+        .node_id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let cluster: Vec<tokio::task::JoinHandle<()>> = match relayed {
+        Some((client, queue)) => {
+            tracing::info!(node, "cluster node: messages relayed over NATS");
+            vec![
+                live::nats::start(client, node, queue, hubs.clone(), stop.clone()),
+                rooms::tail::start(
+                    store.clone(),
+                    hubs.clone(),
+                    Duration::from_millis(config.cluster_repair_interval_ms),
+                    stop.clone(),
+                ),
+            ]
+        }
+        None => Vec::new(),
+    };
     let expiry = rooms::expiry::start(rooms.clone(), stop.clone());
     let session_limits = api::SessionLimits {
         max_rooms_per_stream: config.max_rooms_per_stream as usize,
@@ -187,6 +229,9 @@ pub async fn serve(
         .await;
 
     let _ = health_task.await;
+    for task in cluster {
+        let _ = task.await;
+    }
     // The expiry task holds the last handles to the writers besides the service.
     let _ = expiry.await;
     let writers = writers.await?;

@@ -57,6 +57,14 @@ impl Frame {
         })
     }
 
+    /// A frame from its wire bytes (as another node encoded it); `None` unless the
+    /// prefix says exactly the bytes that follow, uncompressed.
+    pub fn from_wire(wire: Bytes) -> Option<Frame> {
+        let (prefix, body) = wire.split_at_checked(PREFIX)?;
+        let len = u32::from_be_bytes(prefix[1..].try_into().ok()?);
+        (prefix[0] == 0 && usize::try_from(len).ok()? == body.len()).then_some(Frame(wire))
+    }
+
     /// The message as it goes on the wire, prefix included.
     pub fn wire(&self) -> &Bytes {
         &self.0

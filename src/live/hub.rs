@@ -34,6 +34,7 @@ use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
 use super::frame::Frame;
+use super::relay::{Relay, Relayed};
 use crate::domain::{DetachReason, Member, MemberEvents, Message, Room, RoomId};
 use crate::pb;
 use crate::pb::subscribe_response::Event as PbEvent;
@@ -95,6 +96,9 @@ pub enum Event {
     },
     /// The room was deleted: every stream detaches.
     Deleted,
+    /// The store holds messages up to `seq`, some of which this node never published
+    /// (another node's, lost on the bus): streams behind it read them from the store.
+    Behind { seq: u64 },
 }
 
 struct Hub {
@@ -105,6 +109,8 @@ struct Hub {
     retained: Mutex<Retained>,
     /// The room as its last update left it (`None`: not updated since the hub began).
     state: Mutex<Option<Arc<RoomState>>>,
+    /// The highest seq published here (or known to be stored, see [`Hubs::behind`]).
+    highest: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Default)]
@@ -133,6 +139,8 @@ pub struct Hubs {
     capacity: usize,
     retained_bytes: usize,
     coalesce_window: Duration,
+    /// To the other nodes of a cluster (`None`: one node).
+    relay: Option<Relay>,
 }
 
 /// One stream's receipt of a room's events. Dropping it forgets the room's hub once
@@ -179,6 +187,15 @@ impl Hubs {
             capacity: capacity.max(1),
             retained_bytes,
             coalesce_window: window,
+            relay: None,
+        }
+    }
+
+    /// The same, in a cluster: every message published here also goes to `relay`.
+    pub fn relaying(self, relay: Relay) -> Self {
+        Hubs {
+            relay: Some(relay),
+            ..self
         }
     }
 
@@ -192,6 +209,7 @@ impl Hubs {
                     pending: Mutex::new(MemberChanges::default()),
                     retained: Mutex::new(Retained::default()),
                     state: Mutex::new(None),
+                    highest: Default::default(),
                 })
             });
             hub.sender.subscribe()
@@ -225,38 +243,84 @@ impl Hubs {
         self.rooms.lock().expect("hubs lock").get(room).cloned()
     }
 
-    /// Publishes messages (a room's, in seq order). A room nobody receives costs a lookup.
+    /// Publishes messages (a room's, in seq order), here and through the relay. A room
+    /// nobody receives costs a lookup (on one node).
     pub fn publish_messages<'a>(
         &self,
         room: &RoomId,
         messages: impl IntoIterator<Item = &'a Message>,
     ) {
-        let Some(hub) = self.hub(room) else { return };
+        let hub = self.hub(room);
+        if hub.is_none() && self.relay.is_none() {
+            return;
+        }
         for message in messages {
             let targets = (!message.to_user_ids.is_empty()).then(|| message.to_user_ids.clone());
             let frame = Frame::event(PbEvent::Message(message.into()));
-            let target_bytes: usize = targets.iter().flatten().map(String::len).sum();
-            let size = frame.wire().len() + target_bytes;
-            let delivery = Delivery { frame, targets };
-            let held = if size <= INLINE_FRAME {
-                Held::Inline(delivery)
-            } else {
-                let delivery = Arc::new(delivery);
-                let weak = Arc::downgrade(&delivery);
-                let mut retained = hub.retained.lock().expect("retained lock");
-                retained.bytes += size;
-                retained.deliveries.push_back((delivery, size));
-                // The newest always stays: every stream reading live gets it.
-                while retained.bytes > self.retained_bytes && retained.deliveries.len() > 1 {
-                    let (_, evicted) = retained.deliveries.pop_front().expect("not empty");
-                    retained.bytes -= evicted;
-                }
-                Held::Weak(weak)
-            };
-            let _ = hub.sender.send(Arc::new(Event::Message {
-                seq: message.seq,
-                held,
-            }));
+            if let Some(relay) = &self.relay {
+                relay.send(Relayed {
+                    room: room.clone(),
+                    seq: message.seq,
+                    frame: frame.clone(),
+                    targets: targets.clone(),
+                });
+            }
+            if let Some(hub) = &hub {
+                self.deliver(hub, message.seq, frame, targets);
+            }
+        }
+    }
+
+    /// Publishes a message another node sent, to this node's streams.
+    pub fn publish_relayed(&self, message: Relayed) {
+        if let Some(hub) = self.hub(&message.room) {
+            self.deliver(&hub, message.seq, message.frame, message.targets);
+        }
+    }
+
+    fn deliver(&self, hub: &Hub, seq: u64, frame: Frame, targets: Option<Vec<String>>) {
+        let target_bytes: usize = targets.iter().flatten().map(String::len).sum();
+        let size = frame.wire().len() + target_bytes;
+        let delivery = Delivery { frame, targets };
+        let held = if size <= INLINE_FRAME {
+            Held::Inline(delivery)
+        } else {
+            let delivery = Arc::new(delivery);
+            let weak = Arc::downgrade(&delivery);
+            let mut retained = hub.retained.lock().expect("retained lock");
+            retained.bytes += size;
+            retained.deliveries.push_back((delivery, size));
+            // The newest always stays: every stream reading live gets it.
+            while retained.bytes > self.retained_bytes && retained.deliveries.len() > 1 {
+                let (_, evicted) = retained.deliveries.pop_front().expect("not empty");
+                retained.bytes -= evicted;
+            }
+            Held::Weak(weak)
+        };
+        hub.highest
+            .fetch_max(seq, std::sync::atomic::Ordering::Relaxed);
+        let _ = hub.sender.send(Arc::new(Event::Message { seq, held }));
+    }
+
+    /// The live rooms (those with a stream attached here).
+    pub fn live_rooms(&self) -> Vec<RoomId> {
+        self.rooms
+            .lock()
+            .expect("hubs lock")
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// The store holds a room's messages up to `stored`: if this node published fewer,
+    /// its streams are told to read the rest from the store.
+    pub fn behind(&self, room: &RoomId, stored: u64) {
+        let Some(hub) = self.hub(room) else { return };
+        let before = hub
+            .highest
+            .fetch_max(stored, std::sync::atomic::Ordering::Relaxed);
+        if before < stored {
+            let _ = hub.sender.send(Arc::new(Event::Behind { seq: stored }));
         }
     }
 

@@ -9,12 +9,15 @@
 
 pub mod frame;
 pub mod hub;
+pub mod nats;
+pub mod relay;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 pub use frame::Frame;
 pub use hub::{Event, Hubs};
+pub use relay::{Relay, Relayed};
 
 use crate::domain::RoomId;
 

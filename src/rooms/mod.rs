@@ -19,6 +19,7 @@ pub mod membership;
 pub mod messages;
 pub mod sequencer;
 pub mod streams;
+pub mod tail;
 pub mod writer;
 
 use std::collections::HashSet;

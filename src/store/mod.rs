@@ -184,9 +184,7 @@ impl Store {
     /// Connects to `database_url` (`sqlite://FILE` or `postgres://…`) and runs the
     /// migrations of its dialect.
     pub async fn connect(database_url: &str, pool_size: u32) -> Result<Store> {
-        let backend = if database_url.starts_with("postgres://")
-            || database_url.starts_with("postgresql://")
-        {
+        let backend = if Store::is_postgres_url(database_url) {
             let options = PgConnectOptions::from_str(database_url)
                 .map_err(|e| Error::invalid("database_url", e.to_string()))?;
             let pool = PgPoolOptions::new()
@@ -228,6 +226,11 @@ impl Store {
             ));
         };
         Ok(Store { backend })
+    }
+
+    /// Whether `database_url` names a PostgreSQL database.
+    pub fn is_postgres_url(database_url: &str) -> bool {
+        database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")
     }
 
     /// The backend's name, for logs.

@@ -178,4 +178,33 @@ impl Store {
             .collect::<Result<Vec<_>>>()?;
         Ok((messages, more))
     }
+
+    /// The stored `last_seq` of each existing room among `room_ids`.
+    pub async fn last_seqs(&self, room_ids: &[RoomId]) -> Result<Vec<(RoomId, u64)>> {
+        let rows: Vec<(String, i64)> = match &self.backend {
+            Backend::Postgres(pool) => {
+                let ids: Vec<&str> = room_ids.iter().map(RoomId::as_str).collect();
+                sqlx::query_as("SELECT room_id, last_seq FROM rooms WHERE room_id = ANY($1)")
+                    .bind(ids)
+                    .fetch_all(pool)
+                    .await?
+            }
+            Backend::Sqlite { reader, .. } => {
+                let mut rows = Vec::with_capacity(room_ids.len());
+                for id in room_ids {
+                    let row: Option<(String, i64)> =
+                        sqlx::query_as("SELECT room_id, last_seq FROM rooms WHERE room_id = $1")
+                            .bind(id.as_str())
+                            .fetch_optional(reader)
+                            .await?;
+                    rows.extend(row);
+                }
+                rows
+            }
+        };
+        Ok(rows
+            .into_iter()
+            .map(|(id, seq)| (RoomId::from_stored(id), u64::try_from(seq).unwrap_or(0)))
+            .collect())
+    }
 }

@@ -5,7 +5,7 @@
 //! `postgres://postgres@127.0.0.1:5432/postgres`. A test that cannot reach it fails;
 //! nothing is skipped.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub mod app;
 pub mod pg_cluster;

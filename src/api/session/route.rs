@@ -119,6 +119,10 @@ pub(super) fn route(
                 routed.detach = Some(DetachReason::RoomDeleted);
             }
         }
+        Event::Behind { seq } => {
+            // Stored messages this node never saw: read like any other gap.
+            routed.gap = attached.get(room_id).is_some_and(|a| *seq > a.delivered);
+        }
     }
     routed
 }
@@ -188,6 +192,15 @@ mod tests {
         assert!(skip.gap);
         assert_eq!(outbox.len(), 1);
         assert_eq!(rooms.get(&room_id()).unwrap().delivered, 6);
+    }
+
+    #[test]
+    fn a_room_behind_the_store_is_a_gap_for_streams_behind_it() {
+        let (mut rooms, mut outbox) = (attached(), VecDeque::new());
+        assert!(!to_bob(&mut rooms, &Event::Behind { seq: 5 }, &mut outbox).gap);
+        assert!(to_bob(&mut rooms, &Event::Behind { seq: 7 }, &mut outbox).gap);
+        assert!(outbox.is_empty());
+        assert_eq!(rooms.get(&room_id()).unwrap().delivered, 5);
     }
 
     #[test]

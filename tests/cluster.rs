@@ -1,0 +1,190 @@
+//! Several nodes over one PostgreSQL database and one NATS: a message sent through any
+//! node reaches the streams attached on every node, in seq order, exactly once — also
+//! while the bus loses messages. Each test runs its nodes in process, on port 0, and
+//! a nats-server of its own on a free port.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chatroom::Config;
+use common::{Backend, Sub, TestDb, TestServer, chat, create, join};
+
+/// A nats-server process of the test's own, killed on drop.
+struct Nats {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Nats {
+    fn start() -> Nats {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut nats = Nats { port, child: None };
+        nats.start_again();
+        nats
+    }
+
+    /// Starts the server (again) on its port, and waits until it accepts.
+    fn start_again(&mut self) {
+        assert!(self.child.is_none(), "nats-server is running already");
+        let binary = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .unwrap_or("nats-server");
+        let child = Command::new(binary)
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cluster tests need nats-server ({e}); scripts/test.sh installs it")
+            });
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A node of the cluster over `db` and `nats`, checking its rooms against the store
+/// every `repair_ms`.
+async fn node(db: &TestDb, nats: &Nats, repair_ms: u64) -> TestServer {
+    let url = nats.url();
+    TestServer::start(db, move |c| {
+        c.nats_url = Some(url);
+        c.cluster_repair_interval_ms = repair_ms;
+    })
+    .await
+}
+
+/// A member `user` of "r" with a stream attached to it through `node`.
+async fn attached(node: &TestServer, user: &str) -> Sub {
+    let mut client = node.client(user).await;
+    client.join_room(join("r")).await.unwrap();
+    let mut sub = Sub::open(&mut client).await;
+    sub.attached("r", None).await;
+    sub
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_sent_through_any_node_reach_every_node_in_order_once() {
+    let mut db = TestDb::new(Backend::Postgres).await;
+    let nats = Nats::start();
+    // No repair from the store within the test: every message crosses the bus (a
+    // stream that gets them out of order reads the missing ones by their gap).
+    let (a, b) = (
+        node(&db, &nats, 600_000).await,
+        node(&db, &nats, 600_000).await,
+    );
+    let mut owner = a.client("owner").await;
+    owner.create_room(create("r")).await.unwrap();
+    let mut on_a = attached(&a, "watcher-a").await;
+    let mut on_b = attached(&b, "watcher-b").await;
+
+    // Ten publishers, half through each node, 20 messages each.
+    let mut publishers = tokio::task::JoinSet::new();
+    for p in 0..10 {
+        let through = if p % 2 == 0 { &a } else { &b };
+        let mut client = through.client(&format!("p{p}")).await;
+        client.join_room(join("r")).await.unwrap();
+        publishers.spawn(async move {
+            for i in 0..20 {
+                client
+                    .send_message(chat("r", &format!("p{p}-{i}")))
+                    .await
+                    .unwrap();
+            }
+        });
+    }
+    while let Some(done) = publishers.join_next().await {
+        done.unwrap();
+    }
+    let all: Vec<u64> = (1..=200).collect();
+    assert_eq!(on_a.chat_seqs_until(200).await, all, "the stream on node A");
+    assert_eq!(on_b.chat_seqs_until(200).await, all, "the stream on node B");
+
+    a.stop().await;
+    b.stop().await;
+    db.remove_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_the_bus_lost_are_read_from_the_store() {
+    let mut db = TestDb::new(Backend::Postgres).await;
+    let mut nats = Nats::start();
+    let (a, b) = (node(&db, &nats, 500).await, node(&db, &nats, 500).await);
+    let mut sender = a.client("sender").await;
+    sender.create_room(create("r")).await.unwrap();
+    let mut on_b = attached(&b, "watcher").await;
+
+    // The bus is down: nothing crosses it, and the last message leaves no gap behind
+    // it. The stream on B gets every message anyway, soon after the last was sent.
+    nats.stop();
+    for i in 0..20 {
+        sender
+            .send_message(chat("r", &format!("m{i}")))
+            .await
+            .unwrap();
+    }
+    let sent = Instant::now();
+    assert_eq!(on_b.chat_seqs_until(20).await, (1..=20).collect::<Vec<_>>());
+    let healed = sent.elapsed();
+    assert!(healed <= Duration::from_secs(2), "healed after {healed:?}");
+
+    // The bus is back: what follows arrives too, in order, nothing twice.
+    nats.start_again();
+    for i in 20..40 {
+        sender
+            .send_message(chat("r", &format!("m{i}")))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        on_b.chat_seqs_until(40).await,
+        (21..=40).collect::<Vec<_>>()
+    );
+
+    a.stop().await;
+    b.stop().await;
+    db.remove_now().await;
+}
+
+#[tokio::test]
+async fn a_cluster_needs_postgres() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("chatroom.db").display());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut config = Config::new(listener.local_addr().unwrap(), url);
+    config.nats_url = Some("nats://127.0.0.1:4222".into());
+    let error = chatroom::serve(config, listener, async {})
+        .await
+        .expect_err("a cluster on SQLite is refused");
+    assert!(error.to_string().contains("PostgreSQL"), "{error}");
+    assert!(
+        !dir.path().join("chatroom.db").exists(),
+        "nothing was created before the refusal"
+    );
+}
