@@ -1,6 +1,7 @@
 //! In-memory live state only — no store, no rules: fan-out of events to attached
-//! streams ([`hub`]), events encoded once ([`frame`]), and presence — which users have
-//! streams attached to which rooms. The writers that store and then publish here live
+//! streams ([`hub`]), events encoded once ([`frame`]), presence — which users have
+//! streams attached to which rooms — and, in a cluster, the relay of messages to and
+//! from the other nodes ([`relay`], over NATS: [`nats`]). The writers that store and then publish here live
 //! in `rooms/`.
 //!
 //! Presence is per process by design: it is about connections, and connections end
