@@ -9,7 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chatroom::Config;
-use common::{Backend, Sub, TestDb, TestServer, chat, create, join};
+use chatroom::pb;
+use common::{Backend, Ev, Sub, TestDb, TestServer, chat, create, join};
 
 /// A nats-server process of the test's own, killed on drop.
 struct Nats {
@@ -166,6 +167,117 @@ async fn messages_the_bus_lost_are_read_from_the_store() {
         on_b.chat_seqs_until(40).await,
         (21..=40).collect::<Vec<_>>()
     );
+
+    a.stop().await;
+    b.stop().await;
+    db.remove_now().await;
+}
+
+/// The next event of `sub` that is not a message or a member event (those may come
+/// in between, in any number).
+async fn next_room_event(sub: &mut Sub) -> Ev {
+    loop {
+        match sub.event().await {
+            Ev::Message(_) | Ev::MembersJoined(_) | Ev::MembersLeft(_) => continue,
+            other => return other,
+        }
+    }
+}
+
+/// Joins, updates, leaves, switches and deletes made through node A reach the
+/// streams attached on node B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_events_made_on_one_node_reach_streams_on_another() {
+    let mut db = TestDb::new(Backend::Postgres).await;
+    let nats = Nats::start();
+    let (a, b) = (node(&db, &nats, 500).await, node(&db, &nats, 500).await);
+    let mut owner = a.client("owner").await;
+    owner.create_room(create("r")).await.unwrap();
+    owner.create_room(create("other")).await.unwrap();
+    let mut watcher = attached(&b, "watcher").await;
+
+    // A join through A: members_joined on B.
+    let mut bob = a.client("bob").await;
+    bob.join_room(join("r")).await.unwrap();
+    loop {
+        if let Ev::MembersJoined(j) = watcher.event().await
+            && j.members.iter().any(|m| m.user_id == "bob")
+        {
+            break;
+        }
+    }
+
+    // An update through A: room_updated on B.
+    owner
+        .update_room(pb::UpdateRoomRequest {
+            room_id: "r".into(),
+            name: Some("renamed".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let Ev::RoomUpdated(u) = next_room_event(&mut watcher).await else {
+        panic!("expected room_updated");
+    };
+    assert_eq!(u.room.unwrap().name, "renamed");
+
+    // bob's stream on B; bob leaves through A: detached{LEFT} on B, and nothing more
+    // of the room reaches it.
+    let mut bob_on_b = {
+        let mut client = b.client("bob").await;
+        let mut sub = Sub::open(&mut client).await;
+        sub.attached("r", None).await;
+        sub
+    };
+    bob.leave_room(pb::LeaveRoomRequest {
+        room_id: "r".into(),
+    })
+    .await
+    .unwrap();
+    let Ev::Detached(d) = next_room_event(&mut bob_on_b).await else {
+        panic!("expected detached");
+    };
+    assert_eq!(d.reason, pb::DetachReason::Left as i32);
+
+    // The watcher switches through A: detached{SWITCHED} on B, then attached to the
+    // new room, where messages reach it.
+    let mut watcher_client = a.client("watcher").await;
+    watcher_client
+        .switch_room(pb::SwitchRoomRequest {
+            from_room_id: "r".into(),
+            to_room_id: "other".into(),
+            display_name: String::new(),
+        })
+        .await
+        .unwrap();
+    let Ev::Detached(d) = next_room_event(&mut watcher).await else {
+        panic!("expected detached");
+    };
+    assert_eq!(
+        (d.room_id.as_str(), d.reason),
+        ("r", pb::DetachReason::Switched as i32)
+    );
+    let Ev::Attached(att) = next_room_event(&mut watcher).await else {
+        panic!("expected attached");
+    };
+    assert_eq!(att.room.unwrap().room_id, "other");
+    owner.send_message(chat("other", "hello")).await.unwrap();
+    assert_eq!(watcher.chat_seqs_until(1).await, [1]);
+
+    // A delete through A: room_deleted, then detached{ROOM_DELETED} on B.
+    owner
+        .delete_room(pb::DeleteRoomRequest {
+            room_id: "other".into(),
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(next_room_event(&mut watcher).await, Ev::RoomDeleted(r) if r.room_id == "other")
+    );
+    let Ev::Detached(d) = next_room_event(&mut watcher).await else {
+        panic!("expected detached");
+    };
+    assert_eq!(d.reason, pb::DetachReason::RoomDeleted as i32);
 
     a.stop().await;
     b.stop().await;

@@ -9,8 +9,9 @@
 //! catches up on stored (CHAT) messages from the database by seq. Unstored kinds
 //! (BARRAGE, COMMAND) are simply gone for it — the first thing dropped under load.
 //!
-//! Member join/leave events are coalesced: changes within `Hubs::coalesce_window`
-//! go out as one `MembersJoined`/`MembersLeft` frame per run of the same kind.
+//! Member join/leave events are coalesced ([`super::members`]): changes within
+//! `Hubs::coalesce_window` go out as one `MembersJoined`/`MembersLeft` frame per run
+//! of the same kind.
 //!
 //! What a ring may hold is bounded in bytes as well as in slots, because a stream
 //! that stops reading keeps every event it has not read alive:
@@ -34,7 +35,8 @@ use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
 use super::frame::Frame;
-use super::relay::{Relay, Relayed};
+use super::members::{MemberChange, MemberChanges, coalesce, frames};
+use super::relay::{Relay, Relayed, RoomEvent};
 use crate::domain::{DetachReason, Member, MemberEvents, Message, Room, RoomId};
 use crate::pb;
 use crate::pb::subscribe_response::Event as PbEvent;
@@ -61,19 +63,24 @@ pub enum Held {
 
 /// Where a switching user's streams go. A detach is published before the change
 /// commits (so that no message committed after it can reach the leaver first); the
-/// streams follow into `to` once `committed` says the switch held.
+/// streams follow into `to`, from `after_seq` on, once `committed` says the switch
+/// held.
 #[derive(Clone, Debug)]
 pub struct Switch {
-    pub to: Room,
+    pub to: RoomId,
+    /// `to`'s last seq as the switch left it: what follows is new to the streams.
+    pub after_seq: u64,
     /// `Some(true)` once committed, `Some(false)` if the switch failed; closed without
     /// a word if the call was abandoned (the store then tells).
     pub committed: tokio::sync::watch::Receiver<Option<bool>>,
 }
 
-/// The latest state of a room that changed, and its `RoomUpdated` frame.
+/// What streams need of a room that changed: its version, whether it has a presence
+/// timeout, and its `RoomUpdated` frame.
 #[derive(Debug)]
 pub struct RoomState {
-    pub room: Room,
+    pub version: u64,
+    pub presence_timeout: bool,
     pub frame: Frame,
 }
 
@@ -118,19 +125,6 @@ struct Retained {
     /// Each with the bytes it counts for.
     deliveries: VecDeque<(Arc<Delivery>, usize)>,
     bytes: usize,
-}
-
-#[derive(Default)]
-struct MemberChanges {
-    changes: Vec<MemberChange>,
-    flush_scheduled: bool,
-}
-
-struct MemberChange {
-    joined: bool,
-    member: Member,
-    member_count: u32,
-    suppressed: bool,
 }
 
 /// Every live room's hub.
@@ -257,24 +251,71 @@ impl Hubs {
         for message in messages {
             let targets = (!message.to_user_ids.is_empty()).then(|| message.to_user_ids.clone());
             let frame = Frame::event(PbEvent::Message(message.into()));
-            if let Some(relay) = &self.relay {
-                relay.send(Relayed {
-                    room: room.clone(),
-                    seq: message.seq,
-                    frame: frame.clone(),
-                    targets: targets.clone(),
-                });
-            }
+            self.relay(room, || RoomEvent::Message {
+                seq: message.seq,
+                frame: frame.clone(),
+                targets: targets.clone(),
+            });
             if let Some(hub) = &hub {
                 self.deliver(hub, message.seq, frame, targets);
             }
         }
     }
 
-    /// Publishes a message another node sent, to this node's streams.
-    pub fn publish_relayed(&self, message: Relayed) {
-        if let Some(hub) = self.hub(&message.room) {
-            self.deliver(&hub, message.seq, message.frame, message.targets);
+    /// Hands a room event to the other nodes (in a cluster).
+    fn relay(&self, room: &RoomId, event: impl FnOnce() -> RoomEvent) {
+        if let Some(relay) = &self.relay {
+            relay.send(Relayed {
+                room: room.clone(),
+                event: event(),
+            });
+        }
+    }
+
+    /// Applies an event another node relayed, to this node's streams only.
+    pub fn apply_relayed(&self, relayed: Relayed) {
+        let room = &relayed.room;
+        match relayed.event {
+            RoomEvent::Deleted => self.delete_here(room),
+            RoomEvent::Detach {
+                user,
+                reason,
+                switched_to,
+            } => {
+                let switched_to = switched_to.map(|(to, after_seq)| Switch {
+                    to,
+                    after_seq,
+                    // Relayed once committed.
+                    committed: tokio::sync::watch::channel(Some(true)).1,
+                });
+                self.detach_here(room, &user, reason, switched_to);
+            }
+            event => {
+                let Some(hub) = self.hub(room) else { return };
+                match event {
+                    RoomEvent::Message {
+                        seq,
+                        frame,
+                        targets,
+                    } => self.deliver(&hub, seq, frame, targets),
+                    RoomEvent::Broadcast(frame) => {
+                        let _ = hub.sender.send(Arc::new(Event::Broadcast(frame)));
+                    }
+                    RoomEvent::Updated {
+                        version,
+                        presence_timeout,
+                        frame,
+                    } => update(
+                        &hub,
+                        RoomState {
+                            version,
+                            presence_timeout,
+                            frame,
+                        },
+                    ),
+                    RoomEvent::Deleted | RoomEvent::Detach { .. } => {}
+                }
+            }
         }
     }
 
@@ -327,40 +368,79 @@ impl Hubs {
     /// Tells every stream the room changed: the new state replaces the hub's one
     /// (older states are freed once no stream is sending them).
     pub fn room_updated(&self, room: &Room) {
-        let Some(hub) = self.hub(&room.id) else {
+        let hub = self.hub(&room.id);
+        if hub.is_none() && self.relay.is_none() {
             return;
-        };
+        }
         let frame = Frame::event(PbEvent::RoomUpdated(pb::RoomUpdated {
             room: Some(room.clone().into()),
         }));
-        {
-            let mut state = hub.state.lock().expect("room state lock");
-            if state
-                .as_ref()
-                .is_some_and(|s| s.room.version >= room.version)
-            {
-                return;
-            }
-            *state = Some(Arc::new(RoomState {
-                room: room.clone(),
-                frame,
-            }));
-        }
-        let _ = hub.sender.send(Arc::new(Event::Updated {
+        let presence_timeout = room.settings.presence_timeout.is_some();
+        self.relay(&room.id, || RoomEvent::Updated {
             version: room.version,
-        }));
+            presence_timeout,
+            frame: frame.clone(),
+        });
+        if let Some(hub) = hub {
+            let state = RoomState {
+                version: room.version,
+                presence_timeout,
+                frame,
+            };
+            update(&hub, state);
+        }
     }
 
     /// Tells every stream the room is gone, and forgets the hub.
     pub fn room_deleted(&self, room: &RoomId) {
+        self.relay(room, || RoomEvent::Deleted);
+        self.delete_here(room);
+    }
+
+    fn delete_here(&self, room: &RoomId) {
         let hub = self.rooms.lock().expect("hubs lock").remove(room);
         if let Some(hub) = hub {
             let _ = hub.sender.send(Arc::new(Event::Deleted));
         }
     }
 
-    /// Detaches every stream of `user` from `room` at once.
+    /// Detaches every stream of `user` from `room` at once. The other nodes are told
+    /// too; of a switch, once it committed (they cannot wait on this node's commit).
     pub fn detach_user(
+        &self,
+        room: &RoomId,
+        user: &str,
+        reason: DetachReason,
+        switched_to: Option<Switch>,
+    ) {
+        if let Some(relay) = &self.relay {
+            let relayed = |switched_to| Relayed {
+                room: room.clone(),
+                event: RoomEvent::Detach {
+                    user: user.to_string(),
+                    reason,
+                    switched_to,
+                },
+            };
+            match &switched_to {
+                None => relay.send(relayed(None)),
+                Some(switch) => {
+                    let relay = relay.clone();
+                    let relayed = relayed(Some((switch.to.clone(), switch.after_seq)));
+                    let mut committed = switch.committed.clone();
+                    tokio::spawn(async move {
+                        let outcome = committed.wait_for(Option::is_some).await.map(|o| *o);
+                        if let Ok(Some(true)) = outcome {
+                            relay.send(relayed);
+                        }
+                    });
+                }
+            }
+        }
+        self.detach_here(room, user, reason, switched_to);
+    }
+
+    fn detach_here(
         &self,
         room: &RoomId,
         user: &str,
@@ -379,151 +459,64 @@ impl Hubs {
     /// others in the same window. Suppressed rooms still go through here so that the
     /// order of events stays the same; their frames are simply not sent.
     pub fn member_changed(&self, room: &Room, member: Member, joined: bool) {
-        let Some(hub) = self.hub(&room.id) else {
-            return;
-        };
-        let mut pending = hub.pending.lock().expect("pending lock");
-        pending.changes.push(MemberChange {
+        let change = MemberChange {
             joined,
             member,
             member_count: room.member_count,
             suppressed: room.settings.member_events == MemberEvents::None,
-        });
+        };
+        let Some(hub) = self.hub(&room.id) else {
+            // No stream here to coalesce for: the other nodes get the change alone.
+            for frame in frames(&room.id, coalesce(vec![change])) {
+                self.relay(&room.id, || RoomEvent::Broadcast(frame));
+            }
+            return;
+        };
+        let mut pending = hub.pending.lock().expect("pending lock");
+        pending.changes.push(change);
         if !pending.flush_scheduled {
             pending.flush_scheduled = true;
             let room_id = room.id.clone();
             let hub = Arc::clone(&hub);
+            let relay = self.relay.clone();
             let window = self.coalesce_window;
             tokio::spawn(async move {
                 tokio::time::sleep(window).await;
-                flush(&room_id, &hub);
+                flush(&room_id, &hub, relay.as_ref());
             });
         }
     }
 }
 
-/// A run of joins or of leaves, announced as one frame.
-#[derive(Debug, PartialEq)]
-struct Run {
-    joined: bool,
-    members: Vec<pb::Member>,
-    member_count: u32,
-}
-
-/// Coalesces member changes, in order, into runs of joins or leaves (suppressed ones
-/// are left out).
-fn coalesce(changes: Vec<MemberChange>) -> Vec<Run> {
-    let mut runs: Vec<Run> = Vec::new();
-    for change in changes.into_iter().filter(|c| !c.suppressed) {
-        match runs.last_mut() {
-            // Concurrent changes are announced after their commits, in no set order,
-            // so a run reports the count after all of them: a run of joins only adds
-            // (its largest count), a run of leaves only removes (its smallest).
-            Some(run) if run.joined == change.joined => {
-                run.members.push(change.member.into());
-                run.member_count = if change.joined {
-                    run.member_count.max(change.member_count)
-                } else {
-                    run.member_count.min(change.member_count)
-                };
-            }
-            _ => runs.push(Run {
-                joined: change.joined,
-                members: vec![change.member.into()],
-                member_count: change.member_count,
-            }),
+/// Makes `state` the hub's room state and tells the streams, unless the hub has that
+/// version or a newer one already. (The frame is encoded before, outside the lock.)
+fn update(hub: &Hub, state: RoomState) {
+    let version = state.version;
+    {
+        let mut current = hub.state.lock().expect("room state lock");
+        if current.as_ref().is_some_and(|s| s.version >= version) {
+            return;
         }
+        *current = Some(Arc::new(state));
     }
-    runs
+    let _ = hub.sender.send(Arc::new(Event::Updated { version }));
 }
 
-/// Sends the pending member changes as one frame per run of joins or leaves.
-fn flush(room_id: &RoomId, hub: &Hub) {
+/// Sends the pending member changes as one frame per run of joins or leaves, here
+/// and to the other nodes.
+fn flush(room_id: &RoomId, hub: &Hub, relay: Option<&Relay>) {
     let changes = {
         let mut pending = hub.pending.lock().expect("pending lock");
         pending.flush_scheduled = false;
         std::mem::take(&mut pending.changes)
     };
-    for Run {
-        joined,
-        members,
-        member_count,
-    } in coalesce(changes)
-    {
-        let room_id = room_id.to_string();
-        let event = if joined {
-            PbEvent::MembersJoined(pb::MembersJoined {
-                room_id,
-                members,
-                member_count,
-            })
-        } else {
-            PbEvent::MembersLeft(pb::MembersLeft {
-                room_id,
-                members,
-                member_count,
-            })
-        };
-        let _ = hub
-            .sender
-            .send(Arc::new(Event::Broadcast(Frame::event(event))));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::domain::{Role, UnixMicros};
-
-    fn change(user: &str, joined: bool, member_count: u32, suppressed: bool) -> MemberChange {
-        MemberChange {
-            joined,
-            member: Member {
-                user_id: user.into(),
-                display_name: String::new(),
-                role: Role::Member,
-                online: false,
-                joined_at: UnixMicros(0),
-            },
-            member_count,
-            suppressed,
+    for frame in frames(room_id, coalesce(changes)) {
+        if let Some(relay) = relay {
+            relay.send(Relayed {
+                room: room_id.clone(),
+                event: RoomEvent::Broadcast(frame.clone()),
+            });
         }
-    }
-
-    fn users(run: &Run) -> Vec<&str> {
-        run.members.iter().map(|m| m.user_id.as_str()).collect()
-    }
-
-    #[test]
-    fn changes_coalesce_into_runs_with_the_count_after_them() {
-        let runs = coalesce(vec![
-            change("a", true, 3, false),
-            change("b", true, 2, false), // committed before a, announced after
-            change("c", false, 1, false),
-            change("d", false, 2, false),
-            change("e", true, 2, false),
-        ]);
-        assert_eq!(runs.len(), 3);
-        assert_eq!(
-            (runs[0].joined, users(&runs[0]), runs[0].member_count),
-            (true, vec!["a", "b"], 3)
-        );
-        assert_eq!(
-            (runs[1].joined, users(&runs[1]), runs[1].member_count),
-            (false, vec!["c", "d"], 1)
-        );
-        assert_eq!(
-            (runs[2].joined, users(&runs[2]), runs[2].member_count),
-            (true, vec!["e"], 2)
-        );
-    }
-
-    #[test]
-    fn suppressed_changes_are_left_out() {
-        let runs = coalesce(vec![
-            change("a", true, 1, true),
-            change("b", false, 0, true),
-        ]);
-        assert!(runs.is_empty());
+        let _ = hub.sender.send(Arc::new(Event::Broadcast(frame)));
     }
 }

@@ -10,6 +10,7 @@
 
 pub mod frame;
 pub mod hub;
+mod members;
 pub mod nats;
 pub mod relay;
 
@@ -18,7 +19,7 @@ use std::sync::Mutex;
 
 pub use frame::Frame;
 pub use hub::{Event, Hubs};
-pub use relay::{Relay, Relayed};
+pub use relay::{Relay, Relayed, RoomEvent};
 
 use crate::domain::RoomId;
 

@@ -2,7 +2,8 @@
 //! engine (one today: NATS, [`super::nats`]).
 //!
 //! A node publishes each message it sends to its own hubs and, through its [`Relay`],
-//! to the other nodes, which publish it to theirs. The bus is allowed to lose
+//! to the other nodes, which publish it to theirs; room events (member changes,
+//! updates, detaches, deletion) go the same way, best effort. The bus is allowed to lose
 //! messages: a node never trusts it for completeness. A stream that sees a seq gap
 //! reads the missing messages from the store, and a node checks its live rooms
 //! against the store's `last_seq` every second (`rooms::tail`), so a lost tail is read
@@ -12,21 +13,45 @@
 use tokio::sync::mpsc;
 
 use super::frame::Frame;
-use crate::domain::RoomId;
+use crate::domain::{DetachReason, RoomId};
 
 /// Messages that may wait for the engine before the relay drops new ones.
 pub const QUEUE: usize = 16 * 1024;
 
-/// A message on its way to or from the other nodes: the frame every stream writes, as
-/// encoded once by the node that sent it.
+/// A room's event on its way to or from the other nodes; frames as encoded once by
+/// the node that made them.
 #[derive(Clone, Debug)]
 pub struct Relayed {
     pub room: RoomId,
-    /// 0 for unstored kinds.
-    pub seq: u64,
-    pub frame: Frame,
-    /// `None`: every attached stream.
-    pub targets: Option<Vec<String>>,
+    pub event: RoomEvent,
+}
+
+/// What happened in the room (the hub's events, as another node needs them).
+#[derive(Clone, Debug)]
+pub enum RoomEvent {
+    /// A message; `seq` 0 for unstored kinds, `targets` `None` for every stream.
+    Message {
+        seq: u64,
+        frame: Frame,
+        targets: Option<Vec<String>>,
+    },
+    /// Member events, coalesced by the node where they happened.
+    Broadcast(Frame),
+    /// The room's new state (name, attributes, settings) at `version`.
+    Updated {
+        version: u64,
+        presence_timeout: bool,
+        frame: Frame,
+    },
+    /// `user` left (or was removed, or switched to `switched_to` — committed — from
+    /// its seq on): the user's streams stop receiving the room.
+    Detach {
+        user: String,
+        reason: DetachReason,
+        switched_to: Option<(RoomId, u64)>,
+    },
+    /// The room is gone.
+    Deleted,
 }
 
 /// The sending side: hands messages to the engine's task.
@@ -44,7 +69,7 @@ impl Relay {
     /// docs for why that is safe).
     pub fn send(&self, message: Relayed) {
         if self.0.try_send(message).is_err() {
-            tracing::debug!("relay queue full: a message goes to the other nodes by the store");
+            tracing::debug!("relay queue full: an event did not go to the other nodes");
         }
     }
 }

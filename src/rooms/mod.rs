@@ -124,7 +124,6 @@ impl Rooms {
         let (admissions, writer) = Admissions::start(
             store.clone(),
             live.hubs.clone(),
-            live.presence.clone(),
             deadlines_changed.clone(),
             limits.max_rooms_per_user,
         );

@@ -85,10 +85,8 @@ impl StreamRooms {
             .rooms
             .hubs()
             .room_state(room_id)
-            .filter(|state| state.room.version > attached.version)
-            .map_or(attached.presence_timeout, |state| {
-                state.room.settings.presence_timeout.is_some()
-            });
+            .filter(|state| state.version > attached.version)
+            .map_or(attached.presence_timeout, |state| state.presence_timeout);
         self.events.remove(room_id);
         self.rooms.stream_detached(room_id, &self.user, timeout);
         Some(attached)

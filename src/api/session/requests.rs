@@ -42,8 +42,8 @@ impl Session {
             Action::Request(request) => self.handle_request(request).await,
             Action::Follow(switch) => {
                 // Follow the user into the room it switched to, from now on.
-                if !self.state.attached.contains(&switch.to.id) {
-                    let (room_id, after) = (switch.to.id.clone(), switch.to.last_seq);
+                if !self.state.attached.contains(&switch.to) {
+                    let (room_id, after) = (switch.to, switch.after_seq);
                     self.start_attach(None, room_id, Some(after), Some(switch.committed));
                 }
             }

@@ -85,13 +85,13 @@ pub(super) fn route(
             // The latest state, once: several updates this stream has not sent yet
             // go out as the newest of them.
             if let Some(latest) = latest()
-                && latest.room.version > a.version
+                && latest.version > a.version
             {
-                let timeout = latest.room.settings.presence_timeout.is_some();
+                let timeout = latest.presence_timeout;
                 // Online all along: a presence timeout starts when the stream goes away.
                 routed.now_present = timeout && !a.presence_timeout;
                 a.presence_timeout = timeout;
-                a.version = latest.room.version;
+                a.version = latest.version;
                 outbox.push_back(latest.frame.clone());
             }
         }
@@ -248,7 +248,11 @@ mod tests {
         let frame = Frame::event(PbEvent::RoomUpdated(pb::RoomUpdated {
             room: Some(room.clone().into()),
         }));
-        Arc::new(RoomState { room, frame })
+        Arc::new(RoomState {
+            version,
+            presence_timeout: timeout,
+            frame,
+        })
     }
 
     #[test]

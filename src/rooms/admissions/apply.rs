@@ -16,15 +16,14 @@ use super::rules::{Plan, Rules};
 use super::{Change, Create, Job, Joined, Kind, MemberChange, Outcome, Switched};
 use crate::domain::{DetachReason, Member, Room, RoomId, UnixMicros};
 use crate::error::{Error, Result};
+use crate::live::Hubs;
 use crate::live::hub::Switch;
-use crate::live::{Hubs, Presence};
 use crate::store::{Store, Tx};
 
 /// What applying a batch needs.
 pub(super) struct Batches {
     pub store: Store,
     pub hubs: Arc<Hubs>,
-    pub presence: Arc<Presence>,
     pub deadlines_changed: Arc<Notify>,
     pub max_rooms_per_user: u32,
 }
@@ -206,7 +205,8 @@ impl Batches {
                 Outcome::Switched(moved) => {
                     let Switched { from, left, to, .. } = &**moved;
                     let switch = Switch {
-                        to: self.with_presence(to.clone()),
+                        to: to.id.clone(),
+                        after_seq: to.last_seq,
                         committed: commit_outcome.clone(),
                     };
                     self.hubs.detach_user(
@@ -312,11 +312,6 @@ impl Batches {
         if room.member_count == 0 && room.settings.destroy_when_empty_after.is_some() {
             self.deadlines_changed.notify_one();
         }
-    }
-
-    fn with_presence(&self, mut room: Room) -> Room {
-        room.online_count = self.presence.online_count(&room.id);
-        room
     }
 }
 

@@ -34,7 +34,7 @@ use tokio::sync::{Notify, mpsc};
 use super::writer::{self, Writer};
 use crate::domain::{DetachReason, Member, NewRoom, Room, RoomId, UnixMicros};
 use crate::error::{Error, Result};
-use crate::live::{Hubs, Presence};
+use crate::live::Hubs;
 use crate::store::Store;
 
 /// Most changes applied by one transaction.
@@ -127,14 +127,12 @@ impl Admissions {
     pub fn start(
         store: Store,
         hubs: Arc<Hubs>,
-        presence: Arc<Presence>,
         deadlines_changed: Arc<Notify>,
         max_rooms_per_user: u32,
     ) -> (Admissions, tokio::task::JoinHandle<()>) {
         let batches = apply::Batches {
             store,
             hubs,
-            presence,
             deadlines_changed,
             max_rooms_per_user,
         };
