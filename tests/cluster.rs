@@ -284,6 +284,43 @@ async fn room_events_made_on_one_node_reach_streams_on_another() {
     db.remove_now().await;
 }
 
+/// The same idempotency key sent through two nodes at once is stored once, and both
+/// answers carry that message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_key_sent_through_two_nodes_at_once_is_stored_once() {
+    let mut db = TestDb::new(Backend::Postgres).await;
+    let nats = Nats::start();
+    let (a, b) = (node(&db, &nats, 500).await, node(&db, &nats, 500).await);
+    let mut on_a = a.client("alice").await;
+    let mut on_b = b.client("alice").await;
+    on_a.create_room(create("r")).await.unwrap();
+    for round in 0..20 {
+        let keyed = pb::SendMessageRequest {
+            client_msg_id: format!("key-{round}"),
+            ..chat("r", &format!("round {round}"))
+        };
+        let (first, second) =
+            tokio::join!(on_a.send_message(keyed.clone()), on_b.send_message(keyed));
+        let first = first.expect("node A answers").into_inner().message.unwrap();
+        let second = second
+            .expect("node B answers")
+            .into_inner()
+            .message
+            .unwrap();
+        assert_eq!(
+            (first.seq, &first.message_id),
+            (second.seq, &second.message_id),
+            "round {round}"
+        );
+    }
+    let stored = common::history(&mut on_a, "r").await;
+    assert_eq!(stored.len(), 20, "one message per key");
+
+    a.stop().await;
+    b.stop().await;
+    db.remove_now().await;
+}
+
 #[tokio::test]
 async fn a_cluster_needs_postgres() {
     let dir = tempfile::tempdir().unwrap();

@@ -82,10 +82,7 @@ async fn store_batch(
 ) -> Vec<Result<Appended>> {
     let size = batch.len();
     match batch::append(store, &mut batch).await {
-        Ok(appended) => {
-            publish(hubs, &appended);
-            appended.into_iter().map(Ok).collect()
-        }
+        Ok(appended) => published(hubs, appended),
         Err(error) if size > 1 && !matches!(error, Error::Unavailable(_)) => {
             tracing::warn!(%error, batch = size, "a batch of messages failed; storing it in parts");
             let second = batch.split_off(size / 2);
@@ -93,11 +90,30 @@ async fn store_batch(
             answers.extend(Box::pin(store_batch(store, hubs, second)).await);
             answers
         }
-        Err(error) => {
-            tracing::warn!(%error, batch = size, "storing a batch of messages failed");
-            (0..size).map(|_| Err(error.shared())).collect()
+        Err(error) if !matches!(error, Error::Unavailable(_)) => {
+            // Alone, it is tried once more: another node's writer may have stored the
+            // same idempotency key between this transaction's read of the keys and
+            // its insert (the unique index refused it); the second try finds the key
+            // and answers with the stored message.
+            match batch::append(store, &mut batch).await {
+                Ok(appended) => published(hubs, appended),
+                Err(error) => failed(error, size),
+            }
         }
+        Err(error) => failed(error, size),
     }
+}
+
+/// Publishes what a batch stored; its answers.
+fn published(hubs: &Hubs, appended: Vec<Appended>) -> Vec<Result<Appended>> {
+    publish(hubs, &appended);
+    appended.into_iter().map(Ok).collect()
+}
+
+/// The answers of a batch of `size` that failed with `error`.
+fn failed(error: Error, size: usize) -> Vec<Result<Appended>> {
+    tracing::warn!(%error, batch = size, "storing a batch of messages failed");
+    (0..size).map(|_| Err(error.shared())).collect()
 }
 
 /// Publishes the new messages of a batch, room by room, in seq order.
