@@ -321,6 +321,54 @@ async fn one_key_sent_through_two_nodes_at_once_is_stored_once() {
     db.remove_now().await;
 }
 
+/// Joins racing through two nodes for a room's last places: `max_members` holds, and
+/// the count matches the member rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_member_limit_holds_for_joins_through_two_nodes() {
+    let mut db = TestDb::new(Backend::Postgres).await;
+    let nats = Nats::start();
+    let (a, b) = (node(&db, &nats, 500).await, node(&db, &nats, 500).await);
+    let mut owner = a.client("owner").await;
+    owner
+        .create_room(pb::CreateRoomRequest {
+            settings: Some(pb::RoomSettings {
+                max_members: 5,
+                ..Default::default()
+            }),
+            ..create("five")
+        })
+        .await
+        .unwrap();
+    let mut joins = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let through = if i % 2 == 0 { &a } else { &b };
+        let mut client = through.client(&format!("joiner{i:02}")).await;
+        joins.spawn(async move { client.join_room(join("five")).await });
+    }
+    let mut admitted = 0;
+    while let Some(joined) = joins.join_next().await {
+        match joined.unwrap() {
+            Ok(_) => admitted += 1,
+            Err(status) => {
+                common::assert_error(&status, tonic::Code::ResourceExhausted, "ROOM_FULL")
+            }
+        }
+    }
+    assert_eq!(admitted, 4);
+    assert_eq!(
+        common::get_room(&mut owner, "five")
+            .await
+            .unwrap()
+            .member_count,
+        5
+    );
+    assert_eq!(common::all_members(&mut owner, "five").await.len(), 5);
+
+    a.stop().await;
+    b.stop().await;
+    db.remove_now().await;
+}
+
 #[tokio::test]
 async fn a_cluster_needs_postgres() {
     let dir = tempfile::tempdir().unwrap();
