@@ -70,15 +70,38 @@ impl Drop for Nats {
     }
 }
 
-/// A node of the cluster over `db` and `nats`, checking its rooms against the store
-/// every `repair_ms`.
-async fn node(db: &TestDb, nats: &Nats, repair_ms: u64) -> TestServer {
-    let url = nats.url();
-    TestServer::start(db, move |c| {
-        c.nats_url = Some(url);
-        c.cluster_repair_interval_ms = repair_ms;
-    })
-    .await
+/// Two nodes over a fresh PostgreSQL database and a nats-server of their own, each
+/// checking its rooms against the store every `repair_ms`.
+struct Cluster {
+    a: TestServer,
+    b: TestServer,
+    nats: Nats,
+    db: TestDb,
+}
+
+impl Cluster {
+    async fn start(repair_ms: u64) -> Cluster {
+        let db = TestDb::new(Backend::Postgres).await;
+        let nats = Nats::start();
+        let node = || {
+            let url = nats.url();
+            TestServer::start(&db, move |c| {
+                c.nats_url = Some(url);
+                c.cluster_repair_interval_ms = repair_ms;
+            })
+        };
+        let (a, b) = (node().await, node().await);
+        Cluster { a, b, nats, db }
+    }
+
+    /// Stops both nodes gracefully, then drops the database.
+    async fn stop(self) {
+        let Cluster { a, b, nats, mut db } = self;
+        a.stop().await;
+        b.stop().await;
+        drop(nats);
+        db.remove_now().await;
+    }
 }
 
 /// A member `user` of "r" with a stream attached to it through `node`.
@@ -92,23 +115,19 @@ async fn attached(node: &TestServer, user: &str) -> Sub {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_sent_through_any_node_reach_every_node_in_order_once() {
-    let mut db = TestDb::new(Backend::Postgres).await;
-    let nats = Nats::start();
     // No repair from the store within the test: every message crosses the bus (a
     // stream that gets them out of order reads the missing ones by their gap).
-    let (a, b) = (
-        node(&db, &nats, 600_000).await,
-        node(&db, &nats, 600_000).await,
-    );
+    let cluster = Cluster::start(600_000).await;
+    let (a, b) = (&cluster.a, &cluster.b);
     let mut owner = a.client("owner").await;
     owner.create_room(create("r")).await.unwrap();
-    let mut on_a = attached(&a, "watcher-a").await;
-    let mut on_b = attached(&b, "watcher-b").await;
+    let mut on_a = attached(a, "watcher-a").await;
+    let mut on_b = attached(b, "watcher-b").await;
 
     // Ten publishers, half through each node, 20 messages each.
     let mut publishers = tokio::task::JoinSet::new();
     for p in 0..10 {
-        let through = if p % 2 == 0 { &a } else { &b };
+        let through = if p % 2 == 0 { a } else { b };
         let mut client = through.client(&format!("p{p}")).await;
         client.join_room(join("r")).await.unwrap();
         publishers.spawn(async move {
@@ -127,23 +146,20 @@ async fn messages_sent_through_any_node_reach_every_node_in_order_once() {
     assert_eq!(on_a.chat_seqs_until(200).await, all, "the stream on node A");
     assert_eq!(on_b.chat_seqs_until(200).await, all, "the stream on node B");
 
-    a.stop().await;
-    b.stop().await;
-    db.remove_now().await;
+    cluster.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_the_bus_lost_are_read_from_the_store() {
-    let mut db = TestDb::new(Backend::Postgres).await;
-    let mut nats = Nats::start();
-    let (a, b) = (node(&db, &nats, 500).await, node(&db, &nats, 500).await);
+    let mut cluster = Cluster::start(500).await;
+    let (a, b) = (&cluster.a, &cluster.b);
     let mut sender = a.client("sender").await;
     sender.create_room(create("r")).await.unwrap();
-    let mut on_b = attached(&b, "watcher").await;
+    let mut on_b = attached(b, "watcher").await;
 
     // The bus is down: nothing crosses it, and the last message leaves no gap behind
     // it. The stream on B gets every message anyway, soon after the last was sent.
-    nats.stop();
+    cluster.nats.stop();
     for i in 0..20 {
         sender
             .send_message(chat("r", &format!("m{i}")))
@@ -156,7 +172,7 @@ async fn messages_the_bus_lost_are_read_from_the_store() {
     assert!(healed <= Duration::from_secs(2), "healed after {healed:?}");
 
     // The bus is back: what follows arrives too, in order, nothing twice.
-    nats.start_again();
+    cluster.nats.start_again();
     for i in 20..40 {
         sender
             .send_message(chat("r", &format!("m{i}")))
@@ -168,9 +184,7 @@ async fn messages_the_bus_lost_are_read_from_the_store() {
         (21..=40).collect::<Vec<_>>()
     );
 
-    a.stop().await;
-    b.stop().await;
-    db.remove_now().await;
+    cluster.stop().await;
 }
 
 /// The next event of `sub` that is not a message or a member event (those may come
@@ -188,13 +202,12 @@ async fn next_room_event(sub: &mut Sub) -> Ev {
 /// streams attached on node B.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn room_events_made_on_one_node_reach_streams_on_another() {
-    let mut db = TestDb::new(Backend::Postgres).await;
-    let nats = Nats::start();
-    let (a, b) = (node(&db, &nats, 500).await, node(&db, &nats, 500).await);
+    let cluster = Cluster::start(500).await;
+    let (a, b) = (&cluster.a, &cluster.b);
     let mut owner = a.client("owner").await;
     owner.create_room(create("r")).await.unwrap();
     owner.create_room(create("other")).await.unwrap();
-    let mut watcher = attached(&b, "watcher").await;
+    let mut watcher = attached(b, "watcher").await;
 
     // A join through A: members_joined on B.
     let mut bob = a.client("bob").await;
@@ -279,18 +292,15 @@ async fn room_events_made_on_one_node_reach_streams_on_another() {
     };
     assert_eq!(d.reason, pb::DetachReason::RoomDeleted as i32);
 
-    a.stop().await;
-    b.stop().await;
-    db.remove_now().await;
+    cluster.stop().await;
 }
 
 /// The same idempotency key sent through two nodes at once is stored once, and both
 /// answers carry that message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_key_sent_through_two_nodes_at_once_is_stored_once() {
-    let mut db = TestDb::new(Backend::Postgres).await;
-    let nats = Nats::start();
-    let (a, b) = (node(&db, &nats, 500).await, node(&db, &nats, 500).await);
+    let cluster = Cluster::start(500).await;
+    let (a, b) = (&cluster.a, &cluster.b);
     let mut on_a = a.client("alice").await;
     let mut on_b = b.client("alice").await;
     on_a.create_room(create("r")).await.unwrap();
@@ -316,18 +326,15 @@ async fn one_key_sent_through_two_nodes_at_once_is_stored_once() {
     let stored = common::history(&mut on_a, "r").await;
     assert_eq!(stored.len(), 20, "one message per key");
 
-    a.stop().await;
-    b.stop().await;
-    db.remove_now().await;
+    cluster.stop().await;
 }
 
 /// Joins racing through two nodes for a room's last places: `max_members` holds, and
 /// the count matches the member rows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_member_limit_holds_for_joins_through_two_nodes() {
-    let mut db = TestDb::new(Backend::Postgres).await;
-    let nats = Nats::start();
-    let (a, b) = (node(&db, &nats, 500).await, node(&db, &nats, 500).await);
+    let cluster = Cluster::start(500).await;
+    let (a, b) = (&cluster.a, &cluster.b);
     let mut owner = a.client("owner").await;
     owner
         .create_room(pb::CreateRoomRequest {
@@ -341,7 +348,7 @@ async fn the_member_limit_holds_for_joins_through_two_nodes() {
         .unwrap();
     let mut joins = tokio::task::JoinSet::new();
     for i in 0..20 {
-        let through = if i % 2 == 0 { &a } else { &b };
+        let through = if i % 2 == 0 { a } else { b };
         let mut client = through.client(&format!("joiner{i:02}")).await;
         joins.spawn(async move { client.join_room(join("five")).await });
     }
@@ -364,9 +371,7 @@ async fn the_member_limit_holds_for_joins_through_two_nodes() {
     );
     assert_eq!(common::all_members(&mut owner, "five").await.len(), 5);
 
-    a.stop().await;
-    b.stop().await;
-    db.remove_now().await;
+    cluster.stop().await;
 }
 
 #[tokio::test]
