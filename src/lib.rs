@@ -160,8 +160,7 @@ pub async fn serve(
             vec![
                 live::nats::start(client, node, queue, hubs.clone(), stop.clone()),
                 rooms::tail::start(
-                    store.clone(),
-                    hubs.clone(),
+                    rooms.clone(),
                     Duration::from_millis(config.cluster_repair_interval_ms),
                     stop.clone(),
                 ),

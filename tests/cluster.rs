@@ -295,6 +295,60 @@ async fn room_events_made_on_one_node_reach_streams_on_another() {
     cluster.stop().await;
 }
 
+/// With the bus down, a leave and a delete made through A still reach the streams on
+/// B: each node checks its streams against the store every ten repair intervals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn detaches_the_bus_lost_happen_anyway() {
+    let mut cluster = Cluster::start(200).await;
+    let (a, b) = (&cluster.a, &cluster.b);
+    let mut owner = a.client("owner").await;
+    owner.create_room(create("r")).await.unwrap();
+    owner.create_room(create("gone")).await.unwrap();
+    let mut bob_on_b = attached(b, "bob").await;
+    let mut watcher = {
+        let mut client = b.client("watcher").await;
+        client.join_room(join("gone")).await.unwrap();
+        let mut sub = Sub::open(&mut client).await;
+        sub.attached("gone", None).await;
+        sub
+    };
+
+    cluster.nats.stop();
+    let mut bob = a.client("bob").await;
+    bob.leave_room(pb::LeaveRoomRequest {
+        room_id: "r".into(),
+    })
+    .await
+    .unwrap();
+    owner
+        .delete_room(pb::DeleteRoomRequest {
+            room_id: "gone".into(),
+        })
+        .await
+        .unwrap();
+    let changed = Instant::now();
+
+    let Ev::Detached(d) = next_room_event(&mut bob_on_b).await else {
+        panic!("expected detached");
+    };
+    assert_eq!(
+        (d.room_id.as_str(), d.reason),
+        ("r", pb::DetachReason::Left as i32)
+    );
+    assert!(
+        matches!(next_room_event(&mut watcher).await, Ev::RoomDeleted(r) if r.room_id == "gone")
+    );
+    let Ev::Detached(d) = next_room_event(&mut watcher).await else {
+        panic!("expected detached");
+    };
+    assert_eq!(d.reason, pb::DetachReason::RoomDeleted as i32);
+    // Ten intervals of 200 ms, and a round of reads.
+    let took = changed.elapsed();
+    assert!(took <= Duration::from_secs(5), "converged after {took:?}");
+
+    cluster.stop().await;
+}
+
 /// The same idempotency key sent through two nodes at once is stored once, and both
 /// answers carry that message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

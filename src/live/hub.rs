@@ -365,6 +365,11 @@ impl Hubs {
         }
     }
 
+    /// The version of the room's state this node's streams were last told.
+    pub fn room_version(&self, room: &RoomId) -> Option<u64> {
+        self.room_state(room).map(|s| s.version)
+    }
+
     /// Tells every stream the room changed: the new state replaces the hub's one
     /// (older states are freed once no stream is sending them).
     pub fn room_updated(&self, room: &Room) {
@@ -372,22 +377,21 @@ impl Hubs {
         if hub.is_none() && self.relay.is_none() {
             return;
         }
-        let frame = Frame::event(PbEvent::RoomUpdated(pb::RoomUpdated {
-            room: Some(room.clone().into()),
-        }));
-        let presence_timeout = room.settings.presence_timeout.is_some();
+        let state = RoomState::of(room);
         self.relay(&room.id, || RoomEvent::Updated {
-            version: room.version,
-            presence_timeout,
-            frame: frame.clone(),
+            version: state.version,
+            presence_timeout: state.presence_timeout,
+            frame: state.frame.clone(),
         });
         if let Some(hub) = hub {
-            let state = RoomState {
-                version: room.version,
-                presence_timeout,
-                frame,
-            };
             update(&hub, state);
+        }
+    }
+
+    /// Tells this node's streams the room changed (and nobody else: a repair).
+    pub fn room_updated_here(&self, room: &Room) {
+        if let Some(hub) = self.hub(&room.id) {
+            update(&hub, RoomState::of(room));
         }
     }
 
@@ -397,7 +401,8 @@ impl Hubs {
         self.delete_here(room);
     }
 
-    fn delete_here(&self, room: &RoomId) {
+    /// Tells this node's streams the room is gone (and nobody else: a repair).
+    pub fn delete_here(&self, room: &RoomId) {
         let hub = self.rooms.lock().expect("hubs lock").remove(room);
         if let Some(hub) = hub {
             let _ = hub.sender.send(Arc::new(Event::Deleted));
@@ -440,7 +445,8 @@ impl Hubs {
         self.detach_here(room, user, reason, switched_to);
     }
 
-    fn detach_here(
+    /// Detaches `user`'s streams on this node (and nobody else's: a repair).
+    pub fn detach_here(
         &self,
         room: &RoomId,
         user: &str,
@@ -484,6 +490,19 @@ impl Hubs {
                 tokio::time::sleep(window).await;
                 flush(&room_id, &hub, relay.as_ref());
             });
+        }
+    }
+}
+
+impl RoomState {
+    /// The state of `room`, its frame encoded.
+    fn of(room: &Room) -> RoomState {
+        RoomState {
+            version: room.version,
+            presence_timeout: room.settings.presence_timeout.is_some(),
+            frame: Frame::event(PbEvent::RoomUpdated(pb::RoomUpdated {
+                room: Some(room.clone().into()),
+            })),
         }
     }
 }

@@ -207,4 +207,38 @@ impl Store {
             .map(|(id, seq)| (RoomId::from_stored(id), u64::try_from(seq).unwrap_or(0)))
             .collect())
     }
+
+    /// Which of `users` are members of `room_id`.
+    pub async fn members_among_users(
+        &self,
+        room_id: &RoomId,
+        users: &[String],
+    ) -> Result<Vec<String>> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        match &self.backend {
+            Backend::Postgres(pool) => Ok(sqlx::query_scalar(
+                "SELECT user_id FROM members WHERE room_id = $1 AND user_id = ANY($2)",
+            )
+            .bind(room_id.as_str())
+            .bind(users)
+            .fetch_all(pool)
+            .await?),
+            Backend::Sqlite { reader, .. } => {
+                let mut members = Vec::new();
+                for user in users {
+                    let row: Option<String> = sqlx::query_scalar(
+                        "SELECT user_id FROM members WHERE room_id = $1 AND user_id = $2",
+                    )
+                    .bind(room_id.as_str())
+                    .bind(user)
+                    .fetch_optional(reader)
+                    .await?;
+                    members.extend(row);
+                }
+                Ok(members)
+            }
+        }
+    }
 }
