@@ -472,9 +472,12 @@ impl Hubs {
             suppressed: room.settings.member_events == MemberEvents::None,
         };
         let Some(hub) = self.hub(&room.id) else {
-            // No stream here to coalesce for: the other nodes get the change alone.
-            for frame in frames(&room.id, coalesce(vec![change])) {
-                self.relay(&room.id, || RoomEvent::Broadcast(frame));
+            // No stream here to coalesce for: the other nodes (if any) get the change
+            // alone.
+            if self.relay.is_some() {
+                for frame in frames(&room.id, coalesce(vec![change])) {
+                    self.relay(&room.id, || RoomEvent::Broadcast(frame));
+                }
             }
             return;
         };
