@@ -10,13 +10,13 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 
 use super::Hubs;
 use super::frame::Frame;
-use super::relay::{Relayed, RoomEvent};
+use super::relay::{Queue, Relayed, RoomEvent};
 use crate::domain::{DetachReason, RoomId};
 use crate::error::{Error, Result};
 
@@ -54,7 +54,7 @@ pub async fn connect(url: &str) -> Result<async_nats::Client> {
 pub fn start(
     client: async_nats::Client,
     node: String,
-    mut queue: mpsc::Receiver<Relayed>,
+    mut queue: Queue,
     hubs: Arc<Hubs>,
     mut stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {

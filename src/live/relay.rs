@@ -6,17 +6,24 @@
 //! updates, detaches, deletion) go the same way, best effort. The bus is allowed to lose
 //! messages: a node never trusts it for completeness. A stream that sees a seq gap
 //! reads the missing messages from the store, and a node checks its live rooms
-//! against the store's `last_seq` every second (`rooms::tail`), so a lost tail is read
-//! too. The relay itself never blocks the message writer: when the engine falls behind
-//! by more than [`QUEUE`] messages, it drops them, and the same repairs apply.
+//! against the store's `last_seq` every repair interval (`rooms::tail`), so a lost
+//! tail is read too. The relay itself never blocks the message writer: when the engine falls behind
+//! by more than [`QUEUE`] events or [`QUEUE_BYTES`], it drops them, and the same
+//! repairs apply.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::mpsc;
 
 use super::frame::Frame;
 use crate::domain::{DetachReason, RoomId};
 
-/// Messages that may wait for the engine before the relay drops new ones.
+/// Events that may wait for the engine before the relay drops new ones.
 pub const QUEUE: usize = 16 * 1024;
+/// Bytes of frames that may wait for the engine (while NATS is away, large messages
+/// would otherwise pile up: 16 k of 64 KiB payloads is a GiB).
+pub const QUEUE_BYTES: usize = 32 * 1024 * 1024;
 
 /// A room's event on its way to or from the other nodes; frames as encoded once by
 /// the node that made them.
@@ -54,22 +61,127 @@ pub enum RoomEvent {
     Deleted,
 }
 
-/// The sending side: hands messages to the engine's task.
+impl Relayed {
+    /// The bytes it holds, as the queue counts them.
+    fn bytes(&self) -> usize {
+        match &self.event {
+            RoomEvent::Message { frame, targets, .. } => {
+                frame.wire().len() + targets.iter().flatten().map(String::len).sum::<usize>()
+            }
+            RoomEvent::Broadcast(frame) | RoomEvent::Updated { frame, .. } => frame.wire().len(),
+            RoomEvent::Detach { user, .. } => user.len(),
+            RoomEvent::Deleted => 0,
+        }
+    }
+}
+
+/// The sending side: hands events to the engine's task.
 #[derive(Clone, Debug)]
-pub struct Relay(mpsc::Sender<Relayed>);
+pub struct Relay {
+    sender: mpsc::Sender<Relayed>,
+    queued: Arc<AtomicUsize>,
+    max_bytes: usize,
+}
+
+/// The engine's side: the events waiting for it, in order.
+#[derive(Debug)]
+pub struct Queue {
+    receiver: mpsc::Receiver<Relayed>,
+    queued: Arc<AtomicUsize>,
+}
 
 impl Relay {
-    /// A relay and the queue its engine reads.
-    pub fn new() -> (Relay, mpsc::Receiver<Relayed>) {
-        let (sender, queue) = mpsc::channel(QUEUE);
-        (Relay(sender), queue)
+    /// A relay and the queue its engine reads, bounded by [`QUEUE`] and [`QUEUE_BYTES`].
+    pub fn new() -> (Relay, Queue) {
+        Relay::bounded(QUEUE, QUEUE_BYTES)
     }
 
-    /// Hands a message to the engine; dropped when its queue is full (see the module
-    /// docs for why that is safe).
-    pub fn send(&self, message: Relayed) {
-        if self.0.try_send(message).is_err() {
+    fn bounded(events: usize, max_bytes: usize) -> (Relay, Queue) {
+        let (sender, receiver) = mpsc::channel(events);
+        let queued = Arc::new(AtomicUsize::new(0));
+        let relay = Relay {
+            sender,
+            queued: queued.clone(),
+            max_bytes,
+        };
+        (relay, Queue { receiver, queued })
+    }
+
+    /// Hands an event to the engine; dropped when its queue is full, in events or in
+    /// bytes (see the module docs for why that is safe).
+    pub fn send(&self, event: Relayed) {
+        let bytes = event.bytes();
+        let before = self.queued.fetch_add(bytes, Ordering::Relaxed);
+        if before + bytes > self.max_bytes || self.sender.try_send(event).is_err() {
+            self.queued.fetch_sub(bytes, Ordering::Relaxed);
             tracing::debug!("relay queue full: an event did not go to the other nodes");
         }
+    }
+}
+
+impl Queue {
+    /// The next event; `None` once every relay is gone.
+    pub async fn recv(&mut self) -> Option<Relayed> {
+        let event = self.receiver.recv().await?;
+        self.queued.fetch_sub(event.bytes(), Ordering::Relaxed);
+        Some(event)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(seq: u64, text_bytes: usize) -> Relayed {
+        let frame = Frame::event(crate::pb::subscribe_response::Event::Message(
+            crate::pb::Message {
+                seq,
+                text: "x".repeat(text_bytes),
+                ..Default::default()
+            },
+        ));
+        Relayed {
+            room: RoomId::parse("r").unwrap(),
+            event: RoomEvent::Message {
+                seq,
+                frame,
+                targets: None,
+            },
+        }
+    }
+
+    fn seq(relayed: Option<Relayed>) -> u64 {
+        match relayed.map(|r| r.event) {
+            Some(RoomEvent::Message { seq, .. }) => seq,
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_queue_is_bounded_in_bytes_and_frees_what_is_read() {
+        let size = message(1, 1000).bytes();
+        let (relay, mut queue) = Relay::bounded(100, 2 * size);
+        for s in 1..=3 {
+            relay.send(message(s, 1000));
+        }
+        // The third did not fit; once one is read, a fourth does.
+        assert_eq!(seq(queue.recv().await), 1);
+        relay.send(message(4, 1000));
+        assert_eq!(seq(queue.recv().await), 2);
+        assert_eq!(seq(queue.recv().await), 4);
+        assert_eq!(queue.queued.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn the_queue_is_bounded_in_events() {
+        let (relay, mut queue) = Relay::bounded(2, usize::MAX);
+        for s in 1..=3 {
+            relay.send(message(s, 10));
+        }
+        assert_eq!(seq(queue.recv().await), 1);
+        assert_eq!(seq(queue.recv().await), 2);
+        drop(relay);
+        assert!(queue.recv().await.is_none());
+        assert_eq!(queue.queued.load(Ordering::Relaxed), 0);
     }
 }
