@@ -8,7 +8,14 @@ ZIM, ZEGO multi-room, socket.io rooms — is expressed with generated stubs only
 checked. Room ids carry a per-run prefix, so it can run
 against any database. Exit status 0 means every flow held.
 
+Given several nodes of one cluster (`--target A,B`), each client and each stream
+goes to the next node in turn, so every flow crosses nodes: a stream on one node sees
+what calls through another did. A last flow then checks what only a cluster has:
+presence counted over nodes, one idempotency key sent through two nodes at once, the
+member limit under joins through both.
+
     python3 scripts/seed_flows.py --target 127.0.0.1:50051
+    python3 scripts/seed_flows.py --target 127.0.0.1:50051,127.0.0.1:50052
 """
 
 import argparse
@@ -48,11 +55,24 @@ def generate_stubs():
 pb, pb_grpc = generate_stubs()
 
 
-class Client:
-    """Unary calls as one user."""
+class Nodes:
+    """The servers to talk to: one, or several nodes of a cluster, handed out in turn."""
 
-    def __init__(self, channel, user):
-        self.stub = pb_grpc.ChatRoomServiceStub(channel)
+    def __init__(self, channels):
+        self.channels = channels
+        self.turn = 0
+
+    def pick(self):
+        channel = self.channels[self.turn % len(self.channels)]
+        self.turn += 1
+        return channel
+
+
+class Client:
+    """Unary calls as one user (through the next node)."""
+
+    def __init__(self, nodes, user, channel=None):
+        self.stub = pb_grpc.ChatRoomServiceStub(channel or nodes.pick())
         self.user = user
         self.md = [("x-user-id", user)]
 
@@ -85,9 +105,11 @@ def expect_error(code, reason, call, **fields):
 
 
 class Stream:
-    """A Subscribe stream: frames go out through a queue, events come back through one."""
+    """A Subscribe stream (to the next node): frames go out through a queue, events
+    come back through one."""
 
-    def __init__(self, channel, user):
+    def __init__(self, nodes, user, channel=None):
+        channel = channel or nodes.pick()
         self.out = queue.Queue()
         self.events = queue.Queue()
         self.n = 0
@@ -160,12 +182,12 @@ class Stream:
         self.call.cancel()
 
 
-def neroom(ch, p):
+def neroom(nodes, p):
     """NetEase NERoom chatroom: join/leave, everyone is told, no member limit, text."""
-    host, guest, late = Client(ch, p + "host"), Client(ch, p + "guest"), Client(ch, p + "late")
+    host, guest, late = Client(nodes, p + "host"), Client(nodes, p + "guest"), Client(nodes, p + "late")
     room = p + "neroom"
     host.CreateRoom(room_id=room, name="NERoom", display_name="Host")
-    s = Stream(ch, p + "host")
+    s = Stream(nodes, p + "host")
     s.attach(room)
     guest.JoinRoom(room_id=room, display_name="Guest")
     late.JoinRoom(room_id=room, display_name="Late")
@@ -183,17 +205,17 @@ def neroom(ch, p):
     s.close()
 
 
-def leancloud(ch, p):
+def leancloud(nodes, p):
     """LeanCloud: create with name + attributes, query by id and by name, one room at a
     time (switching), member events omitted, barrage as low priority."""
-    a, b = Client(ch, p + "lc-a"), Client(ch, p + "lc-b")
+    a, b = Client(nodes, p + "lc-a"), Client(nodes, p + "lc-b")
     name = p + "LeanCloud"
     a.CreateRoom(room_id=p + "lc1", name=name, attributes={"level": "1"},
                  settings=pb.RoomSettings(member_events=pb.MEMBER_EVENTS_NONE))
     a.CreateRoom(room_id=p + "lc2", name=name + "-2")
     assert a.GetRoom(room_id=p + "lc1").room.attributes["level"] == "1"
     assert [r.room_id for r in b.ListRooms(name=name).rooms] == [p + "lc1"]
-    s = Stream(ch, p + "lc-a")
+    s = Stream(nodes, p + "lc-a")
     s.attach(p + "lc1")
     b.JoinRoom(room_id=p + "lc1")
     b.SwitchRoom(from_room_id=p + "lc1", to_room_id=p + "lc2")  # one room at a time
@@ -209,10 +231,10 @@ def leancloud(ch, p):
     s.close()
 
 
-def zim(ch, p):
+def zim(nodes, p):
     """ZEGO ZIM: create fails if the id exists, join fails if it does not, enter creates
     or joins atomically, the room is destroyed some time after it empties."""
-    owner = Client(ch, p + "zim-owner")
+    owner = Client(nodes, p + "zim-owner")
     room = p + "zim"
     owner.CreateRoom(room_id=room, settings=pb.RoomSettings(
         destroy_when_empty_after={"seconds": 1}))
@@ -220,7 +242,7 @@ def zim(ch, p):
     expect_error(grpc.StatusCode.NOT_FOUND, "ROOM_NOT_FOUND", owner.JoinRoom, room_id=p + "none")
     fresh = p + "zim-enter"
     with concurrent.futures.ThreadPoolExecutor(10) as pool:
-        answers = list(pool.map(lambda i: Client(ch, f"{p}zim-u{i}").EnterRoom(room_id=fresh), range(10)))
+        answers = list(pool.map(lambda i: Client(nodes, f"{p}zim-u{i}").EnterRoom(room_id=fresh), range(10)))
     assert sum(a.created for a in answers) == 1
     assert owner.GetRoom(room_id=fresh).room.member_count == 10
     owner.LeaveRoom(room_id=room)
@@ -235,20 +257,20 @@ def zim(ch, p):
     raise AssertionError("the empty room was not destroyed")
 
 
-def multi_room(ch, p):
+def multi_room(nodes, p):
     """ZEGO multi-room: one user in several rooms at once, events tagged by room, a limit,
     switching, broadcast / barrage / custom command to chosen users, room extra info
     with update events, leaving one room or all."""
-    host, viewer, other = Client(ch, p + "mr-host"), Client(ch, p + "mr-viewer"), Client(ch, p + "mr-other")
+    host, viewer, other = Client(nodes, p + "mr-host"), Client(nodes, p + "mr-viewer"), Client(nodes, p + "mr-other")
     rooms = [p + f"mr{i}" for i in range(3)]
     for r in rooms:
         host.CreateRoom(room_id=r)
         viewer.JoinRoom(room_id=r)
         other.JoinRoom(room_id=r)
-    s = Stream(ch, p + "mr-viewer")
+    s = Stream(nodes, p + "mr-viewer")
     for r in rooms:
         s.attach(r)
-    o = Stream(ch, p + "mr-other")
+    o = Stream(nodes, p + "mr-other")
     o.attach(rooms[0])
     # Broadcast: reliable, with id and send time, tagged by room.
     for r in rooms:
@@ -288,17 +310,17 @@ def multi_room(ch, p):
     o.close()
 
 
-def socketio(ch, p):
+def socketio(nodes, p):
     """socket.io rooms: join with a nickname, the room is told, send to the room,
     disconnecting leaves (presence)."""
-    owner, nick = Client(ch, p + "sio-owner"), Client(ch, p + "sio-nick")
+    owner, nick = Client(nodes, p + "sio-owner"), Client(nodes, p + "sio-nick")
     room = p + "sio"
     owner.CreateRoom(room_id=room, settings=pb.RoomSettings(presence_timeout={"nanos": 500_000_000}))
-    s = Stream(ch, p + "sio-owner")
+    s = Stream(nodes, p + "sio-owner")
     s.attach(room)
     nick.JoinRoom(room_id=room, display_name="neo")
     assert s.event("members_joined")[0].members_joined.members[0].display_name == "neo"
-    n = Stream(ch, p + "sio-nick")
+    n = Stream(nodes, p + "sio-nick")
     n.attach(room)
     nick.SendMessage(room_id=room, text="hi all")
     assert s.message("hi all")[0].message.sender_name == "neo"
@@ -308,19 +330,81 @@ def socketio(ch, p):
     s.close()
 
 
+def eventually(what, expected, value):
+    deadline = time.time() + WAIT
+    while True:
+        now = value()
+        if now == expected:
+            return
+        assert time.time() < deadline, f"{what}: still {now!r}, expected {expected!r}"
+        time.sleep(0.05)
+
+
+def cluster(nodes, p):
+    """Several nodes: presence over nodes, one key through two nodes, the member limit."""
+    a, b = nodes.channels[0], nodes.channels[1]
+    room = p + "cl"
+    owner_a, owner_b = Client(nodes, p + "cl-owner", a), Client(nodes, p + "cl-owner", b)
+    owner_a.CreateRoom(room_id=room, settings=pb.RoomSettings(max_members=6))
+    watcher = Stream(nodes, p + "cl-owner", a)
+    watcher.attach(room)
+    guest = Client(nodes, p + "cl-guest", a)
+    guest.JoinRoom(room_id=room)
+    on_b = Stream(nodes, p + "cl-guest", b)
+    on_b.attach(room)
+    # A stream on each node: both count through either node.
+    for owner in (owner_a, owner_b):
+        eventually("online through each node", 2, lambda: owner.GetRoom(room_id=room).room.online_count)
+        online = owner.ListMembers(room_id=room, online_only=True).members
+        assert sorted(m.user_id for m in online) == [p + "cl-guest", p + "cl-owner"], online
+    # One idempotency key through both nodes at once: one message, one seq.
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        sent = list(pool.map(lambda o: o.SendMessage(room_id=room, text="once", client_msg_id="k1").message,
+                             (owner_a, owner_b)))
+    assert sent[0].seq == sent[1].seq and sent[0].message_id == sent[1].message_id, sent
+    assert on_b.message("once")[0].message.seq == sent[0].seq
+    assert len(owner_b.ListMessages(room_id=room).messages) == 1
+    # Joins through both nodes for the last four places: four get in.
+    joiners = [Client(nodes, f"{p}cl-j{i}", (a, b)[i % 2]) for i in range(10)]
+
+    def join(client):
+        try:
+            client.JoinRoom(room_id=room)
+            return "ok"
+        except grpc.RpcError as e:
+            assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and reason_of(e) == "ROOM_FULL", e
+            return "full"
+    with concurrent.futures.ThreadPoolExecutor(10) as pool:
+        results = list(pool.map(join, joiners))
+    assert results.count("ok") == 4, results
+    assert owner_b.GetRoom(room_id=room).room.member_count == 6
+    # The guest leaves through A: its stream on B is detached.
+    guest.LeaveRoom(room_id=room)
+    detached = on_b.event("detached")[0].detached
+    assert detached.room_id == room and detached.reason == pb.DETACH_REASON_LEFT, detached
+    eventually("online after the leave", 1, lambda: owner_b.GetRoom(room_id=room).room.online_count)
+    watcher.close()
+    on_b.close()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--target", default="127.0.0.1:50051")
+    parser.add_argument("--target", default="127.0.0.1:50051",
+                        help="host:port of the server, or of each node of a cluster, comma-separated")
     args = parser.parse_args()
-    channel = grpc.insecure_channel(args.target)
-    grpc.channel_ready_future(channel).result(timeout=WAIT)
+    channels = [grpc.insecure_channel(t) for t in args.target.split(",")]
+    for channel in channels:
+        grpc.channel_ready_future(channel).result(timeout=WAIT)
+    nodes = Nodes(channels)
     prefix = "seed-" + uuid.uuid4().hex[:8] + "-"
     flows = [neroom, leancloud, zim, multi_room, socketio]
+    if len(channels) > 1:
+        flows.append(cluster)
     for flow in flows:
         started = time.time()
-        flow(channel, prefix)
+        flow(nodes, prefix)
         print(f"ok   {flow.__name__:<11} {flow.__doc__.splitlines()[0]} ({time.time() - started:.2f}s)")
-    print(f"seed flows: {len(flows)} passed, 0 failed")
+    print(f"seed flows: {len(flows)} passed, 0 failed, on {len(channels)} node(s)")
 
 
 if __name__ == "__main__":

@@ -87,7 +87,7 @@ if ! pg_bin >/dev/null; then
     fi
 fi
 
-# The cluster tests (tests/cluster.rs) run a nats-server of their own on a free port.
+# The cluster tests (tests/cluster/) and the two-node seed flows run a nats-server of their own on a free port.
 if ! command -v nats-server >/dev/null && [ ! -x /usr/sbin/nats-server ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         step "installing nats-server (apt-get)"
@@ -165,6 +165,27 @@ seed_db="chatroom_seed_$$"
 "$PSQL" "$DATABASE_URL" -qc "CREATE DATABASE $seed_db" >/dev/null || die "could not create $seed_db"
 seed_url="${DATABASE_URL%/*}/$seed_db"
 seed_flows "$seed_url" || die "seed flows failed on PostgreSQL"
+"$PSQL" "$DATABASE_URL" -qc "DROP DATABASE $seed_db WITH (FORCE)" >/dev/null
+
+step "seed flows and the cluster flow through two nodes (one PostgreSQL, a nats-server of their own)"
+cluster_flows() { # DATABASE_URL
+    local nats_port port_a port_b nats a b status=0
+    nats_port=$(free_port); port_a=$(free_port); port_b=$(free_port)
+    NATS=$(command -v nats-server || echo /usr/sbin/nats-server)
+    "$NATS" -a 127.0.0.1 -p "$nats_port" >/dev/null 2>&1 &
+    nats=$!
+    for port in "$port_a" "$port_b"; do
+        target/debug/chatroom --listen "127.0.0.1:$port" --database-url "$1" --log warn \
+            --nats-url "nats://127.0.0.1:$nats_port" &
+        [ "$port" = "$port_a" ] && a=$! || b=$!
+    done
+    "$PY" scripts/seed_flows.py --target "127.0.0.1:$port_a,127.0.0.1:$port_b" || status=$?
+    kill -TERM "$a" "$b" && wait "$a" "$b" || status=$?
+    kill "$nats" && wait "$nats" 2>/dev/null || true
+    return "$status"
+}
+"$PSQL" "$DATABASE_URL" -qc "CREATE DATABASE $seed_db" >/dev/null || die "could not create $seed_db"
+cluster_flows "$seed_url" || die "seed flows failed through two nodes"
 "$PSQL" "$DATABASE_URL" -qc "DROP DATABASE $seed_db WITH (FORCE)" >/dev/null
 
 step "cargo test"

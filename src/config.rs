@@ -104,6 +104,18 @@ pub struct Config {
     #[arg(long, env = "CHATROOM_CLUSTER_REPAIR_INTERVAL_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(10..))]
     pub cluster_repair_interval_ms: u64,
 
+    /// In a cluster, how long (milliseconds) a node's lease in the database lasts; it
+    /// renews it every third of that. A node that stops renewing (killed, cut off) is
+    /// dead once it runs out: its streams count offline from then, and their presence
+    /// timeouts start.
+    #[arg(long, env = "CHATROOM_NODE_LEASE_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(300..))]
+    pub node_lease_ms: u64,
+
+    /// In a cluster, how long (milliseconds) NATS may be unreachable before health
+    /// says NOT_SERVING (delivery meanwhile heals from the database, more slowly).
+    #[arg(long, env = "CHATROOM_NATS_GRACE_MS", default_value_t = 5_000)]
+    pub nats_grace_ms: u64,
+
     /// Log filter, in `tracing` EnvFilter syntax (for example `info,chatroom=debug`).
     #[arg(long, env = "CHATROOM_LOG", default_value = "info")]
     pub log: String,
@@ -131,6 +143,8 @@ impl Config {
             nats_url: None,
             node_id: None,
             cluster_repair_interval_ms: 500,
+            node_lease_ms: 10_000,
+            nats_grace_ms: 5_000,
             log: "info".into(),
         }
     }

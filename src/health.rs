@@ -1,5 +1,5 @@
-//! What the health service says, and who decides it: the database watcher, and the
-//! supervision of the two writer tasks.
+//! What the health service says, and who decides it: the watcher of the database
+//! (and, in a cluster, of NATS), and the supervision of the two writer tasks.
 //!
 //! Every change of state goes through one of two long-lived tasks (the membership
 //! writer and the message writer, in `rooms/`). Should one of them die — a panic is a
@@ -11,7 +11,7 @@
 //! lose the batch it held without a trace outside the log.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::watch;
@@ -25,6 +25,8 @@ use crate::store::Store;
 
 /// How often the health service checks that the database answers.
 const CHECK_INTERVAL: Duration = Duration::from_secs(2);
+/// The most often it checks, however short the bus's grace period.
+const MIN_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 
 /// A writer task that ended before the server was told to stop.
 #[derive(Debug, thiserror::Error)]
@@ -40,18 +42,34 @@ pub async fn set(reporter: &HealthReporter, status: ServingStatus) {
     reporter.set_service_status("", status).await;
 }
 
-/// Keeps the health service's status in step with the database: NOT_SERVING while it
-/// does not answer, SERVING once it does again — until the server stops, when it says
-/// NOT_SERVING for good (load balancers stop sending while it drains).
-pub async fn watch_database(
+/// The bus a cluster node relays over, and how long it may be away before the node
+/// says NOT_SERVING: while it is, delivery heals from the database (up to a repair
+/// interval late), so a short blip is not worth taking the node out of rotation.
+pub struct Bus {
+    pub client: async_nats::Client,
+    pub grace: Duration,
+}
+
+/// Keeps the health service's status in step with the database and, in a cluster,
+/// the bus: NOT_SERVING while the database does not answer or the bus has been
+/// unreachable for longer than its grace period, SERVING once both are back — until
+/// the server stops, when it says NOT_SERVING for good (load balancers stop sending
+/// while it drains).
+pub async fn watch_dependencies(
     store: Store,
+    bus: Option<Bus>,
     reporter: HealthReporter,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut last = Some(ServingStatus::Serving);
+    let mut bus_away_since: Option<Instant> = None;
+    let interval = match &bus {
+        Some(bus) => CHECK_INTERVAL.min(bus.grace / 2).max(MIN_CHECK_INTERVAL),
+        None => CHECK_INTERVAL,
+    };
     loop {
         let stopping = tokio::select! {
-            () = tokio::time::sleep(CHECK_INTERVAL) => false,
+            () = tokio::time::sleep(interval) => false,
             _ = stop.wait_for(|stop| *stop) => true,
         };
         if stopping {
@@ -59,12 +77,30 @@ pub async fn watch_database(
             return;
         }
         let ping = tokio::time::timeout(CHECK_INTERVAL, store.ping()).await;
-        let status = match ping.unwrap_or_else(|_| Err(Error::Unavailable("ping timed out".into())))
-        {
-            Ok(()) => ServingStatus::Serving,
-            Err(error) => {
+        let database = ping.unwrap_or_else(|_| Err(Error::Unavailable("ping timed out".into())));
+        let bus_ok = match &bus {
+            None => true,
+            Some(bus) => {
+                if bus.client.connection_state() == async_nats::connection::State::Connected {
+                    bus_away_since = None;
+                    true
+                } else {
+                    let since = *bus_away_since.get_or_insert_with(Instant::now);
+                    since.elapsed() < bus.grace
+                }
+            }
+        };
+        let status = match (&database, bus_ok) {
+            (Ok(()), true) => ServingStatus::Serving,
+            (Err(error), _) => {
                 if last != Some(ServingStatus::NotServing) {
                     tracing::warn!(%error, "database unreachable; health is NOT_SERVING");
+                }
+                ServingStatus::NotServing
+            }
+            (Ok(()), false) => {
+                if last != Some(ServingStatus::NotServing) {
+                    tracing::warn!("NATS unreachable past its grace period; health is NOT_SERVING");
                 }
                 ServingStatus::NotServing
             }

@@ -110,8 +110,8 @@ pub async fn serve(
     );
 
     // Members online when the last process ended have been offline since. In a
-    // cluster the other nodes' members may be online right now, and presence is not
-    // shared between nodes yet: a starting node leaves it as it is.
+    // cluster the other nodes' members may be online right now: a starting node
+    // releases only what an earlier process of its own id left (`announce_node`).
     if config.nats_url.is_none() {
         store.mark_all_offline(domain::UnixMicros::now()).await?;
     }
@@ -145,19 +145,36 @@ pub async fn serve(
     };
     let (rooms, admissions) =
         rooms::Rooms::new(store.clone(), live, limits, config.admin_users.clone());
+    let node = config
+        .node_id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let rooms = match &relayed {
+        Some(_) => {
+            let rooms = rooms.on_node(rooms::Node {
+                id: node.as_str().into(),
+                lease: Duration::from_millis(config.node_lease_ms),
+            });
+            rooms.announce_node().await?;
+            rooms
+        }
+        None => rooms,
+    };
 
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let stop_tx = Arc::new(stop_tx);
     // A cluster node: messages to and from the other nodes, and the repair of what
     // the bus loses.
-    let node = config
-        .node_id
-        .clone()
-        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let mut bus = None;
     let cluster: Vec<tokio::task::JoinHandle<()>> = match relayed {
         Some((client, queue)) => {
             tracing::info!(node, "cluster node: messages relayed over NATS");
+            bus = Some(health::Bus {
+                client: client.clone(),
+                grace: Duration::from_millis(config.nats_grace_ms),
+            });
             vec![
+                rooms::lease::start(rooms.clone(), stop.clone()),
                 live::nats::start(client, node, queue, hubs.clone(), stop.clone()),
                 rooms::tail::start(
                     rooms.clone(),
@@ -181,8 +198,9 @@ pub async fn serve(
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     // The database just answered (migrations ran): serving from the first call on.
     health::set(&health_reporter, ServingStatus::Serving).await;
-    let health_task = tokio::spawn(health::watch_database(
+    let health_task = tokio::spawn(health::watch_dependencies(
         store.clone(),
+        bus,
         health_reporter.clone(),
         stop.clone(),
     ));

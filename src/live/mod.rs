@@ -4,9 +4,10 @@
 //! from the other nodes ([`relay`], over NATS: [`nats`]). The writers that store and then publish here live
 //! in `rooms/`.
 //!
-//! Presence is per process by design: it is about connections, and connections end
-//! with the process. Room reads use it for `online`, `online_count` and
-//! `ListMembers(online_only)`.
+//! Presence here is this process's streams: connections end with the process. On a
+//! single node room reads use it for `online`, `online_count` and
+//! `ListMembers(online_only)`; in a cluster each node also stores it, and reads
+//! count every node (`rooms/presence.rs`).
 
 pub mod frame;
 pub mod hub;
@@ -85,6 +86,15 @@ impl Presence {
         rooms
             .get(room)
             .is_some_and(|users| users.contains_key(user))
+    }
+
+    /// Every room and user with a stream attached.
+    pub fn all(&self) -> Vec<(RoomId, String)> {
+        let rooms = self.rooms.lock().expect("presence lock");
+        rooms
+            .iter()
+            .flat_map(|(room, users)| users.keys().map(|u| (room.clone(), u.clone())))
+            .collect()
     }
 
     /// Up to `limit` online users of `room` with ids above `after`, in id order.

@@ -11,7 +11,7 @@ impl Rooms {
             .room(room_id)
             .await?
             .ok_or_else(|| not_found(room_id))?;
-        Ok(self.with_presence(room))
+        Ok(self.with_presence(room).await)
     }
 
     /// Lists rooms by id.
@@ -20,7 +20,7 @@ impl Rooms {
             .store
             .rooms(filter, page.after.as_deref(), page.size + 1)
             .await?;
-        let rooms = rooms.into_iter().map(|r| self.with_presence(r)).collect();
+        let rooms = self.with_presence_all(rooms).await;
         Ok(Page::from_overfetch(rooms, page.size, |r: &Room| {
             r.id.to_string()
         }))
@@ -60,13 +60,13 @@ impl Rooms {
         if patch.apply(&mut room)? {
             room = tx.update_room(&room, UnixMicros::now()).await?;
             tx.commit().await?;
-            room = self.with_presence(room);
+            room = self.with_presence(room).await;
             self.live.hubs.room_updated(&room);
             // A new or shorter presence timeout may be due sooner.
             self.deadlines_changed.notify_one();
             return Ok(room);
         }
-        Ok(self.with_presence(room))
+        Ok(self.with_presence(room).await)
     }
 
     /// Deletes a room with its members and history (owner or admin).
@@ -94,12 +94,11 @@ impl Rooms {
     ) -> Result<Page<Member>> {
         self.check_can_read(caller, room_id).await?;
         let members = if online_only {
-            // Online members are few and known in memory; read just those rows.
+            // Online members are few: read just those rows.
             let mut members = Vec::new();
-            for user in
-                self.live
-                    .presence
-                    .online_users(room_id, page.after.as_deref(), page.size + 1)
+            for user in self
+                .online_users(room_id, page.after.as_deref(), page.size + 1)
+                .await?
             {
                 if let Some(member) = self.store.member(room_id, &user).await? {
                     members.push(member);
@@ -111,10 +110,12 @@ impl Rooms {
                 .members(room_id, page.after.as_deref(), page.size + 1)
                 .await?
         };
+        let users: Vec<&str> = members.iter().map(|m| m.user_id.as_str()).collect();
+        let online = self.online_among(room_id, &users).await?;
         let members = members
             .into_iter()
             .map(|mut m| {
-                m.online = self.live.presence.is_online(room_id, &m.user_id);
+                m.online = online.contains(&m.user_id);
                 m
             })
             .collect();

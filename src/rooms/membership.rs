@@ -16,7 +16,7 @@ impl Rooms {
             .admissions
             .create(room, caller.user_id.as_str(), display_name)
             .await?;
-        Ok(self.with_presence(room))
+        Ok(self.with_presence(room).await)
     }
 
     /// Joins an existing room; already being a member is not an error.
@@ -30,7 +30,7 @@ impl Rooms {
             .admissions
             .join_existing(room_id, caller.user_id.as_str(), display_name)
             .await?;
-        Ok(self.with_presence(joined.room))
+        Ok(self.with_presence(joined.room).await)
     }
 
     /// Creates the room, or joins it if it exists; true when this call created it.
@@ -47,7 +47,7 @@ impl Rooms {
             .admissions
             .enter(room, caller.user_id.as_str(), display_name)
             .await?;
-        Ok((self.with_presence(joined.room), joined.created))
+        Ok((self.with_presence(joined.room).await, joined.created))
     }
 
     /// Leaves a room; not being a member is not an error. Returns the member removed.
@@ -72,6 +72,6 @@ impl Rooms {
             .admissions
             .switch(from, to, caller.user_id.as_str(), display_name)
             .await?;
-        Ok(self.with_presence(room))
+        Ok(self.with_presence(room).await)
     }
 }

@@ -7,16 +7,20 @@
 //!
 //! The operations, a file per group: [`membership`] (create, join, enter, leave,
 //! switch), [`admin`] (read, list, update, delete rooms, list members), [`messages`]
-//! (send, read history, catch up), [`streams`] (access and presence for Subscribe);
+//! (send, read history, catch up), [`streams`] (access for Subscribe), [`presence`]
+//! (who is online, on one node or across a cluster);
 //! the two writers every change goes through, [`admissions`] (membership) and
-//! [`sequencer`] (messages), on the handle they share ([`writer`]); and [`expiry`]
-//! (presence timeouts, empty rooms).
+//! [`sequencer`] (messages), on the handle they share ([`writer`]); [`expiry`]
+//! (presence timeouts, empty rooms); and, for a cluster node, [`lease`] (its lease and
+//! the release of dead nodes) and [`tail`] (repair of what the bus lost).
 
 pub mod admin;
 pub mod admissions;
 pub mod expiry;
+pub mod lease;
 pub mod membership;
 pub mod messages;
+pub mod presence;
 pub mod sequencer;
 pub mod streams;
 pub mod tail;
@@ -67,6 +71,17 @@ pub struct Rooms {
     admissions: Admissions,
     /// Wakes the expiry task when a new presence or destruction deadline starts.
     deadlines_changed: Arc<Notify>,
+    /// This process as a cluster node; `None` on a single node.
+    node: Option<Node>,
+}
+
+/// This process as one node of a cluster.
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub id: Arc<str>,
+    /// How long the node's lease lasts: a node that stops renewing it is dead that
+    /// long after, and its streams count offline.
+    pub lease: std::time::Duration,
 }
 
 /// A message handed over for sending, with its answer to come.
@@ -111,6 +126,9 @@ pub struct Access {
     pub room: Room,
     /// The name messages from this stream carry.
     pub sender_name: String,
+    /// In a cluster, the room's online count over every node, the caller included;
+    /// `None` on a single node, which counts its streams in memory.
+    pub online: Option<u32>,
 }
 
 impl Rooms {
@@ -134,8 +152,16 @@ impl Rooms {
             admins: Arc::new(admins.into_iter().collect()),
             admissions,
             deadlines_changed,
+            node: None,
         };
         (rooms, writer)
+    }
+
+    /// The same rooms, served by one node of a cluster: presence is counted over
+    /// every node.
+    pub fn on_node(mut self, node: Node) -> Self {
+        self.node = Some(node);
+        self
     }
 
     /// The fan-out hubs (the Subscribe session receives from them).
@@ -152,12 +178,6 @@ impl Rooms {
     pub fn caller(&self, user_id: UserId) -> Caller {
         let admin = self.admins.contains(user_id.as_str());
         Caller { user_id, admin }
-    }
-
-    /// Fills in the live presence counts.
-    pub fn with_presence(&self, mut room: Room) -> Room {
-        room.online_count = self.live.presence.online_count(&room.id);
-        room
     }
 }
 

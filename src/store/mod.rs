@@ -154,6 +154,7 @@ macro_rules! by_dialect {
 mod postgres;
 mod sqlite;
 
+pub mod cluster;
 pub mod membership;
 pub mod messages;
 pub mod presence;

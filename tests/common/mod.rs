@@ -341,6 +341,11 @@ pub struct ServerProcess {
 
 impl ServerProcess {
     pub async fn start(db: &TestDb) -> ServerProcess {
+        Self::start_with(db, &[]).await
+    }
+
+    /// The binary with `args` besides its address, database and log level.
+    pub async fn start_with(db: &TestDb, args: &[&str]) -> ServerProcess {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -356,6 +361,7 @@ impl ServerProcess {
                 "--log",
                 "warn",
             ])
+            .args(args)
             .kill_on_drop(true)
             .spawn()
             .expect("start the chatroom binary");

@@ -58,6 +58,7 @@ impl Session {
                     Ok(attachment) => {
                         let subscription = work.subscription.expect("an attach subscribes");
                         let room = attachment.room.clone();
+                        let online = attachment.online;
                         let last = room.last_seq;
                         let delivered = after_seq.map_or(last, |after| after.min(last));
                         self.state.record(subscription, attachment, delivered);
@@ -65,7 +66,7 @@ impl Session {
                             self.needs_catch_up(&room_id);
                         }
                         // The user counts as online from this stream on.
-                        let room = self.state.rooms.with_presence(room);
+                        let room = self.state.rooms.presence_at_attach(room, online);
                         Ok(attached_event(room))
                     }
                     Err(error) => Err(error),

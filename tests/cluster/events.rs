@@ -1,0 +1,160 @@
+//! Room events across nodes: joins, updates, leaves, switches and deletes, also when
+//! the bus loses them.
+
+use std::time::{Duration, Instant};
+
+use chatroom::pb;
+
+use crate::common::{Ev, Sub, chat, create, join};
+use crate::{Cluster, attached, next_room_event};
+
+/// Joins, updates, leaves, switches and deletes made through node A reach the
+/// streams attached on node B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_events_made_on_one_node_reach_streams_on_another() {
+    let cluster = Cluster::start(500).await;
+    let (a, b) = (&cluster.a, &cluster.b);
+    let mut owner = a.client("owner").await;
+    owner.create_room(create("r")).await.unwrap();
+    owner.create_room(create("other")).await.unwrap();
+    let mut watcher = attached(b, "watcher").await;
+
+    // A join through A: members_joined on B.
+    let mut bob = a.client("bob").await;
+    bob.join_room(join("r")).await.unwrap();
+    loop {
+        if let Ev::MembersJoined(j) = watcher.event().await
+            && j.members.iter().any(|m| m.user_id == "bob")
+        {
+            break;
+        }
+    }
+
+    // An update through A: room_updated on B.
+    owner
+        .update_room(pb::UpdateRoomRequest {
+            room_id: "r".into(),
+            name: Some("renamed".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let Ev::RoomUpdated(u) = next_room_event(&mut watcher).await else {
+        panic!("expected room_updated");
+    };
+    assert_eq!(u.room.unwrap().name, "renamed");
+
+    // bob's stream on B; bob leaves through A: detached{LEFT} on B, and nothing more
+    // of the room reaches it.
+    let mut bob_on_b = {
+        let mut client = b.client("bob").await;
+        let mut sub = Sub::open(&mut client).await;
+        sub.attached("r", None).await;
+        sub
+    };
+    bob.leave_room(pb::LeaveRoomRequest {
+        room_id: "r".into(),
+    })
+    .await
+    .unwrap();
+    let Ev::Detached(d) = next_room_event(&mut bob_on_b).await else {
+        panic!("expected detached");
+    };
+    assert_eq!(d.reason, pb::DetachReason::Left as i32);
+
+    // The watcher switches through A: detached{SWITCHED} on B, then attached to the
+    // new room, where messages reach it.
+    let mut watcher_client = a.client("watcher").await;
+    watcher_client
+        .switch_room(pb::SwitchRoomRequest {
+            from_room_id: "r".into(),
+            to_room_id: "other".into(),
+            display_name: String::new(),
+        })
+        .await
+        .unwrap();
+    let Ev::Detached(d) = next_room_event(&mut watcher).await else {
+        panic!("expected detached");
+    };
+    assert_eq!(
+        (d.room_id.as_str(), d.reason),
+        ("r", pb::DetachReason::Switched as i32)
+    );
+    let Ev::Attached(att) = next_room_event(&mut watcher).await else {
+        panic!("expected attached");
+    };
+    assert_eq!(att.room.unwrap().room_id, "other");
+    owner.send_message(chat("other", "hello")).await.unwrap();
+    assert_eq!(watcher.chat_seqs_until(1).await, [1]);
+
+    // A delete through A: room_deleted, then detached{ROOM_DELETED} on B.
+    owner
+        .delete_room(pb::DeleteRoomRequest {
+            room_id: "other".into(),
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(next_room_event(&mut watcher).await, Ev::RoomDeleted(r) if r.room_id == "other")
+    );
+    let Ev::Detached(d) = next_room_event(&mut watcher).await else {
+        panic!("expected detached");
+    };
+    assert_eq!(d.reason, pb::DetachReason::RoomDeleted as i32);
+
+    cluster.stop().await;
+}
+
+/// With the bus down, a leave and a delete made through A still reach the streams on
+/// B: each node checks its streams against the store every ten repair intervals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn detaches_the_bus_lost_happen_anyway() {
+    let mut cluster = Cluster::start(200).await;
+    let (a, b) = (&cluster.a, &cluster.b);
+    let mut owner = a.client("owner").await;
+    owner.create_room(create("r")).await.unwrap();
+    owner.create_room(create("gone")).await.unwrap();
+    let mut bob_on_b = attached(b, "bob").await;
+    let mut watcher = {
+        let mut client = b.client("watcher").await;
+        client.join_room(join("gone")).await.unwrap();
+        let mut sub = Sub::open(&mut client).await;
+        sub.attached("gone", None).await;
+        sub
+    };
+
+    cluster.nats.stop();
+    let mut bob = a.client("bob").await;
+    bob.leave_room(pb::LeaveRoomRequest {
+        room_id: "r".into(),
+    })
+    .await
+    .unwrap();
+    owner
+        .delete_room(pb::DeleteRoomRequest {
+            room_id: "gone".into(),
+        })
+        .await
+        .unwrap();
+    let changed = Instant::now();
+
+    let Ev::Detached(d) = next_room_event(&mut bob_on_b).await else {
+        panic!("expected detached");
+    };
+    assert_eq!(
+        (d.room_id.as_str(), d.reason),
+        ("r", pb::DetachReason::Left as i32)
+    );
+    assert!(
+        matches!(next_room_event(&mut watcher).await, Ev::RoomDeleted(r) if r.room_id == "gone")
+    );
+    let Ev::Detached(d) = next_room_event(&mut watcher).await else {
+        panic!("expected detached");
+    };
+    assert_eq!(d.reason, pb::DetachReason::RoomDeleted as i32);
+    // Ten intervals of 200 ms, and a round of reads.
+    let took = changed.elapsed();
+    assert!(took <= Duration::from_secs(5), "converged after {took:?}");
+
+    cluster.stop().await;
+}
