@@ -13,8 +13,8 @@
 //! Arrows point inward: `api` → `rooms` → (`live`, `store`) → `domain`.
 //!
 //! - [`config`]: the command line and its environment twins.
-//! - [`health`]: what the health service says — the database watcher, and the
-//!   supervision of the writer tasks (one that dies stops the server, which then exits
+//! - [`health`]: what the health service says — the watcher of the database (and of
+//!   NATS, for a cluster node), and the supervision of the writer tasks (one that dies stops the server, which then exits
 //!   non-zero).
 //! - [`error`]: the domain error enum; [`api::status`] holds its one mapping to gRPC.
 //! - [`api`]: the gRPC layer only — identity, request validation, the service, the
@@ -26,14 +26,18 @@
 //!   parsed once at the edge.
 //! - [`rooms`]: the rules — membership, limits, permissions, sending — and the two
 //!   writers that group-commit changes: every change of membership
-//!   ([`rooms::admissions`]) and messages ([`rooms::sequencer`]); the expiry of
-//!   presence and empty rooms. No tonic, no SQL.
-//! - [`live`]: in-memory only: fan-out hubs, frames encoded once, presence. It imports
-//!   no store.
+//!   ([`rooms::admissions`]) and messages ([`rooms::sequencer`]); presence, on one node
+//!   or over a cluster ([`rooms::presence`]); the expiry of presence and empty rooms;
+//!   for a cluster node its lease ([`rooms::lease`]) and the repair of what the bus
+//!   lost ([`rooms::tail`]). No tonic, no SQL.
+//! - [`live`]: in-memory only: fan-out hubs, frames encoded once, this process's
+//!   presence, and the relay of events to and from other nodes (NATS). It imports no
+//!   store.
 //! - [`proto`]: domain values and their protobuf form, both ways: requests decoded and
 //!   validated once ([`proto::decode`]), answers and events encoded ([`proto::encode`]).
 //! - [`store`]: SQL on PostgreSQL and SQLite — one text where the dialects agree, a
-//!   file per dialect where they differ (the writers' batch statements, row locks).
+//!   file per dialect where they differ (the writers' batch statements, row locks);
+//!   a cluster's nodes and presence (PostgreSQL only).
 //! - [`pb`]: code generated from `proto/chatroom/v1/chatroom.proto` (the contract).
 //!
 //! What a client can make the server hold is bounded, and released by whoever set it

@@ -144,7 +144,8 @@ impl Store {
 
     /// Records whether `node` has a stream of `user` attached to `room`. The member
     /// is online from the first node's row on, and offline as of `now` once no live
-    /// node holds one. Returns true when the member went offline.
+    /// node holds one. A node that is not announced (released) records nothing
+    /// online. Returns true when the member went offline.
     pub async fn set_node_presence(
         &self,
         node: &str,
@@ -154,6 +155,19 @@ impl Store {
         now: UnixMicros,
     ) -> Result<bool> {
         let mut tx = self.postgres()?.begin().await?;
+        if online {
+            // Only an announced node holds members online: one released meanwhile (it
+            // is stopping, or its lease ran out) would leave a row no release ever
+            // removes and a member online with no stream anywhere. The share lock
+            // holds off a release until this commits; the release then sees the row.
+            let announced = sqlx::query("SELECT 1 FROM nodes WHERE node_id = $1 FOR SHARE")
+                .bind(node)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if announced.is_none() {
+                return Ok(false);
+            }
+        }
         sqlx::query("SELECT 1 FROM members WHERE room_id = $1 AND user_id = $2 FOR UPDATE")
             .bind(room_id.as_str())
             .bind(user)

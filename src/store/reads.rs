@@ -181,26 +181,10 @@ impl Store {
 
     /// The stored `last_seq` of each existing room among `room_ids`.
     pub async fn last_seqs(&self, room_ids: &[RoomId]) -> Result<Vec<(RoomId, u64)>> {
-        let rows: Vec<(String, i64)> = match &self.backend {
-            Backend::Postgres(pool) => {
-                let ids: Vec<&str> = room_ids.iter().map(RoomId::as_str).collect();
-                sqlx::query_as("SELECT room_id, last_seq FROM rooms WHERE room_id = ANY($1)")
-                    .bind(ids)
-                    .fetch_all(pool)
-                    .await?
-            }
-            Backend::Sqlite { reader, .. } => {
-                let mut rows = Vec::with_capacity(room_ids.len());
-                for id in room_ids {
-                    let row: Option<(String, i64)> =
-                        sqlx::query_as("SELECT room_id, last_seq FROM rooms WHERE room_id = $1")
-                            .bind(id.as_str())
-                            .fetch_optional(reader)
-                            .await?;
-                    rows.extend(row);
-                }
-                rows
-            }
+        let ids: Vec<&str> = room_ids.iter().map(RoomId::as_str).collect();
+        let rows = match &self.backend {
+            Backend::Postgres(pool) => postgres::last_seqs(pool, &ids).await?,
+            Backend::Sqlite { reader, .. } => sqlite::last_seqs(reader, &ids).await?,
         };
         Ok(rows
             .into_iter()
@@ -218,26 +202,9 @@ impl Store {
             return Ok(Vec::new());
         }
         match &self.backend {
-            Backend::Postgres(pool) => Ok(sqlx::query_scalar(
-                "SELECT user_id FROM members WHERE room_id = $1 AND user_id = ANY($2)",
-            )
-            .bind(room_id.as_str())
-            .bind(users)
-            .fetch_all(pool)
-            .await?),
+            Backend::Postgres(pool) => postgres::members_of_room_among(pool, room_id, users).await,
             Backend::Sqlite { reader, .. } => {
-                let mut members = Vec::new();
-                for user in users {
-                    let row: Option<String> = sqlx::query_scalar(
-                        "SELECT user_id FROM members WHERE room_id = $1 AND user_id = $2",
-                    )
-                    .bind(room_id.as_str())
-                    .bind(user)
-                    .fetch_optional(reader)
-                    .await?;
-                    members.extend(row);
-                }
-                Ok(members)
+                sqlite::members_of_room_among(reader, room_id, users).await
             }
         }
     }

@@ -78,3 +78,57 @@ async fn messages_the_bus_lost_are_read_from_the_store() {
 
     cluster.stop().await;
 }
+
+/// `chatroom-bench fanout --targets A,B` spreads its streams over both nodes and
+/// publishes through the first: every stream gets every message, in order, once (a
+/// smoke run; its figures are measured by running the program, BENCHMARKS.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fanout_bench_runs_clean_across_nodes() {
+    let cluster = Cluster::start(500).await;
+    let (a, b) = (cluster.a.addr.to_string(), cluster.b.addr.to_string());
+    let pid = std::process::id().to_string();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatroom-bench"))
+        .args(["--target", &a, "--json", "fanout", "--targets"])
+        .arg(format!("{a},{b}"))
+        .args([
+            "--subscribers",
+            "20",
+            "--connections",
+            "2",
+            "--duration",
+            "1",
+        ])
+        .args(["--lead", "16", "--server-pid"])
+        .arg(format!("{pid},{pid}"))
+        .output()
+        .await
+        .expect("run chatroom-bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "chatroom-bench failed: {}\n{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().expect("a report")).expect("JSON");
+    assert_eq!(report["nodes"], 2);
+    assert_eq!(report["connections"], 4);
+    assert_eq!(
+        report["server_cpu_percent_by_node"]
+            .as_array()
+            .map(Vec::len),
+        Some(2)
+    );
+    let published = report["published"].as_u64().unwrap();
+    assert!(published > 0);
+    assert_eq!(report["delivered"].as_u64(), Some(published * 20));
+    assert_eq!(
+        (
+            report["lost"].as_u64(),
+            report["duplicated"].as_u64(),
+            report["out_of_order"].as_u64()
+        ),
+        (Some(0), Some(0), Some(0))
+    );
+    cluster.stop().await;
+}

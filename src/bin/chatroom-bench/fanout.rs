@@ -1,4 +1,8 @@
 //! `fanout`: one room, N attached streams over C connections, one CHAT publisher.
+//!
+//! With `--targets A,B,...` (nodes of one cluster) the streams are spread over the
+//! nodes in turn, C connections to each, and the publisher sends through the first:
+//! every message crosses to the other nodes before it reaches their streams.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,9 +19,13 @@ pub struct Fanout {
     /// Attached streams.
     #[arg(long, default_value_t = 1000)]
     subscribers: usize,
-    /// HTTP/2 connections the streams are spread over.
+    /// HTTP/2 connections the streams are spread over (to each node).
     #[arg(long, default_value_t = 10)]
     connections: usize,
+    /// Nodes of one cluster (host:port, comma-separated) to spread the streams over;
+    /// the publisher sends through the first. Default: the one --target.
+    #[arg(long, value_delimiter = ',')]
+    targets: Vec<String>,
     /// How long to publish, in seconds.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
@@ -33,9 +41,10 @@ pub struct Fanout {
     /// Sends the publisher keeps unacknowledged.
     #[arg(long, default_value_t = 256)]
     inflight: usize,
-    /// The server's process id, to report its CPU use.
-    #[arg(long)]
-    server_pid: Option<u32>,
+    /// The server's process id (with --targets: each node's, comma-separated), to
+    /// report its CPU use.
+    #[arg(long = "server-pid", value_delimiter = ',')]
+    server_pids: Vec<u32>,
 }
 
 /// What one subscriber saw.
@@ -50,7 +59,17 @@ struct Seen {
 pub async fn run(target: &str, args: Fanout, report: &mut Report) -> Result<bool, Error> {
     let id = common::run_id();
     let room = format!("fanout-{id}");
-    let channels = common::connect(target, args.connections).await?;
+    let targets = if args.targets.is_empty() {
+        vec![target.to_string()]
+    } else {
+        args.targets.clone()
+    };
+    let mut nodes = Vec::with_capacity(targets.len());
+    for target in &targets {
+        nodes.push(common::connect(target, args.connections).await?);
+    }
+    // Joins and the publisher go through the first node.
+    let channels = nodes[0].clone();
     let users: Vec<String> = (0..args.subscribers)
         .map(|i| format!("f{id}-{i}"))
         .collect();
@@ -65,7 +84,8 @@ pub async fn run(target: &str, args: Fanout, report: &mut Report) -> Result<bool
     let mut subscribers = tokio::task::JoinSet::new();
     let mut attached = Vec::new();
     for (i, user) in users.iter().enumerate() {
-        let mut c = common::client(&channels[i % channels.len()], user);
+        let node = &nodes[i % nodes.len()];
+        let mut c = common::client(&node[(i / nodes.len()) % node.len()], user);
         let attach = common::attach(&room);
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         attached.push(ready_rx);
@@ -129,7 +149,11 @@ pub async fn run(target: &str, args: Fanout, report: &mut Report) -> Result<bool
     }
 
     // The publisher: a Subscribe stream with up to `inflight` sends unacknowledged.
-    let server_cpu = args.server_pid.map(common::CpuMeter::start);
+    let server_cpu: Vec<_> = args
+        .server_pids
+        .iter()
+        .map(|&pid| common::CpuMeter::start(pid))
+        .collect();
     let client_cpu = common::CpuMeter::start(std::process::id());
     let mut pub_client = common::client(&channels[0], &publisher);
     let (frames, outbound) =
@@ -204,7 +228,7 @@ pub async fn run(target: &str, args: Fanout, report: &mut Report) -> Result<bool
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let server_cpu = server_cpu.and_then(|m| m.percent());
+    let server_cpu: Vec<f64> = server_cpu.into_iter().filter_map(|m| m.percent()).collect();
     let client_cpu = client_cpu.percent();
     let _ = stop_tx.send(true);
     acker.abort();
@@ -229,7 +253,8 @@ pub async fn run(target: &str, args: Fanout, report: &mut Report) -> Result<bool
         .max(1e-9);
     report.set("scenario", "fanout");
     report.set("subscribers", args.subscribers as u64);
-    report.set("connections", args.connections as u64);
+    report.set("nodes", nodes.len() as u64);
+    report.set("connections", (args.connections * nodes.len()) as u64);
     report.set("published", sent);
     report.set("published_per_sec", sent as f64 / span);
     report.set("delivered", received);
@@ -238,8 +263,11 @@ pub async fn run(target: &str, args: Fanout, report: &mut Report) -> Result<bool
     report.set("duplicated", duplicated);
     report.set("out_of_order", out_of_order);
     report.set("latency_ms", common::latency_ms(&latency));
-    if let Some(cpu) = server_cpu {
-        report.set("server_cpu_percent", cpu);
+    if !server_cpu.is_empty() {
+        report.set("server_cpu_percent", server_cpu.iter().sum::<f64>());
+    }
+    if server_cpu.len() > 1 {
+        report.set("server_cpu_percent_by_node", server_cpu);
     }
     if let Some(cpu) = client_cpu {
         report.set("client_cpu_percent", cpu);
