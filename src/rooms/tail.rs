@@ -8,13 +8,13 @@
 //! the store, as any gap.
 //!
 //! Room events: every [`CONVERGE_EVERY`] intervals (5 s by default) the node checks
-//! its streams against the store — a room deleted elsewhere is deleted here, a room
+//! its streams against the store (two statements for all its rooms) — a room deleted elsewhere is deleted here, a room
 //! updated elsewhere is updated here, and the streams of users who are no longer
 //! members (and not admins) are detached — so a detach or a deletion the bus lost
 //! still happens, within that long. These repairs are this node's own: they are not
 //! relayed.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -23,6 +23,7 @@ use tokio::task::JoinHandle;
 use super::Rooms;
 use crate::domain::{DetachReason, RoomId};
 use crate::error::Result;
+use crate::store::cluster::RoomHead;
 
 /// Every how many repair intervals the streams are checked against membership.
 pub const CONVERGE_EVERY: u32 = 10;
@@ -41,46 +42,59 @@ pub fn start(rooms: Rooms, interval: Duration, mut stop: watch::Receiver<bool>) 
             if live.is_empty() {
                 continue;
             }
-            match rooms.store.last_seqs(&live).await {
-                Ok(stored) => {
-                    for (room, last_seq) in stored {
-                        rooms.live.hubs.behind(&room, last_seq);
-                    }
+            let heads = match rooms.store.room_heads(&live).await {
+                Ok(heads) => heads,
+                Err(error) => {
+                    tracing::debug!(%error, "could not read live rooms' last seqs");
+                    continue;
                 }
-                Err(error) => tracing::debug!(%error, "could not read live rooms' last seqs"),
+            };
+            for head in &heads {
+                rooms.live.hubs.behind(&head.room_id, head.last_seq);
             }
-            if round % CONVERGE_EVERY == 0 {
-                for room in &live {
-                    if let Err(error) = rooms.converge(room).await {
-                        tracing::debug!(%error, room = %room, "could not check a room's streams");
-                    }
-                }
+            if round % CONVERGE_EVERY == 0
+                && let Err(error) = rooms.converge(&live, &heads).await
+            {
+                tracing::debug!(%error, "could not check this node's streams against the store");
             }
         }
     })
 }
 
 impl Rooms {
-    /// Brings this node's streams of `room_id` in line with the store.
-    async fn converge(&self, room_id: &RoomId) -> Result<()> {
+    /// Brings this node's streams of the `live` rooms in line with the store, whose
+    /// `heads` of them were just read: two statements for all of them, and one more
+    /// per room updated elsewhere.
+    async fn converge(&self, live: &[RoomId], heads: &[RoomHead]) -> Result<()> {
         let hubs = &self.live.hubs;
-        let Some(room) = self.store.room(room_id).await? else {
-            hubs.delete_here(room_id);
-            return Ok(());
-        };
-        if hubs.room_version(room_id).is_none_or(|v| v < room.version) {
-            hubs.room_updated_here(&room);
-        }
-        let attached = self.live.presence.online_users(room_id, None, u32::MAX);
-        let members: HashSet<String> = self
-            .store
-            .members_among_users(room_id, &attached)
-            .await?
-            .into_iter()
+        let versions: HashMap<&str, u64> = heads
+            .iter()
+            .map(|h| (h.room_id.as_str(), h.version))
             .collect();
-        for user in attached {
-            if !members.contains(&user) && !self.admins.contains(&user) {
-                hubs.detach_here(room_id, &user, DetachReason::Left, None);
+        let mut attached = Vec::new();
+        for room_id in live {
+            let Some(&version) = versions.get(room_id.as_str()) else {
+                hubs.delete_here(room_id);
+                continue;
+            };
+            if hubs.room_version(room_id).is_none_or(|v| v < version)
+                && let Some(room) = self.store.room(room_id).await?
+            {
+                hubs.room_updated_here(&room);
+            }
+            for user in self.live.presence.online_users(room_id, None, u32::MAX) {
+                attached.push((room_id, user));
+            }
+        }
+        let pairs: Vec<(&str, &str)> = attached
+            .iter()
+            .map(|(room, user)| (room.as_str(), user.as_str()))
+            .collect();
+        let members = self.store.memberships_among(&pairs).await?;
+        for (room_id, user) in &attached {
+            let key = (room_id.to_string(), user.clone());
+            if !members.contains(&key) && !self.admins.contains(user) {
+                hubs.detach_here(room_id, user, DetachReason::Left, None);
             }
         }
         Ok(())

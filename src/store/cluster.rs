@@ -1,5 +1,6 @@
 //! Cluster mode's shared state (PostgreSQL only): the nodes serving the database,
-//! each with a lease, and which users each node has streams attached for.
+//! each with a lease, and which users each node has streams attached for; and the
+//! reads a node's repair makes over all its live rooms at once.
 //!
 //! Presence across nodes is one rule: a member is online while a node whose lease has
 //! not run out holds a `node_presence` row for it, and `members.last_seen_us` (what
@@ -295,6 +296,56 @@ impl Store {
         .fetch_all(self.postgres()?)
         .await?)
     }
+}
+
+impl Store {
+    /// Where each existing room among `room_ids` stands: its stored `last_seq` and
+    /// version (rooms that are gone are left out). One statement, every repair
+    /// interval, for every room a node has streams in.
+    pub async fn room_heads(&self, room_ids: &[RoomId]) -> Result<Vec<RoomHead>> {
+        let ids: Vec<&str> = room_ids.iter().map(RoomId::as_str).collect();
+        let rows: Vec<(String, i64, i64)> =
+            sqlx::query_as("SELECT room_id, last_seq, version FROM rooms WHERE room_id = ANY($1)")
+                .bind(ids)
+                .fetch_all(self.postgres()?)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, seq, version)| RoomHead {
+                room_id: RoomId::from_stored(id),
+                last_seq: u64::try_from(seq).unwrap_or(0),
+                version: u64::try_from(version).unwrap_or(0),
+            })
+            .collect())
+    }
+
+    /// Which `(room, user)` pairs among `pairs` are memberships (one statement).
+    pub async fn memberships_among(
+        &self,
+        pairs: &[(&str, &str)],
+    ) -> Result<std::collections::HashSet<(String, String)>> {
+        if pairs.is_empty() {
+            return Ok(Default::default());
+        }
+        let (rooms, users): (Vec<&str>, Vec<&str>) = pairs.iter().copied().unzip();
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT m.room_id, m.user_id FROM members m \
+             JOIN UNNEST($1::text[], $2::text[]) AS k(r, u) ON m.room_id = k.r AND m.user_id = k.u",
+        )
+        .bind(rooms)
+        .bind(users)
+        .fetch_all(self.postgres()?)
+        .await?;
+        Ok(rows.into_iter().collect())
+    }
+}
+
+/// A room's stored `last_seq` and version.
+#[derive(Clone, Debug)]
+pub struct RoomHead {
+    pub room_id: RoomId,
+    pub last_seq: u64,
+    pub version: u64,
 }
 
 fn micros(d: Duration) -> i64 {

@@ -3,10 +3,9 @@
 //! locked with `FOR UPDATE` in id order.
 //!
 //! Each function has a twin of the same name and meaning in [`super::sqlite`];
-//! [`Tx`](super::Tx) calls whichever its connection's dialect is (`by_dialect!`), and
-//! the store's reads over several rooms or users (at the end) whichever its pool's is.
+//! [`Tx`](super::Tx) calls whichever its connection's dialect is (`by_dialect!`).
 
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 
 use super::rows::{self, KeyedMemberRow, MessageRow, RoomRow};
 use super::to_i64;
@@ -237,29 +236,4 @@ pub(super) async fn insert_messages(c: &mut PgConnection, messages: &[&Message])
     .execute(c)
     .await?;
     Ok(())
-}
-
-/// `(room_id, last_seq)` of each existing room among `ids`.
-pub(super) async fn last_seqs(pool: &PgPool, ids: &[&str]) -> Result<Vec<(String, i64)>> {
-    Ok(
-        sqlx::query_as("SELECT room_id, last_seq FROM rooms WHERE room_id = ANY($1)")
-            .bind(ids)
-            .fetch_all(pool)
-            .await?,
-    )
-}
-
-/// Which of `users` are members of `room_id`.
-pub(super) async fn members_of_room_among(
-    pool: &PgPool,
-    room_id: &RoomId,
-    users: &[String],
-) -> Result<Vec<String>> {
-    Ok(
-        sqlx::query_scalar("SELECT user_id FROM members WHERE room_id = $1 AND user_id = ANY($2)")
-            .bind(room_id.as_str())
-            .bind(users)
-            .fetch_all(pool)
-            .await?,
-    )
 }

@@ -178,34 +178,4 @@ impl Store {
             .collect::<Result<Vec<_>>>()?;
         Ok((messages, more))
     }
-
-    /// The stored `last_seq` of each existing room among `room_ids`.
-    pub async fn last_seqs(&self, room_ids: &[RoomId]) -> Result<Vec<(RoomId, u64)>> {
-        let ids: Vec<&str> = room_ids.iter().map(RoomId::as_str).collect();
-        let rows = match &self.backend {
-            Backend::Postgres(pool) => postgres::last_seqs(pool, &ids).await?,
-            Backend::Sqlite { reader, .. } => sqlite::last_seqs(reader, &ids).await?,
-        };
-        Ok(rows
-            .into_iter()
-            .map(|(id, seq)| (RoomId::from_stored(id), u64::try_from(seq).unwrap_or(0)))
-            .collect())
-    }
-
-    /// Which of `users` are members of `room_id`.
-    pub async fn members_among_users(
-        &self,
-        room_id: &RoomId,
-        users: &[String],
-    ) -> Result<Vec<String>> {
-        if users.is_empty() {
-            return Ok(Vec::new());
-        }
-        match &self.backend {
-            Backend::Postgres(pool) => postgres::members_of_room_among(pool, room_id, users).await,
-            Backend::Sqlite { reader, .. } => {
-                sqlite::members_of_room_among(reader, room_id, users).await
-            }
-        }
-    }
 }

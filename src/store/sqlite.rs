@@ -4,10 +4,9 @@
 //! transactions.
 //!
 //! Each function has a twin of the same name and meaning in [`super::postgres`];
-//! [`Tx`](super::Tx) calls whichever its connection's dialect is (`by_dialect!`), and
-//! the store's reads over several rooms or users (at the end) whichever its pool's is.
+//! [`Tx`](super::Tx) calls whichever its connection's dialect is (`by_dialect!`).
 
-use sqlx::{SqliteConnection, SqlitePool};
+use sqlx::SqliteConnection;
 
 use super::rows::{self, KeyedMemberRow, MemberRow, MessageRow, RoomRow};
 use super::to_i64;
@@ -222,38 +221,4 @@ pub(super) async fn insert_messages(c: &mut SqliteConnection, messages: &[&Messa
         insert.build().execute(&mut *c).await?;
     }
     Ok(())
-}
-
-/// `(room_id, last_seq)` of each existing room among `ids` (a lookup each: SQLite has
-/// no arrays to bind, and a local read is a function call).
-pub(super) async fn last_seqs(pool: &SqlitePool, ids: &[&str]) -> Result<Vec<(String, i64)>> {
-    let mut rows = Vec::with_capacity(ids.len());
-    for id in ids {
-        let row: Option<(String, i64)> =
-            sqlx::query_as("SELECT room_id, last_seq FROM rooms WHERE room_id = $1")
-                .bind(id)
-                .fetch_optional(pool)
-                .await?;
-        rows.extend(row);
-    }
-    Ok(rows)
-}
-
-/// Which of `users` are members of `room_id` (a lookup each).
-pub(super) async fn members_of_room_among(
-    pool: &SqlitePool,
-    room_id: &RoomId,
-    users: &[String],
-) -> Result<Vec<String>> {
-    let mut members = Vec::new();
-    for user in users {
-        let row: Option<String> =
-            sqlx::query_scalar("SELECT user_id FROM members WHERE room_id = $1 AND user_id = $2")
-                .bind(room_id.as_str())
-                .bind(user)
-                .fetch_optional(pool)
-                .await?;
-        members.extend(row);
-    }
-    Ok(members)
 }

@@ -2,7 +2,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::{chat, create, join};
+use chatroom::pb;
+
+use crate::common::{Ev, Sub, chat, create, join};
 use crate::{Cluster, attached};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -131,4 +133,102 @@ async fn the_fanout_bench_runs_clean_across_nodes() {
         (Some(0), Some(0), Some(0))
     );
     cluster.stop().await;
+}
+
+/// NATS killed and started again in the middle of a storm from both nodes: every
+/// stream on every node ends with every message, in order, once — within 2 s of the
+/// storm's end, which comes after the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bus_restarted_mid_storm_loses_nothing() {
+    let mut cluster = Cluster::start(500).await;
+    let (a, b) = (&cluster.a, &cluster.b);
+    let mut owner = a.client("owner").await;
+    owner.create_room(create("r")).await.unwrap();
+    let mut on_a = attached(a, "watcher-a").await;
+    let mut on_b = attached(b, "watcher-b").await;
+
+    // Four publishers, two through each node, 60 paced messages each (~1.2 s).
+    let mut publishers = tokio::task::JoinSet::new();
+    for p in 0..4 {
+        let through = if p % 2 == 0 { a } else { b };
+        let mut client = through.client(&format!("p{p}")).await;
+        client.join_room(join("r")).await.unwrap();
+        publishers.spawn(async move {
+            for i in 0..60 {
+                client
+                    .send_message(chat("r", &format!("p{p}-{i}")))
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.nats.stop();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    cluster.nats.start_again();
+    while let Some(done) = publishers.join_next().await {
+        done.unwrap();
+    }
+    let ended = Instant::now();
+    let all: Vec<u64> = (1..=240).collect();
+    assert_eq!(on_a.chat_seqs_until(240).await, all, "the stream on node A");
+    assert_eq!(on_b.chat_seqs_until(240).await, all, "the stream on node B");
+    let took = ended.elapsed();
+    assert!(
+        took <= Duration::from_secs(2),
+        "complete {took:?} after the storm"
+    );
+
+    cluster.stop().await;
+}
+
+/// BARRAGE reaches the room's streams on the other node; a COMMAND to some users
+/// reaches their streams wherever they are attached, and nobody else's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn barrage_and_commands_cross_nodes() {
+    let cluster = Cluster::start(500).await;
+    let (a, b) = (&cluster.a, &cluster.b);
+    let mut owner = a.client("owner").await;
+    owner.create_room(create("r")).await.unwrap();
+    let mut bob = attached(b, "bob").await;
+    let mut carol = attached(b, "carol").await;
+    let mut dave = attached(a, "dave").await;
+
+    owner
+        .send_message(pb::SendMessageRequest {
+            kind: pb::MessageKind::Barrage as i32,
+            ..chat("r", "whoosh")
+        })
+        .await
+        .unwrap();
+    owner
+        .send_message(pb::SendMessageRequest {
+            kind: pb::MessageKind::Command as i32,
+            to_user_ids: vec!["bob".into(), "dave".into()],
+            ..chat("r", "do it")
+        })
+        .await
+        .unwrap();
+    // A CHAT after both: whoever has it has whatever came before it.
+    owner.send_message(chat("r", "after")).await.unwrap();
+
+    assert_eq!(texts(&mut bob).await, ["whoosh", "do it", "after"]);
+    assert_eq!(texts(&mut dave).await, ["whoosh", "do it", "after"]);
+    assert_eq!(texts(&mut carol).await, ["whoosh", "after"], "not a target");
+
+    cluster.stop().await;
+}
+
+/// The texts of the messages `sub` gets up to and including "after".
+async fn texts(sub: &mut Sub) -> Vec<String> {
+    let mut texts = Vec::new();
+    loop {
+        if let Ev::Message(m) = sub.event().await {
+            texts.push(m.text.clone());
+            if m.text == "after" {
+                return texts;
+            }
+        }
+    }
 }
