@@ -10,22 +10,9 @@ use common::{Backend, TestApp, TestServer};
 
 on_both_stores!(every_bench_scenario_runs_clean);
 
-/// Runs the bench with `args` and returns its JSON report (the last line).
+/// Runs the bench against `server` with `args`; its JSON report.
 async fn bench(server: &TestServer, args: &[&str]) -> Value {
-    let target = server.addr.to_string();
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatroom-bench"))
-        .args(["--target", &target, "--json"])
-        .args(args)
-        .output()
-        .await
-        .expect("run chatroom-bench");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "chatroom-bench {args:?} failed: {}\n{stdout}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_str(stdout.lines().last().expect("a report")).expect("a JSON report")
+    common::bench(&server.addr.to_string(), args).await
 }
 
 async fn every_bench_scenario_runs_clean(backend: Backend) {

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use chatroom::pb;
 
-use crate::common::{Ev, Sub, chat, create, join};
+use crate::common::{self, Ev, Sub, chat, create, join};
 use crate::{Cluster, attached};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -19,20 +19,7 @@ async fn messages_sent_through_any_node_reach_every_node_in_order_once() {
     let mut on_b = attached(b, "watcher-b").await;
 
     // Ten publishers, half through each node, 20 messages each.
-    let mut publishers = tokio::task::JoinSet::new();
-    for p in 0..10 {
-        let through = if p % 2 == 0 { a } else { b };
-        let mut client = through.client(&format!("p{p}")).await;
-        client.join_room(join("r")).await.unwrap();
-        publishers.spawn(async move {
-            for i in 0..20 {
-                client
-                    .send_message(chat("r", &format!("p{p}-{i}")))
-                    .await
-                    .unwrap();
-            }
-        });
-    }
+    let mut publishers = publishers(&cluster, 10, 20, Duration::ZERO).await;
     while let Some(done) = publishers.join_next().await {
         done.unwrap();
     }
@@ -89,30 +76,26 @@ async fn the_fanout_bench_runs_clean_across_nodes() {
     let cluster = Cluster::start(500).await;
     let (a, b) = (cluster.a.addr.to_string(), cluster.b.addr.to_string());
     let pid = std::process::id().to_string();
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatroom-bench"))
-        .args(["--target", &a, "--json", "fanout", "--targets"])
-        .arg(format!("{a},{b}"))
-        .args([
+    let (targets, pids) = (format!("{a},{b}"), format!("{pid},{pid}"));
+    let report = common::bench(
+        &a,
+        &[
+            "fanout",
+            "--targets",
+            &targets,
             "--subscribers",
             "20",
             "--connections",
             "2",
             "--duration",
             "1",
-        ])
-        .args(["--lead", "16", "--server-pid"])
-        .arg(format!("{pid},{pid}"))
-        .output()
-        .await
-        .expect("run chatroom-bench");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "chatroom-bench failed: {}\n{stdout}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: serde_json::Value =
-        serde_json::from_str(stdout.lines().last().expect("a report")).expect("JSON");
+            "--lead",
+            "16",
+            "--server-pid",
+            &pids,
+        ],
+    )
+    .await;
     assert_eq!(report["nodes"], 2);
     assert_eq!(report["connections"], 4);
     assert_eq!(
@@ -141,28 +124,13 @@ async fn the_fanout_bench_runs_clean_across_nodes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bus_restarted_mid_storm_loses_nothing() {
     let mut cluster = Cluster::start(500).await;
-    let (a, b) = (&cluster.a, &cluster.b);
-    let mut owner = a.client("owner").await;
+    let mut owner = cluster.a.client("owner").await;
     owner.create_room(create("r")).await.unwrap();
-    let mut on_a = attached(a, "watcher-a").await;
-    let mut on_b = attached(b, "watcher-b").await;
+    let mut on_a = attached(&cluster.a, "watcher-a").await;
+    let mut on_b = attached(&cluster.b, "watcher-b").await;
 
     // Four publishers, two through each node, 60 paced messages each (~1.2 s).
-    let mut publishers = tokio::task::JoinSet::new();
-    for p in 0..4 {
-        let through = if p % 2 == 0 { a } else { b };
-        let mut client = through.client(&format!("p{p}")).await;
-        client.join_room(join("r")).await.unwrap();
-        publishers.spawn(async move {
-            for i in 0..60 {
-                client
-                    .send_message(chat("r", &format!("p{p}-{i}")))
-                    .await
-                    .unwrap();
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        });
-    }
+    let mut publishers = publishers(&cluster, 4, 60, Duration::from_millis(20)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     cluster.nats.stop();
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -231,4 +199,30 @@ async fn texts(sub: &mut Sub) -> Vec<String> {
             }
         }
     }
+}
+
+/// `n` members of "r" sending `each` messages (`pace` apart), through A and B in
+/// turn; the room must exist.
+async fn publishers(
+    cluster: &Cluster,
+    n: usize,
+    each: usize,
+    pace: Duration,
+) -> tokio::task::JoinSet<()> {
+    let mut publishers = tokio::task::JoinSet::new();
+    for p in 0..n {
+        let through = if p % 2 == 0 { &cluster.a } else { &cluster.b };
+        let mut client = through.client(&format!("p{p}")).await;
+        client.join_room(join("r")).await.unwrap();
+        publishers.spawn(async move {
+            for i in 0..each {
+                client
+                    .send_message(chat("r", &format!("p{p}-{i}")))
+                    .await
+                    .unwrap();
+                tokio::time::sleep(pace).await;
+            }
+        });
+    }
+    publishers
 }

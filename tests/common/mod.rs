@@ -512,6 +512,33 @@ pub async fn all_members(client: &mut Client, room_id: &str) -> Vec<pb::Member> 
     }
 }
 
+/// The user ids of every member of a room, in id order.
+pub async fn member_ids(client: &Client, room_id: &str) -> Vec<String> {
+    all_members(&mut client.clone(), room_id)
+        .await
+        .into_iter()
+        .map(|m| m.user_id)
+        .collect()
+}
+
+/// Runs `chatroom-bench` against `target` with `args` and returns its JSON report
+/// (the last line), failing unless it exits 0.
+pub async fn bench(target: &str, args: &[&str]) -> serde_json::Value {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatroom-bench"))
+        .args(["--target", target, "--json"])
+        .args(args)
+        .output()
+        .await
+        .expect("run chatroom-bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "chatroom-bench {args:?} failed: {}\n{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(stdout.lines().last().expect("a report")).expect("a JSON report")
+}
+
 /// How long a test waits for an expected frame or state before failing.
 pub const WAIT: Duration = Duration::from_secs(20);
 
