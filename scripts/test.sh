@@ -98,6 +98,17 @@ if ! command -v nats-server >/dev/null && [ ! -x /usr/sbin/nats-server ]; then
     fi
 fi
 
+# The auth tests make their keys with the openssl command.
+if ! command -v openssl >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        step "installing openssl (apt-get)"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null \
+            || die "could not install openssl with apt-get"
+    else
+        die "the auth tests need the openssl command: install it (Debian package openssl)"
+    fi
+fi
+
 # Drop databases left by earlier test runs that stopped half-way.
 if command -v psql >/dev/null; then
     psql "$DATABASE_URL" -Atqc "SELECT datname FROM pg_database WHERE datname LIKE 'chatroom_t_%' OR datname LIKE 'chatroom_seed_%'" 2>/dev/null |

@@ -10,6 +10,8 @@ use clap::{Parser, ValueEnum};
 pub enum AuthMode {
     /// Trust the `x-user-id` request metadata (for trusted backends behind your own gateway).
     Header,
+    /// Verify `authorization: Bearer <JWT>` (its `sub` is the user); `x-user-id` is ignored.
+    Jwt,
 }
 
 /// The chatroom server: chat rooms over gRPC, stored in SQLite or PostgreSQL.
@@ -34,7 +36,30 @@ pub struct Config {
     #[arg(long, value_enum, env = "CHATROOM_AUTH", default_value = "header")]
     pub auth: AuthMode,
 
-    /// User ids that may act in any room without being a member (comma-separated).
+    /// With `--auth jwt`: the HS256 secret tokens are signed with.
+    #[arg(long, env = "CHATROOM_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// With `--auth jwt`: a file holding the HS256 secret (trailing newline ignored).
+    #[arg(long, env = "CHATROOM_JWT_SECRET_FILE")]
+    pub jwt_secret_file: Option<std::path::PathBuf>,
+
+    /// With `--auth jwt`: a PEM public key file (RSA, EC P-256/P-384 or Ed25519)
+    /// tokens are signed for (RS*/PS*, ES256/ES384, EdDSA).
+    #[arg(long, env = "CHATROOM_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<std::path::PathBuf>,
+
+    /// With `--auth jwt`: the `iss` every token must carry.
+    #[arg(long, env = "CHATROOM_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// With `--auth jwt`: an `aud` every token must carry (tokens for other
+    /// audiences are refused).
+    #[arg(long, env = "CHATROOM_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// User ids that may act in any room without being a member (comma-separated;
+    /// with `--auth header` — with `--auth jwt` a token's `roles` claim decides).
     #[arg(long, env = "CHATROOM_ADMIN_USERS", value_delimiter = ',')]
     pub admin_users: Vec<String>,
 
@@ -130,6 +155,11 @@ impl Config {
             database_url: database_url.into(),
             db_pool_size: 16,
             auth: AuthMode::Header,
+            jwt_secret: None,
+            jwt_secret_file: None,
+            jwt_public_key: None,
+            jwt_issuer: None,
+            jwt_audience: None,
             admin_users: Vec::new(),
             max_rooms_per_user: 100,
             max_rooms_per_stream: 16,
@@ -146,6 +176,58 @@ impl Config {
             node_lease_ms: 10_000,
             nats_grace_ms: 5_000,
             log: "info".into(),
+        }
+    }
+}
+
+impl Config {
+    /// The bearer-token verifier `--auth jwt` asks for (`None` with `--auth header`),
+    /// its key read from wherever the flags say. Refuses a key that is missing, given
+    /// twice, or unreadable, and `--jwt-*` flags without `--auth jwt`.
+    pub fn token_verifier(&self) -> crate::error::Result<Option<crate::auth::Verifier>> {
+        use crate::auth::{Expectations, KeySource, Verifier};
+        use crate::error::Error;
+        let read = |field: &str, path: &std::path::Path| {
+            std::fs::read(path)
+                .map_err(|e| Error::invalid(field, format!("cannot read {}: {e}", path.display())))
+        };
+        let mut keys = Vec::new();
+        if let Some(secret) = &self.jwt_secret {
+            keys.push(KeySource::Secret(secret.as_bytes().to_vec()));
+        }
+        if let Some(path) = &self.jwt_secret_file {
+            let mut secret = read("jwt_secret_file", path)?;
+            while secret.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                secret.pop();
+            }
+            keys.push(KeySource::Secret(secret));
+        }
+        if let Some(path) = &self.jwt_public_key {
+            keys.push(KeySource::PublicKeyPem(read("jwt_public_key", path)?));
+        }
+        match self.auth {
+            AuthMode::Header => {
+                if !keys.is_empty() || self.jwt_issuer.is_some() || self.jwt_audience.is_some() {
+                    return Err(Error::invalid(
+                        "auth",
+                        "--jwt-* flags are for --auth jwt; with --auth header no token is read",
+                    ));
+                }
+                Ok(None)
+            }
+            AuthMode::Jwt => {
+                if keys.len() != 1 {
+                    return Err(Error::invalid(
+                        "auth",
+                        "--auth jwt needs exactly one of --jwt-secret, --jwt-secret-file, --jwt-public-key",
+                    ));
+                }
+                let expect = Expectations {
+                    issuer: self.jwt_issuer.clone(),
+                    audience: self.jwt_audience.clone(),
+                };
+                Verifier::new(keys.remove(0), expect).map(Some)
+            }
         }
     }
 }

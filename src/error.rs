@@ -17,6 +17,16 @@ pub enum Error {
     /// The caller's identity is missing or invalid.
     #[error("{0}")]
     Unauthenticated(String),
+    /// The caller's bearer token was refused; `reason` says why, as a stable
+    /// `ErrorInfo.reason` (`TOKEN_EXPIRED`, `TOKEN_SIGNATURE_INVALID`, ...).
+    #[error("{description}")]
+    TokenRefused {
+        reason: &'static str,
+        description: String,
+    },
+    /// The caller's token does not list the room (its `rooms` claim).
+    #[error("this token does not allow room {room_id:?}")]
+    RoomNotInToken { room_id: String },
     /// The room does not exist.
     #[error("room {room_id:?} not found")]
     RoomNotFound { room_id: String },

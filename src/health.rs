@@ -1,5 +1,6 @@
 //! What the health service says, and who decides it: the watcher of the database
-//! (and, in a cluster, of NATS), and the supervision of the two writer tasks.
+//! (and, in a cluster, of NATS), and the supervision of the two writer tasks (and of
+//! a cluster node's relay, lease and repair tasks, on the same terms).
 //!
 //! Every change of state goes through one of two long-lived tasks (the membership
 //! writer and the message writer, in `rooms/`). Should one of them die — a panic is a
@@ -112,7 +113,8 @@ pub async fn watch_dependencies(
     }
 }
 
-/// Waits for every writer task to end. One that ends (or panics) before `stop` is set
+/// Waits for every writer task (or other task the server cannot serve without) to
+/// end. One that ends (or panics) before `stop` is set
 /// makes health NOT_SERVING and sets `stop`, so the server drains and stops; the
 /// result then names it. Writers end normally once the server stopped and dropped
 /// their handles.

@@ -14,7 +14,8 @@
 //!
 //! - [`config`]: the command line and its environment twins.
 //! - [`health`]: what the health service says — the watcher of the database (and of
-//!   NATS, for a cluster node), and the supervision of the writer tasks (one that dies stops the server, which then exits
+//!   NATS, for a cluster node), and the supervision of the writer tasks and a cluster
+//!   node's relay, lease and repair (one that dies stops the server, which then exits
 //!   non-zero).
 //! - [`error`]: the domain error enum; [`api::status`] holds its one mapping to gRPC.
 //! - [`api`]: the gRPC layer only — identity, request validation, the service, the
@@ -53,6 +54,7 @@
 //! server over gRPC and prints figures (BENCHMARKS.md).
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod domain;
 pub mod error;
@@ -106,6 +108,8 @@ pub async fn serve(
         )
         .into());
     }
+    // Flags that cannot work are refused before anything is opened or written.
+    let tokens = config.token_verifier()?;
     let store = store::Store::connect(&config.database_url, config.db_pool_size).await?;
     tracing::info!(
         dialect = store.dialect(),
@@ -170,7 +174,7 @@ pub async fn serve(
     // A cluster node: messages to and from the other nodes, and the repair of what
     // the bus loses.
     let mut bus = None;
-    let cluster: Vec<tokio::task::JoinHandle<()>> = match relayed {
+    let cluster: Vec<(&'static str, tokio::task::JoinHandle<()>)> = match relayed {
         Some((client, queue)) => {
             tracing::info!(node, "cluster node: messages relayed over NATS");
             bus = Some(health::Bus {
@@ -178,12 +182,21 @@ pub async fn serve(
                 grace: Duration::from_millis(config.nats_grace_ms),
             });
             vec![
-                rooms::lease::start(rooms.clone(), stop.clone()),
-                live::nats::start(client, node, queue, hubs.clone(), stop.clone()),
-                rooms::tail::start(
-                    rooms.clone(),
-                    Duration::from_millis(config.cluster_repair_interval_ms),
-                    stop.clone(),
+                (
+                    "node lease",
+                    rooms::lease::start(rooms.clone(), stop.clone()),
+                ),
+                (
+                    "NATS relay",
+                    live::nats::start(client, node, queue, hubs.clone(), stop.clone()),
+                ),
+                (
+                    "cluster repair",
+                    rooms::tail::start(
+                        rooms.clone(),
+                        Duration::from_millis(config.cluster_repair_interval_ms),
+                        stop.clone(),
+                    ),
                 ),
             ]
         }
@@ -196,6 +209,7 @@ pub async fn serve(
     let service = api::subscribe::WithSubscribe::new(api::ChatRoomApi::new(
         rooms,
         session_limits,
+        tokens,
         stop.clone(),
     ));
 
@@ -208,11 +222,15 @@ pub async fn serve(
         health_reporter.clone(),
         stop.clone(),
     ));
+    // A cluster node without its relay, lease or repair would serve stale presence
+    // and miss other nodes' events: those tasks are supervised like the writers.
+    let mut essential = vec![
+        ("message writer", writer),
+        ("membership writer", admissions),
+    ];
+    essential.extend(cluster);
     let writers = tokio::spawn(health::watch_writers(
-        vec![
-            ("message writer", writer),
-            ("membership writer", admissions),
-        ],
+        essential,
         health_reporter,
         stop_tx.clone(),
     ));
@@ -250,9 +268,6 @@ pub async fn serve(
         .await;
 
     let _ = health_task.await;
-    for task in cluster {
-        let _ = task.await;
-    }
     // The expiry task holds the last handles to the writers besides the service.
     let _ = expiry.await;
     let writers = writers.await?;

@@ -8,11 +8,13 @@ pub mod subscribe;
 pub mod work;
 
 use std::pin::Pin;
+use std::sync::Arc;
 
 use tokio::sync::watch;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::Verifier;
 use crate::domain::{Caller, PageRequest, RoomFilter, UserId};
 use crate::error::Error;
 use crate::live::Frame;
@@ -30,21 +32,32 @@ pub mod server {
 
 /// The metadata key carrying the caller's user id with `--auth header`.
 pub const USER_ID_HEADER: &str = "x-user-id";
+/// The metadata key carrying `Bearer <JWT>` with `--auth jwt`.
+pub const AUTHORIZATION_HEADER: &str = "authorization";
 
 /// The ChatRoomService implementation.
 #[derive(Clone)]
 pub struct ChatRoomApi {
     rooms: Rooms,
     limits: SessionLimits,
+    /// `--auth jwt`: callers are whom their bearer token says; `None`: whom
+    /// `x-user-id` says.
+    tokens: Option<Arc<Verifier>>,
     /// Turns true when the server starts shutting down: Subscribe streams end.
     stop: watch::Receiver<bool>,
 }
 
 impl ChatRoomApi {
-    pub fn new(rooms: Rooms, limits: SessionLimits, stop: watch::Receiver<bool>) -> Self {
+    pub fn new(
+        rooms: Rooms,
+        limits: SessionLimits,
+        tokens: Option<Verifier>,
+        stop: watch::Receiver<bool>,
+    ) -> Self {
         ChatRoomApi {
             rooms,
             limits,
+            tokens: tokens.map(Arc::new),
             stop,
         }
     }
@@ -64,8 +77,17 @@ impl ChatRoomApi {
         )
     }
 
-    /// The caller of a request, from its `x-user-id` metadata.
+    /// The caller of a request: from its bearer token with `--auth jwt` (verified once
+    /// per call, and once per Subscribe stream), else from its `x-user-id` metadata.
     fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Error> {
+        match &self.tokens {
+            Some(verifier) => verifier.verify(bearer_token(request.metadata())?),
+            None => self.header_caller(request),
+        }
+    }
+
+    /// The caller `x-user-id` names (trusted as it is).
+    fn header_caller<T>(&self, request: &Request<T>) -> Result<Caller, Error> {
         let value = request
             .metadata()
             .get(USER_ID_HEADER)
@@ -76,6 +98,34 @@ impl ChatRoomApi {
         let user = UserId::parse(text)
             .map_err(|e| Error::Unauthenticated(format!("invalid {USER_ID_HEADER}: {e}")))?;
         Ok(self.rooms.caller(user))
+    }
+}
+
+/// The token of an `authorization: Bearer <token>` entry.
+fn bearer_token(metadata: &tonic::metadata::MetadataMap) -> Result<&str, Error> {
+    let refused = |reason, description: &str| Error::TokenRefused {
+        reason,
+        description: description.to_string(),
+    };
+    let value = metadata.get(AUTHORIZATION_HEADER).ok_or_else(|| {
+        refused(
+            "TOKEN_MISSING",
+            "missing authorization metadata (Bearer <token>)",
+        )
+    })?;
+    let text = value
+        .to_str()
+        .map_err(|_| refused("TOKEN_MALFORMED", "authorization metadata is not ASCII"))?;
+    match text.split_once(' ') {
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
+            Ok(token.trim())
+        }
+        _ => Err(refused(
+            "TOKEN_MALFORMED",
+            "authorization metadata must be `Bearer <token>`",
+        )),
     }
 }
 

@@ -21,6 +21,8 @@ impl Error {
         match self {
             Error::InvalidArgument { .. } => (Code::InvalidArgument, "INVALID_ARGUMENT"),
             Error::Unauthenticated(_) => (Code::Unauthenticated, "UNAUTHENTICATED"),
+            Error::TokenRefused { reason, .. } => (Code::Unauthenticated, reason),
+            Error::RoomNotInToken { .. } => (Code::PermissionDenied, "ROOM_NOT_IN_TOKEN"),
             Error::RoomNotFound { .. } => (Code::NotFound, "ROOM_NOT_FOUND"),
             Error::RoomExists { .. } => (Code::AlreadyExists, "ROOM_EXISTS"),
             Error::RoomFull { .. } => (Code::ResourceExhausted, "ROOM_FULL"),
@@ -65,7 +67,8 @@ impl Error {
             | Error::NotAMember { room_id }
             | Error::NotRoomOwner { room_id }
             | Error::AlreadyAttached { room_id }
-            | Error::NotAttached { room_id } => vec![("room_id", room_id.clone())],
+            | Error::NotAttached { room_id }
+            | Error::RoomNotInToken { room_id } => vec![("room_id", room_id.clone())],
             Error::RoomFull {
                 room_id,
                 max_members,
@@ -85,7 +88,10 @@ impl Error {
                 ("expected_version", expected.to_string()),
                 ("actual_version", actual.to_string()),
             ],
-            Error::Unauthenticated(_) | Error::Unavailable(_) | Error::Internal(_) => vec![],
+            Error::Unauthenticated(_)
+            | Error::TokenRefused { .. }
+            | Error::Unavailable(_)
+            | Error::Internal(_) => vec![],
         };
         pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
     }

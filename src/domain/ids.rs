@@ -99,11 +99,99 @@ pub struct Caller {
     pub user_id: UserId,
     /// Admins may act in any room without being a member.
     pub admin: bool,
+    /// The display name to use where a request leaves it empty (a token's `name`).
+    pub name: Option<String>,
+    /// The rooms the caller's token is limited to; `None`: any room.
+    pub rooms: Option<RoomScope>,
+}
+
+impl Caller {
+    /// A caller with no token: any room, no default name.
+    pub fn new(user_id: UserId, admin: bool) -> Self {
+        Caller {
+            user_id,
+            admin,
+            name: None,
+            rooms: None,
+        }
+    }
+
+    /// The display name for a join: the requested one, or the token's when the
+    /// request leaves it empty.
+    pub fn display_name(&self, requested: String) -> String {
+        match (&self.name, requested.is_empty()) {
+            (Some(name), true) => name.clone(),
+            _ => requested,
+        }
+    }
+
+    /// Whether the caller's token lets it into `room` (no token limit: any room).
+    pub fn may_enter(&self, room: &RoomId) -> bool {
+        self.rooms.as_ref().is_none_or(|scope| scope.allows(room))
+    }
+}
+
+/// Rooms a token is limited to: exact ids, and prefixes (written with a trailing
+/// `*`: `live-42*` allows `live-42` and `live-42.chat`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoomScope {
+    exact: Vec<String>,
+    prefixes: Vec<String>,
+}
+
+impl RoomScope {
+    /// Parses the patterns of a token's `rooms` claim. Exact ids must be valid room
+    /// ids; a prefix is any text before one trailing `*` (empty: every room).
+    pub fn parse<S: AsRef<str>>(patterns: &[S]) -> Result<Self> {
+        let mut scope = RoomScope {
+            exact: Vec::new(),
+            prefixes: Vec::new(),
+        };
+        for pattern in patterns {
+            let pattern = pattern.as_ref();
+            match pattern.strip_suffix('*') {
+                Some(prefix) if !prefix.contains('*') => scope.prefixes.push(prefix.to_string()),
+                _ => scope
+                    .exact
+                    .push(RoomId::parse(pattern).map_err(|e| e.in_field("rooms"))?.0),
+            }
+        }
+        Ok(scope)
+    }
+
+    /// Whether `room` is one of the scope's rooms.
+    pub fn allows(&self, room: &RoomId) -> bool {
+        let id = room.as_str();
+        self.exact.iter().any(|e| e == id) || self.prefixes.iter().any(|p| id.starts_with(p))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn room_scopes_allow_exact_ids_and_prefixes() {
+        let scope = RoomScope::parse(&["lobby", "live-42*"]).unwrap();
+        let allows = |id: &str| scope.allows(&RoomId::parse(id).unwrap());
+        assert!(allows("lobby"));
+        assert!(!allows("lobby2"), "an exact id is not a prefix");
+        assert!(allows("live-42") && allows("live-42.chat"));
+        assert!(!allows("live-4") && !allows("other"));
+        assert!(
+            RoomScope::parse(&["*"])
+                .unwrap()
+                .allows(&RoomId::parse("any").unwrap())
+        );
+        assert!(RoomScope::parse(&["a*b*"]).is_err(), "one trailing * only");
+        assert!(RoomScope::parse(&["bad id"]).is_err());
+        assert!(RoomScope::parse::<&str>(&[]).unwrap().exact.is_empty());
+        let nothing = RoomScope::parse::<&str>(&[]).unwrap();
+        assert!(
+            !nothing.allows(&RoomId::parse("lobby").unwrap()),
+            "an empty claim allows none"
+        );
+    }
 
     #[test]
     fn room_ids_follow_the_contract() {

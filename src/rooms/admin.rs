@@ -127,6 +127,6 @@ impl Rooms {
     /// Fails unless the room exists and the caller may receive it (a member or an
     /// admin).
     pub(super) async fn check_can_read(&self, caller: &Caller, room_id: &RoomId) -> Result<()> {
-        self.access(caller, room_id).await.map(drop)
+        self.readable(caller, room_id).await.map(drop)
     }
 }

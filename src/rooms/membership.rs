@@ -12,6 +12,8 @@ impl Rooms {
         room: NewRoom,
         display_name: String,
     ) -> Result<Room> {
+        check_in_token(caller, &room.id)?;
+        let display_name = caller.display_name(display_name);
         let room = self
             .admissions
             .create(room, caller.user_id.as_str(), display_name)
@@ -26,6 +28,8 @@ impl Rooms {
         room_id: &RoomId,
         display_name: String,
     ) -> Result<Room> {
+        check_in_token(caller, room_id)?;
+        let display_name = caller.display_name(display_name);
         let joined = self
             .admissions
             .join_existing(room_id, caller.user_id.as_str(), display_name)
@@ -43,6 +47,8 @@ impl Rooms {
         room: NewRoom,
         display_name: String,
     ) -> Result<(Room, bool)> {
+        check_in_token(caller, &room.id)?;
+        let display_name = caller.display_name(display_name);
         let joined = self
             .admissions
             .enter(room, caller.user_id.as_str(), display_name)
@@ -68,6 +74,8 @@ impl Rooms {
         to: &RoomId,
         display_name: String,
     ) -> Result<Room> {
+        check_in_token(caller, to)?;
+        let display_name = caller.display_name(display_name);
         let room = self
             .admissions
             .switch(from, to, caller.user_id.as_str(), display_name)

@@ -177,7 +177,7 @@ impl Rooms {
     /// The caller for an authenticated user id.
     pub fn caller(&self, user_id: UserId) -> Caller {
         let admin = self.admins.contains(user_id.as_str());
-        Caller { user_id, admin }
+        Caller::new(user_id, admin)
     }
 }
 
@@ -196,6 +196,19 @@ fn sender_name(admin: bool, user: &str, display_name: Option<&str>) -> Option<St
         Some(name) => Some(name.to_string()),
         None if admin => Some(user.to_string()),
         None => None,
+    }
+}
+
+/// Fails unless the caller's token lets it into `room_id` (create, join, enter,
+/// switch to, attach). Leaving, reading and sending need no such check: they need
+/// membership, which only those could have given.
+fn check_in_token(caller: &Caller, room_id: &RoomId) -> Result<()> {
+    if caller.may_enter(room_id) {
+        Ok(())
+    } else {
+        Err(Error::RoomNotInToken {
+            room_id: room_id.to_string(),
+        })
     }
 }
 

@@ -3,19 +3,12 @@
 use super::*;
 
 impl Rooms {
-    /// Checks that the caller may receive a room (member or admin) and returns it, as
-    /// stored: a stream fills in presence once it has registered itself.
+    /// Checks that the caller may attach a room (a member or an admin, and the room
+    /// in its token) and returns it, as stored, with the caller's name there.
     pub async fn access(&self, caller: &Caller, room_id: &RoomId) -> Result<Access> {
+        check_in_token(caller, room_id)?;
+        let (room, sender_name) = self.readable(caller, room_id).await?;
         let user = caller.user_id.as_str();
-        let (room, name) = self
-            .store
-            .room_and_name(room_id, user)
-            .await?
-            .ok_or_else(|| not_found(room_id))?;
-        let sender_name =
-            sender_name(caller.admin, user, name.as_deref()).ok_or_else(|| Error::NotAMember {
-                room_id: room_id.to_string(),
-            })?;
         // In a cluster the count is the database's, read now; on one node it is
         // read from memory once the stream has registered (see `presence_at_attach`).
         let online = match &self.node {
@@ -30,6 +23,26 @@ impl Rooms {
             sender_name,
             online,
         })
+    }
+
+    /// The room, if the caller may receive it (a member or an admin), and the name
+    /// the caller goes by there.
+    pub(super) async fn readable(
+        &self,
+        caller: &Caller,
+        room_id: &RoomId,
+    ) -> Result<(Room, String)> {
+        let user = caller.user_id.as_str();
+        let (room, name) = self
+            .store
+            .room_and_name(room_id, user)
+            .await?
+            .ok_or_else(|| not_found(room_id))?;
+        let sender_name =
+            sender_name(caller.admin, user, name.as_deref()).ok_or_else(|| Error::NotAMember {
+                room_id: room_id.to_string(),
+            })?;
+        Ok((room, sender_name))
     }
 
     /// Records a stream of `user` attached to `room`; a member of a room with a

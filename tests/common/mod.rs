@@ -316,6 +316,14 @@ impl TestServer {
         ChatRoomServiceClient::with_interceptor(channel, UserHeader::new(user))
     }
 
+    /// A client sending `authorization: Bearer <token>` with every call.
+    pub fn token_client(&self, token: &str) -> Client {
+        let channel = Endpoint::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect_lazy();
+        ChatRoomServiceClient::with_interceptor(channel, UserHeader::bearer(token))
+    }
+
     /// A client with no identity.
     pub async fn anonymous(&self) -> ChatRoomServiceClient<Channel> {
         ChatRoomServiceClient::new(self.channel().await)
@@ -407,18 +415,28 @@ impl Drop for TestServer {
 }
 
 /// Adds `x-user-id` to every request.
+/// The identity a test client sends with every call: `x-user-id` (`--auth header`),
+/// or `authorization: Bearer <token>` (`--auth jwt`).
 #[derive(Clone)]
-pub struct UserHeader(MetadataValue<Ascii>);
+pub struct UserHeader(&'static str, MetadataValue<Ascii>);
 
 impl UserHeader {
     pub fn new(user: &str) -> Self {
-        UserHeader(user.parse().expect("ASCII user id"))
+        UserHeader("x-user-id", user.parse().expect("ASCII user id"))
+    }
+
+    /// `authorization: Bearer <token>`.
+    pub fn bearer(token: &str) -> Self {
+        UserHeader(
+            "authorization",
+            format!("Bearer {token}").parse().expect("an ASCII token"),
+        )
     }
 }
 
 impl Interceptor for UserHeader {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        request.metadata_mut().insert("x-user-id", self.0.clone());
+        request.metadata_mut().insert(self.0, self.1.clone());
         Ok(request)
     }
 }
