@@ -18,6 +18,8 @@
 //!   node's relay, lease and repair (one that dies stops the server, which then exits
 //!   non-zero).
 //! - [`error`]: the domain error enum; [`api::status`] holds its one mapping to gRPC.
+//! - [`auth`]: bearer tokens (`--auth jwt`) verified into a caller — keys, claims, and
+//!   a reason for every refusal; `api` hands it the token's text.
 //! - [`api`]: the gRPC layer only — identity, request validation, the service, the
 //!   Subscribe session loop ([`api::session`]), its route ([`api::subscribe`], which
 //!   writes pre-encoded frames to HTTP/2), the tasks a stream's database work runs on
