@@ -141,6 +141,22 @@ pub struct Config {
     #[arg(long, env = "CHATROOM_NATS_GRACE_MS", default_value_t = 5_000)]
     pub nats_grace_ms: u64,
 
+    /// Sends (SendMessage and stream sends) per second one user may make, per kind:
+    /// CHAT and COMMAND share a bucket, BARRAGE has its own. Over it: RESOURCE_EXHAUSTED
+    /// RATE_LIMITED with a RetryInfo. 0: unlimited. Per node.
+    #[arg(long, env = "CHATROOM_SEND_RATE", default_value_t = 0)]
+    pub send_rate: u32,
+
+    /// How many sends one user may make at once before `--send-rate` applies
+    /// (default: one second's worth).
+    #[arg(long, env = "CHATROOM_SEND_BURST", default_value_t = 0)]
+    pub send_burst: u32,
+
+    /// Most Subscribe streams one user may have open at once on this node (more:
+    /// RESOURCE_EXHAUSTED TOO_MANY_STREAMS). 0: unlimited.
+    #[arg(long, env = "CHATROOM_MAX_STREAMS_PER_USER", default_value_t = 64)]
+    pub max_streams_per_user: u32,
+
     /// Log filter, in `tracing` EnvFilter syntax (for example `info,chatroom=debug`).
     #[arg(long, env = "CHATROOM_LOG", default_value = "info")]
     pub log: String,
@@ -175,6 +191,9 @@ impl Config {
             cluster_repair_interval_ms: 500,
             node_lease_ms: 10_000,
             nats_grace_ms: 5_000,
+            send_rate: 0,
+            send_burst: 0,
+            max_streams_per_user: 64,
             log: "info".into(),
         }
     }

@@ -61,6 +61,13 @@ pub enum Error {
     /// A stream has as many client frames waiting for their turn as it may hold.
     #[error("{limit} frames are already waiting on this stream; wait for their answers")]
     TooManyPendingFrames { limit: u32 },
+    /// The caller sends faster than `--send-rate` allows; it may again after
+    /// `retry_after`.
+    #[error("sending too fast: retry in {} ms", retry_after.as_millis())]
+    RateLimited { retry_after: std::time::Duration },
+    /// The user has as many Subscribe streams open as `--max-streams-per-user` allows.
+    #[error("already {limit} streams open for this user, the most allowed")]
+    TooManyStreams { limit: u32 },
     /// The database cannot be reached; the request may be retried.
     #[error("storage unavailable: {0}")]
     Unavailable(String),

@@ -152,6 +152,9 @@ pub async fn serve(
             max_text_bytes: config.max_text_bytes,
             max_payload_bytes: config.max_payload_bytes,
         },
+        send_rate: config.send_rate,
+        send_burst: config.send_burst,
+        max_streams_per_user: config.max_streams_per_user,
     };
     let (rooms, admissions) =
         rooms::Rooms::new(store.clone(), live, limits, config.admin_users.clone());

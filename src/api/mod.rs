@@ -21,6 +21,7 @@ use crate::live::Frame;
 use crate::pb;
 use crate::proto::decode;
 use crate::rooms::Rooms;
+use crate::rooms::streams::StreamSlot;
 use server::chat_room_service_server::ChatRoomService;
 pub use session::SessionLimits;
 
@@ -62,15 +63,25 @@ impl ChatRoomApi {
         }
     }
 
-    /// A Subscribe session for `caller` over the client's frames.
+    /// The caller with one of its stream slots (`TOO_MANY_STREAMS` when it has
+    /// none left).
+    fn stream_slot(&self, caller: Caller) -> Result<(Caller, StreamSlot), Error> {
+        let slot = self.rooms.open_stream(&caller)?;
+        Ok((caller, slot))
+    }
+
+    /// A Subscribe session for `caller` over the client's frames; it holds `slot`
+    /// until it ends.
     fn session(
         &self,
         caller: Caller,
+        slot: StreamSlot,
         inbound: Streaming<pb::SubscribeRequest>,
     ) -> impl Stream<Item = Result<Frame, Status>> + Send + 'static {
         session::run(
             self.rooms.clone(),
             caller,
+            slot,
             self.limits,
             inbound,
             self.stop.clone(),
@@ -309,9 +320,11 @@ impl ChatRoomService for ChatRoomApi {
         // `serve` answers Subscribe with `subscribe::WithSubscribe`, which writes the
         // frames without tonic's encoder; through tonic (the generated service alone)
         // the same session runs.
-        let caller = self.caller(&request)?;
-        Ok(Response::new(Box::pin(
-            self.session(caller, request.into_inner()),
-        )))
+        let (caller, slot) = self.stream_slot(self.caller(&request)?)?;
+        Ok(Response::new(Box::pin(self.session(
+            caller,
+            slot,
+            request.into_inner(),
+        ))))
     }
 }

@@ -35,6 +35,8 @@ impl Error {
             Error::TooManyPendingFrames { .. } => {
                 (Code::ResourceExhausted, "TOO_MANY_PENDING_FRAMES")
             }
+            Error::RateLimited { .. } => (Code::ResourceExhausted, "RATE_LIMITED"),
+            Error::TooManyStreams { .. } => (Code::ResourceExhausted, "TOO_MANY_STREAMS"),
             Error::Unavailable(_) => (Code::Unavailable, "STORE_UNAVAILABLE"),
             Error::Internal(_) => (Code::Internal, "INTERNAL"),
         }
@@ -76,8 +78,11 @@ impl Error {
                 ("room_id", room_id.clone()),
                 ("max_members", max_members.to_string()),
             ],
-            Error::TooManyRooms { limit } | Error::TooManyPendingFrames { limit } => {
-                vec![("limit", limit.to_string())]
+            Error::TooManyRooms { limit }
+            | Error::TooManyPendingFrames { limit }
+            | Error::TooManyStreams { limit } => vec![("limit", limit.to_string())],
+            Error::RateLimited { retry_after } => {
+                vec![("retry_after_ms", retry_after.as_millis().to_string())]
             }
             Error::VersionConflict {
                 room_id,
@@ -102,8 +107,14 @@ impl From<Error> for Status {
         let (code, reason) = error.code_and_reason();
         let message = error.public_message();
         let mut details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, error.metadata());
-        if let Error::InvalidArgument { field, description } = &error {
-            details.add_bad_request_violation(field.clone(), description.clone());
+        match &error {
+            Error::InvalidArgument { field, description } => {
+                details.add_bad_request_violation(field.clone(), description.clone());
+            }
+            Error::RateLimited { retry_after } => {
+                details.set_retry_info(Some(*retry_after));
+            }
+            _ => {}
         }
         Status::with_error_details(code, message, details)
     }

@@ -89,14 +89,14 @@ fn subscribe(api: &ChatRoomApi, request: http::Request<Body>) -> http::Response<
         .into_http();
     }
     let request = tonic::Request::from_http(request);
-    let caller = match api.caller(&request) {
-        Ok(caller) => caller,
+    let (caller, slot) = match api.caller(&request).and_then(|c| api.stream_slot(c)) {
+        Ok(opened) => opened,
         Err(error) => return Status::from(error).into_http(),
     };
     let decoder =
         tonic::codec::Codec::decoder(&mut LeanCodec::<Frame, pb::SubscribeRequest>::default());
     let inbound = Streaming::new_request(decoder, request.into_inner(), None, None);
-    let frames = api.session(caller, inbound);
+    let frames = api.session(caller, slot, inbound);
     let mut response = http::Response::new(Body::new(FrameBody {
         frames: Box::pin(frames),
         end: None,

@@ -17,7 +17,9 @@ impl Rooms {
             .await
     }
 
-    /// Hands a message over for sending and returns its pending answer. Messages one
+    /// Hands a message over for sending and returns its pending answer, once the
+    /// sender's rate allows it (`RATE_LIMITED` otherwise, before anything is
+    /// stored or published). Messages one
     /// caller submits one after another are sequenced in that order. `sender_name` is
     /// the caller's display name when it already proved membership (an attached
     /// stream); otherwise membership is checked: for CHAT by the writer, in the
@@ -28,6 +30,7 @@ impl Rooms {
         draft: Draft,
         sender_name: Option<&str>,
     ) -> Result<Sent> {
+        self.rates.check(caller.user_id.as_str(), draft.kind)?;
         let room_id = draft.room_id.clone();
         if draft.kind.is_stored() {
             // The writer checks membership and takes the display name in its own
@@ -39,7 +42,7 @@ impl Rooms {
         }
         let name = match sender_name {
             Some(name) => name.to_string(),
-            None => self.access(caller, &draft.room_id).await?.sender_name,
+            None => self.readable(caller, &draft.room_id).await?.1,
         };
         let message = Message::accept(draft, caller.user_id.as_str(), &name);
         self.live

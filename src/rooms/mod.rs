@@ -21,6 +21,7 @@ pub mod lease;
 pub mod membership;
 pub mod messages;
 pub mod presence;
+pub mod rates;
 pub mod sequencer;
 pub mod streams;
 pub mod tail;
@@ -49,6 +50,11 @@ pub struct Limits {
     pub max_rooms_per_user: u32,
     /// Message size limits.
     pub messages: MessageLimits,
+    /// Sends per second per user and kind (0: unlimited), and the burst allowed.
+    pub send_rate: u32,
+    pub send_burst: u32,
+    /// Most Subscribe streams one user may have open at once (0: unlimited).
+    pub max_streams_per_user: u32,
 }
 
 /// The live parts the rules drive: fan-out, presence and the message writer.
@@ -73,6 +79,10 @@ pub struct Rooms {
     deadlines_changed: Arc<Notify>,
     /// This process as a cluster node; `None` on a single node.
     node: Option<Node>,
+    /// Per-user send buckets.
+    rates: Arc<rates::SendRates>,
+    /// Subscribe streams open per user.
+    open_streams: Arc<streams::OpenStreams>,
 }
 
 /// This process as one node of a cluster.
@@ -148,11 +158,13 @@ impl Rooms {
         let rooms = Rooms {
             store,
             live,
-            limits,
             admins: Arc::new(admins.into_iter().collect()),
             admissions,
             deadlines_changed,
             node: None,
+            rates: Arc::new(rates::SendRates::new(limits.send_rate, limits.send_burst)),
+            open_streams: Arc::new(streams::OpenStreams::new(limits.max_streams_per_user)),
+            limits,
         };
         (rooms, writer)
     }

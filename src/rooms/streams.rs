@@ -1,8 +1,66 @@
-//! What Subscribe streams need from the rules: access to a room, and presence.
+//! What Subscribe streams need from the rules: a slot per stream, access to a room,
+//! and presence.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 use super::*;
 
+/// How many Subscribe streams each user has open on this node, bounded by
+/// `--max-streams-per-user` (0: unbounded).
+#[derive(Debug, Default)]
+pub struct OpenStreams {
+    limit: u32,
+    per_user: Mutex<HashMap<String, u32>>,
+}
+
+impl OpenStreams {
+    pub fn new(limit: u32) -> Self {
+        OpenStreams {
+            limit,
+            per_user: Mutex::default(),
+        }
+    }
+}
+
+/// One open stream of a user; dropping it (the stream ended, however) frees it.
+#[derive(Debug)]
+pub struct StreamSlot {
+    streams: Arc<OpenStreams>,
+    user: String,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut per_user = self.streams.per_user.lock().expect("open streams lock");
+        if let Some(n) = per_user.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                per_user.remove(&self.user);
+            }
+        }
+    }
+}
+
 impl Rooms {
+    /// A slot for one more Subscribe stream of the caller, or `TOO_MANY_STREAMS`.
+    pub fn open_stream(&self, caller: &Caller) -> Result<StreamSlot> {
+        let streams = &self.open_streams;
+        let user = caller.user_id.as_str();
+        let mut per_user = streams.per_user.lock().expect("open streams lock");
+        let open = per_user.entry(user.to_string()).or_default();
+        if streams.limit > 0 && *open >= streams.limit {
+            return Err(Error::TooManyStreams {
+                limit: streams.limit,
+            });
+        }
+        *open += 1;
+        Ok(StreamSlot {
+            streams: streams.clone(),
+            user: user.to_string(),
+        })
+    }
+
     /// Checks that the caller may attach a room (a member or an admin, and the room
     /// in its token) and returns it, as stored, with the caller's name there.
     pub async fn access(&self, caller: &Caller, room_id: &RoomId) -> Result<Access> {

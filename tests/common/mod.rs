@@ -619,6 +619,19 @@ pub struct Sub {
 pub use pb::subscribe_response::Event as Ev;
 
 impl Sub {
+    /// A Sub over a stream the test opened itself.
+    pub fn from_parts(
+        frames: tokio::sync::mpsc::Sender<pb::SubscribeRequest>,
+        responses: tonic::Streaming<pb::SubscribeResponse>,
+    ) -> Sub {
+        Sub {
+            frames: Some(frames),
+            responses,
+            stash: Default::default(),
+            next_id: 0,
+        }
+    }
+
     pub async fn open(client: &mut Client) -> Sub {
         let (frames, rx) = tokio::sync::mpsc::channel(1024);
         let opened = client.subscribe(tokio_stream::wrappers::ReceiverStream::new(rx));

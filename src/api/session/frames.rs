@@ -39,12 +39,17 @@ pub(super) fn send_answer(request_id: String, result: Result<Message>) -> Frame 
 /// the code, the reason and the same message a unary call would carry.
 pub(super) fn error_frame(request_id: String, error: Error) -> Frame {
     let (code, reason) = error.code_and_reason();
+    let retry_after = match &error {
+        Error::RateLimited { retry_after } => prost_types::Duration::try_from(*retry_after).ok(),
+        _ => None,
+    };
     Frame::reply(
         request_id,
         PbEvent::Error(pb::StreamError {
             code: code as i32,
             reason: reason.to_string(),
             message: error.public_message(),
+            retry_after,
         }),
     )
 }

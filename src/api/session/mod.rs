@@ -58,6 +58,7 @@ use crate::live::{Event, Frame};
 use crate::pb;
 use crate::pb::subscribe_request::Frame as Request;
 use crate::proto::decode;
+use crate::rooms::streams::StreamSlot;
 use crate::rooms::{Access, CatchUp, Rooms};
 use attached::{AttachedRooms, StreamRooms};
 use sends::Sends;
@@ -218,11 +219,14 @@ impl Session {
 pub fn run(
     rooms: Rooms,
     caller: Caller,
+    slot: StreamSlot,
     limits: SessionLimits,
     mut inbound: Streaming<pb::SubscribeRequest>,
     mut stop: watch::Receiver<bool>,
 ) -> impl Stream<Item = std::result::Result<Frame, Status>> + Send + 'static {
     async_stream::stream! {
+        // Held for as long as the stream lives; dropping it frees the user's slot.
+        let _slot = slot;
         let mut s = Session {
             state: StreamRooms {
                 rooms,
