@@ -157,6 +157,15 @@ pub struct Config {
     #[arg(long, env = "CHATROOM_MAX_STREAMS_PER_USER", default_value_t = 64)]
     pub max_streams_per_user: u32,
 
+    /// Most HTTP/2 streams (calls and Subscribe streams) one connection may have open
+    /// at once; a client opening more waits for one to end.
+    #[arg(
+        long,
+        env = "CHATROOM_MAX_STREAMS_PER_CONNECTION",
+        default_value_t = 1024
+    )]
+    pub max_streams_per_connection: u32,
+
     /// Log filter, in `tracing` EnvFilter syntax (for example `info,chatroom=debug`).
     #[arg(long, env = "CHATROOM_LOG", default_value = "info")]
     pub log: String,
@@ -194,6 +203,7 @@ impl Config {
             send_rate: 0,
             send_burst: 0,
             max_streams_per_user: 64,
+            max_streams_per_connection: 1024,
             log: "info".into(),
         }
     }

@@ -211,12 +211,10 @@ pub async fn serve(
     let session_limits = api::SessionLimits {
         max_rooms_per_stream: config.max_rooms_per_stream as usize,
     };
-    let service = api::subscribe::WithSubscribe::new(api::ChatRoomApi::new(
-        rooms,
-        session_limits,
-        tokens,
-        stop.clone(),
-    ));
+    let service = api::subscribe::WithSubscribe::new(
+        api::ChatRoomApi::new(rooms, session_limits, tokens, stop.clone()),
+        max_request_bytes(&config),
+    );
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     // The database just answered (migrations ran): serving from the first call on.
@@ -263,6 +261,7 @@ pub async fn serve(
     let keepalive = (config.keepalive_interval_secs > 0)
         .then(|| Duration::from_secs(config.keepalive_interval_secs));
     let result = tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(config.max_streams_per_connection))
         .http2_keepalive_interval(keepalive)
         .http2_keepalive_timeout(Some(Duration::from_secs(config.keepalive_timeout_secs)))
         .add_service(health_service)
@@ -280,6 +279,24 @@ pub async fn serve(
     tracing::info!("chatroom stopped");
     result?;
     Ok(writers?)
+}
+
+/// The largest request worth decoding: the biggest SendMessage the message limits
+/// allow (text, payload, every target) or the biggest attribute set a room may
+/// have, whichever is larger, plus room for the other fields. Anything bigger is
+/// refused by size alone, before it is buffered whole (tonic's default is 4 MiB).
+fn max_request_bytes(config: &Config) -> usize {
+    use domain::{
+        MAX_ATTRIBUTE_KEY_CHARS, MAX_ATTRIBUTE_VALUE_CHARS, MAX_ATTRIBUTES, MAX_TARGETS,
+        MAX_USER_ID_LEN,
+    };
+    const HEADROOM: usize = 64 * 1024;
+    let message =
+        config.max_text_bytes + config.max_payload_bytes + MAX_TARGETS * (MAX_USER_ID_LEN + 4);
+    // Four bytes per character at most, and a few of framing per entry.
+    let attributes =
+        MAX_ATTRIBUTES * (4 * (MAX_ATTRIBUTE_KEY_CHARS + MAX_ATTRIBUTE_VALUE_CHARS) + 8);
+    message.max(attributes) + HEADROOM
 }
 
 /// Accepted connections with Nagle's algorithm off: acks and events are small frames

@@ -41,13 +41,18 @@ const GATHER_LIMIT: usize = 16 * 1024;
 pub struct WithSubscribe {
     api: ChatRoomApi,
     inner: ChatRoomServiceServer<ChatRoomApi>,
+    /// The largest request message decoded, unary or stream frame; a bigger one is
+    /// refused (RESOURCE_EXHAUSTED) before it is buffered whole.
+    max_request_bytes: usize,
 }
 
 impl WithSubscribe {
-    pub fn new(api: ChatRoomApi) -> Self {
+    pub fn new(api: ChatRoomApi, max_request_bytes: usize) -> Self {
         WithSubscribe {
-            inner: ChatRoomServiceServer::new(api.clone()),
+            inner: ChatRoomServiceServer::new(api.clone())
+                .max_decoding_message_size(max_request_bytes),
             api,
+            max_request_bytes,
         }
     }
 }
@@ -70,7 +75,11 @@ impl tower_service::Service<http::Request<Body>> for WithSubscribe {
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         if request.uri().path() == SUBSCRIBE_PATH {
-            Either::Left(std::future::ready(Ok(subscribe(&self.api, request))))
+            Either::Left(std::future::ready(Ok(subscribe(
+                &self.api,
+                self.max_request_bytes,
+                request,
+            ))))
         } else {
             Either::Right(tower_service::Service::call(&mut self.inner, request))
         }
@@ -79,7 +88,11 @@ impl tower_service::Service<http::Request<Body>> for WithSubscribe {
 
 /// Starts a Subscribe stream: the caller from the request's metadata, the client's
 /// frames decoded from its body, and the session's frames as the response body.
-fn subscribe(api: &ChatRoomApi, request: http::Request<Body>) -> http::Response<Body> {
+fn subscribe(
+    api: &ChatRoomApi,
+    max_request_bytes: usize,
+    request: http::Request<Body>,
+) -> http::Response<Body> {
     if let Some(encoding) = request.headers().get("grpc-encoding")
         && encoding != "identity"
     {
@@ -95,7 +108,8 @@ fn subscribe(api: &ChatRoomApi, request: http::Request<Body>) -> http::Response<
     };
     let decoder =
         tonic::codec::Codec::decoder(&mut LeanCodec::<Frame, pb::SubscribeRequest>::default());
-    let inbound = Streaming::new_request(decoder, request.into_inner(), None, None);
+    let inbound =
+        Streaming::new_request(decoder, request.into_inner(), None, Some(max_request_bytes));
     let frames = api.session(caller, slot, inbound);
     let mut response = http::Response::new(Body::new(FrameBody {
         frames: Box::pin(frames),

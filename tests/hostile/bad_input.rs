@@ -1,12 +1,12 @@
 //! Input the server must refuse without harm to anyone else: NUL bytes, bytes that
-//! are not protobuf, durations it cannot store, floods of tiny frames.
+//! are not protobuf, durations it cannot store, floods of tiny frames, 64 MiB requests.
 
 use std::time::Duration;
 
 use tonic::Code;
 
 use crate::common::{
-    self, Backend, Ev, TestApp, assert_bad_request, assert_error, chat, create, get_room,
+    self, Backend, Ev, Sub, TestApp, assert_bad_request, assert_error, chat, create, get_room,
 };
 use crate::on_both_stores;
 use chatroom::pb;
@@ -17,6 +17,7 @@ on_both_stores!(
     malformed_frames_are_invalid_argument,
     durations_below_a_millisecond_are_refused,
     a_flood_of_small_frames_does_not_end_the_connection,
+    oversized_requests_are_refused_by_size,
 );
 
 /// A NUL byte is refused at the edge on both stores, and never fails anyone else's
@@ -476,4 +477,45 @@ async fn a_flood_of_small_frames_does_not_end_the_connection(backend: Backend) {
             .request_id,
         "n1"
     );
+}
+
+/// A 64 MiB request — unary or a stream frame — is refused by its size before it is
+/// buffered whole (the limit follows the configured message limits, about 1.1 MiB by
+/// default): OUT_OF_RANGE from the transport, nothing stored, and the server and the
+/// connection's other calls go on.
+async fn oversized_requests_are_refused_by_size(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    let mut alice = app.client("alice").await;
+    alice.create_room(create("r")).await.unwrap();
+    let huge = pb::SendMessageRequest {
+        payload: vec![7u8; 64 << 20],
+        ..chat("r", "huge")
+    };
+    let status = alice.send_message(huge.clone()).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
+
+    let mut sub = Sub::open(&mut alice).await;
+    sub.attached("r", None).await;
+    sub.frames_raw(pb::SubscribeRequest {
+        request_id: "huge".into(),
+        frame: Some(pb::subscribe_request::Frame::Send(huge)),
+    })
+    .await;
+    let ended = loop {
+        match sub.responses_result().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the stream ended without a status"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(ended.code(), tonic::Code::OutOfRange, "{ended:?}");
+
+    // Nothing was stored; the same client's next calls are served.
+    alice.send_message(chat("r", "small")).await.unwrap();
+    let texts: Vec<String> = common::history(&mut alice, "r")
+        .await
+        .into_iter()
+        .map(|m| m.text)
+        .collect();
+    assert_eq!(texts, ["small"]);
 }

@@ -299,9 +299,10 @@ pub fn run(
                 Step::Sent(answer) => s.outbox.push_back(answer),
                 Step::Client(None) => s.inbound_done = true,
                 Step::Client(Some(Err(status))) => {
-                    // A frame that does not decode ends the stream with its status; any
-                    // other error is the client going away.
-                    if status.code() == Code::InvalidArgument {
+                    // A frame that does not decode, or is over the size limit, ends
+                    // the stream with its status; any other error is the client going
+                    // away.
+                    if matches!(status.code(), Code::InvalidArgument | Code::OutOfRange) {
                         yield Err(status);
                     }
                     break;
