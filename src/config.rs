@@ -166,6 +166,19 @@ pub struct Config {
     )]
     pub max_streams_per_connection: u32,
 
+    /// Serve TLS with this PEM certificate chain (with `--tls-key`); plaintext is then
+    /// not served. Reloaded, with the key and client CA, on SIGHUP.
+    #[arg(long, env = "CHATROOM_TLS_CERT")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// The PEM private key of `--tls-cert`.
+    #[arg(long, env = "CHATROOM_TLS_KEY")]
+    pub tls_key: Option<std::path::PathBuf>,
+
+    /// Require client certificates signed by this PEM CA (mTLS); needs `--tls-cert`.
+    #[arg(long, env = "CHATROOM_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<std::path::PathBuf>,
+
     /// Log filter, in `tracing` EnvFilter syntax (for example `info,chatroom=debug`).
     #[arg(long, env = "CHATROOM_LOG", default_value = "info")]
     pub log: String,
@@ -204,6 +217,9 @@ impl Config {
             send_burst: 0,
             max_streams_per_user: 64,
             max_streams_per_connection: 1024,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
             log: "info".into(),
         }
     }
@@ -257,6 +273,30 @@ impl Config {
                 };
                 Verifier::new(keys.remove(0), expect).map(Some)
             }
+        }
+    }
+}
+
+impl Config {
+    /// The TLS files asked for, if any: `--tls-cert` and `--tls-key` go together, and
+    /// `--tls-client-ca` needs them.
+    pub fn tls_files(&self) -> crate::error::Result<Option<crate::tls::TlsFiles>> {
+        use crate::error::Error;
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Ok(Some(crate::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.tls_client_ca.clone(),
+            })),
+            (None, None) if self.tls_client_ca.is_none() => Ok(None),
+            (None, None) => Err(Error::invalid(
+                "tls_client_ca",
+                "client certificates need TLS: give --tls-cert and --tls-key too",
+            )),
+            _ => Err(Error::invalid(
+                "tls_cert",
+                "--tls-cert and --tls-key go together",
+            )),
         }
     }
 }

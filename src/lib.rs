@@ -20,6 +20,8 @@
 //! - [`error`]: the domain error enum; [`api::status`] holds its one mapping to gRPC.
 //! - [`auth`]: bearer tokens (`--auth jwt`) verified into a caller — keys, claims, and
 //!   a reason for every refusal; `api` hands it the token's text.
+//! - [`tls`]: TLS and mTLS on the listener — a handshake task per connection with a
+//!   deadline, certificates reloaded on SIGHUP.
 //! - [`api`]: the gRPC layer only — identity, request validation, the service, the
 //!   Subscribe session loop ([`api::session`]), its route ([`api::subscribe`], which
 //!   writes pre-encoded frames to HTTP/2), the tasks a stream's database work runs on
@@ -65,6 +67,7 @@ pub mod live;
 pub mod proto;
 pub mod rooms;
 pub mod store;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -112,6 +115,10 @@ pub async fn serve(
     }
     // Flags that cannot work are refused before anything is opened or written.
     let tokens = config.token_verifier()?;
+    let tls = match config.tls_files()? {
+        Some(files) => Some(Arc::new(tls::Tls::load(files)?)),
+        None => None,
+    };
     let store = store::Store::connect(&config.database_url, config.db_pool_size).await?;
     tracing::info!(
         dialect = store.dialect(),
@@ -260,16 +267,29 @@ pub async fn serve(
     // loss, a NAT that forgot the mapping): nothing else would end their streams.
     let keepalive = (config.keepalive_interval_secs > 0)
         .then(|| Duration::from_secs(config.keepalive_interval_secs));
-    let result = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .max_concurrent_streams(Some(config.max_streams_per_connection))
         .http2_keepalive_interval(keepalive)
         .http2_keepalive_timeout(Some(Duration::from_secs(config.keepalive_timeout_secs)))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(service)
-        .serve_with_incoming_shutdown(incoming(listener), shutdown)
-        .await;
+        .add_service(service);
+    let result = match &tls {
+        None => {
+            router
+                .serve_with_incoming_shutdown(incoming(listener), shutdown)
+                .await
+        }
+        Some(tls) => {
+            let reload = tokio::spawn(reload_on_sighup(tls.clone(), stop.clone()));
+            let served = router
+                .serve_with_incoming_shutdown(tls_incoming(listener, tls.clone()), shutdown)
+                .await;
+            reload.abort();
+            served
+        }
+    };
 
     let _ = health_task.await;
     // The expiry task holds the last handles to the writers besides the service.
@@ -311,6 +331,68 @@ fn incoming(
         stream.set_nodelay(true)?;
         Ok(stream)
     })
+}
+
+/// Connections through their TLS handshake, Nagle off. Each handshake runs on a task
+/// of its own (with a deadline), so one slow or hostile client never holds up the
+/// accepts of others; a failed one is logged and dropped.
+fn tls_incoming(
+    listener: TcpListener,
+    tls: Arc<tls::Tls>,
+) -> impl tokio_stream::Stream<
+    Item = std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
+> {
+    let (ready, connections) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = ready.closed() => return,
+            };
+            let stream = match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Out of descriptors, say: try again shortly.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let (tls, ready) = (tls.clone(), ready.clone());
+            tokio::spawn(async move {
+                match tls.accept(stream).await {
+                    Ok(stream) => {
+                        let _ = ready.send(Ok(stream)).await;
+                    }
+                    Err(error) => tracing::debug!(%error, "TLS handshake failed"),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(connections)
+}
+
+/// Reads the TLS files again on every SIGHUP, until the server stops. New
+/// connections get the new certificates; established ones keep theirs.
+async fn reload_on_sighup(tls: Arc<tls::Tls>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP: TLS files are not reloaded");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = hangups.recv() => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+        match tls.reload() {
+            Ok(()) => tracing::info!("TLS certificates reloaded"),
+            Err(error) => {
+                tracing::warn!(%error, "TLS reload failed; the previous certificates stay")
+            }
+        }
+    }
 }
 
 /// Reflection over every served type: the contract, health, and `google.rpc` error
