@@ -257,4 +257,94 @@ mod tests {
             Duration::from_millis(1002)
         );
     }
+
+    mod properties {
+        //! Hostile input, generated: whatever bytes arrive, decoding and validation
+        //! either accept a value that keeps every rule or refuse it with
+        //! INVALID_ARGUMENT — never a panic, never anything else. Bounded cases here
+        //! (`scripts/test.sh`); `PROPTEST_CASES=100000 cargo test --lib properties`
+        //! is the longer run.
+        use super::*;
+        use proptest::prelude::*;
+        use prost::Message as _;
+
+        fn limits() -> MessageLimits {
+            MessageLimits {
+                max_text_bytes: 64,
+                max_payload_bytes: 64,
+            }
+        }
+
+        fn refused_as_bad_input(result: Result<impl Sized>) {
+            if let Err(error) = result {
+                assert!(
+                    matches!(error, Error::InvalidArgument { .. }),
+                    "refused as something else: {error:?}"
+                );
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(1024))]
+
+            #[test]
+            fn any_bytes_decode_and_validate_or_are_refused(
+                bytes in proptest::collection::vec(any::<u8>(), 0..256),
+            ) {
+                if let Ok(req) = pb::SendMessageRequest::decode(&bytes[..]) {
+                    refused_as_bad_input(draft(req, &limits()));
+                }
+                if let Ok(req) = pb::CreateRoomRequest::decode(&bytes[..]) {
+                    refused_as_bad_input(new_room(req.room_id, req.name, req.attributes, req.settings));
+                }
+                if let Ok(req) = pb::UpdateRoomRequest::decode(&bytes[..]) {
+                    refused_as_bad_input(room_patch(req));
+                }
+                if let Ok(req) = pb::ListMessagesRequest::decode(&bytes[..]) {
+                    refused_as_bad_input(history(&req));
+                }
+                if let Ok(req) = pb::ListRoomsRequest::decode(&bytes[..]) {
+                    refused_as_bad_input(page_token(&req.page_token));
+                }
+                let _ = pb::SubscribeRequest::decode(&bytes[..]);
+            }
+
+            #[test]
+            fn accepted_messages_keep_the_rules(
+                room in "\\PC{0,8}|[a-z.:_-]{1,140}",
+                text in "\\PC{0,80}|[\\x00-\\x1f]{0,4}",
+                payload in proptest::collection::vec(any::<u8>(), 0..100),
+                kind in -1i32..5,
+                targets in proptest::collection::vec("\\PC{0,6}", 0..4),
+            ) {
+                let req = pb::SendMessageRequest {
+                    room_id: room.clone(),
+                    kind,
+                    text: text.clone(),
+                    payload: payload.clone(),
+                    to_user_ids: targets,
+                    ..Default::default()
+                };
+                match draft(req, &limits()) {
+                    Ok(d) => {
+                        prop_assert!(RoomId::parse(room).is_ok());
+                        prop_assert!(d.text.len() <= 64 && d.payload.len() <= 64);
+                        prop_assert!(!d.text.contains('\0'), "a NUL never reaches the store");
+                    }
+                    Err(error) => {
+                        let bad_input = matches!(error, Error::InvalidArgument { .. });
+                        prop_assert!(bad_input, "refused as {:?}", error);
+                    }
+                }
+            }
+
+            #[test]
+            fn accepted_room_ids_are_in_the_contract(id in "\\PC{0,200}") {
+                if let Ok(room) = room_id("room_id", id) {
+                    prop_assert!((1..=128).contains(&room.as_str().len()));
+                    prop_assert!(room.as_str().chars().all(|c| c.is_ascii_alphanumeric() || ".:_-".contains(c)));
+                }
+            }
+        }
+    }
 }

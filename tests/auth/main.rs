@@ -6,6 +6,7 @@
 mod common;
 
 mod keys;
+mod matrix;
 mod scope;
 mod tokens;
 

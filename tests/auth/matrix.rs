@@ -1,0 +1,260 @@
+//! Who may do what, as a matrix: every RPC and every stream frame, tried by the
+//! room's owner, a member, an outsider and an admin (all with tokens), each on a room
+//! of its own, against what the rules say.
+
+use chatroom::pb;
+use serde_json::json;
+
+use crate::common::{Backend, Client, Ev, Sub, chat, create, join};
+use crate::{claims, jwt_app, token, with};
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Who {
+    Owner,
+    Member,
+    Outsider,
+    Admin,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Op {
+    GetRoom,
+    ListRooms,
+    JoinRoom,
+    EnterRoom,
+    LeaveRoom,
+    SwitchRoom,
+    UpdateAttributes,
+    UpdateName,
+    UpdateSettings,
+    DeleteRoom,
+    ListMembers,
+    SendMessage,
+    ListMessages,
+    StreamAttach,
+    StreamSend,
+    StreamDetach,
+    StreamPing,
+}
+
+const OPS: [Op; 17] = [
+    Op::GetRoom,
+    Op::ListRooms,
+    Op::JoinRoom,
+    Op::EnterRoom,
+    Op::LeaveRoom,
+    Op::SwitchRoom,
+    Op::UpdateAttributes,
+    Op::UpdateName,
+    Op::UpdateSettings,
+    Op::DeleteRoom,
+    Op::ListMembers,
+    Op::SendMessage,
+    Op::ListMessages,
+    Op::StreamAttach,
+    Op::StreamSend,
+    Op::StreamDetach,
+    Op::StreamPing,
+];
+
+/// What the rules say: `None` allowed, else the refusal's reason.
+fn expected(who: Who, op: Op) -> Option<&'static str> {
+    use Op::*;
+    let member = matches!(who, Who::Owner | Who::Member | Who::Admin);
+    let owner = matches!(who, Who::Owner | Who::Admin);
+    match op {
+        // Open to everyone: rooms are public to read and to join; leaving is
+        // idempotent; a stream and its pings need no room.
+        GetRoom | ListRooms | JoinRoom | EnterRoom | LeaveRoom | StreamPing => None,
+        // Moving out of a room needs being in it: an admin acts anywhere, but is in
+        // no room it did not join.
+        SwitchRoom => (!matches!(who, Who::Owner | Who::Member)).then_some("NOT_A_MEMBER"),
+        // Members (and admins) only.
+        UpdateAttributes | ListMembers | SendMessage | ListMessages | StreamAttach | StreamSend
+        | StreamDetach => (!member).then_some(if op == StreamDetach {
+            "NOT_ATTACHED"
+        } else {
+            "NOT_A_MEMBER"
+        }),
+        // The owner (and admins) only; an outsider is told it is no member first.
+        UpdateName | UpdateSettings => match (owner, member) {
+            (true, _) => None,
+            (false, true) => Some("NOT_ROOM_OWNER"),
+            (false, false) => Some("NOT_A_MEMBER"),
+        },
+        DeleteRoom => (!owner).then_some("NOT_ROOM_OWNER"),
+    }
+}
+
+/// Runs `op` on `room` as `client`: `Ok` or the refusal's reason.
+async fn run(client: &mut Client, op: Op, room: &str) -> Result<(), String> {
+    let reason = |status: tonic::Status| -> String {
+        use tonic_types::StatusExt;
+        status
+            .get_details_error_info()
+            .map(|i| i.reason)
+            .unwrap_or_else(|| format!("{:?}", status.code()))
+    };
+    let id = room.to_string();
+    let unary = match op {
+        Op::GetRoom => client
+            .get_room(pb::GetRoomRequest { room_id: id })
+            .await
+            .map(drop),
+        Op::ListRooms => client
+            .list_rooms(pb::ListRoomsRequest::default())
+            .await
+            .map(drop),
+        Op::JoinRoom => client.join_room(join(room)).await.map(drop),
+        Op::EnterRoom => client
+            .enter_room(pb::EnterRoomRequest {
+                room_id: id,
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        Op::LeaveRoom => client
+            .leave_room(pb::LeaveRoomRequest { room_id: id })
+            .await
+            .map(drop),
+        Op::SwitchRoom => client
+            .switch_room(pb::SwitchRoomRequest {
+                from_room_id: id,
+                to_room_id: "elsewhere".into(),
+                display_name: String::new(),
+            })
+            .await
+            .map(drop),
+        Op::UpdateAttributes => client
+            .update_room(pb::UpdateRoomRequest {
+                room_id: id,
+                set_attributes: [("k".to_string(), "v".to_string())].into(),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        Op::UpdateName => client
+            .update_room(pb::UpdateRoomRequest {
+                room_id: id,
+                name: Some("renamed".into()),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        Op::UpdateSettings => client
+            .update_room(pb::UpdateRoomRequest {
+                room_id: id,
+                settings: Some(pb::RoomSettings {
+                    max_members: 50,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        Op::DeleteRoom => client
+            .delete_room(pb::DeleteRoomRequest { room_id: id })
+            .await
+            .map(drop),
+        Op::ListMembers => client
+            .list_members(pb::ListMembersRequest {
+                room_id: id,
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        Op::SendMessage => client.send_message(chat(room, "hi")).await.map(drop),
+        Op::ListMessages => client
+            .list_messages(pb::ListMessagesRequest {
+                room_id: id,
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        Op::StreamAttach | Op::StreamSend | Op::StreamDetach | Op::StreamPing => {
+            return stream_op(client, op, room).await;
+        }
+    };
+    unary.map_err(reason)
+}
+
+/// A stream frame's answer: `Ok` or its StreamError's reason.
+async fn stream_op(client: &mut Client, op: Op, room: &str) -> Result<(), String> {
+    let mut sub = Sub::open(client).await;
+    let answer = match op {
+        Op::StreamAttach => sub.attach(room, None).await,
+        Op::StreamSend => sub.send(chat(room, "from a stream")).await,
+        Op::StreamDetach => {
+            let id = sub
+                .request(pb::subscribe_request::Frame::Detach(pb::DetachRoom {
+                    room_id: room.into(),
+                }))
+                .await;
+            sub.reply(&id).await
+        }
+        Op::StreamPing => {
+            let id = sub
+                .request(pb::subscribe_request::Frame::Ping(pb::Ping {}))
+                .await;
+            sub.reply(&id).await
+        }
+        _ => unreachable!("not a stream frame"),
+    };
+    match answer {
+        Ev::Error(e) => Err(e.reason),
+        _ => Ok(()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rpc_and_frame_by_every_kind_of_caller() {
+    let app = jwt_app(Backend::Sqlite).await;
+    let server = app.server();
+    let mut owner = server.token_client(&token(&claims("owner")));
+    let mut member = server.token_client(&token(&claims("member")));
+    let mut outsider = server.token_client(&token(&claims("outsider")));
+    let mut admin =
+        server.token_client(&token(&with(claims("admin"), json!({"roles": ["admin"]}))));
+    owner.create_room(create("elsewhere")).await.unwrap();
+    let mut failures = Vec::new();
+    for (n, op) in OPS.iter().enumerate() {
+        for (who, client) in [
+            (Who::Owner, &mut owner),
+            (Who::Member, &mut member),
+            (Who::Outsider, &mut outsider),
+            (Who::Admin, &mut admin),
+        ] {
+            // A fresh room for each case: owner and member are in it, the others not
+            // (the admin neither: it acts by its role).
+            let room = format!("m{n}-{who:?}").to_lowercase();
+            let mut owner_of = server.token_client(&token(&claims("owner")));
+            owner_of.create_room(create(&room)).await.unwrap();
+            let mut joining = server.token_client(&token(&claims("member")));
+            joining.join_room(join(&room)).await.unwrap();
+            if *op == Op::StreamDetach && who != Who::Outsider {
+                // Detach needs the room attached on the same stream first.
+                let mut sub = Sub::open(client).await;
+                sub.attached(&room, None).await;
+                let id = sub
+                    .request(pb::subscribe_request::Frame::Detach(pb::DetachRoom {
+                        room_id: room.clone(),
+                    }))
+                    .await;
+                let got = match sub.reply(&id).await {
+                    Ev::Error(e) => Err(e.reason),
+                    _ => Ok(()),
+                };
+                if got != Ok(()) {
+                    failures.push(format!("{who:?} {op:?}: expected allowed, got {got:?}"));
+                }
+                continue;
+            }
+            let got = run(client, *op, &room).await;
+            let want = expected(who, *op).map(str::to_string).map_or(Ok(()), Err);
+            if got != want {
+                failures.push(format!("{who:?} {op:?}: expected {want:?}, got {got:?}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
