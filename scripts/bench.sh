@@ -2,7 +2,8 @@
 # Runs every chatroom-bench scenario against a fresh release server, the way
 # BENCHMARKS.md reports them. Usage: scripts/bench.sh sqlite|postgres [OUT_FILE]
 # PostgreSQL: uses $BENCH_PG_URL (default postgres://postgres@127.0.0.1:5432) and
-# recreates the database chatroom_bench there.
+# recreates the database chatroom_bench there. BENCH_AUTH=jwt runs the server with
+# --auth jwt and the bench with a token per user (verified per call and per stream).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 store=${1:?usage: scripts/bench.sh sqlite|postgres [OUT_FILE]}
@@ -23,10 +24,15 @@ case "$store" in
     *) echo "unknown store $store" >&2; exit 2 ;;
 esac
 
+auth=()
+if [ "${BENCH_AUTH:-header}" = jwt ]; then
+    export CHATROOM_BENCH_JWT_SECRET=bench-secret-not-for-production
+    auth=(--auth jwt --jwt-secret "$CHATROOM_BENCH_JWT_SECRET")
+fi
 pid=
 start() {
     [ -n "$pid" ] && { kill -TERM "$pid"; wait "$pid" || true; }
-    target/release/chatroom --listen "$T" --database-url "$url" --log warn &
+    target/release/chatroom --listen "$T" --database-url "$url" --log warn "${auth[@]}" &
     pid=$!
     sleep 2
 }

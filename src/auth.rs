@@ -19,7 +19,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
-use crate::domain::{Caller, RoomScope, UserId, check_name};
+use crate::domain::{Caller, Grants, RoomScope, UserId, check_name};
 use crate::error::{Error, Result};
 
 /// Seconds of clock difference tolerated on `exp` and `nbf`.
@@ -124,11 +124,16 @@ impl Verifier {
             }
             None => None,
         };
+        let grants = (claims.name.is_some() || rooms.is_some()).then(|| {
+            std::sync::Arc::new(Grants {
+                name: claims.name,
+                rooms,
+            })
+        });
         Ok(Caller {
             user_id,
             admin: claims.roles.iter().any(|r| r == "admin"),
-            name: claims.name,
-            rooms,
+            grants,
         })
     }
 }

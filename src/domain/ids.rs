@@ -1,6 +1,7 @@
 //! Identifiers: rooms, users, and who is calling.
 
 use std::fmt;
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 
@@ -99,9 +100,17 @@ pub struct Caller {
     pub user_id: UserId,
     /// Admins may act in any room without being a member.
     pub admin: bool,
-    /// The display name to use where a request leaves it empty (a token's `name`).
+    /// What the caller's token says beyond who it is; `None` without one. Shared:
+    /// every stream keeps its caller, and clones it per attach.
+    pub grants: Option<Arc<Grants>>,
+}
+
+/// What a token grants beyond an identity.
+#[derive(Clone, Debug, Default)]
+pub struct Grants {
+    /// The display name to use where a request leaves it empty (`name`).
     pub name: Option<String>,
-    /// The rooms the caller's token is limited to; `None`: any room.
+    /// The rooms the token is limited to (`rooms`); `None`: any room.
     pub rooms: Option<RoomScope>,
 }
 
@@ -111,23 +120,25 @@ impl Caller {
         Caller {
             user_id,
             admin,
-            name: None,
-            rooms: None,
+            grants: None,
         }
     }
 
     /// The display name for a join: the requested one, or the token's when the
     /// request leaves it empty.
     pub fn display_name(&self, requested: String) -> String {
-        match (&self.name, requested.is_empty()) {
-            (Some(name), true) => name.clone(),
+        match self.grants.as_ref().and_then(|g| g.name.as_ref()) {
+            Some(name) if requested.is_empty() => name.clone(),
             _ => requested,
         }
     }
 
     /// Whether the caller's token lets it into `room` (no token limit: any room).
     pub fn may_enter(&self, room: &RoomId) -> bool {
-        self.rooms.as_ref().is_none_or(|scope| scope.allows(room))
+        self.grants
+            .as_ref()
+            .and_then(|g| g.rooms.as_ref())
+            .is_none_or(|scope| scope.allows(room))
     }
 }
 

@@ -11,7 +11,7 @@ use super::*;
 #[derive(Debug, Default)]
 pub struct OpenStreams {
     limit: u32,
-    per_user: Mutex<HashMap<String, u32>>,
+    per_user: Mutex<HashMap<Arc<str>, u32>>,
 }
 
 impl OpenStreams {
@@ -24,19 +24,20 @@ impl OpenStreams {
 }
 
 /// One open stream of a user; dropping it (the stream ended, however) frees it.
+/// Without a limit nothing is counted, and the slot is empty.
 #[derive(Debug)]
-pub struct StreamSlot {
-    streams: Arc<OpenStreams>,
-    user: String,
-}
+pub struct StreamSlot(Option<(Arc<OpenStreams>, Arc<str>)>);
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
-        let mut per_user = self.streams.per_user.lock().expect("open streams lock");
-        if let Some(n) = per_user.get_mut(&self.user) {
+        let Some((streams, user)) = self.0.take() else {
+            return;
+        };
+        let mut per_user = streams.per_user.lock().expect("open streams lock");
+        if let Some(n) = per_user.get_mut(&user) {
             *n -= 1;
             if *n == 0 {
-                per_user.remove(&self.user);
+                per_user.remove(&user);
             }
         }
     }
@@ -46,19 +47,22 @@ impl Rooms {
     /// A slot for one more Subscribe stream of the caller, or `TOO_MANY_STREAMS`.
     pub fn open_stream(&self, caller: &Caller) -> Result<StreamSlot> {
         let streams = &self.open_streams;
+        if streams.limit == 0 {
+            return Ok(StreamSlot(None));
+        }
         let user = caller.user_id.as_str();
         let mut per_user = streams.per_user.lock().expect("open streams lock");
-        let open = per_user.entry(user.to_string()).or_default();
-        if streams.limit > 0 && *open >= streams.limit {
+        let (user, open) = match per_user.get_key_value(user) {
+            Some((key, &open)) => (key.clone(), open),
+            None => (Arc::<str>::from(user), 0),
+        };
+        if open >= streams.limit {
             return Err(Error::TooManyStreams {
                 limit: streams.limit,
             });
         }
-        *open += 1;
-        Ok(StreamSlot {
-            streams: streams.clone(),
-            user: user.to_string(),
-        })
+        per_user.insert(user.clone(), open + 1);
+        Ok(StreamSlot(Some((streams.clone(), user))))
     }
 
     /// Checks that the caller may attach a room (a member or an admin, and the room

@@ -19,12 +19,46 @@ pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
 /// Adds the caller's identity to every request.
 #[derive(Clone)]
-pub struct As(MetadataValue<Ascii>);
+pub struct As(&'static str, MetadataValue<Ascii>);
 
 impl Interceptor for As {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        request.metadata_mut().insert("x-user-id", self.0.clone());
+        request.metadata_mut().insert(self.0, self.1.clone());
         Ok(request)
+    }
+}
+
+/// With `--jwt-secret`, clients carry an HS256 token per user instead of `x-user-id`
+/// (a server with `--auth jwt` and the same secret verifies one per call and per
+/// stream).
+static JWT_SECRET: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+
+/// Makes every client from now on authenticate with tokens signed by `secret`.
+pub fn use_jwt_secret(secret: &str) {
+    let _ = JWT_SECRET.set(secret.as_bytes().to_vec());
+}
+
+/// The identity `user`'s calls carry.
+fn identity(user: &str) -> As {
+    match JWT_SECRET.get() {
+        None => As("x-user-id", user.parse().expect("ASCII user id")),
+        Some(secret) => {
+            let exp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+                + 24 * 3600;
+            let claims = serde_json::json!({ "sub": user, "exp": exp });
+            let token = jsonwebtoken::encode(
+                &jsonwebtoken::Header::default(),
+                &claims,
+                &jsonwebtoken::EncodingKey::from_secret(secret),
+            )
+            .expect("an HS256 token");
+            As(
+                "authorization",
+                format!("Bearer {token}").parse().expect("an ASCII token"),
+            )
+        }
     }
 }
 
@@ -45,11 +79,8 @@ pub async fn connect(target: &str, count: usize) -> Result<Vec<Channel>, Error> 
 
 /// A client acting as `user` over `channel`.
 pub fn client(channel: &Channel, user: &str) -> Client {
-    ChatRoomServiceClient::with_interceptor(
-        channel.clone(),
-        As(user.parse().expect("ASCII user id")),
-    )
-    .max_decoding_message_size(64 * 1024 * 1024)
+    ChatRoomServiceClient::with_interceptor(channel.clone(), identity(user))
+        .max_decoding_message_size(64 * 1024 * 1024)
 }
 
 /// A fresh id so runs never share rooms.
@@ -164,15 +195,31 @@ impl Report {
     }
 }
 
-/// Opens a Subscribe stream that sends one `first` frame and then keeps its sending
-/// side open without a queue (listening only).
-pub async fn listen(
-    client: &mut Client,
-    first: pb::SubscribeRequest,
-) -> Result<tonic::Streaming<pb::SubscribeResponse>, Status> {
+/// A listening Subscribe stream: its responses, and the sending side kept open.
+/// Dropping it ends both, which resets the stream: a request side left open forever
+/// (as a never-ending outbound stream would) keeps the HTTP/2 stream — and the
+/// server's session — alive after the responses are dropped.
+pub struct Listening {
+    pub responses: tonic::Streaming<pb::SubscribeResponse>,
+    _sending: tokio::sync::mpsc::Sender<pb::SubscribeRequest>,
+}
+
+impl Listening {
+    pub async fn message(&mut self) -> Result<Option<pb::SubscribeResponse>, Status> {
+        self.responses.message().await
+    }
+}
+
+/// Opens a Subscribe stream that sends one `first` frame and then listens.
+pub async fn listen(client: &mut Client, first: pb::SubscribeRequest) -> Result<Listening, Status> {
     use tokio_stream::StreamExt;
-    let outbound = tokio_stream::once(first).chain(tokio_stream::pending());
-    Ok(client.subscribe(outbound).await?.into_inner())
+    let (sending, outbound) = tokio::sync::mpsc::channel(1);
+    let outbound =
+        tokio_stream::once(first).chain(tokio_stream::wrappers::ReceiverStream::new(outbound));
+    Ok(Listening {
+        responses: client.subscribe(outbound).await?.into_inner(),
+        _sending: sending,
+    })
 }
 
 /// The frame that attaches `room` live.

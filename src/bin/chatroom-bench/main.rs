@@ -26,6 +26,10 @@ struct Cli {
     /// Also print the figures as one JSON object on the last line.
     #[arg(long, global = true)]
     json: bool,
+    /// Authenticate with HS256 tokens signed with this secret (for a server with
+    /// `--auth jwt --jwt-secret` the same), one per user, instead of `x-user-id`.
+    #[arg(long, global = true, env = "CHATROOM_BENCH_JWT_SECRET")]
+    jwt_secret: Option<String>,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -45,6 +49,9 @@ enum Scenario {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if let Some(secret) = &cli.jwt_secret {
+        common::use_jwt_secret(secret);
+    }
     let mut report = common::Report::default();
     let outcome = match cli.scenario {
         Scenario::Fanout(args) => fanout::run(&cli.target, args, &mut report).await,
