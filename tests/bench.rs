@@ -37,14 +37,7 @@ async fn every_bench_scenario_runs_clean(backend: Backend) {
     )
     .await;
     assert_eq!(fanout["scenario"], "fanout");
-    assert_eq!(
-        (
-            fanout["lost"].as_u64(),
-            fanout["duplicated"].as_u64(),
-            fanout["out_of_order"].as_u64()
-        ),
-        (Some(0), Some(0), Some(0))
-    );
+    common::assert_fanout_clean(&fanout);
     let published = fanout["published"].as_u64().unwrap();
     assert!(published > 0);
     assert_eq!(fanout["delivered"].as_u64().unwrap(), published * 20);

@@ -107,14 +107,7 @@ async fn the_fanout_bench_runs_clean_across_nodes() {
     let published = report["published"].as_u64().unwrap();
     assert!(published > 0);
     assert_eq!(report["delivered"].as_u64(), Some(published * 20));
-    assert_eq!(
-        (
-            report["lost"].as_u64(),
-            report["duplicated"].as_u64(),
-            report["out_of_order"].as_u64()
-        ),
-        (Some(0), Some(0), Some(0))
-    );
+    common::assert_fanout_clean(&report);
     cluster.stop().await;
 }
 

@@ -206,3 +206,17 @@ pub async fn history(client: &mut Client, room_id: &str) -> Vec<pb::Message> {
         }
     }
 }
+
+/// Asserts a `chatroom-bench fanout` report lost, duplicated and reordered nothing.
+#[track_caller]
+pub fn assert_fanout_clean(report: &serde_json::Value) {
+    assert_eq!(
+        (
+            report["lost"].as_u64(),
+            report["duplicated"].as_u64(),
+            report["out_of_order"].as_u64()
+        ),
+        (Some(0), Some(0), Some(0)),
+        "the fanout run was not clean: {report}"
+    );
+}
