@@ -152,6 +152,18 @@ pub struct Config {
     #[arg(long, env = "CHATROOM_SEND_BURST", default_value_t = 0)]
     pub send_burst: u32,
 
+    /// Room changes (CreateRoom, JoinRoom, EnterRoom, LeaveRoom, SwitchRoom,
+    /// UpdateRoom, DeleteRoom) per second one user may make. Over it:
+    /// RESOURCE_EXHAUSTED RATE_LIMITED with a RetryInfo, nothing changed. 0: unlimited.
+    /// Per node.
+    #[arg(long, env = "CHATROOM_ROOM_CHANGE_RATE", default_value_t = 0)]
+    pub room_change_rate: u32,
+
+    /// How many room changes one user may make at once before `--room-change-rate`
+    /// applies (default: one second's worth).
+    #[arg(long, env = "CHATROOM_ROOM_CHANGE_BURST", default_value_t = 0)]
+    pub room_change_burst: u32,
+
     /// Most Subscribe streams one user may have open at once on this node (more:
     /// RESOURCE_EXHAUSTED TOO_MANY_STREAMS). 0: unlimited.
     #[arg(long, env = "CHATROOM_MAX_STREAMS_PER_USER", default_value_t = 64)]
@@ -215,6 +227,8 @@ impl Config {
             nats_grace_ms: 5_000,
             send_rate: 0,
             send_burst: 0,
+            room_change_rate: 0,
+            room_change_burst: 0,
             max_streams_per_user: 64,
             max_streams_per_connection: 1024,
             tls_cert: None,

@@ -159,8 +159,14 @@ pub async fn serve(
             max_text_bytes: config.max_text_bytes,
             max_payload_bytes: config.max_payload_bytes,
         },
-        send_rate: config.send_rate,
-        send_burst: config.send_burst,
+        sends: rooms::rates::Rate {
+            per_second: config.send_rate,
+            burst: config.send_burst,
+        },
+        room_changes: rooms::rates::Rate {
+            per_second: config.room_change_rate,
+            burst: config.room_change_burst,
+        },
         max_streams_per_user: config.max_streams_per_user,
     };
     let (rooms, admissions) =

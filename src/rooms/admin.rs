@@ -33,6 +33,7 @@ impl Rooms {
         room_id: &RoomId,
         patch: RoomPatch,
     ) -> Result<Room> {
+        self.rates.check_change(caller.user_id.as_str())?;
         let mut tx = self.store.begin().await?;
         let mut room = lock_existing(&mut tx, room_id).await?;
         if !caller.admin {
@@ -71,6 +72,7 @@ impl Rooms {
 
     /// Deletes a room with its members and history (owner or admin).
     pub async fn delete(&self, caller: &Caller, room_id: &RoomId) -> Result<()> {
+        self.rates.check_change(caller.user_id.as_str())?;
         let mut tx = self.store.begin().await?;
         let room = lock_existing(&mut tx, room_id).await?;
         if !caller.admin && room.owner_id != caller.user_id.as_str() {

@@ -13,6 +13,7 @@ impl Rooms {
         display_name: String,
     ) -> Result<Room> {
         check_in_token(caller, &room.id)?;
+        self.rates.check_change(caller.user_id.as_str())?;
         let display_name = caller.display_name(display_name);
         let room = self
             .admissions
@@ -29,6 +30,7 @@ impl Rooms {
         display_name: String,
     ) -> Result<Room> {
         check_in_token(caller, room_id)?;
+        self.rates.check_change(caller.user_id.as_str())?;
         let display_name = caller.display_name(display_name);
         let joined = self
             .admissions
@@ -48,6 +50,7 @@ impl Rooms {
         display_name: String,
     ) -> Result<(Room, bool)> {
         check_in_token(caller, &room.id)?;
+        self.rates.check_change(caller.user_id.as_str())?;
         let display_name = caller.display_name(display_name);
         let joined = self
             .admissions
@@ -58,6 +61,7 @@ impl Rooms {
 
     /// Leaves a room; not being a member is not an error. Returns the member removed.
     pub async fn leave(&self, caller: &Caller, room_id: &RoomId) -> Result<Option<Member>> {
+        self.rates.check_change(caller.user_id.as_str())?;
         self.admissions
             .leave(room_id, caller.user_id.as_str())
             .await
@@ -75,6 +79,7 @@ impl Rooms {
         display_name: String,
     ) -> Result<Room> {
         check_in_token(caller, to)?;
+        self.rates.check_change(caller.user_id.as_str())?;
         let display_name = caller.display_name(display_name);
         let room = self
             .admissions

@@ -30,7 +30,7 @@ impl Rooms {
         draft: Draft,
         sender_name: Option<&str>,
     ) -> Result<Sent> {
-        self.rates.check(caller.user_id.as_str(), draft.kind)?;
+        self.rates.check_send(caller.user_id.as_str(), draft.kind)?;
         let room_id = draft.room_id.clone();
         if draft.kind.is_stored() {
             // The writer checks membership and takes the display name in its own

@@ -51,8 +51,10 @@ pub struct Limits {
     /// Message size limits.
     pub messages: MessageLimits,
     /// Sends per second per user and kind (0: unlimited), and the burst allowed.
-    pub send_rate: u32,
-    pub send_burst: u32,
+    pub sends: rates::Rate,
+    /// Room changes (create, join, enter, leave, switch, update, delete) per second
+    /// per user (0: unlimited), and the burst allowed.
+    pub room_changes: rates::Rate,
     /// Most Subscribe streams one user may have open at once (0: unlimited).
     pub max_streams_per_user: u32,
 }
@@ -80,7 +82,7 @@ pub struct Rooms {
     /// This process as a cluster node; `None` on a single node.
     node: Option<Node>,
     /// Per-user send buckets.
-    rates: Arc<rates::SendRates>,
+    rates: Arc<rates::Rates>,
     /// Subscribe streams open per user.
     open_streams: Arc<streams::OpenStreams>,
 }
@@ -162,7 +164,7 @@ impl Rooms {
             admissions,
             deadlines_changed,
             node: None,
-            rates: Arc::new(rates::SendRates::new(limits.send_rate, limits.send_burst)),
+            rates: Arc::new(rates::Rates::new(limits.sends, limits.room_changes)),
             open_streams: Arc::new(streams::OpenStreams::new(limits.max_streams_per_user)),
             limits,
         };

@@ -1,11 +1,17 @@
-//! Per-user send rates (`--send-rate`, `--send-burst`): a token bucket per user and
-//! per kind of traffic — CHAT and COMMAND in one, BARRAGE (cheap, unstored, bursty by
-//! nature) in another, so a flood of barrage cannot starve a user's chat or the other
-//! way round. SendMessage and stream sends draw on the same buckets.
+//! Per-user rates: a token bucket per user and per kind of traffic.
 //!
-//! The buckets are per node: a user sending through two nodes of a cluster gets each
-//! node's rate. Memory is one small entry per user who sent lately; entries idle long
-//! enough to be full again are dropped every [`SWEEP_EVERY`] checks.
+//! Sends (`--send-rate`, `--send-burst`): CHAT and COMMAND in one bucket, BARRAGE
+//! (cheap, unstored, bursty by nature) in another, so a flood of barrage cannot
+//! starve a user's chat or the other way round. SendMessage and stream sends draw on
+//! the same buckets. Room changes (`--room-change-rate`, `--room-change-burst`):
+//! CreateRoom, JoinRoom, EnterRoom, LeaveRoom, SwitchRoom, UpdateRoom and DeleteRoom
+//! share a third — each is a transaction and a room event for everyone in the room,
+//! so they are what a hostile client would repeat to load the database and the
+//! room's members.
+//!
+//! The buckets are per node: a user calling through two nodes of a cluster gets each
+//! node's rate. Memory is one small entry per user who called lately; entries idle
+//! long enough to be full again are dropped every [`SWEEP_EVERY`] checks.
 
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,42 +29,70 @@ const SWEEP_EVERY: u64 = 4096;
 
 type Buckets = RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock>;
 
-/// The send buckets; no limit when `--send-rate` is 0.
-pub struct SendRates {
-    /// CHAT and COMMAND, then BARRAGE.
-    buckets: Option<(Buckets, Buckets)>,
+/// A rate: so many per second per user, up to `burst` at once (0: one second's
+/// worth). `per_second` 0: unlimited.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Rate {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+impl Rate {
+    fn buckets(self) -> Option<Buckets> {
+        let rate = NonZeroU32::new(self.per_second)?;
+        let burst = NonZeroU32::new(self.burst).unwrap_or(rate);
+        Some(RateLimiter::keyed(
+            Quota::per_second(rate).allow_burst(burst),
+        ))
+    }
+}
+
+/// The buckets; a kind with no rate is unlimited.
+pub struct Rates {
+    chat: Option<Buckets>,
+    barrage: Option<Buckets>,
+    changes: Option<Buckets>,
     clock: DefaultClock,
     checks: AtomicU64,
 }
 
-impl SendRates {
-    /// `rate` sends per second per user and kind, up to `burst` at once (at least
-    /// one); `rate` 0: unlimited.
-    pub fn new(rate: u32, burst: u32) -> Self {
-        let buckets = NonZeroU32::new(rate).map(|rate| {
-            let burst = NonZeroU32::new(burst).unwrap_or(rate);
-            let quota = Quota::per_second(rate).allow_burst(burst);
-            (RateLimiter::keyed(quota), RateLimiter::keyed(quota))
-        });
-        SendRates {
-            buckets,
+impl Rates {
+    /// `sends` for each of the two send buckets, `changes` for room changes.
+    pub fn new(sends: Rate, changes: Rate) -> Self {
+        Rates {
+            chat: sends.buckets(),
+            barrage: sends.buckets(),
+            changes: changes.buckets(),
             clock: DefaultClock::default(),
             checks: AtomicU64::new(0),
         }
     }
 
     /// Takes one send of `kind` from `user`'s bucket, or says how long to wait.
-    pub fn check(&self, user: &str, kind: MessageKind) -> Result<()> {
-        let Some((chat, barrage)) = &self.buckets else {
+    pub fn check_send(&self, user: &str, kind: MessageKind) -> Result<()> {
+        let buckets = match kind {
+            MessageKind::Barrage => &self.barrage,
+            MessageKind::Chat | MessageKind::Command => &self.chat,
+        };
+        self.take(buckets, user)
+    }
+
+    /// Takes one room change from `user`'s bucket, or says how long to wait.
+    pub fn check_change(&self, user: &str) -> Result<()> {
+        self.take(&self.changes, user)
+    }
+
+    fn take(&self, buckets: &Option<Buckets>, user: &str) -> Result<()> {
+        let Some(buckets) = buckets else {
             return Ok(());
         };
-        let buckets = match kind {
-            MessageKind::Barrage => barrage,
-            MessageKind::Chat | MessageKind::Command => chat,
-        };
         if self.checks.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
-            chat.retain_recent();
-            barrage.retain_recent();
+            for buckets in [&self.chat, &self.barrage, &self.changes]
+                .into_iter()
+                .flatten()
+            {
+                buckets.retain_recent();
+            }
         }
         let key = user.to_string();
         buckets
@@ -77,29 +111,55 @@ mod tests {
 
     #[test]
     fn a_burst_passes_then_the_next_send_waits() {
-        let rates = SendRates::new(10, 3);
+        let sends = Rate {
+            per_second: 10,
+            burst: 3,
+        };
+        let rates = Rates::new(sends, Rate::default());
         for _ in 0..3 {
-            rates.check("alice", MessageKind::Chat).unwrap();
+            rates.check_send("alice", MessageKind::Chat).unwrap();
         }
-        let Err(Error::RateLimited { retry_after }) = rates.check("alice", MessageKind::Chat)
+        let Err(Error::RateLimited { retry_after }) = rates.check_send("alice", MessageKind::Chat)
         else {
             panic!("the fourth send is over the burst");
         };
         assert!(retry_after > Duration::ZERO && retry_after <= Duration::from_millis(100));
         // Other users and barrage have buckets of their own.
-        rates.check("bob", MessageKind::Chat).unwrap();
-        rates.check("alice", MessageKind::Barrage).unwrap();
+        rates.check_send("bob", MessageKind::Chat).unwrap();
+        rates.check_send("alice", MessageKind::Barrage).unwrap();
         assert!(
-            rates.check("alice", MessageKind::Command).is_err(),
+            rates.check_send("alice", MessageKind::Command).is_err(),
             "COMMAND shares CHAT's"
         );
+        // Room changes are unlimited here and draw on no send bucket.
+        for _ in 0..1000 {
+            rates.check_change("alice").unwrap();
+        }
+    }
+
+    #[test]
+    fn room_changes_have_a_bucket_of_their_own() {
+        let changes = Rate {
+            per_second: 1,
+            burst: 2,
+        };
+        let rates = Rates::new(Rate::default(), changes);
+        rates.check_change("alice").unwrap();
+        rates.check_change("alice").unwrap();
+        let Err(Error::RateLimited { retry_after }) = rates.check_change("alice") else {
+            panic!("the third change is over the burst");
+        };
+        assert!(retry_after > Duration::from_millis(500) && retry_after <= Duration::from_secs(1));
+        rates.check_change("bob").unwrap();
+        rates.check_send("alice", MessageKind::Chat).unwrap();
     }
 
     #[test]
     fn rate_zero_is_unlimited() {
-        let rates = SendRates::new(0, 0);
+        let rates = Rates::new(Rate::default(), Rate::default());
         for _ in 0..10_000 {
-            rates.check("alice", MessageKind::Chat).unwrap();
+            rates.check_send("alice", MessageKind::Chat).unwrap();
+            rates.check_change("alice").unwrap();
         }
     }
 }

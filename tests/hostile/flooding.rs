@@ -1,6 +1,7 @@
-//! One user flooding: sends faster than `--send-rate` are refused with how long to
-//! wait (and nothing is stored for them), and Subscribe streams beyond
-//! `--max-streams-per-user` are refused — also after thousands opened and dropped.
+//! One user flooding: sends faster than `--send-rate` and room changes faster than
+//! `--room-change-rate` are refused with how long to wait (and nothing is written for
+//! them), and Subscribe streams beyond `--max-streams-per-user` are refused — also
+//! after thousands opened and dropped.
 
 use std::time::Duration;
 
@@ -8,11 +9,15 @@ use chatroom::pb;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::common::{self, Backend, Client, Ev, Sub, TestApp, assert_error, chat, create, join};
+use crate::common::{
+    self, Backend, Client, Ev, Sub, TestApp, assert_error, chat, create, enter, join, leave,
+    member_ids,
+};
 use crate::on_both_stores;
 
 on_both_stores!(
     sends_over_the_rate_wait_their_turn,
+    room_changes_over_the_rate_wait_their_turn,
     streams_beyond_the_cap_are_refused,
 );
 
@@ -91,6 +96,58 @@ async fn sends_over_the_rate_wait_their_turn(backend: Backend) {
         .map(|m| m.text)
         .collect();
     assert_eq!(texts, ["m0", "m1", "m2", "bob's own", "after waiting"]);
+}
+
+async fn room_changes_over_the_rate_wait_their_turn(backend: Backend) {
+    let app = TestApp::with(backend, |c| {
+        c.room_change_rate = 2;
+        c.room_change_burst = 3;
+    })
+    .await;
+    let mut alice = app.client("alice").await;
+    // Create, join (already a member) and enter: the burst of three.
+    alice.create_room(create("r")).await.unwrap();
+    alice.join_room(join("r")).await.unwrap();
+    alice.enter_room(enter("r")).await.unwrap();
+    // Every room-changing call draws on the same bucket and changes nothing when
+    // refused.
+    let delay = retry_delay(&alice.create_room(create("r2")).await.unwrap_err());
+    assert!(
+        delay <= Duration::from_millis(500),
+        "one change's worth at 2/s: {delay:?}"
+    );
+    retry_delay(&alice.leave_room(leave("r")).await.unwrap_err());
+    retry_delay(
+        &alice
+            .delete_room(pb::DeleteRoomRequest {
+                room_id: "r".into(),
+            })
+            .await
+            .unwrap_err(),
+    );
+    assert_error(
+        &alice
+            .get_room(pb::GetRoomRequest {
+                room_id: "r2".into(),
+            })
+            .await
+            .unwrap_err(),
+        Code::NotFound,
+        "ROOM_NOT_FOUND",
+    );
+    assert_eq!(member_ids(&alice, "r").await, ["alice"], "still in r");
+
+    // Reads and sends are not room changes; another user has a bucket of its own.
+    alice
+        .send_message(chat("r", "still sending"))
+        .await
+        .unwrap();
+    let mut bob = app.client("bob").await;
+    bob.join_room(join("r")).await.unwrap();
+
+    // After the delay, a change passes again.
+    tokio::time::sleep(delay + Duration::from_millis(50)).await;
+    alice.create_room(create("r2")).await.unwrap();
 }
 
 /// Opens a Subscribe stream and proves it is open (a ping answered); the status
