@@ -17,15 +17,27 @@ pub const MAX_ATTRIBUTE_VALUE_CHARS: usize = 4096;
 /// A room's free-form metadata, kept sorted so it reads back the same everywhere.
 pub type Attributes = BTreeMap<String, String>;
 
-/// Checks attribute keys and values, and that there are at most [`MAX_ATTRIBUTES`].
+/// Checks attribute keys and values, and that there are at most [`MAX_ATTRIBUTES`]
+/// (refused as soon as one too many is seen, so 10,000 cost no more than 65). Keys
+/// are identifiers a client shows and matches on: no control characters. Values are
+/// free text (a newline is fine), only without NUL.
 pub fn check_attributes<'a>(
     field: &str,
     attributes: impl IntoIterator<Item = (&'a String, &'a String)>,
 ) -> Result<()> {
-    let mut count = 0;
-    for (key, value) in attributes {
-        count += 1;
-        check_no_nul(field, key)?;
+    for (count, (key, value)) in attributes.into_iter().enumerate() {
+        if count == MAX_ATTRIBUTES {
+            return Err(Error::invalid(
+                field,
+                format!("at most {MAX_ATTRIBUTES} attributes are allowed"),
+            ));
+        }
+        if key.chars().any(char::is_control) {
+            return Err(Error::invalid(
+                field,
+                "keys must not contain control characters",
+            ));
+        }
         check_no_nul(field, value)?;
         let keys = key.chars().count();
         if keys == 0 || keys > MAX_ATTRIBUTE_KEY_CHARS {
@@ -40,12 +52,6 @@ pub fn check_attributes<'a>(
                 format!("value of {key:?} must be at most {MAX_ATTRIBUTE_VALUE_CHARS} characters"),
             ));
         }
-    }
-    if count > MAX_ATTRIBUTES {
-        return Err(Error::invalid(
-            field,
-            format!("at most {MAX_ATTRIBUTES} attributes are allowed"),
-        ));
     }
     Ok(())
 }
@@ -177,5 +183,9 @@ mod tests {
         assert!(check_attributes("attributes", &attrs).is_err());
         let empty_key = Attributes::from([(String::new(), "v".into())]);
         assert!(check_attributes("attributes", &empty_key).is_err());
+        let control_key = Attributes::from([("k\n".to_string(), "v".into())]);
+        assert!(check_attributes("attributes", &control_key).is_err());
+        let newline_value = Attributes::from([("k".to_string(), "line\nline".into())]);
+        assert!(check_attributes("attributes", &newline_value).is_ok());
     }
 }

@@ -153,7 +153,7 @@ async fn the_writer_isolates_an_entry_the_database_refuses(backend: Backend) {
 }
 
 /// Encodes a message whose string field `tag` holds bytes that are not UTF-8.
-fn with_bad_utf8(tag: u32) -> bytes::Bytes {
+pub(crate) fn with_bad_utf8(tag: u32) -> bytes::Bytes {
     let mut buf = Vec::new();
     prost::encoding::bytes::encode(tag, &vec![0xff, 0xfe, 0x41], &mut buf);
     bytes::Bytes::from(buf)
@@ -161,7 +161,7 @@ fn with_bad_utf8(tag: u32) -> bytes::Bytes {
 
 /// A codec that sends pre-encoded bytes and decodes `D`.
 #[derive(Default)]
-struct RawCodec<D>(std::marker::PhantomData<D>);
+pub(crate) struct RawCodec<D>(std::marker::PhantomData<D>);
 
 impl<D: prost::Message + Default + Send + 'static> tonic::codec::Codec for RawCodec<D> {
     type Encode = bytes::Bytes;
@@ -176,7 +176,7 @@ impl<D: prost::Message + Default + Send + 'static> tonic::codec::Codec for RawCo
     }
 }
 
-struct RawEncoder;
+pub(crate) struct RawEncoder;
 
 impl tonic::codec::Encoder for RawEncoder {
     type Item = bytes::Bytes;

@@ -7,6 +7,7 @@
 mod common;
 
 mod bad_input;
+mod fields;
 mod flooding;
 mod leaving;
 mod memory;
