@@ -49,6 +49,17 @@ pub struct Config {
     #[arg(long, env = "CHATROOM_JWT_PUBLIC_KEY")]
     pub jwt_public_key: Option<std::path::PathBuf>,
 
+    /// With `--auth jwt`: a JWKS URL (https, or http to a loopback address) whose
+    /// public keys verify tokens, chosen by their `kid`. Fetched before serving,
+    /// again every `--jwt-jwks-refresh`, and at once for an unknown `kid` (at most
+    /// once every 10 s). Unreachable: the keys fetched before stay in use.
+    #[arg(long, env = "CHATROOM_JWT_JWKS_URL")]
+    pub jwt_jwks_url: Option<String>,
+
+    /// Seconds between fetches of `--jwt-jwks-url`.
+    #[arg(long = "jwt-jwks-refresh", value_name = "SECONDS", env = "CHATROOM_JWT_JWKS_REFRESH", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    pub jwt_jwks_refresh_secs: u64,
+
     /// With `--auth jwt`: the `iss` every token must carry.
     #[arg(long, env = "CHATROOM_JWT_ISSUER")]
     pub jwt_issuer: Option<String>,
@@ -208,6 +219,8 @@ impl Config {
             jwt_secret: None,
             jwt_secret_file: None,
             jwt_public_key: None,
+            jwt_jwks_url: None,
+            jwt_jwks_refresh_secs: 300,
             jwt_issuer: None,
             jwt_audience: None,
             admin_users: Vec::new(),
@@ -264,6 +277,12 @@ impl Config {
         if let Some(path) = &self.jwt_public_key {
             keys.push(KeySource::PublicKeyPem(read("jwt_public_key", path)?));
         }
+        if let Some(url) = &self.jwt_jwks_url {
+            let refresh = std::time::Duration::from_secs(self.jwt_jwks_refresh_secs);
+            keys.push(KeySource::Jwks(crate::auth::jwks::Source::parse(
+                url, refresh,
+            )?));
+        }
         match self.auth {
             AuthMode::Header => {
                 if !keys.is_empty() || self.jwt_issuer.is_some() || self.jwt_audience.is_some() {
@@ -278,7 +297,7 @@ impl Config {
                 if keys.len() != 1 {
                     return Err(Error::invalid(
                         "auth",
-                        "--auth jwt needs exactly one of --jwt-secret, --jwt-secret-file, --jwt-public-key",
+                        "--auth jwt needs exactly one of --jwt-secret, --jwt-secret-file, --jwt-public-key, --jwt-jwks-url",
                     ));
                 }
                 let expect = Expectations {

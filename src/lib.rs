@@ -221,6 +221,12 @@ pub async fn serve(
         None => Vec::new(),
     };
     let expiry = rooms::expiry::start(rooms.clone(), stop.clone());
+    // Keys from a JWKS are fetched before the first call is served (a provider that
+    // does not answer yet is retried in the background).
+    let jwks = match tokens.as_ref().and_then(|t| t.key_set()) {
+        Some(set) => Some(set.clone().keep_fresh(stop.clone()).await),
+        None => None,
+    };
     let session_limits = api::SessionLimits {
         max_rooms_per_stream: config.max_rooms_per_stream as usize,
     };
@@ -298,6 +304,9 @@ pub async fn serve(
     };
 
     let _ = health_task.await;
+    if let Some(jwks) = jwks {
+        jwks.abort();
+    }
     // The expiry task holds the last handles to the writers besides the service.
     let _ = expiry.await;
     let writers = writers.await?;

@@ -24,6 +24,7 @@ use crate::rooms::Rooms;
 use crate::rooms::streams::StreamSlot;
 use server::chat_room_service_server::ChatRoomService;
 pub use session::SessionLimits;
+use tonic::metadata::MetadataMap;
 
 /// The generated server: like `pb`'s client, except that Subscribe yields [`Frame`]s.
 pub mod server {
@@ -90,17 +91,16 @@ impl ChatRoomApi {
 
     /// The caller of a request: from its bearer token with `--auth jwt` (verified once
     /// per call, and once per Subscribe stream), else from its `x-user-id` metadata.
-    fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Error> {
+    async fn caller(&self, metadata: &MetadataMap) -> Result<Caller, Error> {
         match &self.tokens {
-            Some(verifier) => verifier.verify(bearer_token(request.metadata())?),
-            None => self.header_caller(request),
+            Some(verifier) => verifier.verify(bearer_token(metadata)?).await,
+            None => self.header_caller(metadata),
         }
     }
 
     /// The caller `x-user-id` names (trusted as it is).
-    fn header_caller<T>(&self, request: &Request<T>) -> Result<Caller, Error> {
-        let value = request
-            .metadata()
+    fn header_caller(&self, metadata: &MetadataMap) -> Result<Caller, Error> {
+        let value = metadata
             .get(USER_ID_HEADER)
             .ok_or_else(|| Error::Unauthenticated(format!("missing {USER_ID_HEADER} metadata")))?;
         let text = value
@@ -113,7 +113,7 @@ impl ChatRoomApi {
 }
 
 /// The token of an `authorization: Bearer <token>` entry.
-fn bearer_token(metadata: &tonic::metadata::MetadataMap) -> Result<&str, Error> {
+fn bearer_token(metadata: &MetadataMap) -> Result<&str, Error> {
     let refused = |reason, description: &str| Error::TokenRefused {
         reason,
         description: description.to_string(),
@@ -148,7 +148,7 @@ impl ChatRoomService for ChatRoomApi {
         &self,
         request: Request<pb::CreateRoomRequest>,
     ) -> Result<Response<pb::CreateRoomResponse>, Status> {
-        let caller = self.caller(&request)?;
+        let caller = self.caller(request.metadata()).await?;
         let req = request.into_inner();
         let display_name = decode::display_name(req.display_name)?;
         let room = decode::new_room(req.room_id, req.name, req.attributes, req.settings)?;
@@ -162,7 +162,7 @@ impl ChatRoomService for ChatRoomApi {
         &self,
         request: Request<pb::JoinRoomRequest>,
     ) -> Result<Response<pb::JoinRoomResponse>, Status> {
-        let caller = self.caller(&request)?;
+        let caller = self.caller(request.metadata()).await?;
         let req = request.into_inner();
         let room_id = decode::room_id("room_id", req.room_id)?;
         let display_name = decode::display_name(req.display_name)?;
@@ -176,7 +176,7 @@ impl ChatRoomService for ChatRoomApi {
         &self,
         request: Request<pb::EnterRoomRequest>,
     ) -> Result<Response<pb::EnterRoomResponse>, Status> {
-        let caller = self.caller(&request)?;
+        let caller = self.caller(request.metadata()).await?;
         let req = request.into_inner();
         let display_name = decode::display_name(req.display_name)?;
         let room = decode::new_room(req.room_id, req.name, req.attributes, req.settings)?;
@@ -191,7 +191,7 @@ impl ChatRoomService for ChatRoomApi {
         &self,
         request: Request<pb::LeaveRoomRequest>,
     ) -> Result<Response<pb::LeaveRoomResponse>, Status> {
-        let caller = self.caller(&request)?;
+        let caller = self.caller(request.metadata()).await?;
         let room_id = decode::room_id("room_id", request.into_inner().room_id)?;
         self.rooms.leave(&caller, &room_id).await?;
         Ok(Response::new(pb::LeaveRoomResponse {}))
@@ -201,7 +201,7 @@ impl ChatRoomService for ChatRoomApi {
         &self,
         request: Request<pb::SwitchRoomRequest>,
     ) -> Result<Response<pb::SwitchRoomResponse>, Status> {
-        let caller = self.caller(&request)?;
+        let caller = self.caller(request.metadata()).await?;
         let req = request.into_inner();
         let from = decode::room_id("from_room_id", req.from_room_id)?;
         let to = decode::room_id("to_room_id", req.to_room_id)?;
@@ -216,7 +216,7 @@ impl ChatRoomService for ChatRoomApi {
         &self,
         request: Request<pb::GetRoomRequest>,
     ) -> Result<Response<pb::GetRoomResponse>, Status> {
-        self.caller(&request)?;
+        self.caller(request.metadata()).await?;
         let room_id = decode::room_id("room_id", request.into_inner().room_id)?;
         let room = self.rooms.get(&room_id).await?;
         Ok(Response::new(pb::GetRoomResponse {
@@ -228,7 +228,7 @@ impl ChatRoomService for ChatRoomApi {
         &self,
         request: Request<pb::ListRoomsRequest>,
     ) -> Result<Response<pb::ListRoomsResponse>, Status> {
-        self.caller(&request)?;
+        self.caller(request.metadata()).await?;
         let req = request.into_inner();
         crate::domain::check_name("name", &req.name)?;
         crate::domain::check_name("name_prefix", &req.name_prefix)?;
@@ -248,7 +248,7 @@ impl ChatRoomService for ChatRoomApi {
         &self,
         request: Request<pb::UpdateRoomRequest>,
     ) -> Result<Response<pb::UpdateRoomResponse>, Status> {
-        let caller = self.caller(&request)?;
+        let caller = self.caller(request.metadata()).await?;
         let (room_id, patch) = decode::room_patch(request.into_inner())?;
         let room = self.rooms.update(&caller, &room_id, patch).await?;
         Ok(Response::new(pb::UpdateRoomResponse {
@@ -260,7 +260,7 @@ impl ChatRoomService for ChatRoomApi {
         &self,
         request: Request<pb::DeleteRoomRequest>,
     ) -> Result<Response<pb::DeleteRoomResponse>, Status> {
-        let caller = self.caller(&request)?;
+        let caller = self.caller(request.metadata()).await?;
         let room_id = decode::room_id("room_id", request.into_inner().room_id)?;
         self.rooms.delete(&caller, &room_id).await?;
         Ok(Response::new(pb::DeleteRoomResponse {}))
@@ -270,7 +270,7 @@ impl ChatRoomService for ChatRoomApi {
         &self,
         request: Request<pb::ListMembersRequest>,
     ) -> Result<Response<pb::ListMembersResponse>, Status> {
-        let caller = self.caller(&request)?;
+        let caller = self.caller(request.metadata()).await?;
         let req = request.into_inner();
         let room_id = decode::room_id("room_id", req.room_id)?;
         let page = PageRequest::new(req.page_size, decode::page_token(&req.page_token)?);
@@ -288,7 +288,7 @@ impl ChatRoomService for ChatRoomApi {
         &self,
         request: Request<pb::SendMessageRequest>,
     ) -> Result<Response<pb::SendMessageResponse>, Status> {
-        let caller = self.caller(&request)?;
+        let caller = self.caller(request.metadata()).await?;
         let draft = decode::draft(request.into_inner(), self.rooms.message_limits())?;
         let message = self.rooms.send(&caller, draft, None).await?;
         Ok(Response::new(pb::SendMessageResponse {
@@ -300,7 +300,7 @@ impl ChatRoomService for ChatRoomApi {
         &self,
         request: Request<pb::ListMessagesRequest>,
     ) -> Result<Response<pb::ListMessagesResponse>, Status> {
-        let caller = self.caller(&request)?;
+        let caller = self.caller(request.metadata()).await?;
         let req = request.into_inner();
         let (range, limit) = decode::history(&req)?;
         let room_id = decode::room_id("room_id", req.room_id)?;
@@ -320,7 +320,7 @@ impl ChatRoomService for ChatRoomApi {
         // `serve` answers Subscribe with `subscribe::WithSubscribe`, which writes the
         // frames without tonic's encoder; through tonic (the generated service alone)
         // the same session runs.
-        let (caller, slot) = self.stream_slot(self.caller(&request)?)?;
+        let (caller, slot) = self.stream_slot(self.caller(request.metadata()).await?)?;
         Ok(Response::new(Box::pin(self.session(
             caller,
             slot,

@@ -67,7 +67,10 @@ type InnerFuture = <Inner as tower_service::Service<http::Request<Body>>>::Futur
 impl tower_service::Service<http::Request<Body>> for WithSubscribe {
     type Response = http::Response<Body>;
     type Error = Infallible;
-    type Future = Either<std::future::Ready<Result<Self::Response, Infallible>>, InnerFuture>;
+    type Future = Either<
+        Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>,
+        InnerFuture,
+    >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         tower_service::Service::<http::Request<Body>>::poll_ready(&mut self.inner, cx)
@@ -75,11 +78,13 @@ impl tower_service::Service<http::Request<Body>> for WithSubscribe {
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         if request.uri().path() == SUBSCRIBE_PATH {
-            Either::Left(std::future::ready(Ok(subscribe(
-                &self.api,
-                self.max_request_bytes,
-                request,
-            ))))
+            // Boxed because verifying a token may wait for a JWKS fetch; the box is
+            // freed once the stream's response is made.
+            let api = self.api.clone();
+            let max_request_bytes = self.max_request_bytes;
+            Either::Left(Box::pin(async move {
+                Ok(subscribe(&api, max_request_bytes, request).await)
+            }))
         } else {
             Either::Right(tower_service::Service::call(&mut self.inner, request))
         }
@@ -88,7 +93,7 @@ impl tower_service::Service<http::Request<Body>> for WithSubscribe {
 
 /// Starts a Subscribe stream: the caller from the request's metadata, the client's
 /// frames decoded from its body, and the session's frames as the response body.
-fn subscribe(
+async fn subscribe(
     api: &ChatRoomApi,
     max_request_bytes: usize,
     request: http::Request<Body>,
@@ -102,7 +107,11 @@ fn subscribe(
         .into_http();
     }
     let request = tonic::Request::from_http(request);
-    let (caller, slot) = match api.caller(&request).and_then(|c| api.stream_slot(c)) {
+    let opened = match api.caller(request.metadata()).await {
+        Ok(caller) => api.stream_slot(caller),
+        Err(error) => Err(error),
+    };
+    let (caller, slot) = match opened {
         Ok(opened) => opened,
         Err(error) => return Status::from(error).into_http(),
     };

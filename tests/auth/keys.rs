@@ -14,9 +14,9 @@ use crate::common::{Backend, TestApp, assert_error, create};
 use crate::{claims, hs256};
 
 /// A key pair made by openssl: the private key (PKCS#8 PEM) and the public one.
-struct KeyPair {
-    private: PathBuf,
-    public: PathBuf,
+pub(crate) struct KeyPair {
+    pub(crate) private: PathBuf,
+    pub(crate) public: PathBuf,
 }
 
 fn openssl(args: &[&str]) {
@@ -28,7 +28,7 @@ fn openssl(args: &[&str]) {
 }
 
 /// A new key pair of `algorithm` (`RSA`, `EC`, `ED25519`) in `dir`, named `name`.
-fn key_pair(dir: &Path, name: &str, algorithm: &str) -> KeyPair {
+pub(crate) fn key_pair(dir: &Path, name: &str, algorithm: &str) -> KeyPair {
     let private = dir.join(format!("{name}.key"));
     let public = dir.join(format!("{name}.pub"));
     let p = private.to_str().unwrap();

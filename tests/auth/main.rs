@@ -5,6 +5,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod jwks;
 mod keys;
 mod matrix;
 mod scope;

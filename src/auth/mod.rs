@@ -1,10 +1,12 @@
 //! Who is calling: bearer tokens (`--auth jwt`) verified into a [`Caller`].
 //!
-//! A token is a JWT signed with the configured key — an HS256 secret, or a PEM public
-//! key (RS256/384/512, PS256/384/512, ES256/384, EdDSA). The algorithms accepted are
-//! exactly those of the key's kind, so a token that names another (an HS256 token
-//! made with an RSA public key as its "secret", the classic confusion) or `none` is
-//! refused before any signature is checked. `exp` is required; `nbf`, `iss`
+//! A token is a JWT signed with the configured key — an HS256 secret, a PEM public
+//! key (RS256/384/512, PS256/384/512, ES256/384, EdDSA), or one of the public keys
+//! of a JWKS document an identity provider publishes ([`jwks`], chosen by the
+//! token's `kid`). The algorithms accepted are exactly those of the key's kind, so a
+//! token that names another (an HS256 token made with an RSA public key as its
+//! "secret", the classic confusion) or `none` is refused before any signature is
+//! checked. `exp` is required; `nbf`, `iss`
 //! (`--jwt-issuer`) and `aud` (`--jwt-audience`) are checked, with a leeway of
 //! [`LEEWAY_SECS`] for clocks that disagree a little.
 //!
@@ -14,6 +16,10 @@
 //! create, join, enter, switch to or attach. Every refusal carries a stable reason
 //! (`TOKEN_EXPIRED`, ...), so a client can tell "mint a new token" from "fix your
 //! code". This module knows neither gRPC nor SQL: `api/` hands it the token's text.
+
+pub mod jwks;
+
+use std::sync::Arc;
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -32,6 +38,8 @@ pub enum KeySource {
     Secret(Vec<u8>),
     /// A PEM public key: RSA, EC (P-256/P-384) or Ed25519.
     PublicKeyPem(Vec<u8>),
+    /// The public keys a JWKS document lists, fetched and kept fresh.
+    Jwks(jwks::Source),
 }
 
 /// What a token must say besides a valid signature.
@@ -44,38 +52,25 @@ pub struct Expectations {
 /// Verifies bearer tokens.
 #[derive(Clone)]
 pub struct Verifier {
-    key: DecodingKey,
+    keys: Keys,
+}
+
+#[derive(Clone)]
+enum Keys {
+    /// One key, from the flags.
+    Fixed(Arc<Key>),
+    /// A key set, by `kid`.
+    Jwks(Arc<jwks::KeySet>),
+}
+
+/// A key and what a token verified with it must be (its algorithms, the claims).
+pub(crate) struct Key {
+    decoding: DecodingKey,
     validation: Validation,
 }
 
-/// The claims this service reads.
-#[derive(Debug, Deserialize)]
-struct Claims {
-    sub: String,
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    roles: Vec<String>,
-    #[serde(default)]
-    rooms: Option<Vec<String>>,
-}
-
-impl Verifier {
-    /// A verifier for tokens signed with `key`, expected to say `expect`. Fails on
-    /// a key that cannot be read (the error names `field`, the flag it came from).
-    pub fn new(key: KeySource, expect: Expectations) -> Result<Self> {
-        let (key, algorithms) = match key {
-            KeySource::Secret(secret) => {
-                if secret.is_empty() {
-                    return Err(Error::invalid("jwt_secret", "must not be empty"));
-                }
-                (
-                    DecodingKey::from_secret(&secret),
-                    vec![Algorithm::HS256, Algorithm::HS384, Algorithm::HS512],
-                )
-            }
-            KeySource::PublicKeyPem(pem) => public_key(&pem)?,
-        };
+impl Key {
+    fn new(decoding: DecodingKey, algorithms: Vec<Algorithm>, expect: &Expectations) -> Key {
         let mut validation = Validation::new(algorithms[0]);
         validation.algorithms = algorithms;
         validation.leeway = LEEWAY_SECS;
@@ -97,22 +92,79 @@ impl Verifier {
             None => validation.validate_aud = false,
         }
         validation.required_spec_claims = required.into_iter().map(String::from).collect();
-        Ok(Verifier { key, validation })
+        Key {
+            decoding,
+            validation,
+        }
+    }
+}
+
+/// The claims this service reads.
+#[derive(Debug, Deserialize)]
+struct Claims {
+    sub: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    roles: Vec<String>,
+    #[serde(default)]
+    rooms: Option<Vec<String>>,
+}
+
+impl Verifier {
+    /// A verifier for tokens signed with `key`, expected to say `expect`. Fails on
+    /// a key that cannot be read (the error names `field`, the flag it came from).
+    pub fn new(key: KeySource, expect: Expectations) -> Result<Self> {
+        let (decoding, algorithms) = match key {
+            KeySource::Secret(secret) => {
+                if secret.is_empty() {
+                    return Err(Error::invalid("jwt_secret", "must not be empty"));
+                }
+                (
+                    DecodingKey::from_secret(&secret),
+                    vec![Algorithm::HS256, Algorithm::HS384, Algorithm::HS512],
+                )
+            }
+            KeySource::PublicKeyPem(pem) => public_key(&pem)?,
+            KeySource::Jwks(source) => {
+                let keys = jwks::KeySet::new(source, expect)?;
+                return Ok(Verifier {
+                    keys: Keys::Jwks(Arc::new(keys)),
+                });
+            }
+        };
+        Ok(Verifier {
+            keys: Keys::Fixed(Arc::new(Key::new(decoding, algorithms, &expect))),
+        })
     }
 
-    /// The caller a token proves, or why it proves nothing.
-    pub fn verify(&self, token: &str) -> Result<Caller> {
+    /// The key set, when keys come from a JWKS (its fetching is started by the
+    /// server: [`jwks::KeySet::keep_fresh`]).
+    pub fn key_set(&self) -> Option<&Arc<jwks::KeySet>> {
+        match &self.keys {
+            Keys::Jwks(set) => Some(set),
+            Keys::Fixed(_) => None,
+        }
+    }
+
+    /// The caller a token proves, or why it proves nothing. Awaits only when a JWKS
+    /// does not have the token's key yet and may be fetched again.
+    pub async fn verify(&self, token: &str) -> Result<Caller> {
+        let fail = |e: jsonwebtoken::errors::Error| match header_alg(token) {
+            // jsonwebtoken knows no `none`, so it fails to read such a header at all;
+            // the client is told what is wrong with it.
+            Some(alg) if alg.eq_ignore_ascii_case("none") => refused(&ErrorKind::InvalidAlgorithm),
+            _ => refused(e.kind()),
+        };
+        let key = match &self.keys {
+            Keys::Fixed(key) => key.clone(),
+            Keys::Jwks(set) => {
+                let header = jsonwebtoken::decode_header(token).map_err(fail)?;
+                set.key(header.kid.as_deref()).await?
+            }
+        };
         let data =
-            jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|e| {
-                match header_alg(token) {
-                    // jsonwebtoken knows no `none`, so it fails to read such a header at
-                    // all; the client is told what is wrong with it.
-                    Some(alg) if alg.eq_ignore_ascii_case("none") => {
-                        refused(&ErrorKind::InvalidAlgorithm)
-                    }
-                    _ => refused(e.kind()),
-                }
-            })?;
+            jsonwebtoken::decode::<Claims>(token, &key.decoding, &key.validation).map_err(fail)?;
         let claims = data.claims;
         let user_id = UserId::parse(claims.sub).map_err(|e| claims_invalid("sub", &e))?;
         if let Some(name) = &claims.name {
