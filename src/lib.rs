@@ -19,7 +19,8 @@
 //!   non-zero).
 //! - [`error`]: the domain error enum; [`api::status`] holds its one mapping to gRPC.
 //! - [`auth`]: bearer tokens (`--auth jwt`) verified into a caller — keys, claims, and
-//!   a reason for every refusal; `api` hands it the token's text.
+//!   a reason for every refusal; `api` hands it the token's text. [`auth::jwks`]
+//!   keeps a provider's published keys fresh.
 //! - [`tls`]: TLS and mTLS on the listener — a handshake task per connection with a
 //!   deadline, certificates reloaded on SIGHUP.
 //! - [`api`]: the gRPC layer only — identity, request validation, the service, the
