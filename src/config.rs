@@ -118,6 +118,18 @@ pub struct Config {
     #[arg(long = "keepalive-timeout", value_name = "SECONDS", env = "CHATROOM_KEEPALIVE_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub keepalive_timeout_secs: u64,
 
+    /// Seconds a Subscribe stream may have frames waiting that its client does not
+    /// read (HTTP/2 window shut) before its connection is closed — the only way a
+    /// server can end a stream it cannot write to; the client reconnects and resumes.
+    /// An idle stream is never stalled. 0: never.
+    #[arg(
+        long = "stalled-stream-timeout",
+        value_name = "SECONDS",
+        env = "CHATROOM_STALLED_STREAM_TIMEOUT",
+        default_value_t = 30
+    )]
+    pub stalled_stream_timeout_secs: u64,
+
     /// How long member join/leave events are gathered into one frame, in milliseconds.
     #[arg(long, env = "CHATROOM_MEMBER_EVENT_WINDOW_MS", default_value_t = 50)]
     pub member_event_window_ms: u64,
@@ -232,6 +244,7 @@ impl Config {
             room_buffer_bytes: 8 * 1024 * 1024,
             keepalive_interval_secs: 30,
             keepalive_timeout_secs: 10,
+            stalled_stream_timeout_secs: 30,
             member_event_window_ms: 50,
             nats_url: None,
             node_id: None,

@@ -21,6 +21,8 @@
 //! - [`auth`]: bearer tokens (`--auth jwt`) verified into a caller — keys, claims, and
 //!   a reason for every refusal; `api` hands it the token's text. [`auth::jwks`]
 //!   keeps a provider's published keys fresh.
+//! - [`transport`]: accepted connections, closed when one of their Subscribe streams
+//!   stays unread (`--stalled-stream-timeout`).
 //! - [`tls`]: TLS and mTLS on the listener — a handshake task per connection with a
 //!   deadline, certificates reloaded on SIGHUP.
 //! - [`api`]: the gRPC layer only — identity, request validation, the service, the
@@ -69,6 +71,7 @@ pub mod proto;
 pub mod rooms;
 pub mod store;
 pub mod tls;
+pub mod transport;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -77,6 +80,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
+use transport::Guarded;
 
 pub use config::Config;
 pub use error::{Error, Result};
@@ -280,6 +284,10 @@ pub async fn serve(
     // loss, a NAT that forgot the mapping): nothing else would end their streams.
     let keepalive = (config.keepalive_interval_secs > 0)
         .then(|| Duration::from_secs(config.keepalive_interval_secs));
+    // A live client that does not read a stream is not reaped by keepalive (its
+    // HTTP/2 layer answers pings): `transport` closes its connection instead.
+    let stall_after = (config.stalled_stream_timeout_secs > 0)
+        .then(|| Duration::from_secs(config.stalled_stream_timeout_secs));
     let router = tonic::transport::Server::builder()
         .max_concurrent_streams(Some(config.max_streams_per_connection))
         .http2_keepalive_interval(keepalive)
@@ -291,13 +299,16 @@ pub async fn serve(
     let result = match &tls {
         None => {
             router
-                .serve_with_incoming_shutdown(incoming(listener), shutdown)
+                .serve_with_incoming_shutdown(incoming(listener, stall_after), shutdown)
                 .await
         }
         Some(tls) => {
             let reload = tokio::spawn(reload_on_sighup(tls.clone(), stop.clone()));
             let served = router
-                .serve_with_incoming_shutdown(tls_incoming(listener, tls.clone()), shutdown)
+                .serve_with_incoming_shutdown(
+                    tls_incoming(listener, tls.clone(), stall_after),
+                    shutdown,
+                )
                 .await;
             reload.abort();
             served
@@ -340,12 +351,13 @@ fn max_request_bytes(config: &Config) -> usize {
 /// only to listeners it binds itself).
 fn incoming(
     listener: TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    stall_after: Option<Duration>,
+) -> impl tokio_stream::Stream<Item = std::io::Result<Guarded<tokio::net::TcpStream>>> {
     use tokio_stream::StreamExt;
-    TcpListenerStream::new(listener).map(|accepted| {
+    TcpListenerStream::new(listener).map(move |accepted| {
         let stream = accepted?;
         stream.set_nodelay(true)?;
-        Ok(stream)
+        Ok(Guarded::new(stream, stall_after))
     })
 }
 
@@ -355,8 +367,9 @@ fn incoming(
 fn tls_incoming(
     listener: TcpListener,
     tls: Arc<tls::Tls>,
+    stall_after: Option<Duration>,
 ) -> impl tokio_stream::Stream<
-    Item = std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>,
+    Item = std::io::Result<Guarded<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>>,
 > {
     let (ready, connections) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
@@ -379,7 +392,7 @@ fn tls_incoming(
             tokio::spawn(async move {
                 match tls.accept(stream).await {
                     Ok(stream) => {
-                        let _ = ready.send(Ok(stream)).await;
+                        let _ = ready.send(Ok(Guarded::new(stream, stall_after))).await;
                     }
                     Err(error) => tracing::debug!(%error, "TLS handshake failed"),
                 }

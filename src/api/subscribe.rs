@@ -15,6 +15,7 @@
 
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
@@ -30,6 +31,7 @@ use super::codec::LeanCodec;
 use super::server::chat_room_service_server::ChatRoomServiceServer;
 use crate::live::Frame;
 use crate::pb;
+use crate::transport::Progress;
 
 /// The route this module serves.
 const SUBSCRIBE_PATH: &str = "/chatroom.v1.ChatRoomService/Subscribe";
@@ -107,6 +109,10 @@ async fn subscribe(
         .into_http();
     }
     let request = tonic::Request::from_http(request);
+    let progress = request
+        .extensions()
+        .get::<crate::transport::ConnectionInfo>()
+        .and_then(|c| c.0.watch_stream());
     let opened = match api.caller(request.metadata()).await {
         Ok(caller) => api.stream_slot(caller),
         Err(error) => Err(error),
@@ -124,6 +130,7 @@ async fn subscribe(
         frames: Box::pin(frames),
         end: None,
         done: false,
+        progress,
     }));
     response
         .headers_mut()
@@ -139,6 +146,8 @@ struct FrameBody<S> {
     end: Option<Status>,
     /// The trailers went out.
     done: bool,
+    /// Told of every poll, for the stall watch of the connection (`transport`).
+    progress: Option<Arc<Progress>>,
 }
 
 impl<S> FrameBody<S> {
@@ -157,6 +166,26 @@ where
     type Error = Status;
 
     fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
+        let polled = self.as_mut().poll_frames(cx);
+        if let Some(progress) = &self.progress {
+            progress.polled(polled.is_ready());
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+}
+
+impl<S> FrameBody<S>
+where
+    S: Stream<Item = Result<Frame, Status>>,
+{
+    fn poll_frames(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
@@ -199,10 +228,6 @@ where
         }
         let data = gathered.map_or(first, BytesMut::freeze);
         Poll::Ready(Some(Ok(http_body::Frame::data(data))))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.done
     }
 }
 

@@ -17,6 +17,7 @@ use pb::chat_room_service_client::ChatRoomServiceClient;
 on_both_stores!(
     stalled_streams_do_not_starve_other_calls,
     a_vanished_client_is_reaped_by_keepalive,
+    a_stream_left_unread_closes_its_connection,
 );
 
 mod postgres_outage {
@@ -82,6 +83,62 @@ async fn stalled_streams_do_not_starve_other_calls(backend: Backend) {
     );
 
     drop(stalled);
+}
+
+/// A client whose HTTP/2 layer is alive (it answers keepalive pings) but whose
+/// application stopped reading one stream: once frames have waited unread for
+/// `--stalled-stream-timeout`, its connection is closed, and with it the stream, its
+/// slot and its presence. A stream with nothing to send is idle, not stalled, and a
+/// stream that reads is not touched.
+async fn a_stream_left_unread_closes_its_connection(backend: Backend) {
+    let app = TestApp::with(backend, |c| c.stalled_stream_timeout_secs = 1).await;
+    app.create_room("owner", "busy").await;
+    app.create_room("owner", "quiet").await;
+    let mut owner = app.client("owner").await;
+
+    // Carol never reads either, but nothing is sent to her room.
+    let (_carol, _carol_frames, mut carol) = stalled_stream(&app, "carol", "quiet").await;
+    // Alice stops reading a busy room; Dave reads it.
+    let (_alice, _alice_frames, mut alice) = stalled_stream(&app, "alice", "busy").await;
+    app.join("dave", "busy").await;
+    let mut dave = app.attached("dave", "busy").await;
+    let text = "x".repeat(1000);
+    for i in 0..300 {
+        owner
+            .send_message(chat("busy", &format!("{i} {text}")))
+            .await
+            .unwrap();
+    }
+    // 300 KB for Alice's 64 KiB window: her stream is blocked; her connection goes.
+    let online = |room: &'static str| {
+        let mut owner = owner.clone();
+        async move { get_room(&mut owner, room).await.unwrap().online_count }
+    };
+    eventually("alice's stalled stream released", 1, || online("busy")).await;
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut delivered = 0;
+        loop {
+            match alice.message().await {
+                Ok(Some(_)) => delivered += 1,
+                Ok(None) => panic!("ended with OK after {delivered} frames"),
+                Err(status) => return (delivered, status),
+            }
+        }
+    })
+    .await
+    .expect("alice's stream ends once what was buffered is read");
+    assert!(ended.0 < 300, "{} frames: the stream was not cut", ended.0);
+
+    // Dave read everything and is still attached.
+    let seqs = dave.chat_seqs_until(300).await;
+    assert_eq!(seqs, (1..=300).collect::<Vec<u64>>());
+    // Carol's idle stream is still open, longer than the timeout after it attached.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(online("quiet").await, 1, "carol is still online");
+    match carol.message().await.expect("carol's stream is open") {
+        Some(frame) => assert!(matches!(frame.event, Some(Ev::Attached(_))), "{frame:?}"),
+        None => panic!("carol's stream ended"),
+    }
 }
 
 /// Forwards bytes between a client and the server until `freeze` is set, then stops

@@ -1,0 +1,262 @@
+//! Connections that stop reading a Subscribe stream are closed (`--stalled-stream-timeout`).
+//!
+//! HTTP/2 flow control stops the server from sending on a stream whose client does
+//! not read it: hyper then stops polling the stream's body until the client gives
+//! window again, and offers the service no way to end that stream meanwhile. What
+//! such a stream holds is bounded (its session, its place in each room's ring, one of
+//! its user's stream slots, its presence), but it would hold it for as long as the
+//! client keeps the connection alive — keepalive pings are answered by the client's
+//! HTTP/2 layer whether or not its application reads.
+//!
+//! So every accepted connection is wrapped in a [`Guarded`] that can be closed from
+//! outside, and each Subscribe body reports when it was last polled and whether it had
+//! a frame to hand over then ([`Progress`]). A body that handed over a frame and has
+//! not been polled again for the timeout is blocked on the client's window: a watch
+//! task per connection (started with its first stream, gone with its last) then
+//! closes the whole connection — the only way left to end the stream. Its streams
+//! end, its slots and presence are released, and the client reconnects and resumes
+//! with `after_seq`. A stream with nothing to send is idle, not stalled, however long.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures_util::task::AtomicWaker;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tonic::transport::server::Connected;
+
+/// One accepted connection's state: whether it was closed, and its streams' progress.
+pub struct Connection {
+    stall_after: Option<Duration>,
+    opened: Instant,
+    closed: AtomicBool,
+    /// The connection task's read waker: closing wakes it so it sees the close.
+    reader: AtomicWaker,
+    streams: Mutex<Streams>,
+}
+
+#[derive(Default)]
+struct Streams {
+    progress: Vec<Weak<Progress>>,
+    watched: bool,
+}
+
+/// The connection a request came on, as tonic hands it to the service (in the
+/// request's extensions).
+#[derive(Clone)]
+pub struct ConnectionInfo(pub Arc<Connection>);
+
+/// When a Subscribe body was last polled (ms since its connection opened) and
+/// whether that poll handed over a frame (the low bit).
+pub struct Progress {
+    last: AtomicU64,
+    opened: Instant,
+}
+
+impl Progress {
+    /// Records a poll of the body; `ready` when it handed something over.
+    pub fn polled(&self, ready: bool) {
+        let ms = self.opened.elapsed().as_millis() as u64;
+        self.last
+            .store(ms << 1 | u64::from(ready), Ordering::Relaxed);
+    }
+
+    /// Whether the body handed over a frame more than `after` ago and was not
+    /// polled since: the client's window is shut.
+    fn stalled(&self, after: Duration) -> bool {
+        let last = self.last.load(Ordering::Relaxed);
+        let blocked = last & 1 == 1;
+        let since = Duration::from_millis(self.opened.elapsed().as_millis() as u64 - (last >> 1));
+        blocked && since > after
+    }
+}
+
+impl Connection {
+    /// A connection whose streams count as stalled after `stall_after` (`None`:
+    /// never).
+    pub fn new(stall_after: Option<Duration>) -> Arc<Connection> {
+        Arc::new(Connection {
+            stall_after,
+            opened: Instant::now(),
+            closed: AtomicBool::new(false),
+            reader: AtomicWaker::new(),
+            streams: Mutex::default(),
+        })
+    }
+
+    /// Starts watching one more stream; `None` when stalls are not watched.
+    pub fn watch_stream(self: &Arc<Self>) -> Option<Arc<Progress>> {
+        let stall_after = self.stall_after?;
+        let progress = Arc::new(Progress {
+            last: AtomicU64::new(0),
+            opened: self.opened,
+        });
+        // A new stream has handed over nothing yet: not blocked.
+        progress.polled(false);
+        let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        streams.progress.push(Arc::downgrade(&progress));
+        if !streams.watched {
+            streams.watched = true;
+            tokio::spawn(watch(Arc::downgrade(self), stall_after));
+        }
+        Some(progress)
+    }
+
+    /// Closes the connection: its reads and writes fail from now on.
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.reader.wake();
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+}
+
+/// Watches a connection's streams until it has none left (or is gone), closing it
+/// when one of them stalls.
+async fn watch(connection: Weak<Connection>, stall_after: Duration) {
+    let tick = (stall_after / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+    loop {
+        tokio::time::sleep(tick).await;
+        let Some(connection) = connection.upgrade() else {
+            return;
+        };
+        if connection.is_closed() {
+            return;
+        }
+        let stalled = {
+            let mut streams = connection.streams.lock().unwrap_or_else(|e| e.into_inner());
+            streams.progress.retain(|p| p.strong_count() > 0);
+            if streams.progress.is_empty() {
+                streams.watched = false;
+                return;
+            }
+            streams
+                .progress
+                .iter()
+                .filter_map(Weak::upgrade)
+                .any(|p| p.stalled(stall_after))
+        };
+        if stalled {
+            tracing::warn!(
+                after = ?stall_after,
+                "closing a connection: one of its Subscribe streams has not been read"
+            );
+            connection.close();
+            return;
+        }
+    }
+}
+
+/// An accepted connection that [`Connection::close`] can end.
+pub struct Guarded<IO> {
+    io: IO,
+    connection: Arc<Connection>,
+}
+
+impl<IO> Guarded<IO> {
+    pub fn new(io: IO, stall_after: Option<Duration>) -> Self {
+        Guarded {
+            io,
+            connection: Connection::new(stall_after),
+        }
+    }
+}
+
+fn closed() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        "closed: a Subscribe stream of this connection stalled",
+    )
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Guarded<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.connection.stall_after.is_some() {
+            self.connection.reader.register(cx.waker());
+            if self.connection.is_closed() {
+                return Poll::Ready(Err(closed()));
+            }
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Guarded<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.connection.is_closed() {
+            return Poll::Ready(Err(closed()));
+        }
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if self.connection.is_closed() {
+            return Poll::Ready(Err(closed()));
+        }
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+impl<IO> Connected for Guarded<IO> {
+    type ConnectInfo = ConnectionInfo;
+
+    fn connect_info(&self) -> ConnectionInfo {
+        ConnectionInfo(self.connection.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_is_stalled_only_when_blocked_after_handing_over() {
+        let progress = Progress {
+            last: AtomicU64::new(0),
+            opened: Instant::now() - Duration::from_secs(10),
+        };
+        progress.polled(false);
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(
+            !progress.stalled(Duration::from_millis(10)),
+            "idle is not stalled"
+        );
+        progress.polled(true);
+        assert!(
+            !progress.stalled(Duration::from_millis(10)),
+            "just handed over"
+        );
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(progress.stalled(Duration::from_millis(10)));
+        assert!(!progress.stalled(Duration::from_secs(1)));
+    }
+}
