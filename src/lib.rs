@@ -402,23 +402,37 @@ fn tls_incoming(
     tokio_stream::wrappers::ReceiverStream::new(connections)
 }
 
-/// Reads the TLS files again on every SIGHUP, until the server stops. New
-/// connections get the new certificates; established ones keep theirs.
+/// Reads the TLS files again on every SIGHUP and whenever they change, until the
+/// server stops. New connections get the new certificates; established ones keep
+/// theirs.
 async fn reload_on_sighup(tls: Arc<tls::Tls>, mut stop: tokio::sync::watch::Receiver<bool>) {
     use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot listen for SIGHUP: TLS files are not reloaded");
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = hangups.recv() => {}
-            _ = stop.wait_for(|stop| *stop) => return,
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => Some(hangups),
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGHUP: TLS files reload only when they change");
+            None
         }
+    };
+    let mut seen = tls.stamp();
+    let mut checks = tokio::time::interval(tls::CHANGE_CHECK);
+    checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let why = tokio::select! {
+            Some(()) = async { hangups.as_mut()?.recv().await } => "SIGHUP",
+            _ = checks.tick() => {
+                if tls.stamp() == seen {
+                    continue;
+                }
+                "the files changed"
+            }
+            _ = stop.wait_for(|stop| *stop) => return,
+        };
+        seen = tls.stamp();
         match tls.reload() {
-            Ok(()) => tracing::info!("TLS certificates reloaded"),
+            Ok(()) => tracing::info!(why, "TLS certificates reloaded"),
             Err(error) => {
-                tracing::warn!(%error, "TLS reload failed; the previous certificates stay")
+                tracing::warn!(why, %error, "TLS reload failed; the previous certificates stay")
             }
         }
     }

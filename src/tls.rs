@@ -1,5 +1,7 @@
 //! TLS on the listener (`--tls-cert`, `--tls-key`) and client certificates
-//! (`--tls-client-ca`: mTLS), with certificates reloaded on SIGHUP.
+//! (`--tls-client-ca`: mTLS), with certificates reloaded on SIGHUP or when their
+//! files change (checked every [`CHANGE_CHECK`]: a renewal by certbot or a
+//! Kubernetes secret update needs no signal).
 //!
 //! The handshake is done here, with tokio-rustls, rather than by tonic's TLS
 //! support, for two reasons. Reloading: each new connection takes the server
@@ -27,6 +29,12 @@ use crate::error::{Error, Result};
 
 /// Longest a client may take to finish its TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the files are checked for a change.
+pub const CHANGE_CHECK: Duration = Duration::from_secs(5);
+
+/// What the files looked like when last read: each one's modification time and
+/// length (a file that cannot be read counts as changed once it can be).
+pub type FilesStamp = Vec<Option<(std::time::SystemTime, u64)>>;
 
 /// Where the certificate, its key and the client CA come from.
 #[derive(Clone, Debug)]
@@ -58,6 +66,24 @@ impl Tls {
         let config = server_config(&self.files)?;
         *self.current.write().expect("tls config lock") = Arc::new(config);
         Ok(())
+    }
+
+    /// The files' modification times and lengths now (through symlinks, so a
+    /// secret volume's swapped link counts).
+    pub fn stamp(&self) -> FilesStamp {
+        let files = &self.files;
+        [
+            Some(&files.cert),
+            Some(&files.key),
+            files.client_ca.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|path| {
+            let meta = std::fs::metadata(path).ok()?;
+            Some((meta.modified().ok()?, meta.len()))
+        })
+        .collect()
     }
 
     /// Runs the handshake on `stream` with the configuration current now.

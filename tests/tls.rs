@@ -1,6 +1,6 @@
 //! TLS and mTLS on the real binary: handshakes that must succeed and ones that must
-//! fail, plaintext refused, and certificates reloaded on SIGHUP without dropping the
-//! connections already open. Certificates are made in the test with `openssl`.
+//! fail, plaintext refused, and certificates reloaded on SIGHUP or when their files
+//! change, without dropping the connections already open. Certificates are made in the test with `openssl`.
 
 mod common;
 
@@ -242,6 +242,16 @@ async fn tls_and_client_certificates_are_required_as_configured() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificates_reload_on_sighup_without_dropping_connections() {
+    reload_without_dropping_connections(true).await
+}
+
+/// No signal: the server sees the files change (a renewal tool, a secret volume).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_reload_when_their_files_change() {
+    reload_without_dropping_connections(false).await
+}
+
+async fn reload_without_dropping_connections(signal: bool) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     ca(d, "ca");
@@ -256,19 +266,21 @@ async fn certificates_reload_on_sighup_without_dropping_connections() {
     let mut sub = Sub::open(&mut alice).await;
     sub.attached("r", None).await;
 
-    // The certificate is renewed (by another CA) and the server told.
+    // The certificate is renewed (by another CA), and the server told or not.
     for ext in ["pem", "key"] {
         let renewed: PathBuf = d.join(format!("renewed.{ext}"));
         std::fs::copy(renewed, d.join(format!("server.{ext}"))).unwrap();
     }
-    let pid = server.child.id().unwrap().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    if signal {
+        let pid = server.child.id().unwrap().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-HUP", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
 
     // New connections get the new certificate...
     common::eventually("the renewed certificate served", true, || async {
