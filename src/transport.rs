@@ -69,7 +69,8 @@ impl Progress {
     fn stalled(&self, after: Duration) -> bool {
         let last = self.last.load(Ordering::Relaxed);
         let blocked = last & 1 == 1;
-        let since = Duration::from_millis(self.opened.elapsed().as_millis() as u64 - (last >> 1));
+        let now = self.opened.elapsed().as_millis() as u64;
+        let since = Duration::from_millis(now.saturating_sub(last >> 1));
         blocked && since > after
     }
 }

@@ -271,14 +271,7 @@ fn usable(jwk: &Jwk) -> std::result::Result<(DecodingKey, Vec<Algorithm>), &'sta
         return Err("not a signing key (use is not sig)");
     }
     let of_kind = match &jwk.algorithm {
-        AlgorithmParameters::RSA(_) => vec![
-            Algorithm::RS256,
-            Algorithm::RS384,
-            Algorithm::RS512,
-            Algorithm::PS256,
-            Algorithm::PS384,
-            Algorithm::PS512,
-        ],
+        AlgorithmParameters::RSA(_) => super::RSA_ALGORITHMS.to_vec(),
         AlgorithmParameters::EllipticCurve(ec) => match ec.curve {
             EllipticCurve::P256 => vec![Algorithm::ES256],
             EllipticCurve::P384 => vec![Algorithm::ES384],

@@ -31,6 +31,16 @@ use crate::error::{Error, Result};
 /// Seconds of clock difference tolerated on `exp` and `nbf`.
 pub const LEEWAY_SECS: u64 = 10;
 
+/// What an RSA key verifies.
+const RSA_ALGORITHMS: [Algorithm; 6] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+];
+
 /// Where the verifying key comes from.
 #[derive(Clone, Debug)]
 pub enum KeySource {
@@ -204,15 +214,7 @@ fn header_alg(token: &str) -> Option<String> {
 /// The decoding key of a PEM public key, and the algorithms of its kind.
 fn public_key(pem: &[u8]) -> Result<(DecodingKey, Vec<Algorithm>)> {
     if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
-        let rsa = vec![
-            Algorithm::RS256,
-            Algorithm::RS384,
-            Algorithm::RS512,
-            Algorithm::PS256,
-            Algorithm::PS384,
-            Algorithm::PS512,
-        ];
-        return Ok((key, rsa));
+        return Ok((key, RSA_ALGORITHMS.to_vec()));
     }
     if let Ok(key) = DecodingKey::from_ec_pem(pem) {
         return Ok((key, vec![Algorithm::ES256, Algorithm::ES384]));

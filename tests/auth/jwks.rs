@@ -64,6 +64,11 @@ impl SigningKey {
     }
 }
 
+/// A new Ed25519 signing key `kid`, its files named `name` in `dir`.
+fn ed25519(dir: &std::path::Path, kid: &str, name: &str) -> SigningKey {
+    SigningKey::new(kid, Algorithm::EdDSA, &key_pair(dir, name, "ED25519"))
+}
+
 /// The JWK of an Ed25519 public key in PEM.
 fn ed25519_jwk(pem: &str) -> Jwk {
     use base64::Engine;
@@ -193,11 +198,7 @@ fn refused(reason: &str) -> Result<(), String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_are_chosen_by_kid_and_rotate() {
     let dir = tempfile::tempdir().unwrap();
-    let ed = SigningKey::new(
-        "ed-1",
-        Algorithm::EdDSA,
-        &key_pair(dir.path(), "ed", "ED25519"),
-    );
+    let ed = ed25519(dir.path(), "ed-1", "ed");
     let ec = SigningKey::new("ec-1", Algorithm::ES256, &key_pair(dir.path(), "ec", "EC"));
     let mut rsa = SigningKey::new(
         "rsa-1",
@@ -206,11 +207,7 @@ async fn keys_are_chosen_by_kid_and_rotate() {
     );
     // One key without `alg`: its algorithms come from its type.
     rsa.jwk.common.key_algorithm = None;
-    let next = SigningKey::new(
-        "ed-2",
-        Algorithm::EdDSA,
-        &key_pair(dir.path(), "ed2", "ED25519"),
-    );
+    let next = ed25519(dir.path(), "ed-2", "ed2");
 
     let provider = Provider::new().await;
     provider.publish(&[&ed, &ec, &rsa]);
@@ -301,16 +298,8 @@ async fn keys_are_chosen_by_kid_and_rotate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_keys_are_refreshed_periodically() {
     let dir = tempfile::tempdir().unwrap();
-    let old = SigningKey::new(
-        "k1",
-        Algorithm::EdDSA,
-        &key_pair(dir.path(), "k1", "ED25519"),
-    );
-    let new = SigningKey::new(
-        "k2",
-        Algorithm::EdDSA,
-        &key_pair(dir.path(), "k2", "ED25519"),
-    );
+    let old = ed25519(dir.path(), "k1", "k1");
+    let new = ed25519(dir.path(), "k2", "k2");
     let provider = Provider::new().await;
     provider.publish(&[&old]);
     provider.up().await;
@@ -346,16 +335,8 @@ async fn the_keys_are_refreshed_periodically() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_provider_is_its_own_refusal() {
     let dir = tempfile::tempdir().unwrap();
-    let key = SigningKey::new(
-        "k1",
-        Algorithm::EdDSA,
-        &key_pair(dir.path(), "k1", "ED25519"),
-    );
-    let other = SigningKey::new(
-        "k2",
-        Algorithm::EdDSA,
-        &key_pair(dir.path(), "k2", "ED25519"),
-    );
+    let key = ed25519(dir.path(), "k1", "k1");
+    let other = ed25519(dir.path(), "k2", "k2");
     let provider = Provider::new().await;
     provider.publish(&[&key]);
 
