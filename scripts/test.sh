@@ -144,6 +144,15 @@ if [ -z "$BUF" ]; then
 fi
 "$BUF" lint
 
+step "buf breaking against the previous commit"
+# Clients generated from an older proto must keep working: no field renumbered,
+# removed or retyped, no RPC gone. Compared with the commit before this one.
+if prev=$(git rev-parse -q --verify HEAD~1 2>/dev/null); then
+    "$BUF" breaking --against ".git#ref=$prev" || die "the proto breaks clients of $prev"
+else
+    echo "skipped: there is no previous commit to compare the proto with"
+fi
+
 step "seed flows from a generated Python client, on SQLite and PostgreSQL"
 PY="$TOOLS/py/bin/python"
 if ! "$PY" -c 'import grpc, grpc_tools, grpc_status, jwt, cryptography' 2>/dev/null \

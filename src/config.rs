@@ -14,6 +14,16 @@ pub enum AuthMode {
     Jwt,
 }
 
+/// How log lines are written (to standard output).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per line (for log collectors): time, level, target, fields,
+    /// and the spans the event happened in.
+    Json,
+}
+
 /// The chatroom server: chat rooms over gRPC, stored in SQLite or PostgreSQL.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "chatroom", version, about, long_about = None)]
@@ -217,6 +227,16 @@ pub struct Config {
     /// Log filter, in `tracing` EnvFilter syntax (for example `info,chatroom=debug`).
     #[arg(long, env = "CHATROOM_LOG", default_value = "info")]
     pub log: String,
+
+    /// Serve Prometheus metrics on this address, at `/metrics` (for example
+    /// `127.0.0.1:9090`). Off when not given.
+    #[arg(long, value_name = "ADDR", env = "CHATROOM_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+
+    /// How log lines look: `text` for people, `json` for log collectors. `RUST_LOG`,
+    /// if set, overrides `--log`.
+    #[arg(long, value_enum, env = "CHATROOM_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
 }
 
 impl Config {
@@ -261,6 +281,8 @@ impl Config {
             tls_key: None,
             tls_client_ca: None,
             log: "info".into(),
+            log_format: LogFormat::Text,
+            metrics_listen: None,
         }
     }
 }

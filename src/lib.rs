@@ -21,6 +21,7 @@
 //! - [`auth`]: bearer tokens (`--auth jwt`) verified into a caller — keys, claims, and
 //!   a reason for every refusal; `api` hands it the token's text. [`auth::jwks`]
 //!   keeps a provider's published keys fresh.
+//! - [`telemetry`]: logs (text or JSON) and Prometheus metrics, each metric named once.
 //! - [`transport`]: accepted connections, closed when one of their Subscribe streams
 //!   stays unread (`--stalled-stream-timeout`).
 //! - [`tls`]: TLS and mTLS on the listener — a handshake task per connection with a
@@ -70,6 +71,7 @@ pub mod live;
 pub mod proto;
 pub mod rooms;
 pub mod store;
+pub mod telemetry;
 pub mod tls;
 pub mod transport;
 
@@ -95,14 +97,6 @@ pub mod pb {
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/chatroom_descriptor.bin"));
 
-/// Sets up logging once, from the configured filter (`RUST_LOG` wins when set).
-pub fn init_telemetry(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
-    // A second call (tests start several servers) keeps the first subscriber.
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
-}
-
 /// Serves the chatroom service, health and reflection on `listener` until `shutdown`
 /// resolves, then lets in-flight calls finish and closes the database.
 pub async fn serve(
@@ -120,6 +114,9 @@ pub async fn serve(
     }
     // Flags that cannot work are refused before anything is opened or written.
     let tokens = config.token_verifier()?;
+    if let Some(addr) = config.metrics_listen {
+        telemetry::serve_metrics(addr)?;
+    }
     let tls = match config.tls_files()? {
         Some(files) => Some(Arc::new(tls::Tls::load(files)?)),
         None => None,
@@ -226,6 +223,13 @@ pub async fn serve(
         None => Vec::new(),
     };
     let expiry = rooms::expiry::start(rooms.clone(), stop.clone());
+    if config.metrics_listen.is_some() {
+        tokio::spawn(sample_gauges(
+            store.clone(),
+            rooms.hubs().clone(),
+            stop.clone(),
+        ));
+    }
     // Keys from a JWKS are fetched before the first call is served (a provider that
     // does not answer yet is retried in the background).
     let jwks = match tokens.as_ref().and_then(|t| t.key_set()) {
@@ -434,6 +438,24 @@ async fn reload_on_sighup(tls: Arc<tls::Tls>, mut stop: tokio::sync::watch::Rece
             Err(error) => {
                 tracing::warn!(why, %error, "TLS reload failed; the previous certificates stay")
             }
+        }
+    }
+}
+
+/// Samples what is a level rather than an event (live rooms, database connections)
+/// for the metrics, every second, until the server stops.
+async fn sample_gauges(
+    store: store::Store,
+    hubs: Arc<live::Hubs>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let (in_use, idle) = store.connections();
+        telemetry::db_connections(in_use, idle);
+        telemetry::rooms_live(hubs.live_room_count());
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.wait_for(|stop| *stop) => return,
         }
     }
 }

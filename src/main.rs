@@ -9,7 +9,7 @@ use chatroom::Config;
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let config = Config::parse();
-    chatroom::init_telemetry(&config.log);
+    chatroom::telemetry::init_logs(&config.log, config.log_format);
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;

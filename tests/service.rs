@@ -178,3 +178,184 @@ async fn postgres_health_follows_the_database() {
     app.stop().await;
     proxy.cut();
 }
+
+/// `--log-format json`: one JSON object per line, with the event's fields; `RUST_LOG`
+/// overrides `--log`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_are_json_lines_when_asked() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let db = TestDb::new(Backend::Sqlite).await;
+    let start = |rust_log: Option<&str>| {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatroom"));
+        command
+            .args(["--listen", &addr.to_string(), "--database-url", &db.url])
+            .args(["--log", "info", "--log-format", "json"])
+            .env_remove("RUST_LOG")
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(filter) = rust_log {
+            command.env("RUST_LOG", filter);
+        }
+        (command.spawn().expect("start the chatroom binary"), addr)
+    };
+
+    let (mut child, addr) = start(None);
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let serving = tokio::time::timeout(common::WAIT, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let event: serde_json::Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+            if event["fields"]["message"] == "chatroom serving" {
+                return event;
+            }
+        }
+        panic!("the server ended without logging that it serves");
+    })
+    .await
+    .expect("the serving line");
+    assert_eq!(serving["level"], "INFO", "{serving}");
+    assert_eq!(serving["fields"]["dialect"], "sqlite", "{serving}");
+    assert_eq!(serving["fields"]["addr"], addr.to_string(), "{serving}");
+    assert!(serving["timestamp"].is_string(), "{serving}");
+    child.kill().await.unwrap();
+
+    // RUST_LOG=warn: the info lines are not written.
+    let (mut child, addr) = start(Some("warn"));
+    let server = common::TestServer::external(addr).await;
+    drop(server);
+    child.start_kill().unwrap();
+    let output = child.wait_with_output().await.unwrap();
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(!text.contains("chatroom serving"), "{text}");
+}
+
+/// The value of the sample `name` whose labels include `labels`, in Prometheus text.
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (series_name, series_labels) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let has = |(k, v): &(&str, &str)| {
+                series_labels
+                    .split(',')
+                    .any(|pair| pair == format!("{k}=\"{v}\""))
+            };
+            (series_name == name && labels.iter().all(has)).then(|| value.parse().ok())?
+        })
+}
+
+/// `--metrics-listen`: scrape, act, scrape — the counters and gauges move with the
+/// traffic, by method and code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_with_traffic() {
+    // reqwest's rustls takes the process's crypto provider (the server installs ring).
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+    let db = TestDb::new(Backend::Sqlite).await;
+    let metrics_addr = {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        format!("127.0.0.1:{port}")
+    };
+    let process =
+        common::ServerProcess::start_with(&db, &["--metrics-listen", &metrics_addr]).await;
+    let scrape = || {
+        let url = format!("http://{metrics_addr}/metrics");
+        async move { reqwest::get(url).await.unwrap().text().await.unwrap() }
+    };
+    let before = scrape().await;
+    assert_eq!(
+        sample(&before, "chatroom_rpcs_total", &[("method", "CreateRoom")]),
+        None,
+        "no call yet: {before}"
+    );
+
+    let server = &process.server;
+    let mut alice = server.client("alice").await;
+    alice.create_room(common::create("r")).await.unwrap();
+    let mut sub = server.attached("alice", "r").await;
+    for i in 0..3 {
+        alice
+            .send_message(common::chat("r", &format!("m{i}")))
+            .await
+            .unwrap();
+    }
+    assert_eq!(sub.chat_seqs_until(3).await, [1, 2, 3]);
+    let bad = alice
+        .create_room(common::create("no spaces"))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+
+    let after = scrape().await;
+    let value = |name: &str, labels: &[(&str, &str)]| {
+        sample(&after, name, labels).unwrap_or_else(|| panic!("no {name} {labels:?} in:\n{after}"))
+    };
+    let create_ok = [("method", "CreateRoom"), ("code", "OK")];
+    assert_eq!(value("chatroom_rpcs_total", &create_ok), 1.0);
+    let create_bad = [("method", "CreateRoom"), ("code", "INVALID_ARGUMENT")];
+    assert_eq!(value("chatroom_rpcs_total", &create_bad), 1.0);
+    let sends = [("method", "SendMessage"), ("code", "OK")];
+    assert_eq!(value("chatroom_rpcs_total", &sends), 3.0);
+    assert_eq!(
+        value(
+            "chatroom_rpcs_total",
+            &[("method", "Subscribe"), ("code", "OK")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value("chatroom_rpc_seconds_count", &[("method", "SendMessage")]),
+        3.0
+    );
+    assert_eq!(value("chatroom_messages_stored_total", &[]), 3.0);
+    assert!(value("chatroom_messages_delivered_total", &[]) >= 3.0);
+    assert_eq!(value("chatroom_streams_open", &[]), 1.0);
+    let message_batches = value(
+        "chatroom_writer_batch_size_count",
+        &[("writer", "messages")],
+    );
+    assert!((1.0..=3.0).contains(&message_batches), "{message_batches}");
+    assert!(
+        value(
+            "chatroom_writer_batch_size_count",
+            &[("writer", "membership")]
+        ) >= 1.0
+    );
+    assert!(
+        value(
+            "chatroom_writer_commit_seconds_count",
+            &[("writer", "messages")]
+        ) >= 1.0
+    );
+    // Sampled every second.
+    common::eventually("one live room", Some(1.0), || async {
+        sample(&scrape().await, "chatroom_rooms_live", &[])
+    })
+    .await;
+    let connections = value("chatroom_db_connections", &[("state", "idle")])
+        + value("chatroom_db_connections", &[("state", "in_use")]);
+    assert!(
+        connections >= 1.0,
+        "the pools hold connections: {connections}"
+    );
+
+    // The stream ends: the gauge follows.
+    drop(sub);
+    common::eventually("no stream open", Some(0.0), || async {
+        sample(&scrape().await, "chatroom_streams_open", &[])
+    })
+    .await;
+}

@@ -19,7 +19,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
-use futures_util::future::Either;
 use http::header::{CONTENT_TYPE, HeaderValue};
 use tokio_stream::Stream;
 use tonic::body::Body;
@@ -63,34 +62,78 @@ impl NamedService for WithSubscribe {
     const NAME: &'static str = <ChatRoomServiceServer<ChatRoomApi> as NamedService>::NAME;
 }
 
-type Inner = ChatRoomServiceServer<ChatRoomApi>;
-type InnerFuture = <Inner as tower_service::Service<http::Request<Body>>>::Future;
-
 impl tower_service::Service<http::Request<Body>> for WithSubscribe {
     type Response = http::Response<Body>;
     type Error = Infallible;
-    type Future = Either<
-        Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>,
-        InnerFuture,
-    >;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         tower_service::Service::<http::Request<Body>>::poll_ready(&mut self.inner, cx)
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let method = method_name(request.uri().path());
+        let started = std::time::Instant::now();
         if request.uri().path() == SUBSCRIBE_PATH {
             // Boxed because verifying a token may wait for a JWKS fetch; the box is
             // freed once the stream's response is made.
             let api = self.api.clone();
             let max_request_bytes = self.max_request_bytes;
-            Either::Left(Box::pin(async move {
-                Ok(subscribe(&api, max_request_bytes, request).await)
-            }))
+            Box::pin(async move {
+                let response = subscribe(&api, max_request_bytes, request).await;
+                Ok(metered(method, started, response))
+            })
         } else {
-            Either::Right(tower_service::Service::call(&mut self.inner, request))
+            let call = tower_service::Service::call(&mut self.inner, request);
+            Box::pin(async move {
+                let response = call.await?;
+                Ok(metered(method, started, response))
+            })
         }
     }
+}
+
+/// The method a path calls, as the metrics name it.
+fn method_name(path: &str) -> &'static str {
+    const METHODS: &[&str] = &[
+        "CreateRoom",
+        "JoinRoom",
+        "EnterRoom",
+        "LeaveRoom",
+        "SwitchRoom",
+        "GetRoom",
+        "ListRooms",
+        "UpdateRoom",
+        "DeleteRoom",
+        "ListMembers",
+        "SendMessage",
+        "ListMessages",
+        "Subscribe",
+    ];
+    let name = path.rsplit('/').next().unwrap_or_default();
+    METHODS
+        .iter()
+        .find(|m| **m == name)
+        .copied()
+        .unwrap_or("unknown")
+}
+
+/// Records a call answered with `response`: its code is the `grpc-status` of a
+/// trailers-only answer (an error), else OK (a unary call's answer is made once its
+/// handler is done; a Subscribe stream's once it is open).
+fn metered(
+    method: &'static str,
+    started: std::time::Instant,
+    response: http::Response<Body>,
+) -> http::Response<Body> {
+    let code = response
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .map_or(tonic::Code::Ok, tonic::Code::from_i32);
+    crate::telemetry::rpc(method, code, started.elapsed());
+    response
 }
 
 /// Starts a Subscribe stream: the caller from the request's metadata, the client's
@@ -126,6 +169,7 @@ async fn subscribe(
     let inbound =
         Streaming::new_request(decoder, request.into_inner(), None, Some(max_request_bytes));
     let frames = api.session(caller, slot, inbound);
+    crate::telemetry::streams_open(1.0);
     let mut response = http::Response::new(Body::new(FrameBody {
         frames: Box::pin(frames),
         end: None,
@@ -148,6 +192,12 @@ struct FrameBody<S> {
     done: bool,
     /// Told of every poll, for the stall watch of the connection (`transport`).
     progress: Option<Arc<Progress>>,
+}
+
+impl<S> Drop for FrameBody<S> {
+    fn drop(&mut self) {
+        crate::telemetry::streams_open(-1.0);
+    }
 }
 
 impl<S> FrameBody<S> {

@@ -299,7 +299,9 @@ impl Hubs {
                         targets,
                     } => self.deliver(&hub, seq, frame, targets),
                     RoomEvent::Broadcast(frame) => {
-                        let _ = hub.sender.send(Arc::new(Event::Broadcast(frame)));
+                        if let Ok(streams) = hub.sender.send(Arc::new(Event::Broadcast(frame))) {
+                            crate::telemetry::delivered(streams);
+                        }
                     }
                     RoomEvent::Updated {
                         version,
@@ -340,7 +342,14 @@ impl Hubs {
         };
         hub.highest
             .fetch_max(seq, std::sync::atomic::Ordering::Relaxed);
-        let _ = hub.sender.send(Arc::new(Event::Message { seq, held }));
+        if let Ok(streams) = hub.sender.send(Arc::new(Event::Message { seq, held })) {
+            crate::telemetry::delivered(streams);
+        }
+    }
+
+    /// How many rooms are live (have a stream attached here).
+    pub fn live_room_count(&self) -> usize {
+        self.rooms.lock().expect("hubs lock").len()
     }
 
     /// The live rooms (those with a stream attached here).
@@ -361,6 +370,7 @@ impl Hubs {
             .highest
             .fetch_max(stored, std::sync::atomic::Ordering::Relaxed);
         if before < stored {
+            crate::telemetry::bus_gap();
             let _ = hub.sender.send(Arc::new(Event::Behind { seq: stored }));
         }
     }

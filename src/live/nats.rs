@@ -75,8 +75,9 @@ pub fn start(
                     // buffer; shutting down does not.
                     tokio::select! {
                         published = client.publish_with_headers(SUBJECT, headers, payload) => {
-                            if let Err(error) = published {
-                                tracing::debug!(%error, "a message did not reach NATS");
+                            match published {
+                                Ok(()) => crate::telemetry::bus("out"),
+                                Err(error) => tracing::debug!(%error, "a message did not reach NATS"),
                             }
                         }
                         () = stopped(&mut stop) => return,
@@ -85,6 +86,7 @@ pub fn start(
                 received = inbound.next() => {
                     let Some(received) = received else { return };
                     if let Some(message) = decode(&node, &received) {
+                        crate::telemetry::bus("in");
                         hubs.apply_relayed(message);
                     }
                 }

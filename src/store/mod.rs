@@ -248,6 +248,19 @@ impl Store {
         Ok(())
     }
 
+    /// Connections in use and idle, over every pool.
+    pub fn connections(&self) -> (usize, usize) {
+        let of = |size: u32, idle: usize| (size as usize - idle.min(size as usize), idle);
+        match &self.backend {
+            Backend::Postgres(pool) => of(pool.size(), pool.num_idle()),
+            Backend::Sqlite { writer, reader } => {
+                let (w_used, w_idle) = of(writer.size(), writer.num_idle());
+                let (r_used, r_idle) = of(reader.size(), reader.num_idle());
+                (w_used + r_used, w_idle + r_idle)
+            }
+        }
+    }
+
     /// Closes every connection, waiting for those in use to be returned.
     pub async fn close(&self) {
         match &self.backend {

@@ -320,7 +320,8 @@ pub fn run(
                     );
                     s.follow(&room_id, routed);
                 }
-                Step::Room(room_id, Err(BroadcastStreamRecvError::Lagged(_))) => {
+                Step::Room(room_id, Err(BroadcastStreamRecvError::Lagged(missed))) => {
+                    crate::telemetry::lagged(missed);
                     // Fell behind the ring: read what it missed from the store, which
                     // also checks that it may still receive the room.
                     s.needs_catch_up(&room_id);

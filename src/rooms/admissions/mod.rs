@@ -299,7 +299,9 @@ async fn run(batches: apply::Batches, mut queue: mpsc::Receiver<Job>) {
         }
         waiting.extend(received.drain(..));
         let batch = take_batch(&mut waiting);
+        let (size, started) = (batch.len(), std::time::Instant::now());
         batches.apply(batch).await;
+        crate::telemetry::batch("membership", size, started.elapsed());
     }
 }
 

@@ -61,7 +61,15 @@ async fn write_batches(store: Store, hubs: Arc<Hubs>, mut queue: mpsc::Receiver<
         // The messages move into the batch; only the answer channels stay behind.
         let (batch, answers): (Vec<Submission>, Vec<_>) =
             jobs.drain(..).map(|j| (j.change, j.answer)).unzip();
+        let (size, started) = (batch.len(), std::time::Instant::now());
         let stored = store_batch(&store, &hubs, batch).await;
+        crate::telemetry::batch("messages", size, started.elapsed());
+        crate::telemetry::messages_stored(
+            stored
+                .iter()
+                .filter(|s| matches!(s, Ok(Appended::New(_))))
+                .count(),
+        );
         for (answer, stored) in answers.into_iter().zip(stored) {
             let _ = answer.send(stored);
         }

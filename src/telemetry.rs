@@ -1,0 +1,190 @@
+//! What the service tells its operator: logs (text or JSON lines) and Prometheus
+//! metrics (`--metrics-listen ADDR` serves `/metrics`, off by default).
+//!
+//! Every metric is named and labelled here, once, behind a function per thing
+//! observed, so the layers that observe (the API, the writers, the fan-out, the
+//! relay) say what happened and never how it is exported. Without `--metrics-listen`
+//! no recorder is installed and each call is a load of the global recorder and
+//! nothing else. Per-delivery work is kept off the fan-out's path: a published
+//! message counts its receivers once, not once per stream.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+
+use crate::config::LogFormat;
+use crate::error::{Error, Result};
+
+/// Sets up logging once, from the configured filter (`RUST_LOG` wins when set).
+pub fn init_logs(filter: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    // A second call (tests start several servers) keeps the first subscriber.
+    let _ = match format {
+        LogFormat::Text => logs.try_init(),
+        LogFormat::Json => logs.json().with_current_span(true).try_init(),
+    };
+}
+
+/// Serves `/metrics` on `addr` from now on. Fails when the address cannot be bound or
+/// a recorder is installed already (one per process).
+pub fn serve_metrics(addr: SocketAddr) -> Result<()> {
+    const LATENCY: &[f64] = &[
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    ];
+    const SIZES: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
+            LATENCY,
+        )
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Suffix("_size".into()),
+                SIZES,
+            )
+        })
+        .and_then(|b| b.install())
+        .map_err(|e| Error::invalid("metrics_listen", e.to_string()))?;
+    describe();
+    Ok(())
+}
+
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "chatroom_rpcs_total",
+        "Calls answered, by method and gRPC code"
+    );
+    describe_histogram!(
+        "chatroom_rpc_seconds",
+        Unit::Seconds,
+        "Time to answer a call (to open a Subscribe stream), by method"
+    );
+    describe_gauge!(
+        "chatroom_streams_open",
+        "Subscribe streams open on this node"
+    );
+    describe_gauge!(
+        "chatroom_rooms_live",
+        "Rooms with a fan-out hub on this node"
+    );
+    describe_counter!("chatroom_messages_stored_total", "CHAT messages stored");
+    describe_counter!(
+        "chatroom_messages_delivered_total",
+        "Messages handed to streams (one per receiving stream)"
+    );
+    describe_counter!(
+        "chatroom_stream_lagged_events_total",
+        "Events a stream fell too far behind to receive (its CHAT is read again from the database; BARRAGE and COMMAND are dropped)"
+    );
+    describe_counter!(
+        "chatroom_catch_ups_total",
+        "Times a stream read missed CHAT messages from the database"
+    );
+    describe_histogram!(
+        "chatroom_writer_batch_size",
+        "Changes per group commit, by writer (messages, membership)"
+    );
+    describe_histogram!(
+        "chatroom_writer_commit_seconds",
+        Unit::Seconds,
+        "Time to apply one batch, by writer"
+    );
+    describe_gauge!(
+        "chatroom_db_connections",
+        "Database connections, by state (in_use, idle)"
+    );
+    describe_counter!(
+        "chatroom_bus_messages_total",
+        "Events to (out) and from (in) the other nodes; dropped when the relay queue was full"
+    );
+    describe_counter!(
+        "chatroom_bus_gaps_total",
+        "Rooms found behind the store (messages the bus lost, read from the database)"
+    );
+}
+
+/// A call answered with `code` after `elapsed`.
+pub fn rpc(method: &'static str, code: tonic::Code, elapsed: Duration) {
+    counter!("chatroom_rpcs_total", "method" => method, "code" => code_name(code)).increment(1);
+    histogram!("chatroom_rpc_seconds", "method" => method).record(elapsed.as_secs_f64());
+}
+
+/// A Subscribe stream opened (`+1`) or ended (`-1`).
+pub fn streams_open(delta: f64) {
+    gauge!("chatroom_streams_open").increment(delta);
+}
+
+/// The rooms with a hub, now.
+pub fn rooms_live(count: usize) {
+    gauge!("chatroom_rooms_live").set(count as f64);
+}
+
+/// CHAT messages stored by one batch.
+pub fn messages_stored(count: usize) {
+    counter!("chatroom_messages_stored_total").increment(count as u64);
+}
+
+/// A message handed to `streams` streams.
+pub fn delivered(streams: usize) {
+    counter!("chatroom_messages_delivered_total").increment(streams as u64);
+}
+
+/// A stream that lagged `events` behind its room's ring.
+pub fn lagged(events: u64) {
+    counter!("chatroom_stream_lagged_events_total").increment(events);
+}
+
+/// A stream read missed messages from the database.
+pub fn caught_up() {
+    counter!("chatroom_catch_ups_total").increment(1);
+}
+
+/// A writer applied a batch of `size` changes in `elapsed`.
+pub fn batch(writer: &'static str, size: usize, elapsed: Duration) {
+    histogram!("chatroom_writer_batch_size", "writer" => writer).record(size as f64);
+    histogram!("chatroom_writer_commit_seconds", "writer" => writer).record(elapsed.as_secs_f64());
+}
+
+/// The database pools' connections, now.
+pub fn db_connections(in_use: usize, idle: usize) {
+    gauge!("chatroom_db_connections", "state" => "in_use").set(in_use as f64);
+    gauge!("chatroom_db_connections", "state" => "idle").set(idle as f64);
+}
+
+/// An event to or from the other nodes: `direction` is `out`, `in` or `dropped`.
+pub fn bus(direction: &'static str) {
+    counter!("chatroom_bus_messages_total", "direction" => direction).increment(1);
+}
+
+/// A room found behind the store.
+pub fn bus_gap() {
+    counter!("chatroom_bus_gaps_total").increment(1);
+}
+
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
