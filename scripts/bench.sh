@@ -3,7 +3,8 @@
 # BENCHMARKS.md reports them. Usage: scripts/bench.sh sqlite|postgres [OUT_FILE]
 # PostgreSQL: uses $BENCH_PG_URL (default postgres://postgres@127.0.0.1:5432) and
 # recreates the database chatroom_bench there. BENCH_AUTH=jwt runs the server with
-# --auth jwt and the bench with a token per user (verified per call and per stream).
+# --auth jwt and the bench with a token per user (verified per call and per stream);
+# BENCH_METRICS=1 runs the server with --metrics-listen.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 store=${1:?usage: scripts/bench.sh sqlite|postgres [OUT_FILE]}
@@ -28,6 +29,10 @@ auth=()
 if [ "${BENCH_AUTH:-header}" = jwt ]; then
     export CHATROOM_BENCH_JWT_SECRET=bench-secret-not-for-production
     auth=(--auth jwt --jwt-secret "$CHATROOM_BENCH_JWT_SECRET")
+fi
+# BENCH_METRICS=1 serves Prometheus metrics meanwhile (to show recording them is cheap).
+if [ "${BENCH_METRICS:-0}" = 1 ]; then
+    auth+=(--metrics-listen 127.0.0.1:50091)
 fi
 pid=
 start() {
