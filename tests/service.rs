@@ -186,11 +186,7 @@ async fn logs_are_json_lines_when_asked() {
     use tokio::io::{AsyncBufReadExt, BufReader};
     let db = TestDb::new(Backend::Sqlite).await;
     let start = |rust_log: Option<&str>| {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = common::free_port();
         let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatroom"));
         command
@@ -262,11 +258,7 @@ async fn metrics_move_with_traffic() {
     let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
     let db = TestDb::new(Backend::Sqlite).await;
     let metrics_addr = {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = common::free_port();
         format!("127.0.0.1:{port}")
     };
     let process =

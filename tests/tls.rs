@@ -117,11 +117,7 @@ struct TlsServer {
 impl TlsServer {
     async fn start(dir: &Path, extra: &[&str]) -> TlsServer {
         let db = TestDb::new(Backend::Sqlite).await;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = common::free_port();
         let (cert, key) = (dir.join("server.pem"), dir.join("server.key"));
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatroom"))
             .args([

@@ -27,10 +27,7 @@ struct Nats {
 
 impl Nats {
     fn start() -> Nats {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = common::free_port();
         let mut nats = Nats { port, child: None };
         nats.start_again();
         nats

@@ -358,11 +358,7 @@ impl ServerProcess {
 
     /// The binary with `args` besides its address, database and log level.
     pub async fn start_with(db: &TestDb, args: &[&str]) -> ServerProcess {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatroom"))
             .args([
@@ -393,6 +389,15 @@ impl ServerProcess {
             .expect("VmRSS");
         kib / 1024.0
     }
+}
+
+/// A port free on 127.0.0.1 now (the OS's pick, for the caller to bind next;
+/// between the two another process could take it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
 }
 
 /// The health status of `service` ("" for the whole server), as the server answers.

@@ -37,11 +37,7 @@ impl PgCluster {
     pub fn start() -> PgCluster {
         let bin = pg_bin();
         let dir = tempfile::tempdir().expect("temp dir");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = super::free_port();
         let cluster = PgCluster { bin, dir, port };
         if is_root() {
             // initdb refuses to run as root.
