@@ -194,6 +194,18 @@ step "security from outside: PyJWT tokens, openssl certificates, grpcurl (TLS, m
 "$PY" scripts/outside_check.py --binary target/debug/chatroom --grpcurl "$TOOLS/py/bin/grpcurl" \
     || die "the outside security check failed"
 
+step "the README's grpcurl walkthrough as a script (examples/grpcurl.sh)"
+walk_dir=$(mktemp -d)
+walk_port=$(free_port)
+target/debug/chatroom --listen "127.0.0.1:$walk_port" --database-url "sqlite://$walk_dir/walk.db" --log warn &
+walk_pid=$!
+walk_status=0
+for _ in $(seq 100); do port_answers 127.0.0.1 "$walk_port" && break; sleep 0.1; done
+CHATROOM_ADDR="127.0.0.1:$walk_port" GRPCURL="$TOOLS/py/bin/grpcurl" examples/grpcurl.sh || walk_status=$?
+kill -TERM "$walk_pid" && wait "$walk_pid" || walk_status=$?
+rm -rf "$walk_dir"
+[ "$walk_status" = 0 ] || die "the grpcurl walkthrough failed"
+
 step "seed flows and the cluster flow through two nodes (one PostgreSQL, a nats-server of their own)"
 cluster_flows() { # DATABASE_URL
     local nats_port port_a port_b nats a b status=0
