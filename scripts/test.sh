@@ -76,7 +76,7 @@ else
     start_throwaway_cluster
 fi
 
-# The outage test (tests/hostile/stalls.rs) starts and stops a PostgreSQL cluster of its own,
+# The outage test (tests/hostile/outage.rs) starts and stops a PostgreSQL cluster of its own,
 # so the server binaries must be here even when a server answers already.
 if ! pg_bin >/dev/null; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

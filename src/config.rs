@@ -144,6 +144,17 @@ pub struct Config {
     #[arg(long, env = "CHATROOM_MEMBER_EVENT_WINDOW_MS", default_value_t = 50)]
     pub member_event_window_ms: u64,
 
+    /// Delete stored messages older than this (for example `30d`, `12h`, `90s`), in
+    /// the background, a small batch at a time; a stream resuming from before what is
+    /// kept is told so (`attached.history_truncated`). Unset: kept forever.
+    #[arg(long, value_name = "DURATION", env = "CHATROOM_HISTORY_RETENTION", value_parser = parse_retention)]
+    pub history_retention: Option<std::time::Duration>,
+
+    /// Keep at most this many stored messages per room (the newest), deleting older
+    /// ones in the background like `--history-retention`. Unset: no limit.
+    #[arg(long, value_name = "COUNT", env = "CHATROOM_HISTORY_MAX_PER_ROOM", value_parser = clap::value_parser!(u64).range(1..))]
+    pub history_max_per_room: Option<u64>,
+
     /// NATS server URL (`nats://HOST:4222`) that makes this process one node of a
     /// cluster: nodes sharing one PostgreSQL database and one NATS deliver every
     /// room's messages to each other's streams. Needs a postgres:// `--database-url`.
@@ -239,6 +250,15 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
+/// A `--history-retention`: a duration of at least a second (`humantime` syntax).
+fn parse_retention(value: &str) -> Result<std::time::Duration, String> {
+    let retention = humantime::parse_duration(value).map_err(|e| e.to_string())?;
+    if retention < std::time::Duration::from_secs(1) {
+        return Err("must be at least 1s".into());
+    }
+    Ok(retention)
+}
+
 impl Config {
     /// The defaults of every flag (ignoring the environment), serving `database_url`
     /// on `listen`. Tests start from this and change what they need.
@@ -266,6 +286,8 @@ impl Config {
             keepalive_timeout_secs: 10,
             stalled_stream_timeout_secs: 30,
             member_event_window_ms: 50,
+            history_retention: None,
+            history_max_per_room: None,
             nats_url: None,
             node_id: None,
             cluster_repair_interval_ms: 500,

@@ -28,6 +28,9 @@ use crate::store::Store;
 const CHECK_INTERVAL: Duration = Duration::from_secs(2);
 /// The most often it checks, however short the bus's grace period.
 const MIN_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+/// How often it checks while the store fails calls at once (the database was found
+/// unreachable): its ping is what lets calls through again.
+const OUTAGE_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 
 /// A writer task that ended before the server was told to stop.
 #[derive(Debug, thiserror::Error)]
@@ -69,8 +72,13 @@ pub async fn watch_dependencies(
         None => CHECK_INTERVAL,
     };
     loop {
+        let wait = if store.is_unreachable() {
+            OUTAGE_CHECK_INTERVAL.min(interval)
+        } else {
+            interval
+        };
         let stopping = tokio::select! {
-            () = tokio::time::sleep(interval) => false,
+            () = tokio::time::sleep(wait) => false,
             _ = stop.wait_for(|stop| *stop) => true,
         };
         if stopping {

@@ -223,6 +223,14 @@ pub async fn serve(
         None => Vec::new(),
     };
     let expiry = rooms::expiry::start(rooms.clone(), stop.clone());
+    let retention = rooms::retention::start(
+        store.clone(),
+        rooms::retention::Retention {
+            max_age: config.history_retention,
+            max_per_room: config.history_max_per_room,
+        },
+        stop.clone(),
+    );
     if config.metrics_listen.is_some() {
         tokio::spawn(sample_gauges(
             store.clone(),
@@ -325,6 +333,9 @@ pub async fn serve(
     }
     // The expiry task holds the last handles to the writers besides the service.
     let _ = expiry.await;
+    if let Some(retention) = retention {
+        let _ = retention.await;
+    }
     let writers = writers.await?;
     store.close().await;
     tracing::info!("chatroom stopped");

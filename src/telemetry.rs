@@ -99,6 +99,10 @@ fn describe() {
         "Database connections, by state (in_use, idle)"
     );
     describe_counter!(
+        "chatroom_history_pruned_total",
+        "Stored messages deleted by history retention"
+    );
+    describe_counter!(
         "chatroom_bus_messages_total",
         "Events to (out) and from (in) the other nodes; dropped when the relay queue was full"
     );
@@ -154,6 +158,11 @@ pub fn batch(writer: &'static str, size: usize, elapsed: Duration) {
 pub fn db_connections(in_use: usize, idle: usize) {
     gauge!("chatroom_db_connections", "state" => "in_use").set(in_use as f64);
     gauge!("chatroom_db_connections", "state" => "idle").set(idle as f64);
+}
+
+/// History retention deleted `count` messages.
+pub fn history_pruned(count: u64) {
+    counter!("chatroom_history_pruned_total").increment(count);
 }
 
 /// An event to or from the other nodes: `direction` is `out`, `in` or `dropped`.

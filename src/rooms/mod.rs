@@ -11,7 +11,8 @@
 //! (who is online, on one node or across a cluster);
 //! the two writers every change goes through, [`admissions`] (membership) and
 //! [`sequencer`] (messages), on the handle they share ([`writer`]); [`expiry`]
-//! (presence timeouts, empty rooms); and, for a cluster node, [`lease`] (its lease and
+//! (presence timeouts, empty rooms); [`retention`] (deleting history past its age or
+//! count); and, for a cluster node, [`lease`] (its lease and
 //! the release of dead nodes) and [`tail`] (repair of what the bus lost).
 
 pub mod admin;
@@ -22,6 +23,7 @@ pub mod membership;
 pub mod messages;
 pub mod presence;
 pub mod rates;
+pub mod retention;
 pub mod sequencer;
 pub mod streams;
 pub mod tail;
@@ -141,6 +143,16 @@ pub struct Access {
     /// In a cluster, the room's online count over every node, the caller included;
     /// `None` on a single node, which counts its streams in memory.
     pub online: Option<u32>,
+    /// The seq of the oldest message still stored (`last_seq + 1` when none is): a
+    /// stream resuming from before it missed history that retention deleted.
+    pub history_from: u64,
+}
+
+impl Access {
+    /// Whether resuming after `after_seq` misses messages that are no longer stored.
+    pub fn history_truncated(&self, after_seq: u64) -> bool {
+        after_seq.saturating_add(1) < self.history_from
+    }
 }
 
 impl Rooms {

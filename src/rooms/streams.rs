@@ -69,7 +69,7 @@ impl Rooms {
     /// in its token) and returns it, as stored, with the caller's name there.
     pub async fn access(&self, caller: &Caller, room_id: &RoomId) -> Result<Access> {
         check_in_token(caller, room_id)?;
-        let (room, sender_name) = self.readable(caller, room_id).await?;
+        let (room, sender_name, history_from) = self.readable(caller, room_id).await?;
         let user = caller.user_id.as_str();
         // In a cluster the count is the database's, read now; on one node it is
         // read from memory once the stream has registered (see `presence_at_attach`).
@@ -84,27 +84,28 @@ impl Rooms {
             room,
             sender_name,
             online,
+            history_from,
         })
     }
 
-    /// The room, if the caller may receive it (a member or an admin), and the name
-    /// the caller goes by there.
+    /// The room, if the caller may receive it (a member or an admin), the name the
+    /// caller goes by there, and the seq its kept history starts from.
     pub(super) async fn readable(
         &self,
         caller: &Caller,
         room_id: &RoomId,
-    ) -> Result<(Room, String)> {
+    ) -> Result<(Room, String, u64)> {
         let user = caller.user_id.as_str();
-        let (room, name) = self
+        let found = self
             .store
-            .room_and_name(room_id, user)
+            .room_for_reader(room_id, user)
             .await?
             .ok_or_else(|| not_found(room_id))?;
-        let sender_name =
-            sender_name(caller.admin, user, name.as_deref()).ok_or_else(|| Error::NotAMember {
+        let sender_name = sender_name(caller.admin, user, found.display_name.as_deref())
+            .ok_or_else(|| Error::NotAMember {
                 room_id: room_id.to_string(),
             })?;
-        Ok((room, sender_name))
+        Ok((found.room, sender_name, found.kept_from))
     }
 
     /// Records a stream of `user` attached to `room`; a member of a room with a

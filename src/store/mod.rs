@@ -18,8 +18,9 @@
 //! mapping of database errors; [`reads`] the reads outside transactions; [`messages`]
 //! and [`membership`] the batch statements of the two writers' transactions;
 //! [`rooms`] room rows within a transaction; [`presence`] last-seen times and
-//! deadlines; [`postgres`] and [`sqlite`] each dialect's batch statements; `rows.rs`
-//! rows and their conversion to domain values.
+//! deadlines; [`history`] where kept history starts and its pruning; [`postgres`] and
+//! [`sqlite`] each dialect's batch statements; `reach.rs` failing fast while
+//! PostgreSQL is unreachable; `rows.rs` rows and their conversion to domain values.
 
 mod rows;
 
@@ -37,11 +38,12 @@ use std::collections::HashMap;
 use crate::domain::{HistoryRange, Member, Message, NewRoom, Room, RoomFilter, RoomId, UnixMicros};
 use rows::{MemberRow, MessageRow, PagedMessageRow, RoomAndNameRow, RoomRow};
 
-/// How long a request waits for a free database connection before failing with
-/// UNAVAILABLE. Short, so that while the database is unreachable calls fail fast
-/// instead of piling up (sqlx keeps trying to connect until this passes); under load
-/// connections are held for milliseconds, so a healthy server never waits this long.
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a request waits for a free PostgreSQL connection before failing with
+/// UNAVAILABLE. Short, so that the calls in flight when the database goes away are
+/// answered within a second (sqlx keeps trying to connect until this passes; later
+/// calls fail at once, see [`reach`]); under load connections are held for
+/// milliseconds, so a healthy server never waits this long.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_millis(600);
 /// How long a SQLite call waits for the writer connection: a local file does not go
 /// away, and the pool's queue is where writes wait their turn (a burst of presence
 /// changes queues thousands), so the wait is a long one.
@@ -92,52 +94,73 @@ macro_rules! message_columns {
     };
 }
 
-/// Evaluates `$body` with `$c` bound to the backend's read pool.
+/// Evaluates `$body` with `$c` bound to the backend's read pool — or fails at once
+/// while the database is known to be down ([`reach`]), learning from what it found.
 macro_rules! on_pool {
-    ($store:expr, $c:ident => $body:expr) => {
-        match &$store.backend {
-            Backend::Postgres(pool) => {
-                let $c = pool;
-                $body
-            }
-            Backend::Sqlite { reader, .. } => {
-                let $c = reader;
-                $body
+    ($store:expr, $c:ident => $body:expr) => {{
+        let store = &$store;
+        match store.reach.admit() {
+            Err(error) => Err(error),
+            Ok(()) => {
+                let result = match &store.backend {
+                    Backend::Postgres(pool) => {
+                        let $c = pool;
+                        $body
+                    }
+                    Backend::Sqlite { reader, .. } => {
+                        let $c = reader;
+                        $body
+                    }
+                };
+                store.reach.observe(&result);
+                result
             }
         }
-    };
+    }};
 }
 
-/// Evaluates `$body` with `$c` bound to the backend's write pool.
+/// Evaluates `$body` with `$c` bound to the backend's write pool, as [`on_pool`] does.
 macro_rules! on_writer {
-    ($store:expr, $c:ident => $body:expr) => {
-        match &$store.backend {
-            Backend::Postgres(pool) => {
-                let $c = pool;
-                $body
-            }
-            Backend::Sqlite { writer, .. } => {
-                let $c = writer;
-                $body
+    ($store:expr, $c:ident => $body:expr) => {{
+        let store = &$store;
+        match store.reach.admit() {
+            Err(error) => Err(error),
+            Ok(()) => {
+                let result = match &store.backend {
+                    Backend::Postgres(pool) => {
+                        let $c = pool;
+                        $body
+                    }
+                    Backend::Sqlite { writer, .. } => {
+                        let $c = writer;
+                        $body
+                    }
+                };
+                store.reach.observe(&result);
+                result
             }
         }
-    };
+    }};
 }
 
-/// Evaluates `$body` with `$c` bound to the transaction's connection.
+/// Evaluates `$body` with `$c` bound to the transaction's connection, learning from
+/// what it found whether the database is reachable.
 macro_rules! on_tx {
-    ($tx:expr, $c:ident => $body:expr) => {
-        match &mut $tx.inner {
-            TxInner::Postgres(tx) => {
-                let $c = &mut **tx;
+    ($tx:expr, $c:ident => $body:expr) => {{
+        let tx: &mut Tx = &mut *$tx;
+        let result = match &mut tx.inner {
+            TxInner::Postgres(inner) => {
+                let $c = &mut **inner;
                 $body
             }
-            TxInner::Sqlite(tx) => {
-                let $c = &mut **tx;
+            TxInner::Sqlite(inner) => {
+                let $c = &mut **inner;
                 $body
             }
-        }
-    };
+        };
+        tx.reach.observe(&result);
+        result
+    }};
 }
 
 /// Calls the transaction's dialect's own form of a batch statement,
@@ -152,16 +175,20 @@ macro_rules! by_dialect {
 }
 
 mod postgres;
+mod reach;
 mod sqlite;
 
 pub mod cluster;
+pub mod history;
 pub mod membership;
 pub mod messages;
 pub mod presence;
 pub mod reads;
 pub mod rooms;
 
+pub use history::HistorySpan;
 pub use presence::DueMember;
+pub use reads::ForReader;
 
 #[derive(Clone, Debug)]
 enum Backend {
@@ -179,6 +206,8 @@ enum Backend {
 #[derive(Clone, Debug)]
 pub struct Store {
     backend: Backend,
+    /// Whether PostgreSQL is known to be unreachable (calls then fail at once).
+    reach: std::sync::Arc<reach::Reach>,
 }
 
 impl Store {
@@ -226,7 +255,8 @@ impl Store {
                 "must start with sqlite: or postgres://",
             ));
         };
-        Ok(Store { backend })
+        let reach = std::sync::Arc::new(reach::Reach::new(matches!(backend, Backend::Postgres(_))));
+        Ok(Store { backend, reach })
     }
 
     /// Whether `database_url` names a PostgreSQL database.
@@ -242,10 +272,23 @@ impl Store {
         }
     }
 
-    /// Checks that the database answers (for the health service).
+    /// Checks that the database answers (for the health service). Always tries, even
+    /// while calls fail at once: its success is what ends an outage when no call
+    /// happens to probe.
     pub async fn ping(&self) -> Result<()> {
-        on_pool!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(drop))?;
-        Ok(())
+        let result = match &self.backend {
+            Backend::Postgres(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop),
+            Backend::Sqlite { reader, .. } => {
+                sqlx::query("SELECT 1").execute(reader).await.map(drop)
+            }
+        };
+        self.reach.observe(&result);
+        Ok(result?)
+    }
+
+    /// Whether calls fail at once because the database was found unreachable.
+    pub fn is_unreachable(&self) -> bool {
+        self.reach.is_down()
     }
 
     /// Connections in use and idle, over every pool.
@@ -272,13 +315,21 @@ impl Store {
         }
     }
 
-    /// Starts a write transaction.
+    /// Starts a write transaction (or fails at once while the database is down).
     pub async fn begin(&self) -> Result<Tx> {
+        self.reach.admit()?;
         let inner = match &self.backend {
-            Backend::Postgres(pool) => TxInner::Postgres(pool.begin().await?),
+            Backend::Postgres(pool) => {
+                let begun = pool.begin().await;
+                self.reach.observe(&begun);
+                TxInner::Postgres(begun?)
+            }
             Backend::Sqlite { writer, .. } => TxInner::Sqlite(writer.begin().await?),
         };
-        Ok(Tx { inner })
+        Ok(Tx {
+            inner,
+            reach: self.reach.clone(),
+        })
     }
 }
 
@@ -295,15 +346,17 @@ enum TxInner {
 /// error anywhere in a multi-step change leaves nothing written.
 pub struct Tx {
     inner: TxInner,
+    reach: std::sync::Arc<reach::Reach>,
 }
 
 impl Tx {
     pub async fn commit(self) -> Result<()> {
-        match self.inner {
-            TxInner::Postgres(tx) => tx.commit().await?,
-            TxInner::Sqlite(tx) => tx.commit().await?,
-        }
-        Ok(())
+        let committed = match self.inner {
+            TxInner::Postgres(tx) => tx.commit().await,
+            TxInner::Sqlite(tx) => tx.commit().await,
+        };
+        self.reach.observe(&committed);
+        Ok(committed?)
     }
 }
 

@@ -2,6 +2,17 @@
 
 use super::*;
 
+/// A room as a reader of it sees it.
+#[derive(Clone, Debug)]
+pub struct ForReader {
+    pub room: Room,
+    /// The reader's display name there; `None`: not a member.
+    pub display_name: Option<String>,
+    /// The seq of the oldest message still stored (`last_seq + 1` when none is):
+    /// earlier ones were deleted by history retention.
+    pub kept_from: u64,
+}
+
 impl Store {
     /// Reads a room.
     pub async fn room(&self, room_id: &RoomId) -> Result<Option<Room>> {
@@ -14,18 +25,21 @@ impl Store {
         row.map(Room::try_from).transpose()
     }
 
-    /// Reads a room and, in the same statement, the display name `user_id` has in it
-    /// (`None`: not a member). What attaching a stream needs, in one round trip.
-    pub async fn room_and_name(
+    /// Reads a room and, in the same statement, what a reader of it needs: the
+    /// display name `user_id` has in it and where its kept history starts. What
+    /// attaching a stream needs, in one round trip.
+    pub async fn room_for_reader(
         &self,
         room_id: &RoomId,
         user_id: &str,
-    ) -> Result<Option<(Room, Option<String>)>> {
+    ) -> Result<Option<ForReader>> {
         let row: Option<RoomAndNameRow> = on_pool!(self, pool => {
             sqlx::query_as(concat!(
                 "SELECT ", room_columns!(), ", \
                    (SELECT display_name FROM members WHERE room_id = $1 AND user_id = $2) \
-                     AS display_name \
+                     AS display_name, \
+                   (SELECT seq FROM messages WHERE room_id = $1 ORDER BY seq LIMIT 1) \
+                     AS first_seq \
                  FROM rooms WHERE room_id = $1"
             ))
             .bind(room_id.as_str())
@@ -33,8 +47,19 @@ impl Store {
             .fetch_optional(pool)
             .await
         })?;
-        row.map(|r| Ok((Room::try_from(r.room)?, r.display_name)))
-            .transpose()
+        row.map(|r| {
+            let room = Room::try_from(r.room)?;
+            let kept_from = match r.first_seq {
+                Some(seq) => u64::try_from(seq).unwrap_or(0),
+                None => room.last_seq + 1,
+            };
+            Ok(ForReader {
+                room,
+                display_name: r.display_name,
+                kept_from,
+            })
+        })
+        .transpose()
     }
 
     /// Reads up to `limit` rooms matching `filter` with ids above `after`, by id.

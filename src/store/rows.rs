@@ -69,6 +69,7 @@ pub(super) struct RoomAndNameRow {
     #[sqlx(flatten)]
     pub room: RoomRow,
     pub display_name: Option<String>,
+    pub first_seq: Option<i64>,
 }
 
 /// A message row of a catch-up page, with how many rows the page had before it was

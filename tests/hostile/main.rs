@@ -11,6 +11,7 @@ mod fields;
 mod flooding;
 mod leaving;
 mod memory;
+mod outage;
 mod presence;
 mod stalls;
 

@@ -7,5 +7,6 @@ mod common;
 
 mod messages;
 mod presence;
+mod retention;
 mod room_events;
 mod stream;

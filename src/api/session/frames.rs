@@ -6,10 +6,12 @@ use crate::live::Frame;
 use crate::pb;
 use crate::pb::subscribe_response::Event as PbEvent;
 
-pub(super) fn attached_event(room: Room) -> PbEvent {
+/// An `attached` event; `history_truncated`: the resume point is older than the
+/// history still stored.
+pub(super) fn attached_event(room: Room, history_truncated: bool) -> PbEvent {
     PbEvent::Attached(pb::RoomAttached {
         room: Some(room.into()),
-        history_truncated: false,
+        history_truncated,
     })
 }
 

@@ -138,7 +138,8 @@ enum Done {
         request_id: Option<String>,
         room_id: RoomId,
         after_seq: Option<u64>,
-        found: Result<Access>,
+        /// Boxed: the room is large next to a catch-up's answer.
+        found: Result<Box<Access>>,
     },
     CatchUp {
         room_id: RoomId,

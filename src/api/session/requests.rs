@@ -169,7 +169,7 @@ impl Session {
                         room_id: room_id.to_string(),
                     })
                 } else {
-                    rooms.access(&caller, &room_id).await
+                    rooms.access(&caller, &room_id).await.map(Box::new)
                 };
                 Done::Attach {
                     request_id,

@@ -61,14 +61,16 @@ impl Session {
                         let room = attachment.room.clone();
                         let online = attachment.online;
                         let last = room.last_seq;
+                        let truncated =
+                            after_seq.is_some_and(|after| attachment.history_truncated(after));
                         let delivered = after_seq.map_or(last, |after| after.min(last));
-                        self.state.record(subscription, attachment, delivered);
+                        self.state.record(subscription, *attachment, delivered);
                         if delivered < last {
                             self.needs_catch_up(&room_id);
                         }
                         // The user counts as online from this stream on.
                         let room = self.state.rooms.presence_at_attach(room, online);
-                        Ok(attached_event(room))
+                        Ok(attached_event(room, truncated))
                     }
                     Err(error) => Err(error),
                 };

@@ -1,0 +1,83 @@
+//! Failing fast while PostgreSQL is unreachable.
+//!
+//! Without this, every call made during an outage would wait out the pool's acquire
+//! timeout (sqlx keeps trying to connect until it passes), and the writers, which
+//! take one batch at a time, would spend that timeout on every batch: under a send
+//! storm the queue behind them grows by seconds. So the first call that finds the
+//! database unreachable marks it down, and from then on calls fail at once with the
+//! same UNAVAILABLE. Only [`crate::store::Store::ping`] still tries while it is down
+//! — the health service pings every few hundred milliseconds then — and its first
+//! success marks it up again: recovery needs no restart, and no caller's request is
+//! the one left waiting on a database that is not there.
+//!
+//! Only connection-level failures count (I/O, TLS, the pool timing out, PostgreSQL
+//! saying it is shutting down or cannot accept connections), never a statement the
+//! database refused. A SQLite file does not go away: for it this never trips.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Whether the database is known to be unreachable right now.
+#[derive(Debug)]
+pub(super) struct Reach {
+    /// `false` for SQLite.
+    trips: bool,
+    down: AtomicBool,
+}
+
+impl Reach {
+    pub(super) fn new(trips: bool) -> Self {
+        Reach {
+            trips,
+            down: AtomicBool::new(false),
+        }
+    }
+
+    /// Lets a call go to the database, or fails it at once while the database is
+    /// down.
+    pub(super) fn admit(&self) -> Result<(), sqlx::Error> {
+        if self.down.load(Ordering::Relaxed) {
+            // What waiting for a connection would have ended in, without the wait.
+            return Err(sqlx::Error::PoolTimedOut);
+        }
+        Ok(())
+    }
+
+    /// Learns from what a call to the database found.
+    pub(super) fn observe<T>(&self, result: &Result<T, sqlx::Error>) {
+        match result {
+            Ok(_) => {
+                if self.down.load(Ordering::Relaxed) && self.down.swap(false, Ordering::Relaxed) {
+                    tracing::info!("the database answers again");
+                }
+            }
+            Err(error) if self.trips && unreachable(error) => {
+                if !self.down.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(%error, "the database is unreachable; calls fail at once until it answers");
+                }
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// Whether calls fail at once now.
+    pub(super) fn is_down(&self) -> bool {
+        self.down.load(Ordering::Relaxed)
+    }
+}
+
+/// Whether `error` says the database cannot be reached (rather than that it refused
+/// a statement).
+fn unreachable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // connection exception; admin_shutdown, crash_shutdown, cannot_connect_now
+            code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03")
+        }),
+        _ => false,
+    }
+}
