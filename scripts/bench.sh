@@ -4,7 +4,8 @@
 # PostgreSQL: uses $BENCH_PG_URL (default postgres://postgres@127.0.0.1:5432) and
 # recreates the database chatroom_bench there. BENCH_AUTH=jwt runs the server with
 # --auth jwt and the bench with a token per user (verified per call and per stream);
-# BENCH_METRICS=1 runs the server with --metrics-listen.
+# BENCH_METRICS=1 runs the server with --metrics-listen; BENCH_LOG=info with that log filter
+# (default warn).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 store=${1:?usage: scripts/bench.sh sqlite|postgres [OUT_FILE]}
@@ -37,7 +38,7 @@ fi
 pid=
 start() {
     [ -n "$pid" ] && { kill -TERM "$pid"; wait "$pid" || true; }
-    target/release/chatroom --listen "$T" --database-url "$url" --log warn "${auth[@]}" &
+    target/release/chatroom --listen "$T" --database-url "$url" --log "${BENCH_LOG:-warn}" "${auth[@]}" &
     pid=$!
     sleep 2
 }

@@ -5,10 +5,12 @@
 #   2. makes sure PostgreSQL's server binaries are installed (one test runs a cluster
 #      of its own, stopping and starting it), and nats-server (the cluster tests run
 #      one of their own);
-#   3. runs cargo fmt --check, cargo clippy -D warnings, buf lint, the seed products'
-#      room flows from a Python client generated from the proto (on both stores and
-#      through two nodes), the security check from outside (PyJWT tokens, openssl
-#      certificates, grpcurl: scripts/outside_check.py), and cargo test.
+#   3. runs cargo fmt --check, cargo clippy -D warnings, buf lint and buf breaking, the
+#      seed products' room flows from a Python client generated from the proto (on both
+#      stores and through two nodes), the security check from outside (PyJWT tokens,
+#      openssl certificates, grpcurl: scripts/outside_check.py), the example clients
+#      (grpcurl, Python, Node, and the web page in headless Chromium: examples/), and
+#      cargo test.
 # Every store test runs on SQLite and on PostgreSQL; without PostgreSQL this script
 # fails loudly instead of skipping anything.
 set -euo pipefail
@@ -19,6 +21,17 @@ BUF_VERSION=1.75.0
 
 step() { printf '\n==> %s\n' "$*"; }
 die() { printf '\nFAIL: %s\n' "$*" >&2; exit 1; }
+# apt_install PACKAGE WHY: installs a Debian package when this may (root, apt-get), else
+# fails saying why it is needed.
+apt_install() {
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        step "installing $1 (apt-get)"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$1" >/dev/null \
+            || die "could not install $1 with apt-get"
+    else
+        die "$2: install it (Debian package $1)"
+    fi
+}
 
 # --- 1. PostgreSQL ------------------------------------------------------------------
 port_answers() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
@@ -34,14 +47,8 @@ pg_bin() {
 start_throwaway_cluster() {
     local bin
     if ! bin=$(pg_bin); then
-        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-            step "installing PostgreSQL (apt-get)"
-            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null \
-                || die "could not install PostgreSQL with apt-get"
-            bin=$(pg_bin) || die "PostgreSQL installed but initdb not found"
-        else
-            die "no PostgreSQL: set DATABASE_URL, run one on 127.0.0.1:5432, or install PostgreSQL"
-        fi
+        apt_install postgresql "no PostgreSQL: set DATABASE_URL, run one on 127.0.0.1:5432, or install PostgreSQL"
+        bin=$(pg_bin) || die "PostgreSQL installed but initdb not found"
     fi
     local dir port=55432
     dir=$(mktemp -d /tmp/chatroom-pg.XXXXXX)
@@ -78,37 +85,15 @@ fi
 
 # The outage test (tests/hostile/outage.rs) starts and stops a PostgreSQL cluster of its own,
 # so the server binaries must be here even when a server answers already.
-if ! pg_bin >/dev/null; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        step "installing PostgreSQL server binaries (apt-get)"
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null \
-            || die "could not install PostgreSQL with apt-get"
-    else
-        die "the outage test needs PostgreSQL's server binaries (initdb, pg_ctl): install postgresql"
-    fi
-fi
-
+pg_bin >/dev/null \
+    || apt_install postgresql "the outage test needs PostgreSQL's server binaries (initdb, pg_ctl)"
 # The cluster tests (tests/cluster/) and the two-node seed flows run a nats-server of their own on a free port.
-if ! command -v nats-server >/dev/null && [ ! -x /usr/sbin/nats-server ]; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        step "installing nats-server (apt-get)"
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server >/dev/null \
-            || die "could not install nats-server with apt-get"
-    else
-        die "the cluster tests need nats-server: install it (Debian package nats-server)"
-    fi
-fi
-
+command -v nats-server >/dev/null || [ -x /usr/sbin/nats-server ] \
+    || apt_install nats-server "the cluster tests need nats-server"
 # The auth tests make their keys with the openssl command.
-if ! command -v openssl >/dev/null; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        step "installing openssl (apt-get)"
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null \
-            || die "could not install openssl with apt-get"
-    else
-        die "the auth tests need the openssl command: install it (Debian package openssl)"
-    fi
-fi
+command -v openssl >/dev/null || apt_install openssl "the auth tests need the openssl command"
+# buf (unless installed), the Node example and the web example come from npm.
+command -v npm >/dev/null || apt_install npm "buf and the Node and web examples need npm"
 
 # Drop databases left by earlier test runs that stopped half-way.
 if command -v psql >/dev/null; then
@@ -130,14 +115,6 @@ BUF=$(command -v buf || true)
 if [ -z "$BUF" ]; then
     BUF="$TOOLS/node_modules/.bin/buf"
     if [ ! -x "$BUF" ]; then
-        if ! command -v npm >/dev/null; then
-            if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-                apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null \
-                    || die "could not install npm (needed for buf)"
-            else
-                die "buf lint needs buf or npm (npm install @bufbuild/buf)"
-            fi
-        fi
         npm install --silent --no-save --no-audit --no-fund --prefix "$TOOLS" "@bufbuild/buf@$BUF_VERSION" \
             || die "could not install @bufbuild/buf"
     fi
@@ -158,9 +135,8 @@ PY="$TOOLS/py/bin/python"
 if ! "$PY" -c 'import grpc, grpc_tools, grpc_status, jwt, cryptography' 2>/dev/null \
     || [ ! -x "$TOOLS/py/bin/grpcurl" ]; then
     if ! python3 -m venv "$TOOLS/py" 2>/dev/null; then
-        [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null \
-            && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null \
-            && python3 -m venv "$TOOLS/py" || die "python3 with venv is needed for the seed flows"
+        apt_install python3-venv "python3 with venv is needed for the seed flows"
+        python3 -m venv "$TOOLS/py" || die "python3 -m venv failed"
     fi
     "$TOOLS/py/bin/pip" install -q --disable-pip-version-check \
         grpcio==1.78.0 grpcio-tools==1.78.0 grpcio-status==1.78.0 protobuf==6.33.5 \
@@ -205,6 +181,27 @@ CHATROOM_ADDR="127.0.0.1:$walk_port" GRPCURL="$TOOLS/py/bin/grpcurl" examples/gr
 kill -TERM "$walk_pid" && wait "$walk_pid" || walk_status=$?
 rm -rf "$walk_dir"
 [ "$walk_status" = 0 ] || die "the grpcurl walkthrough failed"
+
+step "the example clients against a live server: Python, Node, and the web page in two Chromium tabs"
+[ -x "${CHROMIUM:=/usr/bin/chromium}" ] || { apt_install chromium "the web example's test drives Chromium"; CHROMIUM=/usr/bin/chromium; }
+(cd examples/node && npm ci --silent --no-audit --no-fund) || die "could not install the Node example's packages"
+(cd examples/web && npm ci --silent --no-audit --no-fund && npm run --silent build) \
+    || die "could not build the web example (protoc-gen-es, esbuild)"
+ex_dir=$(mktemp -d)
+ex_port=$(free_port)
+page_port=$(free_port)
+target/debug/chatroom --listen "127.0.0.1:$ex_port" --database-url "sqlite://$ex_dir/ex.db" --log warn \
+    --cors-origins "http://127.0.0.1:$page_port" &
+ex_pid=$!
+ex_status=0
+for _ in $(seq 100); do port_answers 127.0.0.1 "$ex_port" && break; sleep 0.1; done
+"$PY" examples/python/chat.py --target "127.0.0.1:$ex_port" || ex_status=$?
+(cd examples/node && node chat.mjs --target "127.0.0.1:$ex_port") || ex_status=$?
+(cd examples/web && node test/two_tabs.mjs --server "http://127.0.0.1:$ex_port" --port "$page_port" \
+    --chromium "$CHROMIUM") || ex_status=$?
+kill -TERM "$ex_pid" && wait "$ex_pid" || ex_status=$?
+rm -rf "$ex_dir"
+[ "$ex_status" = 0 ] || die "an example client failed"
 
 step "seed flows and the cluster flow through two nodes (one PostgreSQL, a nats-server of their own)"
 cluster_flows() { # DATABASE_URL

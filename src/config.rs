@@ -244,6 +244,25 @@ pub struct Config {
     #[arg(long, value_name = "ADDR", env = "CHATROOM_METRICS_LISTEN")]
     pub metrics_listen: Option<std::net::SocketAddr>,
 
+    /// Origins whose web pages may call this server with gRPC-Web (comma-separated,
+    /// for example `https://chat.example.com`; `*` allows any). gRPC-Web and HTTP/1.1
+    /// are always served on `--listen`; without this, browsers allow only pages of
+    /// the server's own origin.
+    #[arg(
+        long,
+        value_name = "ORIGINS",
+        env = "CHATROOM_CORS_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub cors_origins: Vec<String>,
+
+    /// Export spans (one per call and per Subscribe stream, with user and room ids) to
+    /// this OpenTelemetry collector over OTLP/gRPC, for example
+    /// `http://127.0.0.1:4317`. Off when not given. `OTEL_BSP_*` variables tune the
+    /// batching.
+    #[arg(long, value_name = "URL", env = "CHATROOM_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
     /// How log lines look: `text` for people, `json` for log collectors. `RUST_LOG`,
     /// if set, overrides `--log`.
     #[arg(long, value_enum, env = "CHATROOM_LOG_FORMAT", default_value = "text")]
@@ -305,6 +324,8 @@ impl Config {
             log: "info".into(),
             log_format: LogFormat::Text,
             metrics_listen: None,
+            otlp_endpoint: None,
+            cors_origins: Vec::new(),
         }
     }
 }

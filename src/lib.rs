@@ -21,14 +21,17 @@
 //! - [`auth`]: bearer tokens (`--auth jwt`) verified into a caller — keys, claims, and
 //!   a reason for every refusal; `api` hands it the token's text. [`auth::jwks`]
 //!   keeps a provider's published keys fresh.
-//! - [`telemetry`]: logs (text or JSON) and Prometheus metrics, each metric named once.
+//! - [`telemetry`]: logs (text or JSON), spans (per call and per stream, exported over
+//!   OTLP with `--otlp-endpoint`) and Prometheus metrics, each metric named once.
+//! - [`web`]: what browsers need — gRPC-Web on the same port, CORS for
+//!   `--cors-origins` (pages receive with the server-streaming `Listen`).
 //! - [`transport`]: accepted connections, closed when one of their Subscribe streams
 //!   stays unread (`--stalled-stream-timeout`).
 //! - [`tls`]: TLS and mTLS on the listener — a handshake task per connection with a
 //!   deadline, certificates reloaded on SIGHUP.
 //! - [`api`]: the gRPC layer only — identity, request validation, the service, the
-//!   Subscribe session loop ([`api::session`]), its route ([`api::subscribe`], which
-//!   writes pre-encoded frames to HTTP/2), the tasks a stream's database work runs on
+//!   Subscribe session loop ([`api::session`], also behind `Listen`), its route
+//!   ([`api::subscribe`], which writes pre-encoded frames to HTTP/2), the tasks a stream's database work runs on
 //!   ([`api::work`]: never inside the session, which runs only while its client reads)
 //!   and the server's codec (which answers undecodable messages INVALID_ARGUMENT).
 //! - [`domain`]: the types every layer imports — ids, rooms, members, messages, pages —
@@ -37,8 +40,9 @@
 //!   writers that group-commit changes: every change of membership
 //!   ([`rooms::admissions`]) and messages ([`rooms::sequencer`]); presence, on one node
 //!   or over a cluster ([`rooms::presence`]); the expiry of presence and empty rooms;
-//!   for a cluster node its lease ([`rooms::lease`]) and the repair of what the bus
-//!   lost ([`rooms::tail`]). No tonic, no SQL.
+//!   history retention ([`rooms::retention`]); for a cluster node its lease
+//!   ([`rooms::lease`]) and the repair of what the bus lost ([`rooms::tail`]). No
+//!   tonic, no SQL.
 //! - [`live`]: in-memory only: fan-out hubs, frames encoded once, this process's
 //!   presence, and the relay of events to and from other nodes (NATS). It imports no
 //!   store.
@@ -46,7 +50,8 @@
 //!   validated once ([`proto::decode`]), answers and events encoded ([`proto::encode`]).
 //! - [`store`]: SQL on PostgreSQL and SQLite — one text where the dialects agree, a
 //!   file per dialect where they differ (the writers' batch statements, row locks);
-//!   a cluster's nodes and presence (PostgreSQL only).
+//!   a cluster's nodes and presence (PostgreSQL only); failing fast while PostgreSQL
+//!   is unreachable.
 //! - [`pb`]: code generated from `proto/chatroom/v1/chatroom.proto` (the contract).
 //!
 //! What a client can make the server hold is bounded, and released by whoever set it
@@ -74,6 +79,7 @@ pub mod store;
 pub mod telemetry;
 pub mod tls;
 pub mod transport;
+pub mod web;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -114,6 +120,7 @@ pub async fn serve(
     }
     // Flags that cannot work are refused before anything is opened or written.
     let tokens = config.token_verifier()?;
+    let cors = web::cors(&config.cors_origins)?;
     if let Some(addr) = config.metrics_listen {
         telemetry::serve_metrics(addr)?;
     }
@@ -300,10 +307,15 @@ pub async fn serve(
     // HTTP/2 layer answers pings): `transport` closes its connection instead.
     let stall_after = (config.stalled_stream_timeout_secs > 0)
         .then(|| Duration::from_secs(config.stalled_stream_timeout_secs));
+    // Browsers: gRPC-Web (HTTP/1.1 or HTTP/2) on the same port, translated to gRPC
+    // before any service sees it, behind CORS for the pages of `--cors-origins`.
     let router = tonic::transport::Server::builder()
+        .accept_http1(true)
         .max_concurrent_streams(Some(config.max_streams_per_connection))
         .http2_keepalive_interval(keepalive)
         .http2_keepalive_timeout(Some(Duration::from_secs(config.keepalive_timeout_secs)))
+        .layer(cors)
+        .layer(tonic_web::GrpcWebLayer::new())
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -7,13 +7,31 @@ use tokio::net::TcpListener;
 use chatroom::Config;
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            // The error's own words (a flag that cannot work says which and why),
+            // not its debug form.
+            eprintln!("chatroom: {error}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let config = Config::parse();
-    chatroom::telemetry::init_logs(&config.log, config.log_format);
+    let telemetry = chatroom::telemetry::init(
+        &config.log,
+        config.log_format,
+        config.otlp_endpoint.as_deref(),
+    )?;
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-    chatroom::serve(config, listener, shutdown_signal()).await
+    let served = chatroom::serve(config, listener, shutdown_signal()).await;
+    telemetry.shutdown().await;
+    served
 }
 
 /// Resolves on the first SIGINT (Ctrl-C) or SIGTERM.

@@ -1,5 +1,7 @@
-//! What the service tells its operator: logs (text or JSON lines) and Prometheus
-//! metrics (`--metrics-listen ADDR` serves `/metrics`, off by default).
+//! What the service tells its operator: logs (text or JSON lines), spans (a span per
+//! call and per Subscribe stream carrying its user and room, in the logs and, with
+//! `--otlp-endpoint`, exported over OTLP) and Prometheus metrics
+//! (`--metrics-listen ADDR` serves `/metrics`, off by default).
 //!
 //! Every metric is named and labelled here, once, behind a function per thing
 //! observed, so the layers that observe (the API, the writers, the fan-out, the
@@ -16,16 +18,82 @@ use metrics::{counter, gauge, histogram};
 use crate::config::LogFormat;
 use crate::error::{Error, Result};
 
-/// Sets up logging once, from the configured filter (`RUST_LOG` wins when set).
-pub fn init_logs(filter: &str, format: LogFormat) {
+/// What [`init`] set up that must be flushed before the process exits.
+#[must_use = "call `shutdown` before exiting, or the last spans are not exported"]
+pub struct Telemetry {
+    spans: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Exports the spans not sent yet (waiting at most a few seconds for the
+    /// collector) and stops the exporter.
+    pub async fn shutdown(self) {
+        if let Some(provider) = self.spans {
+            let flushed = tokio::task::spawn_blocking(move || {
+                provider.shutdown_with_timeout(Duration::from_secs(5))
+            })
+            .await;
+            if let Ok(Err(error)) = flushed {
+                eprintln!("exporting the last spans failed: {error}");
+            }
+        }
+    }
+}
+
+/// Sets up logging once, from the configured filter (`RUST_LOG` wins when set), and,
+/// with an `otlp_endpoint`, the export of spans to an OpenTelemetry collector over
+/// OTLP/gRPC. The export has its own filter (every `chatroom` span and event at DEBUG
+/// and above: the calls' spans and the streams'), so `--log warn` quiets the log
+/// without emptying the traces. Must run within the
+/// Tokio runtime (the exporter's client lives there).
+pub fn init(filter: &str, format: LogFormat, otlp_endpoint: Option<&str>) -> Result<Telemetry> {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
-    let logs = tracing_subscriber::fmt().with_env_filter(filter);
-    // A second call (tests start several servers) keeps the first subscriber.
-    let _ = match format {
-        LogFormat::Text => logs.try_init(),
-        LogFormat::Json => logs.json().with_current_span(true).try_init(),
+    let logs = match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer().boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(true)
+            .boxed(),
+    }
+    .with_filter(filter);
+    let (spans, provider) = match otlp_endpoint {
+        Some(endpoint) => {
+            use opentelemetry::trace::TracerProvider as _;
+            use opentelemetry_otlp::WithExportConfig as _;
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint)
+                .build()
+                .map_err(|e| Error::invalid("otlp_endpoint", e.to_string()))?;
+            let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+                .with_batch_exporter(exporter)
+                .with_resource(
+                    opentelemetry_sdk::Resource::builder()
+                        .with_service_name("chatroom")
+                        .build(),
+                )
+                .build();
+            let layer = tracing_opentelemetry::layer()
+                .with_tracer(provider.tracer("chatroom"))
+                .with_filter(
+                    tracing_subscriber::filter::Targets::new()
+                        .with_target("chatroom", tracing::Level::DEBUG),
+                );
+            (Some(layer), Some(provider))
+        }
+        None => (None, None),
     };
+    // A second call (tests start several servers in one process) keeps the first.
+    let _ = tracing_subscriber::registry()
+        .with(logs)
+        .with(spans)
+        .try_init();
+    Ok(Telemetry { spans: provider })
 }
 
 /// Serves `/metrics` on `addr` from now on. Fails when the address cannot be bound or

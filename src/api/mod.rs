@@ -15,7 +15,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::Verifier;
-use crate::domain::{Caller, PageRequest, RoomFilter, UserId};
+use crate::domain::{Caller, PageRequest, RoomFilter, RoomId, UserId};
 use crate::error::Error;
 use crate::live::Frame;
 use crate::pb;
@@ -77,7 +77,7 @@ impl ChatRoomApi {
         &self,
         caller: Caller,
         slot: StreamSlot,
-        inbound: Streaming<pb::SubscribeRequest>,
+        inbound: impl Stream<Item = Result<pb::SubscribeRequest, Status>> + Send + Unpin + 'static,
     ) -> impl Stream<Item = Result<Frame, Status>> + Send + 'static {
         session::run(
             self.rooms.clone(),
@@ -91,11 +91,45 @@ impl ChatRoomApi {
 
     /// The caller of a request: from its bearer token with `--auth jwt` (verified once
     /// per call, and once per Subscribe stream), else from its `x-user-id` metadata.
+    /// A Listen call's session: its rooms become the attach frames a Subscribe client
+    /// would send (request ids "0", "1", …), after which the client has nothing more
+    /// to say, so the session ends once no room is left attached.
+    fn listen_session(
+        &self,
+        caller: Caller,
+        slot: StreamSlot,
+        request: pb::ListenRequest,
+    ) -> Result<impl Stream<Item = Result<Frame, Status>> + Send + 'static, Error> {
+        if request.rooms.is_empty() {
+            return Err(Error::invalid(
+                "rooms",
+                "name at least one room to listen to",
+            ));
+        }
+        // Refused whole: each room past the limit would otherwise be one more
+        // queued frame and one more error event, as many as the request can carry.
+        if request.rooms.len() > self.limits.max_rooms_per_stream {
+            return Err(Error::TooManyRooms {
+                limit: u32::try_from(self.limits.max_rooms_per_stream).unwrap_or(u32::MAX),
+            });
+        }
+        let frames = request.rooms.into_iter().enumerate().map(|(i, attach)| {
+            Ok(pb::SubscribeRequest {
+                request_id: i.to_string(),
+                frame: Some(pb::subscribe_request::Frame::Attach(attach)),
+            })
+        });
+        Ok(self.session(caller, slot, tokio_stream::iter(frames)))
+    }
+
+    /// The caller is recorded into the call's span.
     async fn caller(&self, metadata: &MetadataMap) -> Result<Caller, Error> {
-        match &self.tokens {
+        let caller = match &self.tokens {
             Some(verifier) => verifier.verify(bearer_token(metadata)?).await,
             None => self.header_caller(metadata),
-        }
+        }?;
+        tracing::Span::current().record("user_id", caller.user_id.as_str());
+        Ok(caller)
     }
 
     /// The caller `x-user-id` names (trusted as it is).
@@ -110,6 +144,11 @@ impl ChatRoomApi {
             .map_err(|e| Error::Unauthenticated(format!("invalid {USER_ID_HEADER}: {e}")))?;
         Ok(self.rooms.caller(user))
     }
+}
+
+/// Records the room a call is about into its span (see `subscribe::WithSubscribe`).
+fn in_room(room_id: &RoomId) {
+    tracing::Span::current().record("room_id", room_id.as_str());
 }
 
 /// The token of an `authorization: Bearer <token>` entry.
@@ -152,6 +191,7 @@ impl ChatRoomService for ChatRoomApi {
         let req = request.into_inner();
         let display_name = decode::display_name(req.display_name)?;
         let room = decode::new_room(req.room_id, req.name, req.attributes, req.settings)?;
+        in_room(&room.id);
         let room = self.rooms.create(&caller, room, display_name).await?;
         Ok(Response::new(pb::CreateRoomResponse {
             room: Some(room.into()),
@@ -165,6 +205,7 @@ impl ChatRoomService for ChatRoomApi {
         let caller = self.caller(request.metadata()).await?;
         let req = request.into_inner();
         let room_id = decode::room_id("room_id", req.room_id)?;
+        in_room(&room_id);
         let display_name = decode::display_name(req.display_name)?;
         let room = self.rooms.join(&caller, &room_id, display_name).await?;
         Ok(Response::new(pb::JoinRoomResponse {
@@ -180,6 +221,7 @@ impl ChatRoomService for ChatRoomApi {
         let req = request.into_inner();
         let display_name = decode::display_name(req.display_name)?;
         let room = decode::new_room(req.room_id, req.name, req.attributes, req.settings)?;
+        in_room(&room.id);
         let (room, created) = self.rooms.enter(&caller, room, display_name).await?;
         Ok(Response::new(pb::EnterRoomResponse {
             room: Some(room.into()),
@@ -193,6 +235,7 @@ impl ChatRoomService for ChatRoomApi {
     ) -> Result<Response<pb::LeaveRoomResponse>, Status> {
         let caller = self.caller(request.metadata()).await?;
         let room_id = decode::room_id("room_id", request.into_inner().room_id)?;
+        in_room(&room_id);
         self.rooms.leave(&caller, &room_id).await?;
         Ok(Response::new(pb::LeaveRoomResponse {}))
     }
@@ -205,6 +248,7 @@ impl ChatRoomService for ChatRoomApi {
         let req = request.into_inner();
         let from = decode::room_id("from_room_id", req.from_room_id)?;
         let to = decode::room_id("to_room_id", req.to_room_id)?;
+        in_room(&to);
         let display_name = decode::display_name(req.display_name)?;
         let room = self.rooms.switch(&caller, &from, &to, display_name).await?;
         Ok(Response::new(pb::SwitchRoomResponse {
@@ -218,6 +262,7 @@ impl ChatRoomService for ChatRoomApi {
     ) -> Result<Response<pb::GetRoomResponse>, Status> {
         self.caller(request.metadata()).await?;
         let room_id = decode::room_id("room_id", request.into_inner().room_id)?;
+        in_room(&room_id);
         let room = self.rooms.get(&room_id).await?;
         Ok(Response::new(pb::GetRoomResponse {
             room: Some(room.into()),
@@ -250,6 +295,7 @@ impl ChatRoomService for ChatRoomApi {
     ) -> Result<Response<pb::UpdateRoomResponse>, Status> {
         let caller = self.caller(request.metadata()).await?;
         let (room_id, patch) = decode::room_patch(request.into_inner())?;
+        in_room(&room_id);
         let room = self.rooms.update(&caller, &room_id, patch).await?;
         Ok(Response::new(pb::UpdateRoomResponse {
             room: Some(room.into()),
@@ -262,6 +308,7 @@ impl ChatRoomService for ChatRoomApi {
     ) -> Result<Response<pb::DeleteRoomResponse>, Status> {
         let caller = self.caller(request.metadata()).await?;
         let room_id = decode::room_id("room_id", request.into_inner().room_id)?;
+        in_room(&room_id);
         self.rooms.delete(&caller, &room_id).await?;
         Ok(Response::new(pb::DeleteRoomResponse {}))
     }
@@ -273,6 +320,7 @@ impl ChatRoomService for ChatRoomApi {
         let caller = self.caller(request.metadata()).await?;
         let req = request.into_inner();
         let room_id = decode::room_id("room_id", req.room_id)?;
+        in_room(&room_id);
         let page = PageRequest::new(req.page_size, decode::page_token(&req.page_token)?);
         let page = self
             .rooms
@@ -290,6 +338,7 @@ impl ChatRoomService for ChatRoomApi {
     ) -> Result<Response<pb::SendMessageResponse>, Status> {
         let caller = self.caller(request.metadata()).await?;
         let draft = decode::draft(request.into_inner(), self.rooms.message_limits())?;
+        in_room(&draft.room_id);
         let message = self.rooms.send(&caller, draft, None).await?;
         Ok(Response::new(pb::SendMessageResponse {
             message: Some((&message).into()),
@@ -304,6 +353,7 @@ impl ChatRoomService for ChatRoomApi {
         let req = request.into_inner();
         let (range, limit) = decode::history(&req)?;
         let room_id = decode::room_id("room_id", req.room_id)?;
+        in_room(&room_id);
         let (messages, has_more) = self.rooms.messages(&caller, &room_id, range, limit).await?;
         Ok(Response::new(pb::ListMessagesResponse {
             messages: messages.iter().map(Into::into).collect(),
@@ -326,5 +376,17 @@ impl ChatRoomService for ChatRoomApi {
             slot,
             request.into_inner(),
         ))))
+    }
+
+    type ListenStream = SubscribeStream;
+
+    async fn listen(
+        &self,
+        request: Request<pb::ListenRequest>,
+    ) -> Result<Response<Self::ListenStream>, Status> {
+        // Like Subscribe, `serve` answers Listen in `subscribe::WithSubscribe`.
+        let (caller, slot) = self.stream_slot(self.caller(request.metadata()).await?)?;
+        let session = self.listen_session(caller, slot, request.into_inner())?;
+        Ok(Response::new(Box::pin(session)))
     }
 }

@@ -24,6 +24,7 @@ use tokio_stream::Stream;
 use tonic::body::Body;
 use tonic::server::NamedService;
 use tonic::{Status, Streaming};
+use tracing::Instrument;
 
 use super::ChatRoomApi;
 use super::codec::LeanCodec;
@@ -32,8 +33,9 @@ use crate::live::Frame;
 use crate::pb;
 use crate::transport::Progress;
 
-/// The route this module serves.
+/// The routes this module serves.
 const SUBSCRIBE_PATH: &str = "/chatroom.v1.ChatRoomService/Subscribe";
+const LISTEN_PATH: &str = "/chatroom.v1.ChatRoomService/Listen";
 /// Most bytes of ready frames gathered into one write.
 const GATHER_LIMIT: usize = 16 * 1024;
 
@@ -74,21 +76,39 @@ impl tower_service::Service<http::Request<Body>> for WithSubscribe {
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         let method = method_name(request.uri().path());
         let started = std::time::Instant::now();
-        if request.uri().path() == SUBSCRIBE_PATH {
+        // The call's span: the handler records the caller and the room into it
+        // (`super::in_span`), and everything logged meanwhile carries them.
+        let span = tracing::info_span!(
+            "rpc",
+            otel.name = method,
+            method,
+            user_id = tracing::field::Empty,
+            room_id = tracing::field::Empty,
+            code = tracing::field::Empty,
+        );
+        let path = request.uri().path();
+        if path == SUBSCRIBE_PATH || path == LISTEN_PATH {
+            let listen = path == LISTEN_PATH;
             // Boxed because verifying a token may wait for a JWKS fetch; the box is
             // freed once the stream's response is made.
             let api = self.api.clone();
             let max_request_bytes = self.max_request_bytes;
-            Box::pin(async move {
-                let response = subscribe(&api, max_request_bytes, request).await;
-                Ok(metered(method, started, response))
-            })
+            Box::pin(
+                async move {
+                    let response = subscribe(&api, max_request_bytes, request, listen).await;
+                    Ok(metered(method, started, response))
+                }
+                .instrument(span),
+            )
         } else {
             let call = tower_service::Service::call(&mut self.inner, request);
-            Box::pin(async move {
-                let response = call.await?;
-                Ok(metered(method, started, response))
-            })
+            Box::pin(
+                async move {
+                    let response = call.await?;
+                    Ok(metered(method, started, response))
+                }
+                .instrument(span),
+            )
         }
     }
 }
@@ -132,16 +152,25 @@ fn metered(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<i32>().ok())
         .map_or(tonic::Code::Ok, tonic::Code::from_i32);
-    crate::telemetry::rpc(method, code, started.elapsed());
+    let elapsed = started.elapsed();
+    crate::telemetry::rpc(method, code, elapsed);
+    tracing::Span::current().record("code", code as i32);
+    tracing::debug!(
+        code = code as i32,
+        elapsed_us = elapsed.as_micros() as u64,
+        "answered"
+    );
     response
 }
 
 /// Starts a Subscribe stream: the caller from the request's metadata, the client's
-/// frames decoded from its body, and the session's frames as the response body.
+/// frames decoded from its body, and the session's frames as the response body. A
+/// Listen call (`listen`) is the same stream, its one request turned into the frames.
 async fn subscribe(
     api: &ChatRoomApi,
     max_request_bytes: usize,
     request: http::Request<Body>,
+    listen: bool,
 ) -> http::Response<Body> {
     if let Some(encoding) = request.headers().get("grpc-encoding")
         && encoding != "identity"
@@ -164,17 +193,49 @@ async fn subscribe(
         Ok(opened) => opened,
         Err(error) => return Status::from(error).into_http(),
     };
-    let decoder =
-        tonic::codec::Codec::decoder(&mut LeanCodec::<Frame, pb::SubscribeRequest>::default());
-    let inbound =
-        Streaming::new_request(decoder, request.into_inner(), None, Some(max_request_bytes));
-    let frames = api.session(caller, slot, inbound);
+    // The stream's span, entered whenever the session runs: what it logs (attaches,
+    // detaches, failures) carries the user, and its database work is its child. At
+    // DEBUG, because it lives as long as the stream: at INFO it cost 0.8 KiB per idle
+    // stream (BENCHMARKS.md), so it exists only with `--log debug` or an OTLP export.
+    // Not a child of the call's span, which would then stay open as long as the
+    // stream; it follows from it instead.
+    let span = tracing::debug_span!(
+        parent: None,
+        "stream",
+        otel.name = if listen { "Listen stream" } else { "Subscribe stream" },
+        user_id = caller.user_id.as_str()
+    );
+    span.follows_from(tracing::Span::current());
+    let frames: Pin<Box<dyn Stream<Item = Result<Frame, Status>> + Send>> = if listen {
+        let decoder =
+            tonic::codec::Codec::decoder(&mut LeanCodec::<Frame, pb::ListenRequest>::default());
+        let mut body =
+            Streaming::new_request(decoder, request.into_inner(), None, Some(max_request_bytes));
+        let listened = match body.message().await {
+            Ok(Some(listen)) => api
+                .listen_session(caller, slot, listen)
+                .map_err(Status::from),
+            Ok(None) => Err(Status::invalid_argument("a Listen call needs its request")),
+            Err(status) => Err(status),
+        };
+        match listened {
+            Ok(frames) => Box::pin(span.in_scope(|| frames)),
+            Err(status) => return status.into_http(),
+        }
+    } else {
+        let decoder =
+            tonic::codec::Codec::decoder(&mut LeanCodec::<Frame, pb::SubscribeRequest>::default());
+        let inbound =
+            Streaming::new_request(decoder, request.into_inner(), None, Some(max_request_bytes));
+        Box::pin(span.in_scope(|| api.session(caller, slot, inbound)))
+    };
     crate::telemetry::streams_open(1.0);
     let mut response = http::Response::new(Body::new(FrameBody {
-        frames: Box::pin(frames),
+        frames,
         end: None,
         done: false,
         progress,
+        span,
     }));
     response
         .headers_mut()
@@ -183,7 +244,7 @@ async fn subscribe(
 }
 
 /// The response body: the session's frames, then its status as trailers.
-struct FrameBody<S> {
+struct FrameBody<S: ?Sized> {
     frames: Pin<Box<S>>,
     /// How the stream ended, when that was learnt while gathering: sent as trailers
     /// after what was gathered.
@@ -192,15 +253,17 @@ struct FrameBody<S> {
     done: bool,
     /// Told of every poll, for the stall watch of the connection (`transport`).
     progress: Option<Arc<Progress>>,
+    /// The stream's span.
+    span: tracing::Span,
 }
 
-impl<S> Drop for FrameBody<S> {
+impl<S: ?Sized> Drop for FrameBody<S> {
     fn drop(&mut self) {
         crate::telemetry::streams_open(-1.0);
     }
 }
 
-impl<S> FrameBody<S> {
+impl<S: ?Sized> FrameBody<S> {
     /// The trailers that end the body.
     fn finish(&mut self, status: &Status) -> http_body::Frame<Bytes> {
         self.done = true;
@@ -208,7 +271,7 @@ impl<S> FrameBody<S> {
     }
 }
 
-impl<S> http_body::Body for FrameBody<S>
+impl<S: ?Sized> http_body::Body for FrameBody<S>
 where
     S: Stream<Item = Result<Frame, Status>>,
 {
@@ -219,6 +282,8 @@ where
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
+        let span = self.span.clone();
+        let _entered = span.enter();
         let polled = self.as_mut().poll_frames(cx);
         if let Some(progress) = &self.progress {
             progress.polled(polled.is_ready());
@@ -231,7 +296,7 @@ where
     }
 }
 
-impl<S> FrameBody<S>
+impl<S: ?Sized> FrameBody<S>
 where
     S: Stream<Item = Result<Frame, Status>>,
 {

@@ -22,6 +22,7 @@ use std::future::Future;
 
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 /// Database work of streams in progress at once, server-wide.
 pub const TOTAL: usize = 64;
@@ -32,14 +33,18 @@ static PERMITS: Semaphore = Semaphore::const_new(TOTAL);
 /// future is made, on the heap, only then: database futures are several kilobytes,
 /// and thousands of streams attaching at once would otherwise all hold theirs while
 /// they wait. Dropping the handle leaves the task to finish (and release what it
-/// holds) on its own.
+/// holds) on its own. The task runs in the span current when it is spawned (the
+/// stream's), so what it logs carries the stream's user.
 pub fn spawn<T, F>(make: impl FnOnce() -> F + Send + 'static) -> JoinHandle<T>
 where
     F: Future<Output = T> + Send + 'static,
     T: Send + 'static,
 {
-    tokio::spawn(async move {
-        let _permit = PERMITS.acquire().await.expect("never closed");
-        Box::pin(make()).await
-    })
+    tokio::spawn(
+        async move {
+            let _permit = PERMITS.acquire().await.expect("never closed");
+            Box::pin(make()).await
+        }
+        .in_current_span(),
+    )
 }

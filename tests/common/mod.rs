@@ -238,7 +238,7 @@ pub struct TestServer {
 impl TestServer {
     /// Starts a server over `db` with default limits, changed by `configure`.
     pub async fn start(db: &TestDb, configure: impl FnOnce(&mut Config)) -> TestServer {
-        chatroom::telemetry::init_logs("warn", chatroom::config::LogFormat::Text);
+        let _ = chatroom::telemetry::init("warn", chatroom::config::LogFormat::Text, None);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
         let addr = listener.local_addr().unwrap();
         let mut config = Config::new(addr, db.url.clone());

@@ -5,6 +5,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod listen;
 mod messages;
 mod presence;
 mod retention;

@@ -48,7 +48,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::{Stream, StreamExt, StreamMap};
-use tonic::{Code, Status, Streaming};
+use tonic::{Code, Status};
 
 use super::work;
 use crate::domain::{Caller, RoomId};
@@ -222,7 +222,10 @@ pub fn run(
     caller: Caller,
     slot: StreamSlot,
     limits: SessionLimits,
-    mut inbound: Streaming<pb::SubscribeRequest>,
+    mut inbound: impl Stream<Item = std::result::Result<pb::SubscribeRequest, Status>>
+    + Send
+    + Unpin
+    + 'static,
     mut stop: watch::Receiver<bool>,
 ) -> impl Stream<Item = std::result::Result<Frame, Status>> + Send + 'static {
     async_stream::stream! {

@@ -64,6 +64,7 @@ impl Session {
                         let truncated =
                             after_seq.is_some_and(|after| attachment.history_truncated(after));
                         let delivered = after_seq.map_or(last, |after| after.min(last));
+                        tracing::debug!(%room_id, ?after_seq, last_seq = last, truncated, "attached");
                         self.state.record(subscription, *attachment, delivered);
                         if delivered < last {
                             self.needs_catch_up(&room_id);
