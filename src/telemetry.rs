@@ -167,6 +167,15 @@ fn describe() {
         "Database connections, by state (in_use, idle)"
     );
     describe_counter!(
+        "chatroom_db_waits_total",
+        "Times a call found no idle database connection and waited for one"
+    );
+    describe_histogram!(
+        "chatroom_db_wait_seconds",
+        Unit::Seconds,
+        "How long those waits took (to a connection, or to the pool's timeout)"
+    );
+    describe_counter!(
         "chatroom_history_pruned_total",
         "Stored messages deleted by history retention"
     );
@@ -226,6 +235,12 @@ pub fn batch(writer: &'static str, size: usize, elapsed: Duration) {
 pub fn db_connections(in_use: usize, idle: usize) {
     gauge!("chatroom_db_connections", "state" => "in_use").set(in_use as f64);
     gauge!("chatroom_db_connections", "state" => "idle").set(idle as f64);
+}
+
+/// A call waited `elapsed` for a database connection (none was idle).
+pub fn db_wait(elapsed: Duration) {
+    counter!("chatroom_db_waits_total").increment(1);
+    histogram!("chatroom_db_wait_seconds").record(elapsed.as_secs_f64());
 }
 
 /// History retention deleted `count` messages.

@@ -285,6 +285,17 @@ async fn metrics_move_with_traffic() {
             .unwrap();
     }
     assert_eq!(sub.chat_seqs_until(3).await, [1, 2, 3]);
+    // Many more reads at once than SQLite's four reader connections: some wait.
+    let reads = (0..100).map(|_| {
+        let mut alice = alice.clone();
+        async move { common::history(&mut alice, "r").await.len() }
+    });
+    assert!(
+        futures_util::future::join_all(reads)
+            .await
+            .iter()
+            .all(|n| *n == 3)
+    );
     let bad = alice
         .create_room(common::create("no spaces"))
         .await
@@ -313,6 +324,9 @@ async fn metrics_move_with_traffic() {
         3.0
     );
     assert_eq!(value("chatroom_messages_stored_total", &[]), 3.0);
+    let waits = value("chatroom_db_waits_total", &[]);
+    assert!(waits >= 1.0, "{waits}");
+    assert_eq!(value("chatroom_db_wait_seconds_count", &[]), waits);
     assert!(value("chatroom_messages_delivered_total", &[]) >= 3.0);
     assert_eq!(value("chatroom_streams_open", &[]), 1.0);
     let message_batches = value(

@@ -94,7 +94,7 @@ macro_rules! message_columns {
     };
 }
 
-/// Evaluates `$body` with `$c` bound to the backend's read pool — or fails at once
+/// Evaluates `$body` with `$c` bound to a connection of the backend's read pool — or fails at once
 /// while the database is known to be down ([`reach`]), learning from what it found.
 macro_rules! on_pool {
     ($store:expr, $c:ident => $body:expr) => {{
@@ -103,14 +103,20 @@ macro_rules! on_pool {
             Err(error) => Err(error),
             Ok(()) => {
                 let result = match &store.backend {
-                    Backend::Postgres(pool) => {
-                        let $c = pool;
-                        $body
-                    }
-                    Backend::Sqlite { reader, .. } => {
-                        let $c = reader;
-                        $body
-                    }
+                    Backend::Postgres(pool) => match connection(pool).await {
+                        Ok(mut connection) => {
+                            let $c = &mut *connection;
+                            $body
+                        }
+                        Err(error) => Err(error),
+                    },
+                    Backend::Sqlite { reader, .. } => match connection(reader).await {
+                        Ok(mut connection) => {
+                            let $c = &mut *connection;
+                            $body
+                        }
+                        Err(error) => Err(error),
+                    },
                 };
                 store.reach.observe(&result);
                 result
@@ -119,7 +125,8 @@ macro_rules! on_pool {
     }};
 }
 
-/// Evaluates `$body` with `$c` bound to the backend's write pool, as [`on_pool`] does.
+/// Evaluates `$body` with `$c` bound to a connection of the backend's write pool, as
+/// [`on_pool`] does.
 macro_rules! on_writer {
     ($store:expr, $c:ident => $body:expr) => {{
         let store = &$store;
@@ -127,14 +134,20 @@ macro_rules! on_writer {
             Err(error) => Err(error),
             Ok(()) => {
                 let result = match &store.backend {
-                    Backend::Postgres(pool) => {
-                        let $c = pool;
-                        $body
-                    }
-                    Backend::Sqlite { writer, .. } => {
-                        let $c = writer;
-                        $body
-                    }
+                    Backend::Postgres(pool) => match connection(pool).await {
+                        Ok(mut connection) => {
+                            let $c = &mut *connection;
+                            $body
+                        }
+                        Err(error) => Err(error),
+                    },
+                    Backend::Sqlite { writer, .. } => match connection(writer).await {
+                        Ok(mut connection) => {
+                            let $c = &mut *connection;
+                            $body
+                        }
+                        Err(error) => Err(error),
+                    },
                 };
                 store.reach.observe(&result);
                 result
@@ -320,17 +333,45 @@ impl Store {
         self.reach.admit()?;
         let inner = match &self.backend {
             Backend::Postgres(pool) => {
-                let begun = pool.begin().await;
+                let begun = begin(pool).await;
                 self.reach.observe(&begun);
                 TxInner::Postgres(begun?)
             }
-            Backend::Sqlite { writer, .. } => TxInner::Sqlite(writer.begin().await?),
+            Backend::Sqlite { writer, .. } => TxInner::Sqlite(begin(writer).await?),
         };
         Ok(Tx {
             inner,
             reach: self.reach.clone(),
         })
     }
+}
+
+/// A connection of `pool`: an idle one at once, else whatever waiting for one takes —
+/// a wait the metrics count and time (`chatroom_db_waits_total`,
+/// `chatroom_db_wait_seconds`), the sign of a pool too small for its load.
+async fn connection<DB: sqlx::Database>(
+    pool: &sqlx::Pool<DB>,
+) -> std::result::Result<sqlx::pool::PoolConnection<DB>, sqlx::Error> {
+    if let Some(connection) = pool.try_acquire() {
+        return Ok(connection);
+    }
+    let started = std::time::Instant::now();
+    let connection = pool.acquire().await;
+    crate::telemetry::db_wait(started.elapsed());
+    connection
+}
+
+/// A transaction on a connection of `pool`, its wait counted as [`connection`]'s.
+async fn begin<DB: sqlx::Database>(
+    pool: &sqlx::Pool<DB>,
+) -> std::result::Result<sqlx::Transaction<'static, DB>, sqlx::Error> {
+    if let Some(tx) = pool.try_begin().await? {
+        return Ok(tx);
+    }
+    let started = std::time::Instant::now();
+    let tx = pool.begin().await;
+    crate::telemetry::db_wait(started.elapsed());
+    tx
 }
 
 fn to_i64(v: u64) -> i64 {
