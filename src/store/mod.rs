@@ -94,10 +94,11 @@ macro_rules! message_columns {
     };
 }
 
-/// Evaluates `$body` with `$c` bound to a connection of the backend's read pool — or fails at once
+/// Evaluates `$body` with `$c` bound to a connection of the backend's pool (for
+/// SQLite, of the pool named `$sqlite`: `reader` or `writer`) — or fails at once
 /// while the database is known to be down ([`reach`]), learning from what it found.
-macro_rules! on_pool {
-    ($store:expr, $c:ident => $body:expr) => {{
+macro_rules! on_connection {
+    ($store:expr, $sqlite:ident, $c:ident => $body:expr) => {{
         let store = &$store;
         match store.reach.admit() {
             Err(error) => Err(error),
@@ -110,7 +111,7 @@ macro_rules! on_pool {
                         }
                         Err(error) => Err(error),
                     },
-                    Backend::Sqlite { reader, .. } => match connection(reader).await {
+                    Backend::Sqlite { $sqlite, .. } => match connection($sqlite).await {
                         Ok(mut connection) => {
                             let $c = &mut *connection;
                             $body
@@ -125,35 +126,18 @@ macro_rules! on_pool {
     }};
 }
 
-/// Evaluates `$body` with `$c` bound to a connection of the backend's write pool, as
-/// [`on_pool`] does.
+/// [`on_connection`] for reads (SQLite's reader connections).
+macro_rules! on_pool {
+    ($store:expr, $c:ident => $body:expr) => {
+        on_connection!($store, reader, $c => $body)
+    };
+}
+
+/// [`on_connection`] for writes outside a transaction (SQLite's one writer).
 macro_rules! on_writer {
-    ($store:expr, $c:ident => $body:expr) => {{
-        let store = &$store;
-        match store.reach.admit() {
-            Err(error) => Err(error),
-            Ok(()) => {
-                let result = match &store.backend {
-                    Backend::Postgres(pool) => match connection(pool).await {
-                        Ok(mut connection) => {
-                            let $c = &mut *connection;
-                            $body
-                        }
-                        Err(error) => Err(error),
-                    },
-                    Backend::Sqlite { writer, .. } => match connection(writer).await {
-                        Ok(mut connection) => {
-                            let $c = &mut *connection;
-                            $body
-                        }
-                        Err(error) => Err(error),
-                    },
-                };
-                store.reach.observe(&result);
-                result
-            }
-        }
-    }};
+    ($store:expr, $c:ident => $body:expr) => {
+        on_connection!($store, writer, $c => $body)
+    };
 }
 
 /// Evaluates `$body` with `$c` bound to the transaction's connection, learning from
