@@ -144,6 +144,25 @@ async fn unary_calls_and_their_errors_over_http1(backend: Backend) {
         status.get_details_error_info().expect("ErrorInfo").reason,
         "ROOM_NOT_FOUND"
     );
+
+    // A Listen call without its request message is bad input, said so precisely.
+    let response = http1()
+        .post(format!("http://{addr}/chatroom.v1.ChatRoomService/Listen"))
+        .header("content-type", "application/grpc-web+proto")
+        .header("x-user-id", "alice")
+        .send()
+        .await
+        .unwrap();
+    let headers = response.headers().clone();
+    let mut frames = Frames::default();
+    frames.feed(&response.bytes().await.unwrap());
+    let status = frames.status(&headers);
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    let violations = status
+        .get_details_bad_request()
+        .expect("BadRequest")
+        .field_violations;
+    assert_eq!(violations[0].field, "request", "{violations:?}");
     app.stop().await;
 }
 

@@ -77,7 +77,7 @@ impl tower_service::Service<http::Request<Body>> for WithSubscribe {
         let method = method_name(request.uri().path());
         let started = std::time::Instant::now();
         // The call's span: the handler records the caller and the room into it
-        // (`super::in_span`), and everything logged meanwhile carries them.
+        // (`ChatRoomApi::caller`, `super::in_room`), and everything logged meanwhile carries them.
         let span = tracing::info_span!(
             "rpc",
             otel.name = method,
@@ -129,6 +129,7 @@ fn method_name(path: &str) -> &'static str {
         "SendMessage",
         "ListMessages",
         "Subscribe",
+        "Listen",
     ];
     let name = path.rsplit('/').next().unwrap_or_default();
     METHODS
@@ -215,7 +216,10 @@ async fn subscribe(
             Ok(Some(listen)) => api
                 .listen_session(caller, slot, listen)
                 .map_err(Status::from),
-            Ok(None) => Err(Status::invalid_argument("a Listen call needs its request")),
+            Ok(None) => Err(Status::from(crate::error::Error::invalid(
+                "request",
+                "a Listen call needs its ListenRequest",
+            ))),
             Err(status) => Err(status),
         };
         match listened {
@@ -354,4 +358,31 @@ fn trailers(status: &Status) -> http_body::Frame<Bytes> {
         let _ = unsendable.add_header(&mut headers);
     }
     http_body::Frame::trailers(headers)
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message as _;
+
+    /// Every RPC of the contract is named in the metrics (a new one would otherwise
+    /// be counted as "unknown").
+    #[test]
+    fn every_method_of_the_contract_has_a_metrics_name() {
+        let files = prost_types::FileDescriptorSet::decode(crate::FILE_DESCRIPTOR_SET).unwrap();
+        let service = files
+            .file
+            .iter()
+            .flat_map(|f| &f.service)
+            .find(|s| s.name() == "ChatRoomService")
+            .expect("the service");
+        assert!(service.method.len() >= 14);
+        for method in &service.method {
+            let path = format!("/chatroom.v1.ChatRoomService/{}", method.name());
+            assert_eq!(super::method_name(&path), method.name());
+        }
+        assert_eq!(
+            super::method_name("/chatroom.v1.ChatRoomService/Nope"),
+            "unknown"
+        );
+    }
 }
