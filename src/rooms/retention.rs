@@ -45,8 +45,8 @@ impl Retention {
     }
 
     /// The last seq to delete of a room as `span` shows it, within one batch from its
-    /// oldest message (`None`: nothing to delete). `sent_before` finds the newest of
-    /// the batch sent before the age cutoff.
+    /// oldest message (`None`: nothing to delete). For the age limit the store finds
+    /// the newest of the batch sent before `cutoff`.
     async fn prune_through(
         &self,
         span: &HistorySpan,

@@ -406,28 +406,45 @@ impl From<sqlx::Error> for Error {
             sqlx::Error::Database(db) if db.code().as_deref().is_some_and(is_retryable) => {
                 Error::Unavailable(format!("{db} (SQLSTATE {})", db.code().unwrap_or_default()))
             }
-            sqlx::Error::Io(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::Protocol(_) => Error::Unavailable(e.to_string()),
+            e if connection_lost(&e) || matches!(e, sqlx::Error::PoolClosed) => {
+                Error::Unavailable(e.to_string())
+            }
             other => Error::Internal(other.to_string()),
         }
     }
 }
 
+/// Whether `error` says the database cannot be reached at all — the connection, not
+/// the statement, failed. Such errors are UNAVAILABLE, and they are what makes
+/// [`reach`] fail later calls at once.
+fn connection_lost(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => db.code().as_deref().is_some_and(is_connection_state),
+        _ => false,
+    }
+}
+
+/// SQLSTATEs of a lost connection: connection exception (08…); shutting down
+/// (admin_shutdown, crash_shutdown, cannot_connect_now).
+fn is_connection_state(code: &str) -> bool {
+    code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
+}
+
 /// SQLSTATEs that say the database (or the connection to it) cannot serve the call
 /// now, not that the call is wrong: it may be retried as it is.
 fn is_retryable(code: &str) -> bool {
-    matches!(
-        code,
-        // deadlock detected, serialization failure
-        "40P01" | "40001"
-        // shutting down: admin_shutdown, crash_shutdown, cannot_connect_now
-        | "57P01" | "57P02" | "57P03"
-        // SQLite: the database is busy or locked (another process holds it)
-        | "5" | "6" | "261" | "262" | "517"
-    ) || code.starts_with("08") // connection exception
+    is_connection_state(code)
+        || matches!(
+            code,
+            // deadlock detected, serialization failure
+            "40P01" | "40001"
+            // SQLite: the database is busy or locked (another process holds it)
+            | "5" | "6" | "261" | "262" | "517"
+        )
         || code.starts_with("53") // insufficient resources (too many connections, disk full)
 }

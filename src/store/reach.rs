@@ -50,7 +50,7 @@ impl Reach {
                     tracing::info!("the database answers again");
                 }
             }
-            Err(error) if self.trips && unreachable(error) => {
+            Err(error) if self.trips && super::connection_lost(error) => {
                 if !self.down.swap(true, Ordering::Relaxed) {
                     tracing::warn!(%error, "the database is unreachable; calls fail at once until it answers");
                 }
@@ -62,22 +62,5 @@ impl Reach {
     /// Whether calls fail at once now.
     pub(super) fn is_down(&self) -> bool {
         self.down.load(Ordering::Relaxed)
-    }
-}
-
-/// Whether `error` says the database cannot be reached (rather than that it refused
-/// a statement).
-fn unreachable(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::WorkerCrashed
-        | sqlx::Error::Protocol(_) => true,
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            // connection exception; admin_shutdown, crash_shutdown, cannot_connect_now
-            code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03")
-        }),
-        _ => false,
     }
 }
