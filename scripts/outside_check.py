@@ -224,12 +224,15 @@ def tls_and_tokens(binary, g, d, rsa_key):
         members = expect_ok(g.call(s.port, "ListMembers", {"room_id": "lobby"}, alice),
                             "ListMembers as the owner")
         assert [m["displayName"] for m in members["members"]] == ["Alice"], members
-        # The rooms claim.
+        # The rooms claim. The README's walkthrough: EnterRoom on a room that does not
+        # exist yet (JoinRoom would be NOT_FOUND there).
         viewer = hs(claims("viewer-17", rooms=["live-42*"]))
         expect_ok(g.call(s.port, "EnterRoom", {"room_id": "live-42"}, viewer),
-                  "EnterRoom within the token's rooms")
+                  "EnterRoom within the token's rooms, the room new")
         expect_refused(g.call(s.port, "JoinRoom", {"room_id": "lobby"}, viewer),
                        "PERMISSION_DENIED", "ROOM_NOT_IN_TOKEN", "JoinRoom outside the token's rooms")
+        expect_refused(g.call(s.port, "GetRoom", {"room_id": "lobby"}, viewer),
+                       "PERMISSION_DENIED", "ROOM_NOT_IN_TOKEN", "GetRoom outside the token's rooms")
         # A Subscribe stream: attach, ping, detach; then the client closes its side.
         frames = "\n".join(json.dumps(f) for f in [
             {"request_id": "a", "attach": {"room_id": "live-42"}},

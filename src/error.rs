@@ -68,6 +68,10 @@ pub enum Error {
     /// The user has as many Subscribe streams open as `--max-streams-per-user` allows.
     #[error("already {limit} streams open for this user, the most allowed")]
     TooManyStreams { limit: u32 },
+    /// A request message is larger than any valid one can be (`limit` bytes), refused
+    /// by its size before it is buffered whole.
+    #[error("the request is larger than {limit} bytes, the most any valid request needs")]
+    RequestTooLarge { limit: usize },
     /// The database cannot be reached; the request may be retried.
     #[error("storage unavailable: {0}")]
     Unavailable(String),

@@ -260,10 +260,10 @@ impl ChatRoomService for ChatRoomApi {
         &self,
         request: Request<pb::GetRoomRequest>,
     ) -> Result<Response<pb::GetRoomResponse>, Status> {
-        self.caller(request.metadata()).await?;
+        let caller = self.caller(request.metadata()).await?;
         let room_id = decode::room_id("room_id", request.into_inner().room_id)?;
         in_room(&room_id);
-        let room = self.rooms.get(&room_id).await?;
+        let room = self.rooms.get(&caller, &room_id).await?;
         Ok(Response::new(pb::GetRoomResponse {
             room: Some(room.into()),
         }))

@@ -37,6 +37,7 @@ impl Error {
             }
             Error::RateLimited { .. } => (Code::ResourceExhausted, "RATE_LIMITED"),
             Error::TooManyStreams { .. } => (Code::ResourceExhausted, "TOO_MANY_STREAMS"),
+            Error::RequestTooLarge { .. } => (Code::ResourceExhausted, "REQUEST_TOO_LARGE"),
             Error::Unavailable(_) => (Code::Unavailable, "STORE_UNAVAILABLE"),
             Error::Internal(_) => (Code::Internal, "INTERNAL"),
         }
@@ -81,6 +82,7 @@ impl Error {
             Error::TooManyRooms { limit }
             | Error::TooManyPendingFrames { limit }
             | Error::TooManyStreams { limit } => vec![("limit", limit.to_string())],
+            Error::RequestTooLarge { limit } => vec![("limit", limit.to_string())],
             Error::RateLimited { retry_after } => {
                 vec![("retry_after_ms", retry_after.as_millis().to_string())]
             }

@@ -20,7 +20,7 @@ use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
 use http::header::{CONTENT_TYPE, HeaderValue};
-use tokio_stream::Stream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::body::Body;
 use tonic::server::NamedService;
 use tonic::{Status, Streaming};
@@ -102,14 +102,43 @@ impl tower_service::Service<http::Request<Body>> for WithSubscribe {
             )
         } else {
             let call = tower_service::Service::call(&mut self.inner, request);
+            let max_request_bytes = self.max_request_bytes;
             Box::pin(
                 async move {
-                    let response = call.await?;
+                    let response = sized(call.await?, max_request_bytes);
                     Ok(metered(method, started, response))
                 }
                 .instrument(span),
             )
         }
+    }
+}
+
+/// A request refused by its size is RESOURCE_EXHAUSTED `REQUEST_TOO_LARGE` with its
+/// `ErrorInfo`, as every other refusal: tonic's decoder says OUT_OF_RANGE, with no
+/// details, and gRPC's own table of codes gives RESOURCE_EXHAUSTED to a message over
+/// the receiver's limit. Nothing of this service answers OUT_OF_RANGE otherwise.
+fn too_large(status: Status, limit: usize) -> Status {
+    if status.code() == tonic::Code::OutOfRange {
+        Status::from(crate::error::Error::RequestTooLarge { limit })
+    } else {
+        status
+    }
+}
+
+/// A unary answer with [`too_large`] applied: tonic refuses an oversized request
+/// before the handler runs, in a trailers-only answer (its status in the headers).
+fn sized(response: http::Response<Body>, limit: usize) -> http::Response<Body> {
+    let out_of_range = response
+        .headers()
+        .get("grpc-status")
+        .is_some_and(|code| code.as_bytes() == b"11");
+    if !out_of_range {
+        return response;
+    }
+    match Status::from_header_map(response.headers()) {
+        Some(status) => too_large(status, limit).into_http(),
+        None => response,
     }
 }
 
@@ -220,7 +249,7 @@ async fn subscribe(
                 "request",
                 "a Listen call needs its ListenRequest",
             ))),
-            Err(status) => Err(status),
+            Err(status) => Err(too_large(status, max_request_bytes)),
         };
         match listened {
             Ok(frames) => Box::pin(span.in_scope(|| frames)),
@@ -230,7 +259,8 @@ async fn subscribe(
         let decoder =
             tonic::codec::Codec::decoder(&mut LeanCodec::<Frame, pb::SubscribeRequest>::default());
         let inbound =
-            Streaming::new_request(decoder, request.into_inner(), None, Some(max_request_bytes));
+            Streaming::new_request(decoder, request.into_inner(), None, Some(max_request_bytes))
+                .map(move |frame| frame.map_err(|status| too_large(status, max_request_bytes)));
         Box::pin(span.in_scope(|| api.session(caller, slot, inbound)))
     };
     crate::telemetry::streams_open(1.0);

@@ -95,11 +95,13 @@ pub enum Event {
     /// the room's latest state ([`Hubs::room_state`]) if they have not sent it yet.
     Updated { version: u64 },
     /// The streams of `user` must stop receiving this room; on a switch they move to
-    /// `switched_to`.
+    /// `switched_to`. With `unless_admin`, streams whose caller is an admin stay: the
+    /// user is no longer a member, and admins need not be one (a repair).
     Detach {
         user: String,
         reason: DetachReason,
         switched_to: Option<Box<Switch>>,
+        unless_admin: bool,
     },
     /// The room was deleted: every stream detaches.
     Deleted,
@@ -468,6 +470,21 @@ impl Hubs {
             user: user.to_string(),
             reason,
             switched_to: switched_to.map(Box::new),
+            unless_admin: false,
+        }));
+    }
+
+    /// Detaches the streams of `user`, found not to be a member, on this node — except
+    /// those whose caller is an admin, who may watch a room without being a member (a
+    /// repair: whether a stream's caller is an admin is the caller's, a token's
+    /// `roles` claim included, and only the stream knows it).
+    pub fn detach_non_member_here(&self, room: &RoomId, user: &str) {
+        let Some(hub) = self.hub(room) else { return };
+        let _ = hub.sender.send(Arc::new(Event::Detach {
+            user: user.to_string(),
+            reason: DetachReason::Left,
+            switched_to: None,
+            unless_admin: true,
         }));
     }
 

@@ -4,8 +4,9 @@
 use super::*;
 
 impl Rooms {
-    /// Reads a room.
-    pub async fn get(&self, room_id: &RoomId) -> Result<Room> {
+    /// Reads a room (any caller whose token reaches it).
+    pub async fn get(&self, caller: &Caller, room_id: &RoomId) -> Result<Room> {
+        check_in_token(caller, room_id)?;
         let room = self
             .store
             .room(room_id)
@@ -33,6 +34,7 @@ impl Rooms {
         room_id: &RoomId,
         patch: RoomPatch,
     ) -> Result<Room> {
+        check_in_token(caller, room_id)?;
         self.rates.check_change(caller.user_id.as_str())?;
         let mut tx = self.store.begin().await?;
         let mut room = lock_existing(&mut tx, room_id).await?;
@@ -58,8 +60,16 @@ impl Rooms {
                 actual: room.version,
             });
         }
+        let had_timeout = room.settings.presence_timeout.is_some();
         if patch.apply(&mut room)? {
-            room = tx.update_room(&room, UnixMicros::now()).await?;
+            let now = UnixMicros::now();
+            // On one node `last_seen` is kept only while a room has a presence
+            // timeout: a room gaining one starts it for every member not attached
+            // (a cluster keeps `last_seen` always, through each node's presence rows).
+            if !had_timeout && room.settings.presence_timeout.is_some() && self.node.is_none() {
+                tx.offline_since(room_id, now).await?;
+            }
+            room = tx.update_room(&room, now).await?;
             tx.commit().await?;
             room = self.with_presence(room).await;
             self.live.hubs.room_updated(&room);
@@ -72,6 +82,7 @@ impl Rooms {
 
     /// Deletes a room with its members and history (owner or admin).
     pub async fn delete(&self, caller: &Caller, room_id: &RoomId) -> Result<()> {
+        check_in_token(caller, room_id)?;
         self.rates.check_change(caller.user_id.as_str())?;
         let mut tx = self.store.begin().await?;
         let room = lock_existing(&mut tx, room_id).await?;
@@ -126,9 +137,10 @@ impl Rooms {
         }))
     }
 
-    /// Fails unless the room exists and the caller may receive it (a member or an
-    /// admin).
+    /// Fails unless the caller's token reaches the room, the room exists, and the
+    /// caller may receive it (a member or an admin).
     pub(super) async fn check_can_read(&self, caller: &Caller, room_id: &RoomId) -> Result<()> {
+        check_in_token(caller, room_id)?;
         self.readable(caller, room_id).await.map(drop)
     }
 }

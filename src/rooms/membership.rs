@@ -61,6 +61,7 @@ impl Rooms {
 
     /// Leaves a room; not being a member is not an error. Returns the member removed.
     pub async fn leave(&self, caller: &Caller, room_id: &RoomId) -> Result<Option<Member>> {
+        check_in_token(caller, room_id)?;
         self.rates.check_change(caller.user_id.as_str())?;
         self.admissions
             .leave(room_id, caller.user_id.as_str())
@@ -78,6 +79,7 @@ impl Rooms {
         to: &RoomId,
         display_name: String,
     ) -> Result<Room> {
+        check_in_token(caller, from)?;
         check_in_token(caller, to)?;
         self.rates.check_change(caller.user_id.as_str())?;
         let display_name = caller.display_name(display_name);

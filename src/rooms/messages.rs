@@ -30,6 +30,7 @@ impl Rooms {
         draft: Draft,
         sender_name: Option<&str>,
     ) -> Result<Sent> {
+        check_in_token(caller, &draft.room_id)?;
         self.rates.check_send(caller.user_id.as_str(), draft.kind)?;
         let room_id = draft.room_id.clone();
         if draft.kind.is_stored() {

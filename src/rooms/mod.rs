@@ -225,9 +225,12 @@ fn sender_name(admin: bool, user: &str, display_name: Option<&str>) -> Option<St
     }
 }
 
-/// Fails unless the caller's token lets it into `room_id` (create, join, enter,
-/// switch to, attach). Leaving, reading and sending need no such check: they need
-/// membership, which only those could have given.
+/// Fails unless the caller's token reaches `room_id`. Every call and stream frame
+/// that names a room checks it, for every caller, admins included: membership is
+/// not enough, because a room joined with a broader token stays joined when the
+/// user comes back with a narrower one — and a narrow admin token is how a backend
+/// hands a moderator power over some rooms only. (ListRooms names no room and lists
+/// every room, as the README says.)
 fn check_in_token(caller: &Caller, room_id: &RoomId) -> Result<()> {
     if caller.may_enter(room_id) {
         Ok(())

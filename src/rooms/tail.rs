@@ -14,7 +14,8 @@
 //! Room events: every [`CONVERGE_EVERY`] intervals (5 s by default) the node checks
 //! its streams against the store (two statements for all its rooms) — a room deleted
 //! elsewhere is deleted here, a room updated elsewhere is updated here, and the
-//! streams of users who are no longer members (and not admins) are detached — so a
+//! streams of users who are no longer members are detached, but not those a caller
+//! who is an admin (by `--admin-users` or by a token's `roles`) opened — so a
 //! detach or a deletion the bus lost still happens, within that long. These repairs
 //! are this node's own: they are not relayed.
 
@@ -25,7 +26,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::Rooms;
-use crate::domain::{DetachReason, RoomId};
+use crate::domain::RoomId;
 use crate::error::Result;
 use crate::store::cluster::RoomHead;
 
@@ -105,8 +106,8 @@ impl Rooms {
         let members = self.store.memberships_among(&pairs).await?;
         for (room_id, user) in &attached {
             let key = (room_id.to_string(), user.clone());
-            if !members.contains(&key) && !self.admins.contains(user) {
-                hubs.detach_here(room_id, user, DetachReason::Left, None);
+            if !members.contains(&key) {
+                hubs.detach_non_member_here(room_id, user);
             }
         }
         Ok(())

@@ -78,6 +78,23 @@ impl Tx {
         Room::try_from(row)
     }
 
+    /// Marks every member of a room recorded as online (`last_seen` unset) offline
+    /// since `now`. For a room that just gained a presence timeout on one node, where
+    /// `last_seen` is kept only while a room has one: members who went away while it
+    /// had none are still recorded online. Those attached now record themselves
+    /// online again when their streams see the update.
+    pub async fn offline_since(&mut self, room_id: &RoomId, now: UnixMicros) -> Result<()> {
+        on_tx!(self, c => {
+            sqlx::query("UPDATE members SET last_seen_us = $2 WHERE room_id = $1 AND last_seen_us IS NULL")
+                .bind(room_id.as_str())
+                .bind(now.0)
+                .execute(c)
+                .await
+                .map(drop)
+        })?;
+        Ok(())
+    }
+
     /// Deletes a room with its members and history, releasing each member's room slot.
     pub async fn delete_room(&mut self, room_id: &RoomId) -> Result<()> {
         const STEPS: [&str; 4] = [

@@ -1,6 +1,8 @@
-//! The `rooms` claim: a token limited to some rooms may create, join, enter, switch
-//! to and attach only those (others: PERMISSION_DENIED `ROOM_NOT_IN_TOKEN`, nothing
-//! written); what it may do inside a room it is in is unchanged.
+//! The `rooms` claim: a token limited to some rooms reaches only those, whatever the
+//! call — create, join, enter, switch, leave, read, list members and history, send,
+//! update, delete, attach, send on a stream — and whoever holds it, admins included
+//! (others: PERMISSION_DENIED `ROOM_NOT_IN_TOKEN`, nothing written). A room joined
+//! earlier with a broader token is outside a narrower one too.
 
 use chatroom::pb;
 use serde_json::json;
@@ -9,7 +11,11 @@ use tonic::Code;
 use crate::common::{self, Backend, Ev, Sub, assert_error, create, join};
 use crate::{claims, jwt_app, token, with};
 
-crate::on_both_stores!(the_rooms_claim_limits_which_rooms_a_token_reaches);
+crate::on_both_stores!(
+    the_rooms_claim_limits_which_rooms_a_token_reaches,
+    a_narrow_token_reaches_no_room_outside_it_even_one_joined_before,
+    an_admin_token_limited_to_some_rooms_administers_only_those,
+);
 
 async fn the_rooms_claim_limits_which_rooms_a_token_reaches(backend: Backend) {
     let app = jwt_app(backend).await;
@@ -99,4 +105,196 @@ async fn the_rooms_claim_limits_which_rooms_a_token_reaches(backend: Backend) {
         })
         .await
         .unwrap();
+}
+
+/// Every call that names a room outside the token is refused with nothing written,
+/// although the user joined that room earlier with a token that reached it.
+async fn a_narrow_token_reaches_no_room_outside_it_even_one_joined_before(backend: Backend) {
+    let app = jwt_app(backend).await;
+    let server = app.server();
+    let mut broad = server.token_client(&token(&claims("user")));
+    broad.create_room(create("old-room")).await.unwrap();
+    broad
+        .send_message(common::chat("old-room", "before"))
+        .await
+        .unwrap();
+    let narrow_claims = with(claims("user"), json!({"rooms": ["live-42*"]}));
+    let mut narrow = server.token_client(&token(&narrow_claims));
+    narrow.create_room(create("live-42")).await.unwrap();
+    let refused = |status: tonic::Status| {
+        assert_error(&status, Code::PermissionDenied, "ROOM_NOT_IN_TOKEN");
+    };
+
+    refused(common::get_room(&mut narrow, "old-room").await.unwrap_err());
+    refused(
+        narrow
+            .list_members(pb::ListMembersRequest {
+                room_id: "old-room".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err(),
+    );
+    refused(
+        narrow
+            .list_messages(pb::ListMessagesRequest {
+                room_id: "old-room".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err(),
+    );
+    for kind in [
+        pb::MessageKind::Chat,
+        pb::MessageKind::Barrage,
+        pb::MessageKind::Command,
+    ] {
+        let mut send = common::chat("old-room", "after");
+        send.kind = kind as i32;
+        refused(narrow.send_message(send).await.unwrap_err());
+    }
+    refused(
+        narrow
+            .update_room(pb::UpdateRoomRequest {
+                room_id: "old-room".into(),
+                name: Some("renamed".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err(),
+    );
+    refused(
+        narrow
+            .switch_room(pb::SwitchRoomRequest {
+                from_room_id: "old-room".into(),
+                to_room_id: "live-42".into(),
+                display_name: String::new(),
+            })
+            .await
+            .unwrap_err(),
+    );
+    refused(
+        narrow
+            .leave_room(pb::LeaveRoomRequest {
+                room_id: "old-room".into(),
+            })
+            .await
+            .unwrap_err(),
+    );
+    refused(
+        narrow
+            .delete_room(pb::DeleteRoomRequest {
+                room_id: "old-room".into(),
+            })
+            .await
+            .unwrap_err(),
+    );
+
+    // A stream of the narrow token: attaching is refused, and so is a send.
+    let mut sub = Sub::open(&mut narrow).await;
+    match sub.attach("old-room", None).await {
+        Ev::Error(e) => assert_eq!(e.reason, "ROOM_NOT_IN_TOKEN", "{e:?}"),
+        other => panic!("expected an error, got {other:?}"),
+    }
+    match sub.send(common::chat("old-room", "streamed")).await {
+        Ev::Error(e) => assert_eq!(e.reason, "ROOM_NOT_IN_TOKEN", "{e:?}"),
+        other => panic!("expected an error, got {other:?}"),
+    }
+
+    // Nothing was written: the room, its name, the membership and the history are
+    // as the broad token left them.
+    let room = common::get_room(&mut broad, "old-room").await.unwrap();
+    assert_eq!(room.name, "room old-room", "the name `create` gives");
+    assert_eq!(common::member_ids(&broad, "old-room").await, ["user"]);
+    let texts: Vec<String> = common::history(&mut broad, "old-room")
+        .await
+        .into_iter()
+        .map(|m| m.text)
+        .collect();
+    assert_eq!(texts, ["before"]);
+    assert_eq!(common::member_ids(&broad, "live-42").await, ["user"]);
+}
+
+/// An admin whose token lists some rooms administers those and nothing else.
+async fn an_admin_token_limited_to_some_rooms_administers_only_those(backend: Backend) {
+    let app = jwt_app(backend).await;
+    let server = app.server();
+    let mut owner = server.token_client(&token(&claims("owner")));
+    for room in ["public-1", "private-1"] {
+        owner.create_room(create(room)).await.unwrap();
+    }
+    let scoped = with(
+        claims("moderator"),
+        json!({"roles": ["admin"], "rooms": ["public-*"]}),
+    );
+    let mut moderator = server.token_client(&token(&scoped));
+    let refused = |status: tonic::Status| {
+        assert_error(&status, Code::PermissionDenied, "ROOM_NOT_IN_TOKEN");
+    };
+
+    refused(
+        moderator
+            .send_message(common::chat("private-1", "hi"))
+            .await
+            .unwrap_err(),
+    );
+    refused(
+        moderator
+            .update_room(pb::UpdateRoomRequest {
+                room_id: "private-1".into(),
+                name: Some("taken".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err(),
+    );
+    refused(
+        moderator
+            .delete_room(pb::DeleteRoomRequest {
+                room_id: "private-1".into(),
+            })
+            .await
+            .unwrap_err(),
+    );
+    refused(
+        moderator
+            .list_messages(pb::ListMessagesRequest {
+                room_id: "private-1".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err(),
+    );
+    let private = common::get_room(&mut owner, "private-1").await.unwrap();
+    assert_eq!(
+        (private.name.as_str(), private.last_seq),
+        ("room private-1", 0)
+    );
+
+    // Inside its rooms it is an admin: it sends without being a member, renames,
+    // deletes.
+    moderator
+        .send_message(common::chat("public-1", "welcome"))
+        .await
+        .unwrap();
+    let renamed = moderator
+        .update_room(pb::UpdateRoomRequest {
+            room_id: "public-1".into(),
+            name: Some("Lobby".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .room
+        .unwrap();
+    assert_eq!(renamed.name, "Lobby");
+    moderator
+        .delete_room(pb::DeleteRoomRequest {
+            room_id: "public-1".into(),
+        })
+        .await
+        .unwrap();
+    let gone = common::get_room(&mut owner, "public-1").await.unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound);
 }

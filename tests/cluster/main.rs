@@ -8,6 +8,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod admins;
 mod events;
 mod limits;
 mod messages;
@@ -17,6 +18,7 @@ mod timers;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use chatroom::Config;
 use common::{Backend, Ev, Sub, TestDb, TestServer, join};
 
 /// A nats-server process of the test's own, killed on drop.
@@ -91,10 +93,15 @@ struct Cluster {
 
 impl Cluster {
     async fn start(repair_ms: u64) -> Cluster {
+        Cluster::start_with(repair_ms, |_| {}).await
+    }
+
+    /// Two nodes as [`Cluster::start`] makes them, each configured by `configure` too.
+    async fn start_with(repair_ms: u64, configure: impl Fn(&mut Config)) -> Cluster {
         let db = TestDb::new(Backend::Postgres).await;
         let nats = Nats::start();
-        let a = node(&db, &nats, repair_ms).await;
-        let b = node(&db, &nats, repair_ms).await;
+        let a = node_with(&db, &nats, repair_ms, &configure).await;
+        let b = node_with(&db, &nats, repair_ms, &configure).await;
         Cluster {
             a,
             b,
@@ -140,12 +147,23 @@ impl Cluster {
 
 /// A node in process, on `db` and `nats`.
 async fn node(db: &TestDb, nats: &Nats, repair_ms: u64) -> TestServer {
+    node_with(db, nats, repair_ms, |_| {}).await
+}
+
+/// A node in process, on `db` and `nats`, configured by `configure` too.
+async fn node_with(
+    db: &TestDb,
+    nats: &Nats,
+    repair_ms: u64,
+    configure: impl Fn(&mut Config),
+) -> TestServer {
     let url = nats.url();
     TestServer::start(db, move |c| {
         c.nats_url = Some(url);
         c.cluster_repair_interval_ms = repair_ms;
         c.node_lease_ms = LEASE_MS;
         c.nats_grace_ms = NATS_GRACE_MS;
+        configure(c);
     })
     .await
 }

@@ -155,6 +155,30 @@ impl TestDb {
         }
     }
 
+    /// Runs `sql` on the database directly, behind the servers' backs (what another
+    /// process, or a lost event, would leave).
+    pub async fn execute(&self, sql: &str) {
+        let sql = sqlx::AssertSqlSafe(sql.to_string());
+        match self.backend {
+            Backend::Postgres => {
+                let mut connection = PgConnection::connect(&self.url).await.expect("connect");
+                sqlx::raw_sql(sql)
+                    .execute(&mut connection)
+                    .await
+                    .expect("execute");
+            }
+            Backend::Sqlite => {
+                let mut connection = sqlx::SqliteConnection::connect(&self.url)
+                    .await
+                    .expect("connect");
+                sqlx::raw_sql(sql)
+                    .execute(&mut connection)
+                    .await
+                    .expect("execute");
+            }
+        }
+    }
+
     /// Drops a PostgreSQL test database now; nothing is left for `Drop` to do.
     pub async fn remove_now(&mut self) {
         if let Some(name) = self.pg_name.take() {

@@ -481,8 +481,9 @@ async fn a_flood_of_small_frames_does_not_end_the_connection(backend: Backend) {
 
 /// A 64 MiB request — unary or a stream frame — is refused by its size before it is
 /// buffered whole (the limit follows the configured message limits, about 1.1 MiB by
-/// default): OUT_OF_RANGE from the transport, nothing stored, and the server and the
-/// connection's other calls go on.
+/// default): RESOURCE_EXHAUSTED `REQUEST_TOO_LARGE` with its `ErrorInfo` (the limit in
+/// its metadata), nothing stored, and the server and the connection's other calls go
+/// on.
 async fn oversized_requests_are_refused_by_size(backend: Backend) {
     let app = TestApp::start(backend).await;
     let mut alice = app.client("alice").await;
@@ -492,7 +493,12 @@ async fn oversized_requests_are_refused_by_size(backend: Backend) {
         ..chat("r", "huge")
     };
     let status = alice.send_message(huge.clone()).await.unwrap_err();
-    assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
+    common::assert_error(&status, tonic::Code::ResourceExhausted, "REQUEST_TOO_LARGE");
+    let limit = too_large_limit(&status);
+    assert!(
+        (1 << 20..2 << 20).contains(&limit),
+        "the limit follows the message limits: {limit}"
+    );
 
     let mut sub = Sub::open(&mut alice).await;
     sub.attached("r", None).await;
@@ -508,7 +514,8 @@ async fn oversized_requests_are_refused_by_size(backend: Backend) {
             Err(status) => break status,
         }
     };
-    assert_eq!(ended.code(), tonic::Code::OutOfRange, "{ended:?}");
+    common::assert_error(&ended, tonic::Code::ResourceExhausted, "REQUEST_TOO_LARGE");
+    assert_eq!(too_large_limit(&ended), limit);
 
     // Nothing was stored; the same client's next calls are served.
     alice.send_message(chat("r", "small")).await.unwrap();
@@ -518,4 +525,11 @@ async fn oversized_requests_are_refused_by_size(backend: Backend) {
         .map(|m| m.text)
         .collect();
     assert_eq!(texts, ["small"]);
+}
+
+/// The `limit` a REQUEST_TOO_LARGE refusal names in its `ErrorInfo`.
+fn too_large_limit(status: &tonic::Status) -> usize {
+    use tonic_types::StatusExt;
+    let info = status.get_details_error_info().expect("an ErrorInfo");
+    info.metadata["limit"].parse().expect("a number")
 }

@@ -13,6 +13,7 @@ use chatroom::pb;
 
 on_both_stores!(
     presence_timeout_set_while_attached_applies,
+    presence_timeout_switched_off_and_on_applies_to_who_left_meanwhile,
     online_follows_attached_streams,
     presence_timeout_removes_absent_members,
     destroy_when_empty_with_and_without_rejoin,
@@ -57,6 +58,47 @@ async fn presence_timeout_set_while_attached_applies(backend: Backend) {
         "removed {:?} after leaving, before the 500 ms timeout",
         gone.elapsed()
     );
+}
+
+/// A presence timeout switched off and on again applies to a member who went offline
+/// while it was off (from when it came back on), and not to one attached all along.
+async fn presence_timeout_switched_off_and_on_applies_to_who_left_meanwhile(backend: Backend) {
+    let app = TestApp::with(backend, |c| c.member_event_window_ms = 10).await;
+    let mut owner = app.client("owner").await;
+    let set_timeout = |ms: i64| pb::UpdateRoomRequest {
+        room_id: "r".into(),
+        settings: Some(pb::RoomSettings {
+            presence_timeout: (ms > 0).then(|| common::millis(ms)).flatten(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    owner
+        .create_room(pb::CreateRoomRequest {
+            settings: Some(pb::RoomSettings {
+                presence_timeout: common::millis(60_000),
+                ..Default::default()
+            }),
+            ..create("r")
+        })
+        .await
+        .unwrap();
+    app.join("bob", "r").await;
+    let mut watcher = app.attached("owner", "r").await;
+    // Bob is online when the timeout goes off, and goes away while it is off.
+    let mut bob_sub = app.attached("bob", "r").await;
+    owner.update_room(set_timeout(0)).await.unwrap();
+    bob_sub.until_pong().await;
+    drop(bob_sub);
+    eventually_room(&app.client("owner").await, "r", "bob offline", 1, |r| {
+        r.online_count
+    })
+    .await;
+    // Back on: bob's timeout starts now; the owner, attached, stays.
+    owner.update_room(set_timeout(300)).await.unwrap();
+    assert_eq!(watcher.members_left().await, ["bob"]);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(common::member_ids(&owner, "r").await, ["owner"]);
 }
 
 async fn online_follows_attached_streams(backend: Backend) {

@@ -306,7 +306,7 @@ pub fn run(
                     // A frame that does not decode, or is over the size limit, ends
                     // the stream with its status; any other error is the client going
                     // away.
-                    if matches!(status.code(), Code::InvalidArgument | Code::OutOfRange) {
+                    if matches!(status.code(), Code::InvalidArgument | Code::ResourceExhausted) {
                         yield Err(status);
                     }
                     break;
@@ -317,6 +317,7 @@ pub fn run(
                     let routed = route::route(
                         &mut s.state.attached,
                         &s.state.user,
+                        s.caller.admin,
                         &room_id,
                         &event,
                         || s.state.rooms.hubs().room_state(&room_id),

@@ -141,6 +141,7 @@ impl Session {
             let routed = route(
                 &mut self.state.attached,
                 &self.state.user,
+                self.caller.admin,
                 &key,
                 &event,
                 || rooms.hubs().room_state(&key),

@@ -25,12 +25,13 @@ pub(super) struct Routed {
     pub now_present: bool,
 }
 
-/// Routes one event of `room_id` for a stream of `user`: its frames (if any are for
-/// this stream) go to `outbox`. `latest` gives the room's latest state, read only for
+/// Routes one event of `room_id` for a stream of `user` (`admin`: the stream's caller
+/// is an admin): its frames (if any are for this stream) go to `outbox`. `latest` gives the room's latest state, read only for
 /// an update.
 pub(super) fn route(
     attached: &mut AttachedRooms,
     user: &str,
+    admin: bool,
     room_id: &RoomId,
     event: &Event,
     latest: impl FnOnce() -> Option<Arc<RoomState>>,
@@ -99,8 +100,9 @@ pub(super) fn route(
             user: leaver,
             reason,
             switched_to,
+            unless_admin,
         } => {
-            if leaver == user && attached.contains(room_id) {
+            if leaver == user && !(*unless_admin && admin) && attached.contains(room_id) {
                 outbox.push_back(detached_frame(String::new(), room_id, *reason));
                 routed.detach = Some(*reason);
                 routed.switched_to = switched_to.clone();
@@ -173,7 +175,7 @@ mod tests {
 
     /// Routes `event` of "r" for bob's stream, with no room state to send.
     fn to_bob(rooms: &mut AttachedRooms, event: &Event, outbox: &mut VecDeque<Frame>) -> Routed {
-        route(rooms, "bob", &room_id(), event, || None, outbox)
+        route(rooms, "bob", false, &room_id(), event, || None, outbox)
     }
 
     #[test]
@@ -263,6 +265,7 @@ mod tests {
         let first = route(
             &mut rooms,
             "bob",
+            false,
             &room_id(),
             &Event::Updated { version: 2 },
             || Some(latest.clone()),
@@ -272,6 +275,7 @@ mod tests {
         let second = route(
             &mut rooms,
             "bob",
+            false,
             &room_id(),
             &Event::Updated { version: 3 },
             || Some(latest.clone()),
@@ -294,6 +298,7 @@ mod tests {
             user: user.into(),
             reason: DetachReason::Left,
             switched_to: None,
+            unless_admin: false,
         };
         let other = to_bob(&mut rooms, &detach("carol"), &mut outbox);
         assert_eq!(other.detach, None);
@@ -304,6 +309,27 @@ mod tests {
             matches!(decoded(&outbox[0]), PbEvent::Detached(d) if d.reason == pb::DetachReason::Left as i32)
         );
         outbox.clear();
+        // A repair's detach spares a stream whose caller is an admin, not another.
+        let repair = Event::Detach {
+            user: "bob".into(),
+            reason: DetachReason::Left,
+            switched_to: None,
+            unless_admin: true,
+        };
+        let admin = route(
+            &mut rooms,
+            "bob",
+            true,
+            &room_id(),
+            &repair,
+            || None,
+            &mut outbox,
+        );
+        assert_eq!(admin.detach, None);
+        assert!(outbox.is_empty());
+        let (mut member_rooms, mut member_outbox) = (attached(), VecDeque::new());
+        let member = to_bob(&mut member_rooms, &repair, &mut member_outbox);
+        assert_eq!(member.detach, Some(DetachReason::Left));
         let deleted = to_bob(&mut rooms, &Event::Deleted, &mut outbox);
         assert_eq!(deleted.detach, Some(DetachReason::RoomDeleted));
         assert!(matches!(decoded(&outbox[0]), PbEvent::RoomDeleted(_)));
