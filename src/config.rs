@@ -162,6 +162,51 @@ pub struct Config {
     #[arg(long, env = "CHATROOM_NATS_URL")]
     pub nats_url: Option<String>,
 
+    /// The prefix of this cluster's NATS subjects (tokens of letters, digits, `_` and
+    /// `-`, joined by `.`). Default: `chatroom.` and the deployment's id, which the
+    /// first node stores in the database — so deployments with databases of their
+    /// own never share subjects, even on one NATS server. Either way a node accepts
+    /// only events authenticated with its database's deployment key.
+    #[arg(long, value_name = "PREFIX", env = "CHATROOM_NATS_SUBJECT_PREFIX", value_parser = parse_subject_prefix)]
+    pub nats_subject_prefix: Option<String>,
+
+    /// A NATS credentials file (`.creds`: a user JWT and its NKey seed), for a NATS
+    /// server using decentralized (operator) authentication.
+    #[arg(long, value_name = "FILE", env = "CHATROOM_NATS_CREDS")]
+    pub nats_creds: Option<std::path::PathBuf>,
+
+    /// A file holding the NKey seed (`SU…`) to authenticate to NATS with.
+    #[arg(long, value_name = "FILE", env = "CHATROOM_NATS_NKEY")]
+    pub nats_nkey: Option<std::path::PathBuf>,
+
+    /// A token to authenticate to NATS with (prefer the environment variable: a
+    /// flag's value is visible to every local user in the process list).
+    #[arg(long, env = "CHATROOM_NATS_TOKEN", hide_env_values = true)]
+    pub nats_token: Option<String>,
+
+    /// A user name to authenticate to NATS with (with `--nats-password`). A user
+    /// and password in `--nats-url` work too.
+    #[arg(long, env = "CHATROOM_NATS_USER")]
+    pub nats_user: Option<String>,
+
+    /// The password of `--nats-user` (prefer the environment variable).
+    #[arg(long, env = "CHATROOM_NATS_PASSWORD", hide_env_values = true)]
+    pub nats_password: Option<String>,
+
+    /// Verify the NATS server's certificate with this PEM CA (and require TLS). Without
+    /// it a `tls://` URL verifies against the system's roots.
+    #[arg(long, value_name = "FILE", env = "CHATROOM_NATS_TLS_CA")]
+    pub nats_tls_ca: Option<std::path::PathBuf>,
+
+    /// Present this PEM client certificate to NATS (with `--nats-tls-key`; require
+    /// TLS).
+    #[arg(long, value_name = "FILE", env = "CHATROOM_NATS_TLS_CERT")]
+    pub nats_tls_cert: Option<std::path::PathBuf>,
+
+    /// The PEM private key of `--nats-tls-cert`.
+    #[arg(long, value_name = "FILE", env = "CHATROOM_NATS_TLS_KEY")]
+    pub nats_tls_key: Option<std::path::PathBuf>,
+
     /// This node's name in the cluster, unique per running process. Default: made
     /// anew (a UUIDv7) at every start.
     #[arg(long, env = "CHATROOM_NODE_ID")]
@@ -269,6 +314,26 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
+/// A `--nats-subject-prefix`: NATS subject tokens of `[A-Za-z0-9_-]`, joined by `.`
+/// (no wildcards, no empty token), at most 128 characters.
+pub fn parse_subject_prefix(value: &str) -> Result<String, String> {
+    if value.is_empty() || value.len() > 128 {
+        return Err("must be 1-128 characters".into());
+    }
+    let token_ok = |t: &str| {
+        !t.is_empty()
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    };
+    if !value.split('.').all(token_ok) {
+        return Err(
+            "must be tokens of letters, digits, '_' and '-' joined by '.' (no wildcards or spaces)"
+                .into(),
+        );
+    }
+    Ok(value.to_string())
+}
+
 /// A `--history-retention`: a duration of at least a second (`humantime` syntax).
 fn parse_retention(value: &str) -> Result<std::time::Duration, String> {
     let retention = humantime::parse_duration(value).map_err(|e| e.to_string())?;
@@ -308,6 +373,15 @@ impl Config {
             history_retention: None,
             history_max_per_room: None,
             nats_url: None,
+            nats_subject_prefix: None,
+            nats_creds: None,
+            nats_nkey: None,
+            nats_token: None,
+            nats_user: None,
+            nats_password: None,
+            nats_tls_ca: None,
+            nats_tls_cert: None,
+            nats_tls_key: None,
             node_id: None,
             cluster_repair_interval_ms: 500,
             node_lease_ms: 10_000,
@@ -389,6 +463,98 @@ impl Config {
 }
 
 impl Config {
+    /// How to reach NATS, if this is a cluster node: every `--nats-*` option needs
+    /// `--nats-url`; one way to authenticate at most; `--nats-tls-cert` and
+    /// `--nats-tls-key` go together; every file named must be readable (refused
+    /// before anything starts, not at the first reconnect).
+    pub fn nats_connection(&self) -> crate::error::Result<Option<crate::live::nats::Connection>> {
+        use crate::error::Error;
+        use crate::live::nats::{Auth, Connection};
+        let Some(url) = &self.nats_url else {
+            let given = [
+                ("nats_subject_prefix", self.nats_subject_prefix.is_some()),
+                ("nats_creds", self.nats_creds.is_some()),
+                ("nats_nkey", self.nats_nkey.is_some()),
+                ("nats_token", self.nats_token.is_some()),
+                ("nats_user", self.nats_user.is_some()),
+                ("nats_password", self.nats_password.is_some()),
+                ("nats_tls_ca", self.nats_tls_ca.is_some()),
+                ("nats_tls_cert", self.nats_tls_cert.is_some()),
+                ("nats_tls_key", self.nats_tls_key.is_some()),
+            ];
+            return match given.iter().find(|(_, set)| *set) {
+                Some((field, _)) => Err(Error::invalid(
+                    *field,
+                    "NATS options need a cluster: give --nats-url too",
+                )),
+                None => Ok(None),
+            };
+        };
+        let read = |field: &str, path: &std::path::Path| {
+            std::fs::read_to_string(path)
+                .map(|text| text.trim().to_string())
+                .map_err(|e| Error::invalid(field, format!("cannot read {}: {e}", path.display())))
+        };
+        let mut ways = Vec::new();
+        if let Some(path) = &self.nats_creds {
+            // As written: the file's sections end with line breaks, which its parser
+            // needs.
+            let creds = std::fs::read_to_string(path).map_err(|e| {
+                Error::invalid("nats_creds", format!("cannot read {}: {e}", path.display()))
+            })?;
+            ways.push(Auth::Creds(creds));
+        }
+        if let Some(path) = &self.nats_nkey {
+            ways.push(Auth::NKey(read("nats_nkey", path)?));
+        }
+        if let Some(token) = &self.nats_token {
+            ways.push(Auth::Token(token.clone()));
+        }
+        match (&self.nats_user, &self.nats_password) {
+            (Some(user), Some(password)) => {
+                ways.push(Auth::UserPassword(user.clone(), password.clone()))
+            }
+            (None, None) => {}
+            _ => {
+                return Err(Error::invalid(
+                    "nats_user",
+                    "--nats-user and --nats-password go together",
+                ));
+            }
+        }
+        if ways.len() > 1 {
+            return Err(Error::invalid(
+                "nats_creds",
+                "give one way to authenticate to NATS: --nats-creds, --nats-nkey, --nats-token, or --nats-user with --nats-password",
+            ));
+        }
+        let tls_client = match (&self.nats_tls_cert, &self.nats_tls_key) {
+            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+            (None, None) => None,
+            _ => {
+                return Err(Error::invalid(
+                    "nats_tls_cert",
+                    "--nats-tls-cert and --nats-tls-key go together",
+                ));
+            }
+        };
+        for (field, path) in [
+            ("nats_tls_ca", self.nats_tls_ca.as_ref()),
+            ("nats_tls_cert", self.nats_tls_cert.as_ref()),
+            ("nats_tls_key", self.nats_tls_key.as_ref()),
+        ] {
+            if let Some(path) = path {
+                read(field, path)?;
+            }
+        }
+        Ok(Some(Connection {
+            url: url.clone(),
+            auth: ways.pop().unwrap_or_default(),
+            tls_ca: self.nats_tls_ca.clone(),
+            tls_client,
+        }))
+    }
+
     /// The TLS files asked for, if any: `--tls-cert` and `--tls-key` go together, and
     /// `--tls-client-ca` needs them.
     pub fn tls_files(&self) -> crate::error::Result<Option<crate::tls::TlsFiles>> {

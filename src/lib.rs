@@ -120,6 +120,7 @@ pub async fn serve(
     }
     // Flags that cannot work are refused before anything is opened or written.
     let tokens = config.token_verifier()?;
+    let nats = config.nats_connection()?;
     let cors = web::cors(&config.cors_origins)?;
     if let Some(addr) = config.metrics_listen {
         telemetry::serve_metrics(addr)?;
@@ -147,11 +148,18 @@ pub async fn serve(
         config.room_buffer_bytes,
         Duration::from_millis(config.member_event_window_ms),
     );
-    let (hubs, relayed) = match &config.nats_url {
-        Some(url) => {
+    let (hubs, relayed) = match &nats {
+        Some(connection) => {
+            // The deployment's identity on a NATS that others may share: stored by
+            // its first node, read by every other.
+            let candidate = live::nats::Deployment::generate()?;
+            let (id, key) = store.deployment((&candidate.0, &candidate.1)).await?;
+            let deployment =
+                live::nats::Deployment::new(&id, &key, config.nats_subject_prefix.as_deref());
+            tracing::info!(subject = deployment.subject(), "cluster events on NATS");
             let (relay, queue) = live::Relay::new();
-            let client = live::nats::connect(url).await?;
-            (hubs.relaying(relay), Some((client, queue)))
+            let client = live::nats::connect(connection).await?;
+            (hubs.relaying(relay), Some((client, deployment, queue)))
         }
         None => (hubs, None),
     };
@@ -202,7 +210,7 @@ pub async fn serve(
     // the bus loses.
     let mut bus = None;
     let cluster: Vec<(&'static str, tokio::task::JoinHandle<()>)> = match relayed {
-        Some((client, queue)) => {
+        Some((client, deployment, queue)) => {
             tracing::info!(node, "cluster node: messages relayed over NATS");
             bus = Some(health::Bus {
                 client: client.clone(),
@@ -215,7 +223,7 @@ pub async fn serve(
                 ),
                 (
                     "NATS relay",
-                    live::nats::start(client, node, queue, hubs.clone(), stop.clone()),
+                    live::nats::start(client, node, deployment, queue, hubs.clone(), stop.clone()),
                 ),
                 (
                     "cluster repair",

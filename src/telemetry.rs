@@ -181,7 +181,7 @@ fn describe() {
     );
     describe_counter!(
         "chatroom_bus_messages_total",
-        "Events to (out) and from (in) the other nodes; dropped when the relay queue was full"
+        "Events to (out) and from (in) the other nodes; dropped when the relay queue was full; refused when their MAC did not verify"
     );
     describe_counter!(
         "chatroom_bus_gaps_total",

@@ -41,6 +41,21 @@ impl Store {
         }
     }
 
+    /// This deployment's identity on the bus: the `(id, key)` the first node stored,
+    /// or `candidate`, stored now, if this is the first node.
+    pub async fn deployment(&self, candidate: (&str, &[u8])) -> Result<(String, Vec<u8>)> {
+        let pool = self.postgres()?;
+        sqlx::query("INSERT INTO deployment (id, key) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(candidate.0)
+            .bind(candidate.1)
+            .execute(pool)
+            .await?;
+        let stored: (String, Vec<u8>) = sqlx::query_as("SELECT id, key FROM deployment")
+            .fetch_one(pool)
+            .await?;
+        Ok(stored)
+    }
+
     /// Announces `node` with a lease of `lease` from now (again, if it was known).
     pub async fn register_node(&self, node: &str, lease: Duration) -> Result<()> {
         sqlx::query(concat!(

@@ -9,6 +9,7 @@
 mod common;
 
 mod admins;
+mod bus;
 mod events;
 mod limits;
 mod messages;
@@ -25,12 +26,31 @@ use common::{Backend, Ev, Sub, TestDb, TestServer, join};
 struct Nats {
     port: u16,
     child: Option<Child>,
+    /// The configuration file it was started with, if any.
+    config: Option<std::path::PathBuf>,
 }
 
 impl Nats {
     fn start() -> Nats {
         let port = common::free_port();
-        let mut nats = Nats { port, child: None };
+        let mut nats = Nats {
+            port,
+            child: None,
+            config: None,
+        };
+        nats.start_again();
+        nats
+    }
+
+    /// A nats-server started with the configuration file `config` (to require
+    /// credentials or TLS), on a free port of its own.
+    fn start_with(config: std::path::PathBuf) -> Nats {
+        let port = common::free_port();
+        let mut nats = Nats {
+            port,
+            child: None,
+            config: Some(config),
+        };
         nats.start_again();
         nats
     }
@@ -42,7 +62,11 @@ impl Nats {
             .into_iter()
             .find(|p| std::path::Path::new(p).exists())
             .unwrap_or("nats-server");
-        let child = Command::new(binary)
+        let mut command = Command::new(binary);
+        if let Some(config) = &self.config {
+            command.arg("-c").arg(config);
+        }
+        let child = command
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())

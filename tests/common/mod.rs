@@ -9,6 +9,7 @@
 
 pub mod app;
 pub mod calls;
+pub mod certs;
 pub mod pg_cluster;
 pub mod sub;
 
