@@ -84,6 +84,7 @@ impl ChatRoomApi {
             caller,
             slot,
             self.limits,
+            self.tokens.clone(),
             inbound,
             self.stop.clone(),
         )

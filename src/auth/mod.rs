@@ -113,6 +113,8 @@ impl Key {
 #[derive(Debug, Deserialize)]
 struct Claims {
     sub: String,
+    /// Seconds since the epoch (a number; jsonwebtoken has checked it).
+    exp: f64,
     #[serde(default)]
     name: Option<String>,
     #[serde(default)]
@@ -196,6 +198,7 @@ impl Verifier {
             user_id,
             admin: claims.roles.iter().any(|r| r == "admin"),
             grants,
+            expires_at: Some(claims.exp.max(0.0) as u64),
         })
     }
 }

@@ -103,6 +103,9 @@ pub struct Caller {
     /// What the caller's token says beyond who it is; `None` without one. Shared:
     /// every stream keeps its caller, and clones it per attach.
     pub grants: Option<Arc<Grants>>,
+    /// When the caller's token expires (Unix seconds, its `exp`); `None` without one.
+    /// A stream ends then, unless it presented a fresh one.
+    pub expires_at: Option<u64>,
 }
 
 /// What a token grants beyond an identity.
@@ -121,6 +124,7 @@ impl Caller {
             user_id,
             admin,
             grants: None,
+            expires_at: None,
         }
     }
 

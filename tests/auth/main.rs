@@ -9,6 +9,7 @@ mod jwks;
 mod keys;
 mod matrix;
 mod scope;
+mod streams;
 mod tokens;
 
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -1,7 +1,8 @@
 //! History retention: `--history-max-per-room` and `--history-retention` delete the
 //! oldest stored messages in the background; what is kept stays correct for
 //! ListMessages and for streams resuming with `after_seq`, which are told when they
-//! resume from before what is kept (`attached.history_truncated`).
+//! resume from before what is kept (`attached.history_truncated`), and streams that
+//! fell behind while their next messages were deleted (a `history_truncated` event).
 
 use std::time::{Duration, Instant};
 
@@ -12,6 +13,7 @@ use chatroom::pb;
 on_both_stores!(
     count_limit_keeps_the_newest_and_tells_resumers,
     age_limit_deletes_old_history_and_numbering_goes_on,
+    a_stream_behind_pruned_history_is_told_before_the_next_message,
 );
 
 /// The issue's bound: a room past its limit is pruned within this long.
@@ -189,4 +191,56 @@ async fn age_limit_deletes_old_history_and_numbering_goes_on(backend: Backend) {
     assert_eq!(resume(&mut alice, "r", Some(4), 5).await, (false, vec![5]));
     assert_eq!(resume(&mut alice, "r", Some(3), 5).await, (true, vec![5]));
     pruned_to(&alice, "r", vec![]).await;
+}
+
+/// A stream that stops reading while the room's history is pruned past what it
+/// received gets a `history_truncated` event with the seq history resumes at before
+/// the next message — every jump in its seqs is announced — and then everything up to
+/// the last message.
+async fn a_stream_behind_pruned_history_is_told_before_the_next_message(backend: Backend) {
+    const SENT: u64 = 300;
+    let app = TestApp::with(backend, |c| {
+        c.history_max_per_room = Some(10);
+        c.room_buffer = 16;
+    })
+    .await;
+    let mut alice = app.client("alice").await;
+    app.create_room("alice", "r").await;
+    // A reader with HTTP/2's smallest window, which then reads nothing for a while.
+    let mut reader_client = app.server().small_window_client("alice");
+    let mut reader = Sub::open(&mut reader_client).await;
+    reader.attached("r", None).await;
+    let filler = "x".repeat(2_000);
+    for i in 1..=SENT {
+        alice
+            .send_message(chat("r", &format!("{i} {filler}")))
+            .await
+            .unwrap();
+    }
+    pruned_to(&alice, "r", (SENT - 9..=SENT).collect()).await;
+
+    let (mut expected, mut told) = (1, 0);
+    while expected <= SENT {
+        match reader.event().await {
+            Ev::Message(m) => {
+                assert_eq!(m.seq, expected, "a jump to {} with no notice", m.seq);
+                expected += 1;
+            }
+            Ev::HistoryTruncated(t) => {
+                assert_eq!(t.room_id, "r");
+                assert!(
+                    t.resumes_at_seq > expected,
+                    "{t:?} while expecting {expected}"
+                );
+                assert!(
+                    t.resumes_at_seq > SENT - 10,
+                    "history resumes in what is kept: {t:?}"
+                );
+                expected = t.resumes_at_seq;
+                told += 1;
+            }
+            other => panic!("expected messages, got {other:?}"),
+        }
+    }
+    assert_eq!(told, 1, "one notice for one jump");
 }

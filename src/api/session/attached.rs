@@ -57,6 +57,10 @@ impl AttachedRooms {
         Some(self.0.swap_remove(i))
     }
 
+    pub(super) fn room_ids(&self) -> impl Iterator<Item = &RoomId> {
+        self.0.iter().map(|a| &a.room_id)
+    }
+
     pub(super) fn ids(&self) -> Vec<RoomId> {
         self.0.iter().map(|a| a.room_id.clone()).collect()
     }

@@ -15,6 +15,14 @@ pub(super) fn attached_event(room: Room, history_truncated: bool) -> PbEvent {
     })
 }
 
+/// A `history_truncated` event: the room's history resumes at `resumes_at_seq`.
+pub(super) fn history_truncated_frame(room_id: &RoomId, resumes_at_seq: u64) -> Frame {
+    Frame::event(PbEvent::HistoryTruncated(pb::HistoryTruncated {
+        room_id: room_id.to_string(),
+        resumes_at_seq,
+    }))
+}
+
 pub(super) fn detached_frame(request_id: String, room_id: &RoomId, reason: DetachReason) -> Frame {
     Frame::reply(
         request_id,

@@ -51,8 +51,9 @@ use tokio_stream::{Stream, StreamExt, StreamMap};
 use tonic::{Code, Status};
 
 use super::work;
+use crate::auth::Verifier;
 use crate::domain::{Caller, RoomId};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::live::hub::{Subscription, Switch};
 use crate::live::{Event, Frame};
 use crate::pb;
@@ -86,6 +87,8 @@ pub struct SessionLimits {
 /// What woke the session.
 enum Step {
     Stop,
+    /// The stream's token expired (past the clock leeway) and was not refreshed.
+    Expired,
     Worked(std::result::Result<Done, tokio::task::JoinError>),
     Sent(Frame),
     Room(Arc<RoomId>, Result<Arc<Event>, BroadcastStreamRecvError>),
@@ -145,6 +148,11 @@ enum Done {
         room_id: RoomId,
         page: Result<CatchUp>,
     },
+    /// A `refresh_token` frame's token, verified (or why not).
+    Refreshed {
+        request_id: String,
+        verified: Result<Caller>,
+    },
 }
 
 /// Outbox capacity a stream keeps once drained; a larger one (a catch-up page) is freed.
@@ -160,6 +168,11 @@ const OUTBOX_KEPT: usize = 8;
 struct Session {
     caller: Caller,
     limits: SessionLimits,
+    /// Verifies `refresh_token` frames (`None` with `--auth header`).
+    tokens: Option<Arc<Verifier>>,
+    /// Fires when the caller's token has expired (past the leeway); `None` without a
+    /// token. Boxed: most streams have none, and a timer is large.
+    expiry: Option<Pin<Box<tokio::time::Sleep>>>,
     state: StreamRooms,
     sends: Sends,
     /// The one piece of database work in progress.
@@ -222,6 +235,7 @@ pub fn run(
     caller: Caller,
     slot: StreamSlot,
     limits: SessionLimits,
+    tokens: Option<Arc<Verifier>>,
     mut inbound: impl Stream<Item = std::result::Result<pb::SubscribeRequest, Status>>
     + Send
     + Unpin
@@ -238,8 +252,10 @@ pub fn run(
                 attached: AttachedRooms::default(),
                 events: StreamMap::with_capacity(1),
             },
+            expiry: expiry_timer(&caller),
             caller,
             limits,
+            tokens,
             sends: Sends::default(),
             work: None,
             catch_up: VecDeque::new(),
@@ -289,6 +305,7 @@ pub fn run(
             let step = tokio::select! {
                 biased;
                 () = &mut stopped => Step::Stop,
+                () = expired(&mut s.expiry) => Step::Expired,
                 done = work_done(&mut s.work), if !idle => Step::Worked(done),
                 Some(sent) = s.sends.next(), if !s.sends.is_empty() => Step::Sent(sent),
                 Some((room, event)) = s.state.events.next(), if idle && !s.state.events.is_empty() => Step::Room(room, event),
@@ -296,6 +313,15 @@ pub fn run(
             };
             match step {
                 Step::Stop => stopping = true,
+                Step::Expired => {
+                    // Unary calls with this token are refused from now on; so is the
+                    // stream. A client refreshes before `exp` to go on.
+                    yield Err(Status::from(Error::TokenRefused {
+                        reason: "TOKEN_EXPIRED",
+                        description: "the stream's token expired: send refresh_token before its exp, or open a new stream with a fresh token".into(),
+                    }));
+                    break;
+                }
                 Step::Worked(done) => {
                     let work = s.work.take().expect("work in progress");
                     s.finish(*work, done);
@@ -333,6 +359,29 @@ pub fn run(
                 }
             }
         }
+    }
+}
+
+/// The timer of a caller's token expiry: the first second at which a unary call
+/// with the token is refused (`exp` plus the leeway every check allows is still
+/// accepted, in whole seconds).
+fn expiry_timer(caller: &Caller) -> Option<Pin<Box<tokio::time::Sleep>>> {
+    let expires_at = caller.expires_at?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    let refused_from = expires_at.saturating_add(crate::auth::LEEWAY_SECS + 1);
+    let left = refused_from as f64 - now;
+    let left = std::time::Duration::from_secs_f64(left.max(0.0));
+    Some(Box::pin(tokio::time::sleep(left)))
+}
+
+/// Resolves when the token's timer fires (pending forever without one).
+async fn expired(expiry: &mut Option<Pin<Box<tokio::time::Sleep>>>) {
+    match expiry {
+        Some(timer) => timer.as_mut().await,
+        None => std::future::pending().await,
     }
 }
 

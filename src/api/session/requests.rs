@@ -120,9 +120,35 @@ impl Session {
                 }
             }
             Some(Request::Ping(_)) => Frame::reply(request_id, PbEvent::Pong(pb::Pong {})),
+            Some(Request::RefreshToken(refresh)) => match self.tokens.clone() {
+                Some(tokens) => {
+                    // Verifying may wait for a JWKS fetch: on a task, as work.
+                    self.spawn(
+                        move || async move {
+                            let verified = tokens.verify(&refresh.token).await;
+                            Done::Refreshed {
+                                request_id,
+                                verified,
+                            }
+                        },
+                        None,
+                    );
+                    return;
+                }
+                None => error_frame(
+                    request_id,
+                    Error::invalid(
+                        "refresh_token",
+                        "this server identifies callers by x-user-id (--auth header): there is no token to refresh",
+                    ),
+                ),
+            },
             None => error_frame(
                 request_id,
-                Error::invalid("frame", "set one of attach, detach, send, ping"),
+                Error::invalid(
+                    "frame",
+                    "set one of attach, detach, send, ping, refresh_token",
+                ),
             ),
         };
         self.outbox.push_back(answer);

@@ -1,6 +1,6 @@
 //! What a stream's database work found, applied; catch-up; events that wait in a ring.
 
-use super::frames::{attached_event, detached_frame, error_frame};
+use super::frames::{attached_event, detached_frame, error_frame, history_truncated_frame};
 use super::route::{Routed, route};
 use super::*;
 use crate::domain::DetachReason;
@@ -63,7 +63,13 @@ impl Session {
                         let last = room.last_seq;
                         let truncated =
                             after_seq.is_some_and(|after| attachment.history_truncated(after));
-                        let delivered = after_seq.map_or(last, |after| after.min(last));
+                        // Resuming from before the kept history: `attached` says so, and
+                        // the catch-up starts where history does (no second notice).
+                        let resume = after_seq.map(|after| match truncated {
+                            true => attachment.history_from.saturating_sub(1),
+                            false => after,
+                        });
+                        let delivered = resume.map_or(last, |after| after.min(last));
                         tracing::debug!(%room_id, ?after_seq, last_seq = last, truncated, "attached");
                         self.state.record(subscription, *attachment, delivered);
                         if delivered < last {
@@ -92,6 +98,12 @@ impl Session {
                         if let Some(a) = self.state.attached.get_mut(&room_id)
                             && message.seq > a.delivered
                         {
+                            if message.seq > a.delivered + 1 {
+                                // Stored seqs have no holes: the ones skipped were
+                                // deleted by retention before this stream read them.
+                                self.outbox
+                                    .push_back(history_truncated_frame(&room_id, message.seq));
+                            }
                             a.delivered = message.seq;
                             self.outbox
                                 .push_back(Frame::event(PbEvent::Message((&message).into())));
@@ -116,7 +128,50 @@ impl Session {
                 }
                 Err(error) => self.outbox.push_back(error_frame(String::new(), error)),
             },
+            Done::Refreshed {
+                request_id,
+                verified,
+            } => {
+                let answer = verified.and_then(|caller| self.refreshed(caller));
+                self.outbox.push_back(match answer {
+                    Ok(event) => Frame::reply(request_id, event),
+                    Err(error) => error_frame(request_id, error),
+                });
+            }
         }
+    }
+
+    /// Takes a fresh token's caller for the stream, if it is the same user and
+    /// reaches every room the stream has attached; its `exp`, roles and rooms apply
+    /// from now on. Otherwise the stream goes on with the token it has.
+    fn refreshed(&mut self, caller: Caller) -> Result<PbEvent> {
+        if caller.user_id != self.caller.user_id {
+            return Err(Error::TokenRefused {
+                reason: "TOKEN_SUBJECT_CHANGED",
+                description: format!(
+                    "the token is for {:?}, the stream for {:?}: a stream keeps its user",
+                    caller.user_id.as_str(),
+                    self.caller.user_id.as_str()
+                ),
+            });
+        }
+        if let Some(room_id) = self
+            .state
+            .attached
+            .room_ids()
+            .find(|room| !caller.may_enter(room))
+        {
+            return Err(Error::RoomNotInToken {
+                room_id: room_id.to_string(),
+            });
+        }
+        self.expiry = super::expiry_timer(&caller);
+        let expires_at = caller.expires_at.map(|exp| prost_types::Timestamp {
+            seconds: i64::try_from(exp).unwrap_or(i64::MAX),
+            nanos: 0,
+        });
+        self.caller = caller;
+        Ok(PbEvent::TokenRefreshed(pb::TokenRefreshed { expires_at }))
     }
 
     /// Routes the events waiting in one room's ring now, without waiting for more.
