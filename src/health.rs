@@ -24,13 +24,26 @@ use crate::api;
 use crate::error::Error;
 use crate::store::Store;
 
-/// How often the health service checks that the database answers.
-const CHECK_INTERVAL: Duration = Duration::from_secs(2);
+/// How often the health service checks that the database answers (also the longest
+/// a ping may take; a database that stops answering is usually found sooner, by the
+/// first call whose round trip outlives its deadline).
+const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// The most often it checks, however short the bus's grace period.
 const MIN_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 /// How often it checks while the store fails calls at once (the database was found
 /// unreachable): its ping is what lets calls through again.
 const OUTAGE_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+
+/// What ended the dependency watcher's wait.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Woke {
+    /// Time for the next check.
+    Check,
+    /// A call found the database unreachable.
+    Tripped,
+    /// The server is stopping.
+    Stop,
+}
 
 /// A writer task that ended before the server was told to stop.
 #[derive(Debug, thiserror::Error)]
@@ -77,16 +90,26 @@ pub async fn watch_dependencies(
         } else {
             interval
         };
-        let stopping = tokio::select! {
-            () = tokio::time::sleep(wait) => false,
-            _ = stop.wait_for(|stop| *stop) => true,
+        let woke = tokio::select! {
+            () = tokio::time::sleep(wait) => Woke::Check,
+            () = store.found_unreachable() => Woke::Tripped,
+            _ = stop.wait_for(|stop| *stop) => Woke::Stop,
         };
-        if stopping {
+        if woke == Woke::Stop {
             set(&reporter, ServingStatus::NotServing).await;
             return;
         }
-        let ping = tokio::time::timeout(CHECK_INTERVAL, store.ping()).await;
-        let database = ping.unwrap_or_else(|_| Err(Error::Unavailable("ping timed out".into())));
+        // A call just found the database unreachable (it failed, or did not answer
+        // within its deadline): NOT_SERVING now, not after a ping of its own times
+        // out; the pings that follow say when it is back.
+        let database = if woke == Woke::Tripped {
+            Err(Error::Unavailable(
+                "a call found the database unreachable".into(),
+            ))
+        } else {
+            let ping = tokio::time::timeout(CHECK_INTERVAL, store.ping()).await;
+            ping.unwrap_or_else(|_| Err(Error::Unavailable("ping timed out".into())))
+        };
         let bus_ok = match &bus {
             None => true,
             Some(bus) => {

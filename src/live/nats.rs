@@ -186,6 +186,9 @@ pub async fn connect(connection: &Connection) -> Result<async_nats::Client> {
             match event {
                 async_nats::Event::Connected => tracing::info!("connected to NATS"),
                 async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS"),
+                // The client is closed when the node stops.
+                async_nats::Event::Closed => tracing::debug!("NATS connection closed"),
+                // Refused credentials, TLS failures, slow consumers, lame duck mode.
                 other => tracing::warn!(event = %other, "NATS"),
             }
         });

@@ -32,6 +32,21 @@ macro_rules! alive {
 }
 
 impl Store {
+    /// Runs one of this file's calls under the rule every other statement follows:
+    /// refused at once while the database is known to be down, and bounded by
+    /// [`ROUND_TRIP_DEADLINE`] (a call may make a few round trips: twice that), after
+    /// which the database counts as down.
+    async fn bounded<T>(&self, call: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        self.reach.admit()?;
+        match tokio::time::timeout(2 * ROUND_TRIP_DEADLINE, call).await {
+            Ok(result) => result,
+            Err(_) => {
+                self.reach.trip();
+                Err(timed_out().into())
+            }
+        }
+    }
+
     fn postgres(&self) -> Result<&PgPool> {
         match &self.backend {
             Backend::Postgres(pool) => Ok(pool),
@@ -44,61 +59,73 @@ impl Store {
     /// This deployment's identity on the bus: the `(id, key)` the first node stored,
     /// or `candidate`, stored now, if this is the first node.
     pub async fn deployment(&self, candidate: (&str, &[u8])) -> Result<(String, Vec<u8>)> {
-        let pool = self.postgres()?;
-        sqlx::query("INSERT INTO deployment (id, key) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-            .bind(candidate.0)
-            .bind(candidate.1)
-            .execute(pool)
-            .await?;
-        let stored: (String, Vec<u8>) = sqlx::query_as("SELECT id, key FROM deployment")
-            .fetch_one(pool)
-            .await?;
-        Ok(stored)
+        self.bounded(async {
+            let pool = self.postgres()?;
+            sqlx::query("INSERT INTO deployment (id, key) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                .bind(candidate.0)
+                .bind(candidate.1)
+                .execute(pool)
+                .await?;
+            let stored: (String, Vec<u8>) = sqlx::query_as("SELECT id, key FROM deployment")
+                .fetch_one(pool)
+                .await?;
+            Ok(stored)
+        })
+        .await
     }
 
     /// Announces `node` with a lease of `lease` from now (again, if it was known).
     pub async fn register_node(&self, node: &str, lease: Duration) -> Result<()> {
-        sqlx::query(concat!(
-            "INSERT INTO nodes (node_id, started_at_us, lease_until_us) VALUES ($1, ",
-            db_now_us!(),
-            ", ",
-            db_now_us!(),
-            " + $2) ON CONFLICT (node_id) DO UPDATE SET lease_until_us = EXCLUDED.lease_until_us"
-        ))
-        .bind(node)
-        .bind(micros(lease))
-        .execute(self.postgres()?)
-        .await?;
-        Ok(())
+        self.bounded(async {
+            sqlx::query(concat!(
+                "INSERT INTO nodes (node_id, started_at_us, lease_until_us) VALUES ($1, ",
+                db_now_us!(),
+                ", ",
+                db_now_us!(),
+                " + $2) ON CONFLICT (node_id) DO UPDATE SET lease_until_us = EXCLUDED.lease_until_us"
+            ))
+            .bind(node)
+            .bind(micros(lease))
+            .execute(self.postgres()?)
+            .await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Extends `node`'s lease to `lease` from now. False when the node is not known
     /// any more: its lease ran out and another node released its presence.
     pub async fn renew_lease(&self, node: &str, lease: Duration) -> Result<bool> {
-        let done = sqlx::query(concat!(
-            "UPDATE nodes SET lease_until_us = ",
-            db_now_us!(),
-            " + $2 WHERE node_id = $1"
-        ))
-        .bind(node)
-        .bind(micros(lease))
-        .execute(self.postgres()?)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        self.bounded(async {
+            let done = sqlx::query(concat!(
+                "UPDATE nodes SET lease_until_us = ",
+                db_now_us!(),
+                " + $2 WHERE node_id = $1"
+            ))
+            .bind(node)
+            .bind(micros(lease))
+            .execute(self.postgres()?)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        })
+        .await
     }
 
     /// Nodes whose lease has run out, with when it did.
     pub async fn dead_nodes(&self) -> Result<Vec<(String, UnixMicros)>> {
-        let rows: Vec<(String, i64)> = sqlx::query_as(concat!(
-            "SELECT node_id, lease_until_us FROM nodes WHERE lease_until_us < ",
-            db_now_us!()
-        ))
-        .fetch_all(self.postgres()?)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(node, until)| (node, UnixMicros(until)))
-            .collect())
+        self.bounded(async {
+            let rows: Vec<(String, i64)> = sqlx::query_as(concat!(
+                "SELECT node_id, lease_until_us FROM nodes WHERE lease_until_us < ",
+                db_now_us!()
+            ))
+            .fetch_all(self.postgres()?)
+            .await?;
+            Ok(rows
+                .into_iter()
+                .map(|(node, until)| (node, UnixMicros(until)))
+                .collect())
+        })
+        .await
     }
 
     /// Forgets `node` and its presence: members it held online and no live node
@@ -112,50 +139,53 @@ impl Store {
         offline_since: UnixMicros,
         only_if_dead: bool,
     ) -> Result<Option<u64>> {
-        let mut tx = self.postgres()?.begin().await?;
-        // The node's row first: its own lease renewal waits on this and then finds the
-        // node gone, so it knows to announce itself and its presence again.
-        let gone = sqlx::query(concat!(
-            "DELETE FROM nodes WHERE node_id = $1 AND (NOT $2 OR lease_until_us < ",
-            db_now_us!(),
-            ")"
-        ))
-        .bind(node)
-        .bind(only_if_dead)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if gone == 0 && only_if_dead {
-            return Ok(None);
-        }
-        sqlx::query(
-            "SELECT 1 FROM members m WHERE (m.room_id, m.user_id) IN \
-               (SELECT room_id, user_id FROM node_presence WHERE node_id = $1) \
-             ORDER BY m.room_id, m.user_id FOR UPDATE OF m",
-        )
-        .bind(node)
-        .execute(&mut *tx)
-        .await?;
-        let offline = sqlx::query(concat!(
-            "UPDATE members m SET last_seen_us = $2 FROM node_presence p \
-             WHERE p.node_id = $1 AND m.room_id = p.room_id AND m.user_id = p.user_id \
-               AND m.last_seen_us IS NULL \
-               AND NOT EXISTS (SELECT 1 FROM node_presence q JOIN nodes n ON n.node_id = q.node_id \
-                 WHERE q.room_id = p.room_id AND q.user_id = p.user_id AND q.node_id <> $1 AND ",
-            alive!("n"),
-            ")"
-        ))
-        .bind(node)
-        .bind(offline_since.0)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        sqlx::query("DELETE FROM node_presence WHERE node_id = $1")
+        self.bounded(async {
+            let mut tx = self.postgres()?.begin().await?;
+            // The node's row first: its own lease renewal waits on this and then finds the
+            // node gone, so it knows to announce itself and its presence again.
+            let gone = sqlx::query(concat!(
+                "DELETE FROM nodes WHERE node_id = $1 AND (NOT $2 OR lease_until_us < ",
+                db_now_us!(),
+                ")"
+            ))
+            .bind(node)
+            .bind(only_if_dead)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if gone == 0 && only_if_dead {
+                return Ok(None);
+            }
+            sqlx::query(
+                "SELECT 1 FROM members m WHERE (m.room_id, m.user_id) IN \
+                   (SELECT room_id, user_id FROM node_presence WHERE node_id = $1) \
+                 ORDER BY m.room_id, m.user_id FOR UPDATE OF m",
+            )
             .bind(node)
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
-        Ok(Some(offline))
+            let offline = sqlx::query(concat!(
+                "UPDATE members m SET last_seen_us = $2 FROM node_presence p \
+                 WHERE p.node_id = $1 AND m.room_id = p.room_id AND m.user_id = p.user_id \
+                   AND m.last_seen_us IS NULL \
+                   AND NOT EXISTS (SELECT 1 FROM node_presence q JOIN nodes n ON n.node_id = q.node_id \
+                     WHERE q.room_id = p.room_id AND q.user_id = p.user_id AND q.node_id <> $1 AND ",
+                alive!("n"),
+                ")"
+            ))
+            .bind(node)
+            .bind(offline_since.0)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            sqlx::query("DELETE FROM node_presence WHERE node_id = $1")
+                .bind(node)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(Some(offline))
+        })
+        .await
     }
 
     /// Records whether `node` has a stream of `user` attached to `room`. The member
@@ -170,105 +200,114 @@ impl Store {
         online: bool,
         now: UnixMicros,
     ) -> Result<bool> {
-        let mut tx = self.postgres()?.begin().await?;
-        if online {
-            // Only an announced node holds members online: one released meanwhile (it
-            // is stopping, or its lease ran out) would leave a row no release ever
-            // removes and a member online with no stream anywhere. The share lock
-            // holds off a release until this commits; the release then sees the row.
-            let announced = sqlx::query("SELECT 1 FROM nodes WHERE node_id = $1 FOR SHARE")
-                .bind(node)
-                .fetch_optional(&mut *tx)
-                .await?;
-            if announced.is_none() {
-                return Ok(false);
+        self.bounded(async {
+            let mut tx = self.postgres()?.begin().await?;
+            if online {
+                // Only an announced node holds members online: one released meanwhile (it
+                // is stopping, or its lease ran out) would leave a row no release ever
+                // removes and a member online with no stream anywhere. The share lock
+                // holds off a release until this commits; the release then sees the row.
+                let announced = sqlx::query("SELECT 1 FROM nodes WHERE node_id = $1 FOR SHARE")
+                    .bind(node)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if announced.is_none() {
+                    return Ok(false);
+                }
             }
-        }
-        sqlx::query("SELECT 1 FROM members WHERE room_id = $1 AND user_id = $2 FOR UPDATE")
-            .bind(room_id.as_str())
-            .bind(user)
-            .execute(&mut *tx)
-            .await?;
-        let went_offline = if online {
-            sqlx::query(
-                "INSERT INTO node_presence (room_id, user_id, node_id) VALUES ($1, $2, $3) \
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(room_id.as_str())
-            .bind(user)
-            .bind(node)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
-                "UPDATE members SET last_seen_us = NULL \
-                 WHERE room_id = $1 AND user_id = $2 AND last_seen_us IS NOT NULL",
-            )
-            .bind(room_id.as_str())
-            .bind(user)
-            .execute(&mut *tx)
-            .await?;
-            false
-        } else {
-            sqlx::query(
-                "DELETE FROM node_presence WHERE room_id = $1 AND user_id = $2 AND node_id = $3",
-            )
-            .bind(room_id.as_str())
-            .bind(user)
-            .bind(node)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(concat!(
-                "UPDATE members SET last_seen_us = $3 \
-                 WHERE room_id = $1 AND user_id = $2 AND last_seen_us IS NULL \
-                   AND NOT EXISTS (SELECT 1 FROM node_presence p JOIN nodes n ON n.node_id = p.node_id \
-                     WHERE p.room_id = $1 AND p.user_id = $2 AND ",
-                alive!("n"),
-                ")"
-            ))
-            .bind(room_id.as_str())
-            .bind(user)
-            .bind(now.0)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-                == 1
-        };
-        tx.commit().await?;
-        Ok(went_offline)
+            sqlx::query("SELECT 1 FROM members WHERE room_id = $1 AND user_id = $2 FOR UPDATE")
+                .bind(room_id.as_str())
+                .bind(user)
+                .execute(&mut *tx)
+                .await?;
+            let went_offline = if online {
+                sqlx::query(
+                    "INSERT INTO node_presence (room_id, user_id, node_id) VALUES ($1, $2, $3) \
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(room_id.as_str())
+                .bind(user)
+                .bind(node)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "UPDATE members SET last_seen_us = NULL \
+                     WHERE room_id = $1 AND user_id = $2 AND last_seen_us IS NOT NULL",
+                )
+                .bind(room_id.as_str())
+                .bind(user)
+                .execute(&mut *tx)
+                .await?;
+                false
+            } else {
+                sqlx::query(
+                    "DELETE FROM node_presence WHERE room_id = $1 AND user_id = $2 AND node_id = $3",
+                )
+                .bind(room_id.as_str())
+                .bind(user)
+                .bind(node)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(concat!(
+                    "UPDATE members SET last_seen_us = $3 \
+                     WHERE room_id = $1 AND user_id = $2 AND last_seen_us IS NULL \
+                       AND NOT EXISTS (SELECT 1 FROM node_presence p JOIN nodes n ON n.node_id = p.node_id \
+                         WHERE p.room_id = $1 AND p.user_id = $2 AND ",
+                    alive!("n"),
+                    ")"
+                ))
+                .bind(room_id.as_str())
+                .bind(user)
+                .bind(now.0)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                    == 1
+            };
+            tx.commit().await?;
+            Ok(went_offline)
+        })
+        .await
     }
 
     /// How many distinct users live nodes hold online in each of `room_ids` (rooms
     /// with none are left out).
     pub async fn online_counts(&self, room_ids: &[&str]) -> Result<HashMap<String, u32>> {
-        let rows: Vec<(String, i64)> = sqlx::query_as(concat!(
-            "SELECT p.room_id, COUNT(DISTINCT p.user_id) FROM node_presence p \
-             JOIN nodes n ON n.node_id = p.node_id WHERE p.room_id = ANY($1) AND ",
-            alive!("n"),
-            " GROUP BY p.room_id"
-        ))
-        .bind(room_ids)
-        .fetch_all(self.postgres()?)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(room, n)| (room, u32::try_from(n).unwrap_or(u32::MAX)))
-            .collect())
+        self.bounded(async {
+            let rows: Vec<(String, i64)> = sqlx::query_as(concat!(
+                "SELECT p.room_id, COUNT(DISTINCT p.user_id) FROM node_presence p \
+                 JOIN nodes n ON n.node_id = p.node_id WHERE p.room_id = ANY($1) AND ",
+                alive!("n"),
+                " GROUP BY p.room_id"
+            ))
+            .bind(room_ids)
+            .fetch_all(self.postgres()?)
+            .await?;
+            Ok(rows
+                .into_iter()
+                .map(|(room, n)| (room, u32::try_from(n).unwrap_or(u32::MAX)))
+                .collect())
+        })
+        .await
     }
 
     /// How many distinct users live nodes hold online in `room_id`, and whether
     /// `user` is one of them.
     pub async fn online_count_with(&self, room_id: &RoomId, user: &str) -> Result<(u32, bool)> {
-        let (count, found): (i64, bool) = sqlx::query_as(concat!(
-            "SELECT COUNT(DISTINCT p.user_id), COALESCE(BOOL_OR(p.user_id = $2), FALSE) \
-             FROM node_presence p JOIN nodes n ON n.node_id = p.node_id \
-             WHERE p.room_id = $1 AND ",
-            alive!("n")
-        ))
-        .bind(room_id.as_str())
-        .bind(user)
-        .fetch_one(self.postgres()?)
-        .await?;
-        Ok((u32::try_from(count).unwrap_or(u32::MAX), found))
+        self.bounded(async {
+            let (count, found): (i64, bool) = sqlx::query_as(concat!(
+                "SELECT COUNT(DISTINCT p.user_id), COALESCE(BOOL_OR(p.user_id = $2), FALSE) \
+                 FROM node_presence p JOIN nodes n ON n.node_id = p.node_id \
+                 WHERE p.room_id = $1 AND ",
+                alive!("n")
+            ))
+            .bind(room_id.as_str())
+            .bind(user)
+            .fetch_one(self.postgres()?)
+            .await?;
+            Ok((u32::try_from(count).unwrap_or(u32::MAX), found))
+        })
+        .await
     }
 
     /// Up to `limit` users live nodes hold online in `room_id`, with ids above
@@ -279,17 +318,20 @@ impl Store {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<String>> {
-        Ok(sqlx::query_scalar(concat!(
-            "SELECT DISTINCT p.user_id FROM node_presence p JOIN nodes n ON n.node_id = p.node_id \
-             WHERE p.room_id = $1 AND p.user_id > $2 AND ",
-            alive!("n"),
-            " ORDER BY p.user_id LIMIT $3"
-        ))
-        .bind(room_id.as_str())
-        .bind(after.unwrap_or(""))
-        .bind(i64::from(limit))
-        .fetch_all(self.postgres()?)
-        .await?)
+        self.bounded(async {
+            Ok(sqlx::query_scalar(concat!(
+                "SELECT DISTINCT p.user_id FROM node_presence p JOIN nodes n ON n.node_id = p.node_id \
+                 WHERE p.room_id = $1 AND p.user_id > $2 AND ",
+                alive!("n"),
+                " ORDER BY p.user_id LIMIT $3"
+            ))
+            .bind(room_id.as_str())
+            .bind(after.unwrap_or(""))
+            .bind(i64::from(limit))
+            .fetch_all(self.postgres()?)
+            .await?)
+        })
+        .await
     }
 
     /// Which of `users` live nodes hold online in `room_id`.
@@ -298,18 +340,21 @@ impl Store {
         room_id: &RoomId,
         users: &[&str],
     ) -> Result<Vec<String>> {
-        if users.is_empty() {
-            return Ok(Vec::new());
-        }
-        Ok(sqlx::query_scalar(concat!(
-            "SELECT DISTINCT p.user_id FROM node_presence p JOIN nodes n ON n.node_id = p.node_id \
-             WHERE p.room_id = $1 AND p.user_id = ANY($2) AND ",
-            alive!("n")
-        ))
-        .bind(room_id.as_str())
-        .bind(users)
-        .fetch_all(self.postgres()?)
-        .await?)
+        self.bounded(async {
+            if users.is_empty() {
+                return Ok(Vec::new());
+            }
+            Ok(sqlx::query_scalar(concat!(
+                "SELECT DISTINCT p.user_id FROM node_presence p JOIN nodes n ON n.node_id = p.node_id \
+                 WHERE p.room_id = $1 AND p.user_id = ANY($2) AND ",
+                alive!("n")
+            ))
+            .bind(room_id.as_str())
+            .bind(users)
+            .fetch_all(self.postgres()?)
+            .await?)
+        })
+        .await
     }
 }
 
@@ -318,20 +363,24 @@ impl Store {
     /// version (rooms that are gone are left out). One statement, every repair
     /// interval, for every room a node has streams in.
     pub async fn room_heads(&self, room_ids: &[RoomId]) -> Result<Vec<RoomHead>> {
-        let ids: Vec<&str> = room_ids.iter().map(RoomId::as_str).collect();
-        let rows: Vec<(String, i64, i64)> =
-            sqlx::query_as("SELECT room_id, last_seq, version FROM rooms WHERE room_id = ANY($1)")
-                .bind(ids)
-                .fetch_all(self.postgres()?)
-                .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(id, seq, version)| RoomHead {
-                room_id: RoomId::from_stored(id),
-                last_seq: u64::try_from(seq).unwrap_or(0),
-                version: u64::try_from(version).unwrap_or(0),
-            })
-            .collect())
+        self.bounded(async {
+            let ids: Vec<&str> = room_ids.iter().map(RoomId::as_str).collect();
+            let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+                "SELECT room_id, last_seq, version FROM rooms WHERE room_id = ANY($1)",
+            )
+            .bind(ids)
+            .fetch_all(self.postgres()?)
+            .await?;
+            Ok(rows
+                .into_iter()
+                .map(|(id, seq, version)| RoomHead {
+                    room_id: RoomId::from_stored(id),
+                    last_seq: u64::try_from(seq).unwrap_or(0),
+                    version: u64::try_from(version).unwrap_or(0),
+                })
+                .collect())
+        })
+        .await
     }
 
     /// Which `(room, user)` pairs among `pairs` are memberships (one statement).
@@ -339,19 +388,22 @@ impl Store {
         &self,
         pairs: &[(&str, &str)],
     ) -> Result<std::collections::HashSet<(String, String)>> {
-        if pairs.is_empty() {
-            return Ok(Default::default());
-        }
-        let (rooms, users): (Vec<&str>, Vec<&str>) = pairs.iter().copied().unzip();
-        let rows: Vec<(String, String)> = sqlx::query_as(
-            "SELECT m.room_id, m.user_id FROM members m \
-             JOIN UNNEST($1::text[], $2::text[]) AS k(r, u) ON m.room_id = k.r AND m.user_id = k.u",
-        )
-        .bind(rooms)
-        .bind(users)
-        .fetch_all(self.postgres()?)
-        .await?;
-        Ok(rows.into_iter().collect())
+        self.bounded(async {
+            if pairs.is_empty() {
+                return Ok(Default::default());
+            }
+            let (rooms, users): (Vec<&str>, Vec<&str>) = pairs.iter().copied().unzip();
+            let rows: Vec<(String, String)> = sqlx::query_as(
+                "SELECT m.room_id, m.user_id FROM members m \
+                 JOIN UNNEST($1::text[], $2::text[]) AS k(r, u) ON m.room_id = k.r AND m.user_id = k.u",
+            )
+            .bind(rooms)
+            .bind(users)
+            .fetch_all(self.postgres()?)
+            .await?;
+            Ok(rows.into_iter().collect())
+        })
+        .await
     }
 }
 

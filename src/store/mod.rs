@@ -97,6 +97,7 @@ macro_rules! message_columns {
 /// Evaluates `$body` with `$c` bound to a connection of the backend's pool (for
 /// SQLite, of the pool named `$sqlite`: `reader` or `writer`) — or fails at once
 /// while the database is known to be down ([`reach`]), learning from what it found.
+/// On PostgreSQL the wait for a connection and the round trip are [`bounded`].
 macro_rules! on_connection {
     ($store:expr, $sqlite:ident, $c:ident => $body:expr) => {{
         let store = &$store;
@@ -104,13 +105,18 @@ macro_rules! on_connection {
             Err(error) => Err(error),
             Ok(()) => {
                 let result = match &store.backend {
-                    Backend::Postgres(pool) => match connection(pool).await {
-                        Ok(mut connection) => {
-                            let $c = &mut *connection;
-                            $body
-                        }
-                        Err(error) => Err(error),
-                    },
+                    Backend::Postgres(pool) => {
+                        bounded(async {
+                            match connection(pool).await {
+                                Ok(mut connection) => {
+                                    let $c = &mut *connection;
+                                    $body
+                                }
+                                Err(error) => Err(error),
+                            }
+                        })
+                        .await
+                    }
                     Backend::Sqlite { $sqlite, .. } => match connection($sqlite).await {
                         Ok(mut connection) => {
                             let $c = &mut *connection;
@@ -140,15 +146,18 @@ macro_rules! on_writer {
     };
 }
 
-/// Evaluates `$body` with `$c` bound to the transaction's connection, learning from
-/// what it found whether the database is reachable.
+/// Evaluates `$body` with `$c` bound to the transaction's connection ([`bounded`] on
+/// PostgreSQL), learning from what it found whether the database is reachable.
 macro_rules! on_tx {
     ($tx:expr, $c:ident => $body:expr) => {{
         let tx: &mut Tx = &mut *$tx;
         let result = match &mut tx.inner {
             TxInner::Postgres(inner) => {
-                let $c = &mut **inner;
-                $body
+                bounded(async {
+                    let $c = &mut **inner;
+                    $body
+                })
+                .await
             }
             TxInner::Sqlite(inner) => {
                 let $c = &mut **inner;
@@ -161,11 +170,21 @@ macro_rules! on_tx {
 }
 
 /// Calls the transaction's dialect's own form of a batch statement,
-/// `postgres::$f` or `sqlite::$f`, with the transaction's connection first.
+/// `postgres::$f` or `sqlite::$f`, with the transaction's connection first (on
+/// PostgreSQL within [`ROUND_TRIP_DEADLINE`]).
 macro_rules! by_dialect {
     ($tx:expr, $f:ident($($arg:expr),* $(,)?)) => {
         match &mut $tx.inner {
-            TxInner::Postgres(tx) => postgres::$f(&mut **tx, $($arg),*).await,
+            TxInner::Postgres(tx) => {
+                let round_trip = postgres::$f(&mut **tx, $($arg),*);
+                match tokio::time::timeout(ROUND_TRIP_DEADLINE, round_trip).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        $tx.reach.trip();
+                        Err(Error::from(timed_out()))
+                    }
+                }
+            }
             TxInner::Sqlite(tx) => sqlite::$f(&mut **tx, $($arg),*).await,
         }
     };
@@ -274,7 +293,9 @@ impl Store {
     /// happens to probe.
     pub async fn ping(&self) -> Result<()> {
         let result = match &self.backend {
-            Backend::Postgres(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop),
+            Backend::Postgres(pool) => bounded(sqlx::query("SELECT 1").execute(pool))
+                .await
+                .map(drop),
             Backend::Sqlite { reader, .. } => {
                 sqlx::query("SELECT 1").execute(reader).await.map(drop)
             }
@@ -286,6 +307,11 @@ impl Store {
     /// Whether calls fail at once because the database was found unreachable.
     pub fn is_unreachable(&self) -> bool {
         self.reach.is_down()
+    }
+
+    /// Resolves the next time a call finds the database unreachable.
+    pub async fn found_unreachable(&self) {
+        self.reach.tripped().await;
     }
 
     /// Connections in use and idle, over every pool.
@@ -317,7 +343,7 @@ impl Store {
         self.reach.admit()?;
         let inner = match &self.backend {
             Backend::Postgres(pool) => {
-                let begun = begin(pool).await;
+                let begun = bounded(begin(pool)).await;
                 self.reach.observe(&begun);
                 TxInner::Postgres(begun?)
             }
@@ -328,6 +354,38 @@ impl Store {
             reach: self.reach.clone(),
         })
     }
+}
+
+/// How long one round trip to PostgreSQL (a statement, a commit, or the wait for a
+/// connection and its first statement) may take before the call fails UNAVAILABLE and
+/// the database counts as down ([`reach`]). A PostgreSQL that stops answering — a
+/// stalled disk, a frozen VM, a network path that drops packets without a reset —
+/// otherwise holds every call in flight for as long as it hangs, since TCP notices
+/// nothing. Every statement here is short (point reads, pages of at most a few
+/// hundred rows, batches of at most a thousand), so this is far beyond any of them on
+/// a healthy database.
+pub const ROUND_TRIP_DEADLINE: Duration = Duration::from_millis(1500);
+
+/// `round_trip` within [`ROUND_TRIP_DEADLINE`], else a timed-out I/O error (a lost
+/// connection, for [`connection_lost`] and [`reach`]). The round trip is dropped: its
+/// connection goes back to the pool only once it answers again (sqlx checks it).
+async fn bounded<T>(
+    round_trip: impl std::future::Future<Output = std::result::Result<T, sqlx::Error>>,
+) -> std::result::Result<T, sqlx::Error> {
+    tokio::time::timeout(ROUND_TRIP_DEADLINE, round_trip)
+        .await
+        .unwrap_or_else(|_| Err(timed_out()))
+}
+
+/// What a round trip past [`ROUND_TRIP_DEADLINE`] fails with.
+fn timed_out() -> sqlx::Error {
+    sqlx::Error::Io(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!(
+            "PostgreSQL did not answer within {} ms",
+            ROUND_TRIP_DEADLINE.as_millis()
+        ),
+    ))
 }
 
 /// A connection of `pool`: an idle one at once, else whatever waiting for one takes —
@@ -377,7 +435,11 @@ pub struct Tx {
 impl Tx {
     pub async fn commit(self) -> Result<()> {
         let committed = match self.inner {
-            TxInner::Postgres(tx) => tx.commit().await,
+            // A commit that times out may or may not have happened: the caller hears
+            // UNAVAILABLE either way and nothing is published, so nothing is
+            // acknowledged that is not known to be stored (a retry with the same
+            // idempotency key finds it if it was).
+            TxInner::Postgres(tx) => bounded(tx.commit()).await,
             TxInner::Sqlite(tx) => tx.commit().await,
         };
         self.reach.observe(&committed);

@@ -16,12 +16,17 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use tokio::sync::Notify;
+
 /// Whether the database is known to be unreachable right now.
 #[derive(Debug)]
 pub(super) struct Reach {
     /// `false` for SQLite.
     trips: bool,
     down: AtomicBool,
+    /// Woken when the database is found unreachable (the health service says so at
+    /// once, instead of at its next check).
+    tripped: Notify,
 }
 
 impl Reach {
@@ -29,7 +34,21 @@ impl Reach {
         Reach {
             trips,
             down: AtomicBool::new(false),
+            tripped: Notify::new(),
         }
+    }
+
+    /// Marks the database down: a round trip outlived its deadline.
+    pub(super) fn trip(&self) {
+        if self.trips && !self.down.swap(true, Ordering::Relaxed) {
+            tracing::warn!("the database stopped answering; calls fail at once until it answers");
+            self.tripped.notify_waiters();
+        }
+    }
+
+    /// Resolves the next time the database is found unreachable.
+    pub(super) async fn tripped(&self) {
+        self.tripped.notified().await;
     }
 
     /// Lets a call go to the database, or fails it at once while the database is
@@ -53,6 +72,7 @@ impl Reach {
             Err(error) if self.trips && super::connection_lost(error) => {
                 if !self.down.swap(true, Ordering::Relaxed) {
                     tracing::warn!(%error, "the database is unreachable; calls fail at once until it answers");
+                    self.tripped.notify_waiters();
                 }
             }
             Err(_) => {}

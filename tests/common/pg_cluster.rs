@@ -124,8 +124,44 @@ impl PgCluster {
     }
 }
 
+impl PgCluster {
+    /// Freezes every process of the server (SIGSTOP): what a stalled disk, a frozen
+    /// VM or a network path that drops packets looks like to a client — connections
+    /// stay open and nothing answers.
+    pub fn freeze(&self) {
+        assert!(self.signal("-STOP"), "could not freeze PostgreSQL");
+    }
+
+    /// Lets a frozen server run again (SIGCONT).
+    pub fn thaw(&self) {
+        assert!(self.signal("-CONT"), "could not thaw PostgreSQL");
+    }
+
+    /// Sends `signal` to the postmaster first (so it forks no new backend
+    /// meanwhile), then to every process it started; false if there was none.
+    fn signal(&self, signal: &str) -> bool {
+        let Ok(pid_file) = std::fs::read_to_string(self.data().join("postmaster.pid")) else {
+            return false;
+        };
+        let Some(postmaster) = pid_file.lines().next().map(str::trim) else {
+            return false;
+        };
+        let sent = Command::new("kill")
+            .args([signal, postmaster])
+            .status()
+            .is_ok_and(|s| s.success());
+        // pkill exits 1 when there is no child: not an error.
+        let _ = Command::new("pkill")
+            .args([signal, "-P", postmaster])
+            .status();
+        sent
+    }
+}
+
 impl Drop for PgCluster {
     fn drop(&mut self) {
+        // A frozen server would not stop.
+        self.signal("-CONT");
         let _ = self
             .command("pg_ctl")
             .arg("-D")

@@ -9,6 +9,7 @@ mod common;
 mod bad_input;
 mod fields;
 mod flooding;
+mod hang;
 mod leaving;
 mod memory;
 mod outage;
