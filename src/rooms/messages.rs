@@ -31,19 +31,35 @@ impl Rooms {
         sender_name: Option<&str>,
     ) -> Result<Sent> {
         check_in_token(caller, &draft.room_id)?;
-        self.rates.check_send(caller.user_id.as_str(), draft.kind)?;
+        let (user, kind) = (caller.user_id.as_str(), draft.kind);
+        self.rates.check_send(user, kind)?;
         let room_id = draft.room_id.clone();
-        if draft.kind.is_stored() {
+        if kind.is_stored() {
             // The writer checks membership and takes the display name in its own
             // transaction: one lookup per batch instead of reads per message.
             let name = sender_name.unwrap_or_default();
-            let message = Message::accept(draft, caller.user_id.as_str(), name);
+            let message = Message::accept(draft, user, name);
             let answer = self.live.sequencer.submit(message, caller.admin).await?;
-            return Ok(Sent::Stored { room_id, answer });
+            return Ok(Sent::Stored {
+                room_id,
+                answer,
+                refund: Refund {
+                    rates: self.rates.clone(),
+                    user: user.into(),
+                },
+            });
         }
         let name = match sender_name {
             Some(name) => name.to_string(),
-            None => self.readable(caller, &draft.room_id).await?.1,
+            None => match self.readable(caller, &draft.room_id).await {
+                Ok((_, name, _)) => name,
+                Err(error) => {
+                    if refused_for_its_room(&error) {
+                        self.rates.refund_send(user, kind);
+                    }
+                    return Err(error);
+                }
+            },
         };
         let message = Message::accept(draft, caller.user_id.as_str(), &name);
         self.live

@@ -106,7 +106,15 @@ pub enum Sent {
     Stored {
         room_id: RoomId,
         answer: sequencer::Answer,
+        /// Gives the send's token back if the writer refuses it for its room.
+        refund: Refund,
     },
+}
+
+/// Where a refused CHAT send's rate token goes back to.
+pub struct Refund {
+    rates: Arc<rates::Rates>,
+    user: Arc<str>,
 }
 
 impl Sent {
@@ -114,15 +122,31 @@ impl Sent {
     pub async fn answer(self) -> Result<Message> {
         match self {
             Sent::Published(message) => Ok(*message),
-            Sent::Stored { room_id, answer } => match answer.await? {
-                Appended::New(m) | Appended::Existing(m) => Ok(m),
-                Appended::RoomGone => Err(not_found(&room_id)),
-                Appended::NotAMember => Err(Error::NotAMember {
-                    room_id: room_id.to_string(),
-                }),
-            },
+            Sent::Stored {
+                room_id,
+                answer,
+                refund,
+            } => {
+                let refused = match answer.await? {
+                    Appended::New(m) | Appended::Existing(m) => return Ok(m),
+                    Appended::RoomGone => not_found(&room_id),
+                    Appended::NotAMember => Error::NotAMember {
+                        room_id: room_id.to_string(),
+                    },
+                };
+                refund
+                    .rates
+                    .refund_send(&refund.user, crate::domain::MessageKind::Chat);
+                Err(refused)
+            }
         }
     }
+}
+
+/// Whether a send was refused for its room (missing, or the sender may not send
+/// there) — before anything was stored or published, so its rate token goes back.
+fn refused_for_its_room(error: &Error) -> bool {
+    matches!(error, Error::RoomNotFound { .. } | Error::NotAMember { .. })
 }
 
 /// A page of a stream's catch-up.

@@ -12,9 +12,17 @@
 //! The buckets are per node: a user calling through two nodes of a cluster gets each
 //! node's rate. Memory is one small entry per user who called lately; entries idle
 //! long enough to be full again are dropped every [`SWEEP_EVERY`] checks.
+//!
+//! A send refused because its room does not exist or the sender may not send there
+//! gives its token back ([`Rates::refund_send`]), so a client that mistypes a room id
+//! does not use up its rate; refunds have a bucket of their own at the send rate, so
+//! refused sends still cost the server no more than that (and a flood of them is
+//! charged to the send bucket again once the refunds run out).
 
+use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
@@ -26,6 +34,9 @@ use crate::error::{Error, Result};
 
 /// Checks after which idle buckets are swept.
 const SWEEP_EVERY: u64 = 4096;
+/// Users holding refunded sends, at most; past it the oldest refunds are forgotten
+/// (the map is cleared), which only makes some refused sends count after all.
+const MAX_REFUNDED_USERS: usize = 65_536;
 
 type Buckets = RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock>;
 
@@ -52,29 +63,105 @@ pub struct Rates {
     chat: Option<Buckets>,
     barrage: Option<Buckets>,
     changes: Option<Buckets>,
+    /// How fast refused sends are refunded (the send rate; `None`: sends unlimited).
+    refunds: Option<Buckets>,
+    /// Sends given back per user and send bucket, spent before the bucket is.
+    credits: Mutex<HashMap<(String, Bucket), u32>>,
+    /// How many users hold credits: the send path takes no lock while none does.
+    credited: AtomicUsize,
+    /// At most this many credits per user and bucket (the burst).
+    max_credits: u32,
     clock: DefaultClock,
     checks: AtomicU64,
+}
+
+/// Which send bucket.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+enum Bucket {
+    Chat,
+    Barrage,
+}
+
+impl Bucket {
+    fn of(kind: MessageKind) -> Bucket {
+        match kind {
+            MessageKind::Barrage => Bucket::Barrage,
+            MessageKind::Chat | MessageKind::Command => Bucket::Chat,
+        }
+    }
 }
 
 impl Rates {
     /// `sends` for each of the two send buckets, `changes` for room changes.
     pub fn new(sends: Rate, changes: Rate) -> Self {
+        let max_credits = match NonZeroU32::new(sends.burst) {
+            Some(burst) => burst.get(),
+            None => sends.per_second.max(1),
+        };
         Rates {
             chat: sends.buckets(),
             barrage: sends.buckets(),
             changes: changes.buckets(),
+            refunds: sends.buckets(),
+            credits: Mutex::new(HashMap::new()),
+            credited: AtomicUsize::new(0),
+            max_credits,
             clock: DefaultClock::default(),
             checks: AtomicU64::new(0),
         }
     }
 
-    /// Takes one send of `kind` from `user`'s bucket, or says how long to wait.
+    /// Takes one send of `kind` from `user`'s bucket (a refunded one first), or says
+    /// how long to wait.
     pub fn check_send(&self, user: &str, kind: MessageKind) -> Result<()> {
-        let buckets = match kind {
-            MessageKind::Barrage => &self.barrage,
-            MessageKind::Chat | MessageKind::Command => &self.chat,
+        let bucket = Bucket::of(kind);
+        let buckets = match bucket {
+            Bucket::Barrage => &self.barrage,
+            Bucket::Chat => &self.chat,
         };
+        if buckets.is_some()
+            && self.credited.load(Ordering::Relaxed) > 0
+            && self.spend_credit(user, bucket)
+        {
+            return Ok(());
+        }
         self.take(buckets, user)
+    }
+
+    /// Gives back the token a send of `kind` took, because it was refused before
+    /// anything was stored or published (no such room, not a member there) — unless
+    /// `user`'s refunds outran the send rate, when the refused send counts.
+    pub fn refund_send(&self, user: &str, kind: MessageKind) {
+        let Some(refunds) = &self.refunds else {
+            return;
+        };
+        if refunds.check_key(&user.to_string()).is_err() {
+            return;
+        }
+        let mut credits = self.credits.lock().expect("credits lock");
+        if credits.len() >= MAX_REFUNDED_USERS {
+            credits.clear();
+        }
+        let held = credits
+            .entry((user.to_string(), Bucket::of(kind)))
+            .or_insert(0);
+        *held = (*held + 1).min(self.max_credits);
+        self.credited.store(credits.len(), Ordering::Relaxed);
+    }
+
+    /// Spends one of `user`'s refunded sends of `bucket`, if it holds one.
+    fn spend_credit(&self, user: &str, bucket: Bucket) -> bool {
+        let mut credits = self.credits.lock().expect("credits lock");
+        let key = (user.to_string(), bucket);
+        let Some(held) = credits.get_mut(&key) else {
+            return false;
+        };
+        *held -= 1;
+        if *held == 0 {
+            credits.remove(&key);
+        }
+        self.credited.store(credits.len(), Ordering::Relaxed);
+        true
     }
 
     /// Takes one room change from `user`'s bucket, or says how long to wait.
@@ -87,7 +174,7 @@ impl Rates {
             return Ok(());
         };
         if self.checks.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
-            for buckets in [&self.chat, &self.barrage, &self.changes]
+            for buckets in [&self.chat, &self.barrage, &self.changes, &self.refunds]
                 .into_iter()
                 .flatten()
             {
@@ -152,6 +239,35 @@ mod tests {
         assert!(retry_after > Duration::from_millis(500) && retry_after <= Duration::from_secs(1));
         rates.check_change("bob").unwrap();
         rates.check_send("alice", MessageKind::Chat).unwrap();
+    }
+
+    #[test]
+    fn refused_sends_give_their_token_back_up_to_the_rate() {
+        let sends = Rate {
+            per_second: 1,
+            burst: 2,
+        };
+        let rates = Rates::new(sends, Rate::default());
+        rates.check_send("alice", MessageKind::Chat).unwrap();
+        rates.check_send("alice", MessageKind::Chat).unwrap();
+        assert!(rates.check_send("alice", MessageKind::Chat).is_err());
+        // Both sends were refused: both tokens come back (within the refund burst).
+        rates.refund_send("alice", MessageKind::Chat);
+        rates.refund_send("alice", MessageKind::Chat);
+        rates.check_send("alice", MessageKind::Chat).unwrap();
+        rates.check_send("alice", MessageKind::Chat).unwrap();
+        assert!(rates.check_send("alice", MessageKind::Chat).is_err());
+        // Refunds have their own bucket: a third refund this second is not given.
+        rates.refund_send("alice", MessageKind::Chat);
+        assert!(rates.check_send("alice", MessageKind::Chat).is_err());
+        // A refund is for its own bucket and user only.
+        rates.refund_send("bob", MessageKind::Barrage);
+        assert!(rates.check_send("alice", MessageKind::Barrage).is_ok());
+        assert_eq!(
+            rates.credited.load(Ordering::Relaxed),
+            1,
+            "bob's barrage credit"
+        );
     }
 
     #[test]

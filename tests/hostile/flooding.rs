@@ -1,6 +1,6 @@
 //! One user flooding: sends faster than `--send-rate` and room changes faster than
 //! `--room-change-rate` are refused with how long to wait (and nothing is written for
-//! them), Subscribe streams beyond `--max-streams-per-user` are refused — also
+//! them) — sends refused for their room give their token back, up to the rate — Subscribe streams beyond `--max-streams-per-user` are refused — also
 //! after thousands opened and dropped — and a flood of attach and detach on one
 //! stream answers every frame once and leaves the stream and presence as they should
 //! be.
@@ -20,6 +20,7 @@ use crate::on_both_stores;
 
 on_both_stores!(
     sends_over_the_rate_wait_their_turn,
+    sends_refused_for_their_room_do_not_use_up_the_rate,
     room_changes_over_the_rate_wait_their_turn,
     streams_beyond_the_cap_are_refused,
     an_attach_detach_flood_leaves_the_stream_consistent,
@@ -315,4 +316,48 @@ async fn an_attach_detach_flood_leaves_the_stream_consistent(backend: Backend) {
     assert_eq!(online().await, 1);
     drop(sub);
     common::eventually("alice offline", 0, online).await;
+}
+
+/// Sends to a room that does not exist, or where the sender is not a member, give
+/// their rate token back: the sends that follow to the sender's own room pass. A
+/// flood of them still meets the rate once the refunds (at the send rate) run out.
+async fn sends_refused_for_their_room_do_not_use_up_the_rate(backend: Backend) {
+    let app = TestApp::with(backend, |c| {
+        c.send_rate = 1;
+        c.send_burst = 2;
+    })
+    .await;
+    let mut alice = app.client("alice").await;
+    alice.create_room(create("mine")).await.unwrap();
+    app.create_room("bob", "bobs").await;
+
+    // CHAT to a missing room (refused by the writer), BARRAGE where alice is not a
+    // member (refused before publishing): each gives its token back.
+    let missing = alice.send_message(chat("nowhere", "typo")).await.unwrap_err();
+    assert_error(&missing, Code::NotFound, "ROOM_NOT_FOUND");
+    let outsider = alice.send_message(barrage("bobs", "hi")).await.unwrap_err();
+    assert_error(&outsider, Code::PermissionDenied, "NOT_A_MEMBER");
+    // The whole burst is still there for the room she meant.
+    for i in 0..2 {
+        alice
+            .send_message(chat("mine", &format!("m{i}")))
+            .await
+            .unwrap_or_else(|s| panic!("send {i} after refused ones: {s:?}"));
+    }
+    alice.send_message(barrage("mine", "b")).await.unwrap();
+
+    // A flood of refused sends is still bounded: once refunds run out, RATE_LIMITED.
+    let mut limited = false;
+    for i in 0..8 {
+        match alice.send_message(chat("nowhere", &format!("f{i}"))).await {
+            Err(status) if status.code() == Code::ResourceExhausted => {
+                retry_delay(&status);
+                limited = true;
+                break;
+            }
+            Err(status) => assert_error(&status, Code::NotFound, "ROOM_NOT_FOUND"),
+            Ok(_) => panic!("a send to a missing room was accepted"),
+        }
+    }
+    assert!(limited, "refused sends flooded past the rate");
 }
