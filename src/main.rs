@@ -6,8 +6,45 @@ use tokio::net::TcpListener;
 
 use chatroom::Config;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
+    return_large_blocks();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("chatroom: cannot start the async runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(serve())
+}
+
+/// Makes glibc's allocator give large blocks back to the system when they are freed.
+///
+/// Blocks above its mmap threshold (128 KiB) are mapped and unmapped on their own, but
+/// glibc raises that threshold to the size of any such block freed, so from then on
+/// blocks that large come from the heap and stay with the process once freed. Here a
+/// large block is always transient — a room of a megabyte of attributes read, turned
+/// into its answer and encoded once per attach, a catch-up page — and many streams
+/// doing that at once left each idle stream costing 82 KiB of such leftovers in a
+/// room with the largest attributes (7 KiB in a small room). A fixed threshold keeps
+/// the leftovers out; what it costs is a map and an unmap per block above 128 KiB,
+/// which no hot path allocates (BENCHMARKS.md, session 8).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn return_large_blocks() {
+    // SAFETY: mallopt only sets a parameter of the allocator; called before any
+    // thread is started.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn return_large_blocks() {}
+
+async fn serve() -> std::process::ExitCode {
     match run().await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {

@@ -333,7 +333,10 @@ async fn sends_refused_for_their_room_do_not_use_up_the_rate(backend: Backend) {
 
     // CHAT to a missing room (refused by the writer), BARRAGE where alice is not a
     // member (refused before publishing): each gives its token back.
-    let missing = alice.send_message(chat("nowhere", "typo")).await.unwrap_err();
+    let missing = alice
+        .send_message(chat("nowhere", "typo"))
+        .await
+        .unwrap_err();
     assert_error(&missing, Code::NotFound, "ROOM_NOT_FOUND");
     let outsider = alice.send_message(barrage("bobs", "hi")).await.unwrap_err();
     assert_error(&outsider, Code::PermissionDenied, "NOT_A_MEMBER");

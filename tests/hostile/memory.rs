@@ -1,5 +1,6 @@
 //! Memory a client can make the server hold: room updates and catch-up pages are
-//! bounded, whatever a stream that does not read leaves behind.
+//! bounded, whatever a stream that does not read leaves behind, and attaching a room
+//! of the largest attributes leaves nothing behind per stream.
 
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use chatroom::pb;
 on_both_stores!(
     room_updates_do_not_multiply_memory,
     catch_up_is_bounded_by_bytes,
+    idle_streams_in_a_room_of_the_largest_attributes_cost_little,
 );
 
 /// A room whose attributes are as large as allowed (64 values of 4,096 four-byte
@@ -94,4 +96,53 @@ async fn catch_up_is_bounded_by_bytes(backend: Backend) {
         "20 stalled streams grew the server by {grown:.0} MiB"
     );
     drop(stalled);
+}
+
+/// Streams attached to a room with the largest attributes allowed (64 values of 4,096
+/// four-byte characters, 1 MiB) cost an idle stream what they cost in a small room,
+/// once attached: each attach reads, converts and encodes the room, and none of that
+/// stays behind (it did, as allocator leftovers: 82 KiB per stream).
+async fn idle_streams_in_a_room_of_the_largest_attributes_cost_little(backend: Backend) {
+    use crate::common::{Sub, UserHeader};
+    use chatroom::pb::chat_room_service_client::ChatRoomServiceClient;
+    const STREAMS: usize = 60;
+    let db = TestDb::new(backend).await;
+    let process = ServerProcess::start(&db).await;
+    let server = &process.server;
+    let mut owner = server.client("owner").await;
+    let value: String = "😀".repeat(4096);
+    let attributes = (0..64).map(|k| (format!("k{k}"), value.clone())).collect();
+    owner
+        .create_room(pb::CreateRoomRequest {
+            attributes,
+            ..create("r")
+        })
+        .await
+        .unwrap();
+    for i in 0..STREAMS {
+        server.join(&format!("u{i}"), "r").await;
+    }
+    // One connection for all, as a backend carrying its users would have.
+    let shared = server.channel().await;
+    // Lets the server settle before its memory is read (a measurement).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = process.rss_mib();
+    let mut subs = Vec::new();
+    for i in 0..STREAMS {
+        let user = format!("u{i}");
+        let mut client =
+            ChatRoomServiceClient::with_interceptor(shared.clone(), UserHeader::new(&user));
+        let mut sub = Sub::open(&mut client).await;
+        let room = sub.attached("r", None).await;
+        assert_eq!(room.attributes.len(), 64);
+        subs.push(sub);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let per_stream_kib = (process.rss_mib() - before) * 1024.0 / STREAMS as f64;
+    eprintln!("idle streams in a 1 MiB room: {per_stream_kib:.1} KiB each");
+    assert!(
+        per_stream_kib < 24.0,
+        "each idle stream holds {per_stream_kib:.0} KiB"
+    );
+    drop(subs);
 }
