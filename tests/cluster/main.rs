@@ -11,6 +11,7 @@ mod common;
 mod admins;
 mod bus;
 mod events;
+mod hang;
 mod limits;
 mod messages;
 mod presence;
