@@ -20,7 +20,6 @@ use tokio::task::JoinHandle;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::api;
 use crate::error::Error;
 use crate::store::Store;
 
@@ -52,10 +51,9 @@ pub struct WriterDied(pub &'static str);
 
 /// Sets the status of the chatroom service and of the server as a whole ("").
 pub async fn set(reporter: &HealthReporter, status: ServingStatus) {
-    const SERVICE: &str = <api::server::chat_room_service_server::ChatRoomServiceServer<
-        api::ChatRoomApi,
-    > as tonic::server::NamedService>::NAME;
-    reporter.set_service_status(SERVICE, status).await;
+    reporter
+        .set_service_status(crate::proto::SERVICE_NAME, status)
+        .await;
     reporter.set_service_status("", status).await;
 }
 

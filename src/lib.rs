@@ -120,7 +120,7 @@ pub async fn serve(
     }
     // Flags that cannot work are refused before anything is opened or written.
     let tokens = config.token_verifier()?;
-    let nats = config.nats_connection()?;
+    let nats = nats_connection(&config)?;
     let cors = web::cors(&config.cors_origins)?;
     if let Some(addr) = config.metrics_listen {
         telemetry::serve_metrics(addr)?;
@@ -498,4 +498,95 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+}
+
+/// How to reach NATS, if this is a cluster node: every `--nats-*` option needs
+/// `--nats-url`; one way to authenticate at most; `--nats-tls-cert` and
+/// `--nats-tls-key` go together; every file named must be readable (refused
+/// before anything starts, not at the first reconnect).
+fn nats_connection(config: &Config) -> Result<Option<live::nats::Connection>> {
+    use live::nats::{Auth, Connection};
+    let Some(url) = &config.nats_url else {
+        let given = [
+            ("nats_subject_prefix", config.nats_subject_prefix.is_some()),
+            ("nats_creds", config.nats_creds.is_some()),
+            ("nats_nkey", config.nats_nkey.is_some()),
+            ("nats_token", config.nats_token.is_some()),
+            ("nats_user", config.nats_user.is_some()),
+            ("nats_password", config.nats_password.is_some()),
+            ("nats_tls_ca", config.nats_tls_ca.is_some()),
+            ("nats_tls_cert", config.nats_tls_cert.is_some()),
+            ("nats_tls_key", config.nats_tls_key.is_some()),
+        ];
+        return match given.iter().find(|(_, set)| *set) {
+            Some((field, _)) => Err(Error::invalid(
+                *field,
+                "NATS options need a cluster: give --nats-url too",
+            )),
+            None => Ok(None),
+        };
+    };
+    let read = |field: &str, path: &std::path::Path| {
+        std::fs::read_to_string(path)
+            .map(|text| text.trim().to_string())
+            .map_err(|e| Error::invalid(field, format!("cannot read {}: {e}", path.display())))
+    };
+    let mut ways = Vec::new();
+    if let Some(path) = &config.nats_creds {
+        // As written: the file's sections end with line breaks, which its parser
+        // needs.
+        let creds = std::fs::read_to_string(path).map_err(|e| {
+            Error::invalid("nats_creds", format!("cannot read {}: {e}", path.display()))
+        })?;
+        ways.push(Auth::Creds(creds));
+    }
+    if let Some(path) = &config.nats_nkey {
+        ways.push(Auth::NKey(read("nats_nkey", path)?));
+    }
+    if let Some(token) = &config.nats_token {
+        ways.push(Auth::Token(token.clone()));
+    }
+    match (&config.nats_user, &config.nats_password) {
+        (Some(user), Some(password)) => {
+            ways.push(Auth::UserPassword(user.clone(), password.clone()))
+        }
+        (None, None) => {}
+        _ => {
+            return Err(Error::invalid(
+                "nats_user",
+                "--nats-user and --nats-password go together",
+            ));
+        }
+    }
+    if ways.len() > 1 {
+        return Err(Error::invalid(
+            "nats_creds",
+            "give one way to authenticate to NATS: --nats-creds, --nats-nkey, --nats-token, or --nats-user with --nats-password",
+        ));
+    }
+    let tls_client = match (&config.nats_tls_cert, &config.nats_tls_key) {
+        (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+        (None, None) => None,
+        _ => {
+            return Err(Error::invalid(
+                "nats_tls_cert",
+                "--nats-tls-cert and --nats-tls-key go together",
+            ));
+        }
+    };
+    for (field, path) in [
+        ("nats_tls_ca", config.nats_tls_ca.as_ref()),
+        ("nats_tls_cert", config.nats_tls_cert.as_ref()),
+        ("nats_tls_key", config.nats_tls_key.as_ref()),
+    ] {
+        if let Some(path) = path {
+            read(field, path)?;
+        }
+    }
+    Ok(Some(Connection {
+        url: url.clone(),
+        auth: ways.pop().unwrap_or_default(),
+        tls_ca: config.nats_tls_ca.clone(),
+        tls_client,
+    }))
 }

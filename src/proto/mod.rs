@@ -10,3 +10,6 @@
 
 pub mod decode;
 pub mod encode;
+
+/// The contract's service, as gRPC (and the health service) names it.
+pub const SERVICE_NAME: &str = "chatroom.v1.ChatRoomService";

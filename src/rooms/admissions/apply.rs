@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use tokio::sync::{Notify, watch};
 
-use super::rules::{Plan, Rules};
+use super::rules::{Key, Plan, Rules, key};
 use super::{Change, Create, Job, Joined, Kind, MemberChange, Outcome, Switched};
 use crate::domain::{DetachReason, Member, Room, RoomId, UnixMicros};
 use crate::error::{Error, Result};
@@ -26,13 +26,6 @@ pub(super) struct Batches {
     pub hubs: Arc<Hubs>,
     pub deadlines_changed: Arc<Notify>,
     pub max_rooms_per_user: u32,
-}
-
-/// A `(room, user)` key of a member row.
-pub(super) type Key = (String, String);
-
-pub(super) fn key(room_id: &RoomId, user: &str) -> Key {
-    (room_id.to_string(), user.to_string())
 }
 
 /// Members read back, by `(room, user)` key.

@@ -5,12 +5,18 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use super::apply::{Key, key};
 use super::{Create, Joined, Kind, MemberChange, Outcome, Switched};
 use crate::domain::{DetachReason, Member, Role, Room, RoomId, UnixMicros};
 use crate::error::{Error, Result};
 use crate::rooms::not_found;
 use crate::store::Tx;
+
+/// A `(room, user)` key of a member row.
+pub(super) type Key = (String, String);
+
+pub(super) fn key(room_id: &RoomId, user: &str) -> Key {
+    (room_id.to_string(), user.to_string())
+}
 
 /// What step 4 of `Batches::write` checks the rules against, and the rows it
 /// plans to change.
