@@ -24,15 +24,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .compile_fds(fds.clone())?;
 
     // Pass 2: the server alone, reusing pass 1's messages — except that the Subscribe
-    // stream yields `live::Frame`, a response encoded once and shared by every
+    // stream yields `proto::Frame`, a response encoded once and shared by every
     // subscriber, instead of a message encoded again for each.
     let server_dir = out_dir.join("server");
     std::fs::create_dir_all(&server_dir)?;
     tonic_prost_build::configure()
         .build_client(false)
         .build_server(true)
-        .extern_path(".chatroom.v1", "crate::pb")
-        .extern_path(".chatroom.v1.SubscribeResponse", "crate::live::Frame")
+        .extern_path(".chatroom.v1", "crate::proto::pb")
+        .extern_path(".chatroom.v1.SubscribeResponse", "crate::proto::Frame")
         .codec_path("crate::api::codec::LeanCodec")
         .out_dir(&server_dir)
         .compile_fds(fds)?;

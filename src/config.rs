@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 
 use clap::{Parser, ValueEnum};
 
+use crate::error::{Error, Result};
+
 /// How callers are identified.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum AuthMode {
@@ -344,136 +346,63 @@ fn parse_retention(value: &str) -> Result<std::time::Duration, String> {
 }
 
 impl Config {
-    /// The defaults of every flag (ignoring the environment), serving `database_url`
-    /// on `listen`. Tests start from this and change what they need.
+    /// The defaults of every flag, as `--help` states them (the environment is not
+    /// read), serving `database_url` on `listen`. Tests start from this and change
+    /// what they need. The defaults are written once, in the flags' attributes.
     pub fn new(listen: SocketAddr, database_url: impl Into<String>) -> Self {
-        Config {
-            listen,
-            database_url: database_url.into(),
-            db_pool_size: 16,
-            auth: AuthMode::Header,
-            jwt_secret: None,
-            jwt_secret_file: None,
-            jwt_public_key: None,
-            jwt_jwks_url: None,
-            jwt_jwks_refresh_secs: 300,
-            jwt_issuer: None,
-            jwt_audience: None,
-            admin_users: Vec::new(),
-            max_rooms_per_user: 100,
-            max_rooms_per_stream: 16,
-            max_text_bytes: 16 * 1024,
-            max_payload_bytes: 64 * 1024,
-            room_buffer: 1024,
-            room_buffer_bytes: 8 * 1024 * 1024,
-            keepalive_interval_secs: 30,
-            keepalive_timeout_secs: 10,
-            stalled_stream_timeout_secs: 30,
-            member_event_window_ms: 50,
-            history_retention: None,
-            history_max_per_room: None,
-            nats_url: None,
-            nats_subject_prefix: None,
-            nats_creds: None,
-            nats_nkey: None,
-            nats_token: None,
-            nats_user: None,
-            nats_password: None,
-            nats_tls_ca: None,
-            nats_tls_cert: None,
-            nats_tls_key: None,
-            node_id: None,
-            cluster_repair_interval_ms: 500,
-            node_lease_ms: 10_000,
-            nats_grace_ms: 5_000,
-            send_rate: 0,
-            send_burst: 0,
-            room_change_rate: 0,
-            room_change_burst: 0,
-            max_streams_per_user: 64,
-            max_streams_per_connection: 1024,
-            tls_cert: None,
-            tls_key: None,
-            tls_client_ca: None,
-            log: "info".into(),
-            log_format: LogFormat::Text,
-            metrics_listen: None,
-            otlp_endpoint: None,
-            cors_origins: Vec::new(),
-        }
+        use clap::{CommandFactory, FromArgMatches};
+        let command = Config::command().mut_args(|arg| arg.env(None));
+        let matches = command
+            .try_get_matches_from([
+                "chatroom".to_string(),
+                format!("--listen={listen}"),
+                format!("--database-url={}", database_url.into()),
+            ])
+            .expect("the defaults parse");
+        Config::from_arg_matches(&matches).expect("the defaults parse")
     }
-}
 
-impl Config {
-    /// The bearer-token verifier `--auth jwt` asks for (`None` with `--auth header`),
-    /// its key read from wherever the flags say. Refuses a key that is missing, given
-    /// twice, or unreadable, and `--jwt-*` flags without `--auth jwt`.
-    pub fn token_verifier(&self) -> crate::error::Result<Option<crate::auth::Verifier>> {
-        use crate::auth::{Expectations, KeySource, Verifier};
-        use crate::error::Error;
-        let read = |field: &str, path: &std::path::Path| {
-            std::fs::read(path)
-                .map_err(|e| Error::invalid(field, format!("cannot read {}: {e}", path.display())))
-        };
-        let mut keys = Vec::new();
-        if let Some(secret) = &self.jwt_secret {
-            keys.push(KeySource::Secret(secret.as_bytes().to_vec()));
-        }
-        if let Some(path) = &self.jwt_secret_file {
-            let mut secret = read("jwt_secret_file", path)?;
-            while secret.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-                secret.pop();
-            }
-            keys.push(KeySource::Secret(secret));
-        }
-        if let Some(path) = &self.jwt_public_key {
-            keys.push(KeySource::PublicKeyPem(read("jwt_public_key", path)?));
-        }
-        if let Some(url) = &self.jwt_jwks_url {
-            let refresh = std::time::Duration::from_secs(self.jwt_jwks_refresh_secs);
-            keys.push(KeySource::Jwks(crate::auth::jwks::Source::parse(
-                url, refresh,
-            )?));
-        }
+    /// Refuses flags that cannot work together, before anything is opened or
+    /// written: every rule between flags is here. (Each flag's own values are
+    /// checked as it is parsed; files are read when the server is built.)
+    pub fn validate(&self) -> Result<()> {
+        self.validate_auth()?;
+        self.validate_tls()?;
+        self.validate_nats()
+    }
+
+    fn validate_auth(&self) -> Result<()> {
+        let keys = [
+            self.jwt_secret.is_some(),
+            self.jwt_secret_file.is_some(),
+            self.jwt_public_key.is_some(),
+            self.jwt_jwks_url.is_some(),
+        ]
+        .into_iter()
+        .filter(|given| *given)
+        .count();
         match self.auth {
-            AuthMode::Header => {
-                if !keys.is_empty() || self.jwt_issuer.is_some() || self.jwt_audience.is_some() {
-                    return Err(Error::invalid(
-                        "auth",
-                        "--jwt-* flags are for --auth jwt; with --auth header no token is read",
-                    ));
-                }
-                Ok(None)
+            AuthMode::Header
+                if keys > 0 || self.jwt_issuer.is_some() || self.jwt_audience.is_some() =>
+            {
+                Err(Error::invalid(
+                    "auth",
+                    "--jwt-* flags are for --auth jwt; with --auth header no token is read",
+                ))
             }
-            AuthMode::Jwt => {
-                if keys.len() != 1 {
-                    return Err(Error::invalid(
-                        "auth",
-                        "--auth jwt needs exactly one of --jwt-secret, --jwt-secret-file, --jwt-public-key, --jwt-jwks-url",
-                    ));
-                }
-                let expect = Expectations {
-                    issuer: self.jwt_issuer.clone(),
-                    audience: self.jwt_audience.clone(),
-                };
-                Verifier::new(keys.remove(0), expect).map(Some)
-            }
+            AuthMode::Jwt if keys != 1 => Err(Error::invalid(
+                "auth",
+                "--auth jwt needs exactly one of --jwt-secret, --jwt-secret-file, --jwt-public-key, --jwt-jwks-url",
+            )),
+            _ => Ok(()),
         }
     }
-}
 
-impl Config {
-    /// The TLS files asked for, if any: `--tls-cert` and `--tls-key` go together, and
-    /// `--tls-client-ca` needs them.
-    pub fn tls_files(&self) -> crate::error::Result<Option<crate::tls::TlsFiles>> {
-        use crate::error::Error;
+    /// `--tls-cert` and `--tls-key` go together, and `--tls-client-ca` needs them.
+    fn validate_tls(&self) -> Result<()> {
         match (&self.tls_cert, &self.tls_key) {
-            (Some(cert), Some(key)) => Ok(Some(crate::tls::TlsFiles {
-                cert: cert.clone(),
-                key: key.clone(),
-                client_ca: self.tls_client_ca.clone(),
-            })),
-            (None, None) if self.tls_client_ca.is_none() => Ok(None),
+            (Some(_), Some(_)) => Ok(()),
+            (None, None) if self.tls_client_ca.is_none() => Ok(()),
             (None, None) => Err(Error::invalid(
                 "tls_client_ca",
                 "client certificates need TLS: give --tls-cert and --tls-key too",
@@ -483,5 +412,67 @@ impl Config {
                 "--tls-cert and --tls-key go together",
             )),
         }
+    }
+
+    /// A cluster needs PostgreSQL; every `--nats-*` option needs `--nats-url`; one
+    /// way to authenticate at most; `--nats-tls-cert` and `--nats-tls-key` go
+    /// together.
+    fn validate_nats(&self) -> Result<()> {
+        let postgres = ["postgres://", "postgresql://"]
+            .iter()
+            .any(|scheme| self.database_url.starts_with(scheme));
+        if self.nats_url.is_some() && !postgres {
+            // Nodes share their rooms through the database: a SQLite file is one
+            // process's.
+            return Err(Error::invalid(
+                "nats_url",
+                "a cluster (--nats-url) needs a shared PostgreSQL database: --database-url must be postgres://",
+            ));
+        }
+        if self.nats_url.is_none() {
+            let given = [
+                ("nats_subject_prefix", self.nats_subject_prefix.is_some()),
+                ("nats_creds", self.nats_creds.is_some()),
+                ("nats_nkey", self.nats_nkey.is_some()),
+                ("nats_token", self.nats_token.is_some()),
+                ("nats_user", self.nats_user.is_some()),
+                ("nats_password", self.nats_password.is_some()),
+                ("nats_tls_ca", self.nats_tls_ca.is_some()),
+                ("nats_tls_cert", self.nats_tls_cert.is_some()),
+                ("nats_tls_key", self.nats_tls_key.is_some()),
+            ];
+            return match given.iter().find(|(_, set)| *set) {
+                Some((field, _)) => Err(Error::invalid(
+                    *field,
+                    "NATS options need a cluster: give --nats-url too",
+                )),
+                None => Ok(()),
+            };
+        }
+        if self.nats_user.is_some() != self.nats_password.is_some() {
+            return Err(Error::invalid(
+                "nats_user",
+                "--nats-user and --nats-password go together",
+            ));
+        }
+        let ways = [
+            self.nats_creds.is_some(),
+            self.nats_nkey.is_some(),
+            self.nats_token.is_some(),
+            self.nats_user.is_some(),
+        ];
+        if ways.into_iter().filter(|given| *given).count() > 1 {
+            return Err(Error::invalid(
+                "nats_creds",
+                "give one way to authenticate to NATS: --nats-creds, --nats-nkey, --nats-token, or --nats-user with --nats-password",
+            ));
+        }
+        if self.nats_tls_cert.is_some() != self.nats_tls_key.is_some() {
+            return Err(Error::invalid(
+                "nats_tls_cert",
+                "--nats-tls-cert and --nats-tls-key go together",
+            ));
+        }
+        Ok(())
     }
 }

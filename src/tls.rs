@@ -26,6 +26,7 @@ use tokio_rustls::rustls::{RootCertStore, ServerConfig};
 use tokio_rustls::server::TlsStream;
 
 use crate::error::{Error, Result};
+use crate::transport::Guarded;
 
 /// Longest a client may take to finish its TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -148,4 +149,79 @@ fn certificates(field: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>
 
 fn unreadable(field: &str, path: &Path, error: impl std::fmt::Display) -> Error {
     Error::invalid(field, format!("cannot read {}: {error}", path.display()))
+}
+
+/// Connections through their TLS handshake, Nagle off. Each handshake runs on a task
+/// of its own (with a deadline), so one slow or hostile client never holds up the
+/// accepts of others; a failed one is logged and dropped.
+pub fn incoming(
+    listener: tokio::net::TcpListener,
+    tls: Arc<Tls>,
+    stall_after: Option<Duration>,
+) -> impl tokio_stream::Stream<Item = std::io::Result<Guarded<TlsStream<TcpStream>>>> {
+    let (ready, connections) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = ready.closed() => return,
+            };
+            let stream = match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Out of descriptors, say: try again shortly.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let (tls, ready) = (tls.clone(), ready.clone());
+            tokio::spawn(async move {
+                match tls.accept(stream).await {
+                    Ok(stream) => {
+                        let _ = ready.send(Ok(Guarded::new(stream, stall_after))).await;
+                    }
+                    Err(error) => tracing::debug!(%error, "TLS handshake failed"),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(connections)
+}
+
+/// Reads the TLS files again on every SIGHUP and whenever they change, until the
+/// server stops. New connections get the new certificates; established ones keep
+/// theirs.
+pub async fn reload_on_sighup(tls: Arc<Tls>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => Some(hangups),
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGHUP: TLS files reload only when they change");
+            None
+        }
+    };
+    let mut seen = tls.stamp();
+    let mut checks = tokio::time::interval(CHANGE_CHECK);
+    checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let why = tokio::select! {
+            Some(()) = async { hangups.as_mut()?.recv().await } => "SIGHUP",
+            _ = checks.tick() => {
+                if tls.stamp() == seen {
+                    continue;
+                }
+                "the files changed"
+            }
+            _ = stop.wait_for(|stop| *stop) => return,
+        };
+        seen = tls.stamp();
+        match tls.reload() {
+            Ok(()) => tracing::info!(why, "TLS certificates reloaded"),
+            Err(error) => {
+                tracing::warn!(why, %error, "TLS reload failed; the previous certificates stay")
+            }
+        }
+    }
 }

@@ -235,6 +235,21 @@ impl<IO> Connected for Guarded<IO> {
     }
 }
 
+/// Accepted connections with Nagle's algorithm off: acks and events are small frames
+/// that must leave at once, not wait for more bytes (tonic's own `tcp_nodelay` applies
+/// only to listeners it binds itself).
+pub fn incoming(
+    listener: tokio::net::TcpListener,
+    stall_after: Option<Duration>,
+) -> impl tokio_stream::Stream<Item = io::Result<Guarded<tokio::net::TcpStream>>> {
+    use tokio_stream::StreamExt;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(move |accepted| {
+        let stream = accepted?;
+        stream.set_nodelay(true)?;
+        Ok(Guarded::new(stream, stall_after))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

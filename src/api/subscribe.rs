@@ -29,8 +29,8 @@ use tracing::Instrument;
 use super::ChatRoomApi;
 use super::codec::LeanCodec;
 use super::server::chat_room_service_server::ChatRoomServiceServer;
-use crate::live::Frame;
-use crate::pb;
+use crate::proto::Frame;
+use crate::proto::pb;
 use crate::transport::Progress;
 
 /// The routes this module serves.
@@ -146,7 +146,7 @@ fn sized(response: http::Response<Body>, limit: usize) -> http::Response<Body> {
 /// named in the metrics without a list to keep in step), kept for the process's life.
 static METHODS: std::sync::LazyLock<Vec<&'static str>> = std::sync::LazyLock::new(|| {
     use prost::Message as _;
-    let files = prost_types::FileDescriptorSet::decode(crate::FILE_DESCRIPTOR_SET)
+    let files = prost_types::FileDescriptorSet::decode(crate::proto::FILE_DESCRIPTOR_SET)
         .expect("the descriptor set built into the binary decodes");
     files
         .file
@@ -409,7 +409,8 @@ mod tests {
     /// nothing else is.
     #[test]
     fn every_method_of_the_contract_has_a_metrics_name() {
-        let files = prost_types::FileDescriptorSet::decode(crate::FILE_DESCRIPTOR_SET).unwrap();
+        let files =
+            prost_types::FileDescriptorSet::decode(crate::proto::FILE_DESCRIPTOR_SET).unwrap();
         let service = files
             .file
             .iter()

@@ -34,12 +34,11 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
-use super::frame::Frame;
 use super::members::{MemberChange, MemberChanges, coalesce, frames};
 use super::relay::{Relay, Relayed, RoomEvent};
 use crate::domain::{DetachReason, Member, MemberEvents, Message, Room, RoomId};
-use crate::pb;
-use crate::pb::subscribe_response::Event as PbEvent;
+use crate::proto::Frame;
+use crate::proto::encode::event;
 
 /// Message frames up to this size live in the ring itself; larger ones are held by
 /// the hub under its byte budget.
@@ -252,7 +251,7 @@ impl Hubs {
         }
         for message in messages {
             let targets = (!message.to_user_ids.is_empty()).then(|| message.to_user_ids.clone());
-            let frame = Frame::event(PbEvent::Message(message.into()));
+            let frame = Frame::event(event::message(message));
             self.relay(room, || RoomEvent::Message {
                 seq: message.seq,
                 frame: frame.clone(),
@@ -530,9 +529,7 @@ impl RoomState {
         RoomState {
             version: room.version,
             presence_timeout: room.settings.presence_timeout.is_some(),
-            frame: Frame::event(PbEvent::RoomUpdated(pb::RoomUpdated {
-                room: Some(room.clone().into()),
-            })),
+            frame: Frame::event(event::room_updated(room)),
         }
     }
 }

@@ -1,10 +1,10 @@
 //! Member join/leave events, coalesced: changes within a hub's window go out as one
 //! `MembersJoined` / `MembersLeft` frame per run of the same kind.
 
-use super::frame::Frame;
 use crate::domain::{Member, RoomId};
-use crate::pb;
-use crate::pb::subscribe_response::Event as PbEvent;
+use crate::proto::Frame;
+use crate::proto::encode::event;
+use crate::proto::pb;
 
 #[derive(Default)]
 pub(super) struct MemberChanges {
@@ -62,20 +62,12 @@ pub(super) fn frames(room_id: &RoomId, runs: Vec<Run>) -> impl Iterator<Item = F
             members,
             member_count,
         } = run;
-        let room_id = room_id.to_string();
-        Frame::event(if joined {
-            PbEvent::MembersJoined(pb::MembersJoined {
-                room_id,
-                members,
-                member_count,
-            })
-        } else {
-            PbEvent::MembersLeft(pb::MembersLeft {
-                room_id,
-                members,
-                member_count,
-            })
-        })
+        Frame::event(event::members_changed(
+            room_id,
+            joined,
+            members,
+            member_count,
+        ))
     })
 }
 

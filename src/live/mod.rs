@@ -1,5 +1,5 @@
 //! In-memory live state only — no store, no rules: fan-out of events to attached
-//! streams ([`hub`]), events encoded once ([`frame`]), presence — which users have
+//! streams ([`hub`]) of frames encoded once (`proto::Frame`), presence — which users have
 //! streams attached to which rooms — and, in a cluster, the relay of messages to and
 //! from the other nodes ([`relay`], over NATS: [`nats`]). The writers that store and then publish here live
 //! in `rooms/`.
@@ -9,7 +9,6 @@
 //! `ListMembers(online_only)`; in a cluster each node also stores it, and reads
 //! count every node (`rooms/presence.rs`).
 
-pub mod frame;
 pub mod hub;
 mod members;
 pub mod nats;
@@ -18,7 +17,6 @@ pub mod relay;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
-pub use frame::Frame;
 pub use hub::{Event, Hubs};
 pub use relay::{Relay, Relayed, RoomEvent};
 

@@ -29,10 +29,10 @@ use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 
 use super::Hubs;
-use super::frame::Frame;
 use super::relay::{Queue, Relayed, RoomEvent};
 use crate::domain::{DetachReason, RoomId};
 use crate::error::{Error, Result};
+use crate::proto::Frame;
 
 /// The last token of the events subject, after the prefix.
 const EVENTS: &str = "events";
@@ -425,8 +425,8 @@ fn reason_named(name: &str) -> Option<DetachReason> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pb;
-    use crate::pb::subscribe_response::Event as PbEvent;
+    use crate::proto::pb;
+    use crate::proto::pb::subscribe_response::Event as PbEvent;
 
     fn deployment(key: &[u8]) -> Deployment {
         Deployment::new("d1", key, None)

@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::mpsc;
 
-use super::frame::Frame;
 use crate::domain::{DetachReason, RoomId};
+use crate::proto::Frame;
 
 /// Events that may wait for the engine before the relay drops new ones.
 pub const QUEUE: usize = 16 * 1024;
@@ -134,8 +134,8 @@ mod tests {
     use super::*;
 
     fn message(seq: u64, text_bytes: usize) -> Relayed {
-        let frame = Frame::event(crate::pb::subscribe_response::Event::Message(
-            crate::pb::Message {
+        let frame = Frame::event(crate::proto::pb::subscribe_response::Event::Message(
+            crate::proto::pb::Message {
                 seq,
                 text: "x".repeat(text_bytes),
                 ..Default::default()

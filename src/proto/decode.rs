@@ -6,13 +6,13 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
+use super::pb;
 use crate::domain::{
     Attributes, DEFAULT_MESSAGE_LIMIT, Draft, HistoryRange, MAX_MESSAGE_LIMIT, MemberEvents,
     MessageKind, MessageLimits, NewRoom, RoomId, RoomPatch, RoomSettings, check_attributes,
     check_name, check_no_nul,
 };
 use crate::error::{Error, Result};
-use crate::pb;
 
 /// Parses a room id that arrives in the request field `field`.
 pub fn room_id(field: &str, id: String) -> Result<RoomId> {

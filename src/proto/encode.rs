@@ -2,10 +2,11 @@
 
 use std::time::Duration;
 
+use super::pb;
 use crate::domain::{
-    DetachReason, Member, MemberEvents, Message, MessageKind, Role, Room, RoomSettings, UnixMicros,
+    DetachReason, Member, MemberEvents, Message, MessageKind, Role, Room, RoomId, RoomSettings,
+    UnixMicros,
 };
-use crate::pb;
 
 pub fn timestamp(t: UnixMicros) -> prost_types::Timestamp {
     prost_types::Timestamp {
@@ -106,6 +107,119 @@ impl From<DetachReason> for pb::DetachReason {
             DetachReason::RoomDeleted => pb::DetachReason::RoomDeleted,
             DetachReason::PresenceTimeout => pb::DetachReason::PresenceTimeout,
         }
+    }
+}
+
+/// Every event a stream receives, as the `SubscribeResponse` event it is — built
+/// here and nowhere else ([`super::Frame`] then encodes it once).
+pub mod event {
+    use super::*;
+    pub use pb::subscribe_response::Event;
+
+    /// A message, as streams receive it live, in catch-up and in a send's ack.
+    pub fn message(message: &Message) -> Event {
+        Event::Message(message.into())
+    }
+
+    /// A sent message's ack (the message as stored, seq and all).
+    pub fn send_ack(message: &Message) -> Event {
+        Event::SendAck(pb::SendAck {
+            message: Some(message.into()),
+        })
+    }
+
+    /// The room's new state.
+    pub fn room_updated(room: &Room) -> Event {
+        Event::RoomUpdated(pb::RoomUpdated {
+            room: Some(room.clone().into()),
+        })
+    }
+
+    /// The room is gone.
+    pub fn room_deleted(room_id: &RoomId) -> Event {
+        Event::RoomDeleted(pb::RoomDeleted {
+            room_id: room_id.to_string(),
+        })
+    }
+
+    /// A run of joins (`joined`) or of leaves, announced together.
+    pub fn members_changed(
+        room_id: &RoomId,
+        joined: bool,
+        members: Vec<pb::Member>,
+        member_count: u32,
+    ) -> Event {
+        let room_id = room_id.to_string();
+        if joined {
+            Event::MembersJoined(pb::MembersJoined {
+                room_id,
+                members,
+                member_count,
+            })
+        } else {
+            Event::MembersLeft(pb::MembersLeft {
+                room_id,
+                members,
+                member_count,
+            })
+        }
+    }
+
+    /// A stream attached the room; `history_truncated`: the resume point is older
+    /// than the history still stored.
+    pub fn attached(room: Room, history_truncated: bool) -> Event {
+        Event::Attached(pb::RoomAttached {
+            room: Some(room.into()),
+            history_truncated,
+        })
+    }
+
+    /// The room's history resumes at `resumes_at_seq` (retention deleted the rest).
+    pub fn history_truncated(room_id: &RoomId, resumes_at_seq: u64) -> Event {
+        Event::HistoryTruncated(pb::HistoryTruncated {
+            room_id: room_id.to_string(),
+            resumes_at_seq,
+        })
+    }
+
+    /// The stream no longer receives the room, and why.
+    pub fn detached(room_id: &RoomId, reason: DetachReason) -> Event {
+        Event::Detached(pb::RoomDetached {
+            room_id: room_id.to_string(),
+            reason: pb::DetachReason::from(reason) as i32,
+        })
+    }
+
+    /// A client frame failed (the stream goes on): the gRPC code, the reason and the
+    /// message a unary call would carry, and when to retry a rate-limited one.
+    pub fn stream_error(
+        code: i32,
+        reason: &str,
+        message: String,
+        retry_after: Option<Duration>,
+    ) -> Event {
+        Event::Error(pb::StreamError {
+            code,
+            reason: reason.to_string(),
+            message,
+            retry_after: retry_after.and_then(|d| prost_types::Duration::try_from(d).ok()),
+        })
+    }
+
+    /// The answer to a ping.
+    pub fn pong() -> Event {
+        Event::Pong(pb::Pong {})
+    }
+
+    /// A refreshed token was accepted: the stream now lasts until `expires_at` (Unix
+    /// seconds, as the token's `exp` says; `None`: the token does not expire).
+    pub fn token_refreshed(expires_at: Option<u64>) -> Event {
+        Event::TokenRefreshed(pb::TokenRefreshed {
+            expires_at: expires_at.map(|exp| prost_types::Timestamp {
+                seconds: i64::try_from(exp).unwrap_or(i64::MAX),
+                nanos: 0,
+            }),
+        })
     }
 }
 

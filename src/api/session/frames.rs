@@ -1,46 +1,28 @@
-//! The frames a session answers with.
+//! The frames a session answers with (their events are built in `proto::encode`).
 
 use crate::domain::{DetachReason, Message, Room, RoomId};
 use crate::error::{Error, Result};
-use crate::live::Frame;
-use crate::pb;
-use crate::pb::subscribe_response::Event as PbEvent;
+use crate::proto::Frame;
+use crate::proto::encode::event;
 
 /// An `attached` event; `history_truncated`: the resume point is older than the
 /// history still stored.
-pub(super) fn attached_event(room: Room, history_truncated: bool) -> PbEvent {
-    PbEvent::Attached(pb::RoomAttached {
-        room: Some(room.into()),
-        history_truncated,
-    })
+pub(super) fn attached_event(room: Room, history_truncated: bool) -> event::Event {
+    event::attached(room, history_truncated)
 }
 
 /// A `history_truncated` event: the room's history resumes at `resumes_at_seq`.
 pub(super) fn history_truncated_frame(room_id: &RoomId, resumes_at_seq: u64) -> Frame {
-    Frame::event(PbEvent::HistoryTruncated(pb::HistoryTruncated {
-        room_id: room_id.to_string(),
-        resumes_at_seq,
-    }))
+    Frame::event(event::history_truncated(room_id, resumes_at_seq))
 }
 
 pub(super) fn detached_frame(request_id: String, room_id: &RoomId, reason: DetachReason) -> Frame {
-    Frame::reply(
-        request_id,
-        PbEvent::Detached(pb::RoomDetached {
-            room_id: room_id.to_string(),
-            reason: pb::DetachReason::from(reason) as i32,
-        }),
-    )
+    Frame::reply(request_id, event::detached(room_id, reason))
 }
 
 pub(super) fn send_answer(request_id: String, result: Result<Message>) -> Frame {
     match result {
-        Ok(message) => Frame::reply(
-            request_id,
-            PbEvent::SendAck(pb::SendAck {
-                message: Some((&message).into()),
-            }),
-        ),
+        Ok(message) => Frame::reply(request_id, event::send_ack(&message)),
         Err(error) => error_frame(request_id, error),
     }
 }
@@ -50,16 +32,11 @@ pub(super) fn send_answer(request_id: String, result: Result<Message>) -> Frame 
 pub(super) fn error_frame(request_id: String, error: Error) -> Frame {
     let (code, reason) = error.code_and_reason();
     let retry_after = match &error {
-        Error::RateLimited { retry_after } => prost_types::Duration::try_from(*retry_after).ok(),
+        Error::RateLimited { retry_after } => Some(*retry_after),
         _ => None,
     };
     Frame::reply(
         request_id,
-        PbEvent::Error(pb::StreamError {
-            code: code as i32,
-            reason: reason.to_string(),
-            message: error.public_message(),
-            retry_after,
-        }),
+        event::stream_error(code as i32, reason, error.public_message(), retry_after),
     )
 }

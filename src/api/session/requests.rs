@@ -4,7 +4,7 @@ use super::frames::{detached_frame, error_frame, send_answer};
 use super::*;
 use crate::domain::DetachReason;
 use crate::error::Error;
-use crate::pb::subscribe_response::Event as PbEvent;
+use crate::proto::encode::event;
 
 impl Session {
     /// Takes a client frame: queued for its turn, or refused when the queue is full.
@@ -119,7 +119,7 @@ impl Session {
                     }
                 }
             }
-            Some(Request::Ping(_)) => Frame::reply(request_id, PbEvent::Pong(pb::Pong {})),
+            Some(Request::Ping(_)) => Frame::reply(request_id, event::pong()),
             Some(Request::RefreshToken(refresh)) => match self.tokens.clone() {
                 Some(tokens) => {
                     // Verifying may wait for a JWKS fetch: on a task, as work.

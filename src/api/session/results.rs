@@ -5,7 +5,7 @@ use super::route::{Routed, route};
 use super::*;
 use crate::domain::DetachReason;
 use crate::error::Error;
-use crate::pb::subscribe_response::Event as PbEvent;
+use crate::proto::encode::event;
 
 impl Session {
     /// Starts reading the next page of stored messages for a room catching up.
@@ -106,7 +106,7 @@ impl Session {
                             }
                             a.delivered = message.seq;
                             self.outbox
-                                .push_back(Frame::event(PbEvent::Message((&message).into())));
+                                .push_back(Frame::event(event::message(&message)));
                         }
                     }
                 }
@@ -144,7 +144,7 @@ impl Session {
     /// Takes a fresh token's caller for the stream, if it is the same user and
     /// reaches every room the stream has attached; its `exp`, roles and rooms apply
     /// from now on. Otherwise the stream goes on with the token it has.
-    fn refreshed(&mut self, caller: Caller) -> Result<PbEvent> {
+    fn refreshed(&mut self, caller: Caller) -> Result<event::Event> {
         if caller.user_id != self.caller.user_id {
             return Err(Error::TokenRefused {
                 reason: "TOKEN_SUBJECT_CHANGED",
@@ -166,12 +166,9 @@ impl Session {
             });
         }
         self.expiry = super::expiry_timer(&caller);
-        let expires_at = caller.expires_at.map(|exp| prost_types::Timestamp {
-            seconds: i64::try_from(exp).unwrap_or(i64::MAX),
-            nanos: 0,
-        });
+        let refreshed = event::token_refreshed(caller.expires_at);
         self.caller = caller;
-        Ok(PbEvent::TokenRefreshed(pb::TokenRefreshed { expires_at }))
+        Ok(refreshed)
     }
 
     /// Routes the events waiting in one room's ring now, without waiting for more.

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use super::attached::AttachedRooms;
 use super::frames::detached_frame;
 use crate::domain::{DetachReason, RoomId};
+use crate::live::Event;
 use crate::live::hub::{Delivery, Held, RoomState, Switch};
-use crate::live::{Event, Frame};
-use crate::pb;
-use crate::pb::subscribe_response::Event as PbEvent;
+use crate::proto::Frame;
+use crate::proto::encode::event;
 
 /// What one hub event asks of the stream besides its frames.
 #[derive(Debug, Default)]
@@ -110,9 +110,7 @@ pub(super) fn route(
         }
         Event::Deleted => {
             if attached.contains(room_id) {
-                outbox.push_back(Frame::event(PbEvent::RoomDeleted(pb::RoomDeleted {
-                    room_id: room_id.to_string(),
-                })));
+                outbox.push_back(Frame::event(event::room_deleted(room_id)));
                 outbox.push_back(detached_frame(
                     String::new(),
                     room_id,
@@ -132,6 +130,9 @@ pub(super) fn route(
 #[cfg(test)]
 mod tests {
     use prost::Message as _;
+
+    use crate::proto::pb;
+    use crate::proto::pb::subscribe_response::Event as PbEvent;
 
     use super::super::attached::AttachedRoom;
     use super::*;

@@ -5,7 +5,7 @@ use std::pin::Pin;
 use futures_util::stream::FuturesUnordered;
 use tokio_stream::Stream;
 
-use crate::live::Frame;
+use crate::proto::Frame;
 
 /// A send handed over, resolving to its answer frame (ack or error).
 pub(super) type PendingSend = Pin<Box<dyn std::future::Future<Output = Frame> + Send>>;

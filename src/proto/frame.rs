@@ -13,7 +13,7 @@ use bytes::{Buf, BufMut, Bytes};
 use prost::Message;
 use prost::encoding::{DecodeContext, WireType};
 
-use crate::pb;
+use super::pb;
 
 /// gRPC's message prefix: a compression flag and a big-endian `u32` length.
 const PREFIX: usize = 5;

@@ -1,0 +1,329 @@
+//! The composition root: the one place that knows every part and puts them
+//! together. [`App::build`] checks the flags, opens the store, starts the writers
+//! and — for a cluster node — the bus, the lease and the repair; [`App::serve`]
+//! serves them on a listener until the shutdown future resolves, then stops every
+//! task it started, in order. Whether this process is one node or a node of a
+//! cluster is decided here, once ([`cluster`]).
+//!
+//! It may import every module; nothing imports it but `lib.rs`.
+
+mod cluster;
+mod parts;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic_health::ServingStatus;
+use tonic_health::pb::health_server::HealthServer;
+use tonic_health::server::HealthService;
+
+use crate::config::Config;
+use crate::{api, auth, domain, health, live, rooms, store, telemetry, tls, transport, web};
+
+/// What `serve` fails with: a flag that cannot work, a store that cannot be opened,
+/// or a task the server cannot run without that died.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A server, built and running its tasks, not yet serving calls.
+pub struct App {
+    config: Config,
+    store: store::Store,
+    service: api::subscribe::WithSubscribe,
+    cors: tower_http::cors::CorsLayer,
+    tls: Option<Arc<tls::Tls>>,
+    health_service: HealthServer<HealthService>,
+    /// Turns true when the server stops (asked to, or a task it needs died).
+    stop: Arc<watch::Sender<bool>>,
+    tasks: Tasks,
+}
+
+/// Every task the server started, owned until it stops.
+struct Tasks {
+    /// Watches the tasks the server cannot serve without (writers; for a cluster
+    /// node, the bus, the lease and the repair): one that dies stops the server.
+    essential: JoinHandle<Result<(), health::WriterDied>>,
+    /// Ends when the server stops; awaited so that each lets go of what it holds.
+    background: Vec<JoinHandle<()>>,
+    /// Has nothing to finish: aborted when the server stops.
+    aborted: Vec<JoinHandle<()>>,
+    stop: watch::Receiver<bool>,
+}
+
+impl App {
+    /// Checks the flags, opens the store and starts every task; refuses flags that
+    /// cannot work before anything is opened or written.
+    pub async fn build(config: Config) -> Result<App, BoxError> {
+        config.validate()?;
+        let tokens = parts::token_verifier(&config)?;
+        let nats = parts::nats_connection(&config)?;
+        let cors = web::cors(&config.cors_origins)?;
+        if let Some(addr) = config.metrics_listen {
+            telemetry::serve_metrics(addr)?;
+        }
+        let tls = parts::tls(&config)?;
+        let store = store::Store::connect(&config.database_url, config.db_pool_size).await?;
+        let (stop_tx, stop) = watch::channel(false);
+        let stop_tx = Arc::new(stop_tx);
+
+        let hubs = live::Hubs::new(
+            config.room_buffer as usize,
+            config.room_buffer_bytes,
+            Duration::from_millis(config.member_event_window_ms),
+        );
+        let (hubs, node) = match nats {
+            Some(connection) => {
+                let prefix = config.nats_subject_prefix.as_deref();
+                let (hubs, node) = cluster::join(&store, connection, prefix, hubs).await?;
+                (hubs, Some(node))
+            }
+            None => {
+                // Members online when the last process ended have been offline
+                // since. (A cluster node releases only what an earlier process of its
+                // own id left: the other nodes' members may be online right now.)
+                store.mark_all_offline(domain::UnixMicros::now()).await?;
+                (Arc::new(hubs), None)
+            }
+        };
+        let (sequencer, message_writer) = rooms::Sequencer::start(store.clone(), hubs.clone());
+        let live = rooms::LiveParts {
+            hubs: hubs.clone(),
+            presence: Arc::new(live::Presence::new()),
+            sequencer,
+        };
+        let (rooms, membership_writer) = rooms::Rooms::new(
+            store.clone(),
+            live,
+            parts::limits(&config),
+            config.admin_users.clone(),
+        );
+        let mut essential = vec![
+            ("message writer", message_writer),
+            ("membership writer", membership_writer),
+        ];
+        let (rooms, bus) = match node {
+            Some(node) => {
+                let started = node.start(rooms, &config, &stop).await?;
+                essential.extend(started.essential);
+                (started.rooms, Some(started.bus))
+            }
+            None => (rooms, None),
+        };
+
+        let (health, _) = tonic_health::server::health_reporter();
+        let health_service = HealthServer::new(HealthService::from_health_reporter(health.clone()));
+        // The database just answered (migrations ran): serving from the first call on.
+        health::set(&health, ServingStatus::Serving).await;
+        let mut background = Self::background(&config, &store, &rooms, &stop);
+        background.push(tokio::spawn(health::watch_dependencies(
+            store.clone(),
+            bus,
+            health.clone(),
+            stop.clone(),
+        )));
+        let mut aborted = Vec::new();
+        // Keys from a JWKS are fetched before the first call is served (a provider
+        // that does not answer yet is retried in the background).
+        if let Some(set) = tokens.as_ref().and_then(auth::Verifier::key_set) {
+            aborted.push(set.clone().keep_fresh(stop.clone()).await);
+        }
+        let essential = tokio::spawn(health::watch_writers(
+            essential,
+            health.clone(),
+            stop_tx.clone(),
+        ));
+        let service = api::subscribe::WithSubscribe::new(
+            api::ChatRoomApi::new(
+                rooms,
+                api::SessionLimits {
+                    max_rooms_per_stream: config.max_rooms_per_stream as usize,
+                },
+                tokens,
+                stop.clone(),
+            ),
+            parts::max_request_bytes(&config),
+        );
+        Ok(App {
+            config,
+            store,
+            service,
+            cors,
+            tls,
+            health_service,
+            stop: stop_tx,
+            tasks: Tasks {
+                essential,
+                background,
+                aborted,
+                stop,
+            },
+        })
+    }
+
+    /// The tasks every server runs besides its writers: expiry, retention, and
+    /// gauge sampling where metrics are served.
+    fn background(
+        config: &Config,
+        store: &store::Store,
+        rooms: &rooms::Rooms,
+        stop: &watch::Receiver<bool>,
+    ) -> Vec<JoinHandle<()>> {
+        let mut tasks = vec![rooms::expiry::start(rooms.clone(), stop.clone())];
+        tasks.extend(rooms::retention::start(
+            store.clone(),
+            rooms::retention::Retention {
+                max_age: config.history_retention,
+                max_per_room: config.history_max_per_room,
+            },
+            stop.clone(),
+        ));
+        if config.metrics_listen.is_some() {
+            tasks.push(tokio::spawn(sample_gauges(
+                store.clone(),
+                rooms.hubs().clone(),
+                stop.clone(),
+            )));
+        }
+        tasks
+    }
+
+    /// Serves the chatroom service, health and reflection on `listener` until
+    /// `shutdown` resolves (or a task the server needs dies), then lets in-flight
+    /// calls finish, stops every task and closes the database.
+    ///
+    /// Shutdown order: stop accepting and tell Subscribe streams to end (they answer
+    /// their sends in flight, then end with UNAVAILABLE); tonic waits for in-flight
+    /// calls; then the writers store what they were handed and the store closes.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), BoxError> {
+        tracing::info!(
+            dialect = self.store.dialect(),
+            addr = %listener.local_addr()?,
+            "chatroom serving"
+        );
+        let App {
+            config,
+            store,
+            service,
+            cors,
+            tls,
+            health_service,
+            stop,
+            mut tasks,
+        } = self;
+        let stopped = stop.subscribe();
+        let shutdown = async move {
+            let mut stopped = stopped;
+            tokio::select! {
+                () = shutdown => {
+                    let _ = stop.send(true);
+                }
+                _ = stopped.wait_for(|stop| *stop) => {}
+            }
+        };
+        // Browsers: gRPC-Web (HTTP/1.1 or HTTP/2) on the same port, translated to gRPC
+        // before any service sees it, behind CORS for the pages of `--cors-origins`.
+        let router = server(&config)
+            .layer(cors)
+            .layer(tonic_web::GrpcWebLayer::new())
+            .add_service(health_service)
+            .add_service(reflection().build_v1()?)
+            .add_service(reflection().build_v1alpha()?)
+            .add_service(service);
+        // A live client that does not read a stream is not reaped by keepalive (its
+        // HTTP/2 layer answers pings): `transport` closes its connection instead.
+        let stall_after = (config.stalled_stream_timeout_secs > 0)
+            .then(|| Duration::from_secs(config.stalled_stream_timeout_secs));
+        let served = match tls {
+            None => {
+                router
+                    .serve_with_incoming_shutdown(
+                        transport::incoming(listener, stall_after),
+                        shutdown,
+                    )
+                    .await
+            }
+            Some(tls) => {
+                let reload = tls::reload_on_sighup(tls.clone(), tasks.stop_signal());
+                tasks.aborted.push(tokio::spawn(reload));
+                router
+                    .serve_with_incoming_shutdown(
+                        tls::incoming(listener, tls, stall_after),
+                        shutdown,
+                    )
+                    .await
+            }
+        };
+        let essential = tasks.finish().await;
+        store.close().await;
+        tracing::info!("chatroom stopped");
+        served?;
+        essential
+    }
+}
+
+impl Tasks {
+    /// A receiver of the stop signal, for a task started while serving.
+    fn stop_signal(&self) -> watch::Receiver<bool> {
+        self.stop.clone()
+    }
+
+    /// Once the server stopped: aborts what has nothing to finish, waits for the
+    /// rest (the expiry task holds the last handles to the writers besides the
+    /// service), and says whether a task the server needed died.
+    async fn finish(self) -> Result<(), BoxError> {
+        for task in &self.aborted {
+            task.abort();
+        }
+        for task in self.background {
+            let _ = task.await;
+        }
+        Ok(self.essential.await??)
+    }
+}
+
+/// The gRPC server's HTTP/2 settings. Keepalive reaps connections whose client
+/// vanished without closing them (power loss, a NAT that forgot the mapping):
+/// nothing else would end their streams.
+fn server(config: &Config) -> tonic::transport::Server {
+    let keepalive = (config.keepalive_interval_secs > 0)
+        .then(|| Duration::from_secs(config.keepalive_interval_secs));
+    tonic::transport::Server::builder()
+        .accept_http1(true)
+        .max_concurrent_streams(Some(config.max_streams_per_connection))
+        .http2_keepalive_interval(keepalive)
+        .http2_keepalive_timeout(Some(Duration::from_secs(config.keepalive_timeout_secs)))
+}
+
+/// Reflection over every served type: the contract, health, and `google.rpc` error
+/// details (so grpcurl can describe the health service and print `ErrorInfo`).
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+}
+
+/// Samples what is a level rather than an event (live rooms, database connections)
+/// for the metrics, every second, until the server stops.
+async fn sample_gauges(
+    store: store::Store,
+    hubs: Arc<live::Hubs>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let (in_use, idle) = store.connections();
+        telemetry::db_connections(in_use, idle);
+        telemetry::rooms_live(hubs.live_room_count());
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+    }
+}
