@@ -10,7 +10,12 @@
 //! `ARCHITECTURE.md` in the repository explains the layers and the hot paths and why
 //! they are shaped so; in brief:
 //!
-//! Arrows point inward: `api` → `rooms` → (`live`, `store`) → `domain`.
+//! Arrows point down: `app` (the composition root) → `api` → `rooms` → (`live`,
+//! `cluster`, `store`) → `proto` → `domain`. No import runs back up.
+//!
+//! - `app` (private): [`App::build`] checks the flags, opens the store and starts
+//!   every task; [`App::serve`] serves until shutdown and stops them. One node or a
+//!   node of a cluster is decided there, once.
 //!
 //! - [`config`]: the command line and its environment twins.
 //! - [`health`]: what the health service says — the watcher of the database (and of
@@ -40,20 +45,22 @@
 //!   writers that group-commit changes: every change of membership
 //!   ([`rooms::admissions`]) and messages ([`rooms::sequencer`]); presence, on one node
 //!   or over a cluster ([`rooms::presence`]); the expiry of presence and empty rooms;
-//!   history retention ([`rooms::retention`]); for a cluster node its lease
-//!   ([`rooms::lease`]) and the repair of what the bus lost ([`rooms::tail`]). No
-//!   tonic, no SQL.
-//! - [`live`]: in-memory only: fan-out hubs, frames encoded once, this process's
-//!   presence, and the relay of events to and from other nodes (NATS). It imports no
-//!   store.
+//!   history retention ([`rooms::retention`]). No tonic, no SQL, and no
+//!   question whether it runs in a cluster.
+//! - [`live`]: in-memory only: fan-out hubs and this process's presence, and the two
+//!   interfaces a cluster plugs into: the [`live::Broker`] the hubs publish through
+//!   and the [`live::PresenceLedger`] presence is written to. It imports no store.
+//! - [`cluster`]: everything that exists only with `--nats-url` — the relay and its
+//!   NATS bus, every node's presence, the node lease, the repair of what the bus
+//!   lost, and the SQL only a cluster runs.
 //! - [`proto`]: the wire format, at the bottom: the code generated from
 //!   `proto/chatroom/v1/chatroom.proto` (the contract, [`proto::pb`]), its descriptor
 //!   set, requests decoded and validated once ([`proto::decode`]), answers and every
 //!   event encoded ([`proto::encode`]), and [`proto::Frame`] (an event encoded once).
 //! - [`store`]: SQL on PostgreSQL and SQLite — one text where the dialects agree, a
 //!   file per dialect where they differ (the writers' batch statements, row locks);
-//!   a cluster's nodes and presence (PostgreSQL only); failing fast while PostgreSQL
-//!   is unreachable.
+//!   failing fast while PostgreSQL is unreachable, for a cluster's statements too
+//!   ([`store::Shared`]).
 //!
 //! What a client can make the server hold is bounded, and released by whoever set it
 //! up: a stream holds one piece of database work and no connection longer than a
@@ -70,6 +77,7 @@
 pub mod api;
 mod app;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod domain;
 pub mod error;

@@ -74,29 +74,32 @@ impl App {
             config.room_buffer_bytes,
             Duration::from_millis(config.member_event_window_ms),
         );
-        let (hubs, node) = match nats {
+        let memory = Arc::new(live::Presence::new());
+        // One node or a node of a cluster: decided here, once.
+        let (hubs, ledger, joined): (_, Arc<dyn live::PresenceLedger>, _) = match nats {
             Some(connection) => {
-                let prefix = config.nats_subject_prefix.as_deref();
-                let (hubs, node) = cluster::join(&store, connection, prefix, hubs).await?;
-                (hubs, Some(node))
+                let joined = cluster::join(&config, &store, connection, hubs).await?;
+                (joined.hubs.clone(), joined.ledger.clone(), Some(joined))
             }
             None => {
                 // Members online when the last process ended have been offline
                 // since. (A cluster node releases only what an earlier process of its
                 // own id left: the other nodes' members may be online right now.)
                 store.mark_all_offline(domain::UnixMicros::now()).await?;
-                (Arc::new(hubs), None)
+                let ledger = Arc::new(rooms::presence::OneNode::new(store.clone()));
+                (Arc::new(hubs), ledger, None)
             }
         };
         let (sequencer, message_writer) = rooms::Sequencer::start(store.clone(), hubs.clone());
-        let live = rooms::LiveParts {
+        let parts = rooms::Parts {
             hubs: hubs.clone(),
-            presence: Arc::new(live::Presence::new()),
+            presence: memory.clone(),
+            ledger,
             sequencer,
         };
         let (rooms, membership_writer) = rooms::Rooms::new(
             store.clone(),
-            live,
+            parts,
             parts::limits(&config),
             config.admin_users.clone(),
         );
@@ -104,13 +107,15 @@ impl App {
             ("message writer", message_writer),
             ("membership writer", membership_writer),
         ];
-        let (rooms, bus) = match node {
-            Some(node) => {
-                let started = node.start(rooms, &config, &stop).await?;
+        let bus = match joined {
+            Some(joined) => {
+                let started = joined
+                    .start(&rooms, &memory, &store, &config, &stop)
+                    .await?;
                 essential.extend(started.essential);
-                (started.rooms, Some(started.bus))
+                Some(started.bus)
             }
-            None => (rooms, None),
+            None => None,
         };
 
         let (health, _) = tonic_health::server::health_reporter();

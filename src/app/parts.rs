@@ -8,9 +8,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::auth::{Expectations, KeySource, Verifier};
+use crate::cluster::bus::{Auth, Connection};
 use crate::config::{AuthMode, Config};
 use crate::error::{Error, Result};
-use crate::live::nats::{Auth, Connection};
 use crate::{domain, rooms, tls};
 
 fn read(field: &str, path: &Path) -> Result<Vec<u8>> {

@@ -34,8 +34,8 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
+use super::broker::{Alone, Broker, Relayed, RoomEvent};
 use super::members::{MemberChange, MemberChanges, coalesce, frames};
-use super::relay::{Relay, Relayed, RoomEvent};
 use crate::domain::{DetachReason, Member, MemberEvents, Message, Room, RoomId};
 use crate::proto::Frame;
 use crate::proto::encode::event;
@@ -134,8 +134,8 @@ pub struct Hubs {
     capacity: usize,
     retained_bytes: usize,
     coalesce_window: Duration,
-    /// To the other nodes of a cluster (`None`: one node).
-    relay: Option<Relay>,
+    /// Where events go besides this node's streams.
+    broker: Arc<dyn Broker>,
 }
 
 /// One stream's receipt of a room's events. Dropping it forgets the room's hub once
@@ -182,16 +182,14 @@ impl Hubs {
             capacity: capacity.max(1),
             retained_bytes,
             coalesce_window: window,
-            relay: None,
+            broker: Arc::new(Alone),
         }
     }
 
-    /// The same, in a cluster: every message published here also goes to `relay`.
-    pub fn relaying(self, relay: Relay) -> Self {
-        Hubs {
-            relay: Some(relay),
-            ..self
-        }
+    /// The same, publishing through `broker` too (a cluster node's relay to the
+    /// other nodes).
+    pub fn with_broker(self, broker: Arc<dyn Broker>) -> Self {
+        Hubs { broker, ..self }
     }
 
     /// Starts receiving a room's events from now on.
@@ -238,38 +236,29 @@ impl Hubs {
         self.rooms.lock().expect("hubs lock").get(room).cloned()
     }
 
-    /// Publishes messages (a room's, in seq order), here and through the relay. A room
-    /// nobody receives costs a lookup (on one node).
+    /// Publishes messages (a room's, in seq order), here and through the broker. Each
+    /// is encoded once, and only if someone receives it: a room nobody receives
+    /// costs a lookup (on one node).
     pub fn publish_messages<'a>(
         &self,
         room: &RoomId,
         messages: impl IntoIterator<Item = &'a Message>,
     ) {
         let hub = self.hub(room);
-        if hub.is_none() && self.relay.is_none() {
-            return;
-        }
+        let targets = |m: &Message| (!m.to_user_ids.is_empty()).then(|| m.to_user_ids.clone());
         for message in messages {
-            let targets = (!message.to_user_ids.is_empty()).then(|| message.to_user_ids.clone());
-            let frame = Frame::event(event::message(message));
-            self.relay(room, || RoomEvent::Message {
+            let mut encoded = None;
+            self.broker.publish(room, &mut || RoomEvent::Message {
                 seq: message.seq,
-                frame: frame.clone(),
-                targets: targets.clone(),
+                frame: encoded
+                    .get_or_insert_with(|| Frame::event(event::message(message)))
+                    .clone(),
+                targets: targets(message),
             });
             if let Some(hub) = &hub {
-                self.deliver(hub, message.seq, frame, targets);
+                let frame = encoded.unwrap_or_else(|| Frame::event(event::message(message)));
+                self.deliver(hub, message.seq, frame, targets(message));
             }
-        }
-    }
-
-    /// Hands a room event to the other nodes (in a cluster).
-    fn relay(&self, room: &RoomId, event: impl FnOnce() -> RoomEvent) {
-        if let Some(relay) = &self.relay {
-            relay.send(Relayed {
-                room: room.clone(),
-                event: event(),
-            });
         }
     }
 
@@ -385,17 +374,17 @@ impl Hubs {
     /// (older states are freed once no stream is sending them).
     pub fn room_updated(&self, room: &Room) {
         let hub = self.hub(&room.id);
-        if hub.is_none() && self.relay.is_none() {
-            return;
-        }
-        let state = RoomState::of(room);
-        self.relay(&room.id, || RoomEvent::Updated {
-            version: state.version,
-            presence_timeout: state.presence_timeout,
-            frame: state.frame.clone(),
+        let mut state = None;
+        self.broker.publish(&room.id, &mut || {
+            let state = state.get_or_insert_with(|| RoomState::of(room));
+            RoomEvent::Updated {
+                version: state.version,
+                presence_timeout: state.presence_timeout,
+                frame: state.frame.clone(),
+            }
         });
         if let Some(hub) = hub {
-            update(&hub, state);
+            update(&hub, state.unwrap_or_else(|| RoomState::of(room)));
         }
     }
 
@@ -408,7 +397,7 @@ impl Hubs {
 
     /// Tells every stream the room is gone, and forgets the hub.
     pub fn room_deleted(&self, room: &RoomId) {
-        self.relay(room, || RoomEvent::Deleted);
+        self.broker.publish(room, &mut || RoomEvent::Deleted);
         self.delete_here(room);
     }
 
@@ -429,29 +418,18 @@ impl Hubs {
         reason: DetachReason,
         switched_to: Option<Switch>,
     ) {
-        if let Some(relay) = &self.relay {
-            let relayed = |switched_to| Relayed {
-                room: room.clone(),
-                event: RoomEvent::Detach {
-                    user: user.to_string(),
-                    reason,
-                    switched_to,
-                },
-            };
-            match &switched_to {
-                None => relay.send(relayed(None)),
-                Some(switch) => {
-                    let relay = relay.clone();
-                    let relayed = relayed(Some((switch.to.clone(), switch.after_seq)));
-                    let mut committed = switch.committed.clone();
-                    tokio::spawn(async move {
-                        let outcome = committed.wait_for(Option::is_some).await.map(|o| *o);
-                        if let Ok(Some(true)) = outcome {
-                            relay.send(relayed);
-                        }
-                    });
-                }
-            }
+        let detach = |switched_to| RoomEvent::Detach {
+            user: user.to_string(),
+            reason,
+            switched_to,
+        };
+        match &switched_to {
+            None => self.broker.publish(room, &mut || detach(None)),
+            Some(switch) => self.broker.publish_once_committed(
+                room,
+                detach(Some((switch.to.clone(), switch.after_seq))),
+                switch.committed.clone(),
+            ),
         }
         self.detach_here(room, user, reason, switched_to);
     }
@@ -500,11 +478,15 @@ impl Hubs {
         let Some(hub) = self.hub(&room.id) else {
             // No stream here to coalesce for: the other nodes (if any) get the change
             // alone.
-            if self.relay.is_some() {
-                for frame in frames(&room.id, coalesce(vec![change])) {
-                    self.relay(&room.id, || RoomEvent::Broadcast(frame));
-                }
+            if change.suppressed {
+                return;
             }
+            let mut change = Some(change);
+            self.broker.publish(&room.id, &mut || {
+                let changes = change.take().into_iter().collect();
+                let frame = frames(&room.id, coalesce(changes)).next();
+                RoomEvent::Broadcast(frame.expect("a change not suppressed makes a frame"))
+            });
             return;
         };
         let mut pending = hub.pending.lock().expect("pending lock");
@@ -513,11 +495,11 @@ impl Hubs {
             pending.flush_scheduled = true;
             let room_id = room.id.clone();
             let hub = Arc::clone(&hub);
-            let relay = self.relay.clone();
+            let broker = self.broker.clone();
             let window = self.coalesce_window;
             tokio::spawn(async move {
                 tokio::time::sleep(window).await;
-                flush(&room_id, &hub, relay.as_ref());
+                flush(&room_id, &hub, broker.as_ref());
             });
         }
     }
@@ -550,19 +532,14 @@ fn update(hub: &Hub, state: RoomState) {
 
 /// Sends the pending member changes as one frame per run of joins or leaves, here
 /// and to the other nodes.
-fn flush(room_id: &RoomId, hub: &Hub, relay: Option<&Relay>) {
+fn flush(room_id: &RoomId, hub: &Hub, broker: &dyn Broker) {
     let changes = {
         let mut pending = hub.pending.lock().expect("pending lock");
         pending.flush_scheduled = false;
         std::mem::take(&mut pending.changes)
     };
     for frame in frames(room_id, coalesce(changes)) {
-        if let Some(relay) = relay {
-            relay.send(Relayed {
-                room: room_id.clone(),
-                event: RoomEvent::Broadcast(frame.clone()),
-            });
-        }
+        broker.publish(room_id, &mut || RoomEvent::Broadcast(frame.clone()));
         let _ = hub.sender.send(Arc::new(Event::Broadcast(frame)));
     }
 }

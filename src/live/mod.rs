@@ -1,24 +1,30 @@
 //! In-memory live state only — no store, no rules: fan-out of events to attached
-//! streams ([`hub`]) of frames encoded once (`proto::Frame`), presence — which users have
-//! streams attached to which rooms — and, in a cluster, the relay of messages to and
-//! from the other nodes ([`relay`], over NATS: [`nats`]). The writers that store and then publish here live
-//! in `rooms/`.
+//! streams ([`hub`]) of frames encoded once (`proto::Frame`), and presence — which
+//! users have streams attached to which rooms. Two interfaces face the rest of a
+//! node, each with a single-node and a cluster implementation that the composition
+//! root picks once: the [`Broker`] the hubs publish through besides their own streams,
+//! and the [`PresenceLedger`] where presence is written down beyond this process.
+//! The writers that store and then publish here live in `rooms/`; a cluster's side
+//! of both interfaces in `cluster/`.
 //!
 //! Presence here is this process's streams: connections end with the process. On a
 //! single node room reads use it for `online`, `online_count` and
-//! `ListMembers(online_only)`; in a cluster each node also stores it, and reads
-//! count every node (`rooms/presence.rs`).
+//! `ListMembers(online_only)`; in a cluster each node also writes it down, and reads
+//! count every node (see [`PresenceLedger`]).
+//!
+//! It imports `domain`, `error`, `proto` and `telemetry`, and nothing above them.
 
+pub mod broker;
 pub mod hub;
+pub mod ledger;
 mod members;
-pub mod nats;
-pub mod relay;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
+pub use broker::{Alone, Broker, Relayed, RoomEvent};
 pub use hub::{Event, Hubs};
-pub use relay::{Relay, Relayed, RoomEvent};
+pub use ledger::PresenceLedger;
 
 use crate::domain::RoomId;
 

@@ -66,7 +66,10 @@ impl Rooms {
             // On one node `last_seen` is kept only while a room has a presence
             // timeout: a room gaining one starts it for every member not attached
             // (a cluster keeps `last_seen` always, through each node's presence rows).
-            if !had_timeout && room.settings.presence_timeout.is_some() && self.node.is_none() {
+            if !had_timeout
+                && room.settings.presence_timeout.is_some()
+                && !self.live.ledger.records_every_room()
+            {
                 tx.offline_since(room_id, now).await?;
             }
             room = tx.update_room(&room, now).await?;

@@ -12,13 +12,15 @@
 //! the two writers every change goes through, [`admissions`] (membership) and
 //! [`sequencer`] (messages), on the handle they share ([`writer`]); [`expiry`]
 //! (presence timeouts, empty rooms); [`retention`] (deleting history past its age or
-//! count); and, for a cluster node, [`lease`] (its lease and
-//! the release of dead nodes) and [`tail`] (repair of what the bus lost).
+//! count). Whether this is one node or a node of a cluster is not asked here: the
+//! rules publish through the hubs' broker and write presence through the ledger
+//! they are given ([`Parts`]).
+//!
+//! It imports `domain`, `error`, `live`, `store`, `proto` and `telemetry`.
 
 pub mod admin;
 pub mod admissions;
 pub mod expiry;
-pub mod lease;
 pub mod membership;
 pub mod messages;
 pub mod presence;
@@ -26,7 +28,6 @@ pub mod rates;
 pub mod retention;
 pub mod sequencer;
 pub mod streams;
-pub mod tail;
 pub mod writer;
 
 use std::collections::HashSet;
@@ -39,7 +40,7 @@ use crate::domain::{
     RoomFilter, RoomId, RoomPatch, UnixMicros, UserId,
 };
 use crate::error::{Error, Result};
-use crate::live::{Hubs, Presence};
+use crate::live::{Hubs, Presence, PresenceLedger};
 use crate::store::{Store, Tx};
 use admissions::Admissions;
 use sequencer::Appended;
@@ -61,11 +62,13 @@ pub struct Limits {
     pub max_streams_per_user: u32,
 }
 
-/// The live parts the rules drive: fan-out, presence and the message writer.
+/// What the rules drive besides the store: fan-out, presence (this process's, in
+/// memory, and as written down) and the message writer.
 #[derive(Clone)]
-pub struct LiveParts {
+pub struct Parts {
     pub hubs: Arc<Hubs>,
     pub presence: Arc<Presence>,
+    pub ledger: Arc<dyn PresenceLedger>,
     pub sequencer: Sequencer,
 }
 
@@ -73,7 +76,7 @@ pub struct LiveParts {
 #[derive(Clone)]
 pub struct Rooms {
     store: Store,
-    live: LiveParts,
+    live: Parts,
     limits: Limits,
     admins: Arc<HashSet<String>>,
     /// The one writer of membership (every join, leave, switch, presence timeout and
@@ -81,21 +84,10 @@ pub struct Rooms {
     admissions: Admissions,
     /// Wakes the expiry task when a new presence or destruction deadline starts.
     deadlines_changed: Arc<Notify>,
-    /// This process as a cluster node; `None` on a single node.
-    node: Option<Node>,
     /// Per-user send buckets.
     rates: Arc<rates::Rates>,
     /// Subscribe streams open per user.
     open_streams: Arc<streams::OpenStreams>,
-}
-
-/// This process as one node of a cluster.
-#[derive(Clone, Debug)]
-pub struct Node {
-    pub id: Arc<str>,
-    /// How long the node's lease lasts: a node that stops renewing it is dead that
-    /// long after, and its streams count offline.
-    pub lease: std::time::Duration,
 }
 
 /// A message handed over for sending, with its answer to come.
@@ -182,7 +174,7 @@ impl Access {
 impl Rooms {
     pub fn new(
         store: Store,
-        live: LiveParts,
+        live: Parts,
         limits: Limits,
         admins: impl IntoIterator<Item = String>,
     ) -> (Self, tokio::task::JoinHandle<()>) {
@@ -199,7 +191,6 @@ impl Rooms {
             admins: Arc::new(admins.into_iter().collect()),
             admissions,
             deadlines_changed,
-            node: None,
             rates: Arc::new(rates::Rates::new(limits.sends, limits.room_changes)),
             open_streams: Arc::new(streams::OpenStreams::new(limits.max_streams_per_user)),
             limits,
@@ -207,11 +198,10 @@ impl Rooms {
         (rooms, writer)
     }
 
-    /// The same rooms, served by one node of a cluster: presence is counted over
-    /// every node.
-    pub fn on_node(mut self, node: Node) -> Self {
-        self.node = Some(node);
-        self
+    /// What wakes the expiry task when a presence or destruction deadline may be
+    /// due sooner (a cluster's lease task rings it when it releases a dead node).
+    pub fn deadlines_changed(&self) -> &Arc<Notify> {
+        &self.deadlines_changed
     }
 
     /// The fan-out hubs (the Subscribe session receives from them).

@@ -1,16 +1,68 @@
 //! Presence: who is online in a room, and the stored last-seen times presence
 //! timeouts count from.
 //!
-//! On one node the truth is in memory ([`crate::live::Presence`], this process's
-//! streams) and the store only keeps `last_seen` for rooms with a presence timeout.
-//! In a cluster each node stores a row per room and user it has streams for (with
-//! the node's lease, `store/cluster.rs`): counts and lists are read from there, over
-//! every live node, and joined with this node's memory, which is ahead of its own
-//! rows by the write in flight.
+//! This process's streams are in memory ([`crate::live::Presence`]); what is written
+//! down beyond it, and read back over every node, is the [`PresenceLedger`]'s: on one
+//! node [`OneNode`] (below), in a cluster the cluster's (`cluster::presence`). The
+//! rules here read and write through it and never ask which it is.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use super::*;
+use crate::live::PresenceLedger;
+use crate::live::ledger::{self, Pending};
+
+/// A single node's ledger: memory is the truth, and the store keeps only
+/// `last_seen` for rooms with a presence timeout (unset while a member is online).
+#[derive(Debug)]
+pub struct OneNode {
+    store: Store,
+}
+
+impl OneNode {
+    pub fn new(store: Store) -> Self {
+        OneNode { store }
+    }
+}
+
+impl PresenceLedger for OneNode {
+    fn records_every_room(&self) -> bool {
+        false
+    }
+
+    fn online_counts<'a>(&'a self, _: &'a [&'a str]) -> Pending<'a, Option<HashMap<String, u32>>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    fn count_at_attach<'a>(&'a self, _: &'a RoomId, _: &'a str) -> Pending<'a, Option<u32>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    fn online_elsewhere<'a>(
+        &'a self,
+        _: &'a RoomId,
+        _: Option<&'a str>,
+        _: u32,
+    ) -> Pending<'a, Vec<String>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
+    fn online_among_elsewhere<'a>(
+        &'a self,
+        _: &'a RoomId,
+        _: &'a [&'a str],
+    ) -> Pending<'a, Vec<String>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
+    fn record<'a>(&'a self, room: &'a RoomId, user: &'a str, online: bool) -> Pending<'a, bool> {
+        Box::pin(async move {
+            let last_seen = (!online).then(UnixMicros::now);
+            self.store.set_last_seen(room, user, last_seen).await?;
+            Ok(!online)
+        })
+    }
+}
 
 impl Rooms {
     /// Fills in the room's online count. Never fails: it often follows a committed
@@ -25,17 +77,12 @@ impl Rooms {
 
     /// Fills in the online counts of several rooms (one read in a cluster).
     pub async fn with_presence_all(&self, mut rooms: Vec<Room>) -> Vec<Room> {
-        let counts = match &self.node {
-            None => None,
-            Some(_) => {
-                let ids: Vec<&str> = rooms.iter().map(|r| r.id.as_str()).collect();
-                match self.store.online_counts(&ids).await {
-                    Ok(counts) => Some(counts),
-                    Err(error) => {
-                        tracing::warn!(%error, "could not read presence; counting this node's");
-                        None
-                    }
-                }
+        let ids: Vec<&str> = rooms.iter().map(|r| r.id.as_str()).collect();
+        let counts = match self.live.ledger.online_counts(&ids).await {
+            Ok(counts) => counts,
+            Err(error) => {
+                tracing::warn!(%error, "could not read presence; counting this node's");
+                None
             }
         };
         for room in &mut rooms {
@@ -62,14 +109,15 @@ impl Rooms {
         limit: u32,
     ) -> Result<Vec<String>> {
         let here = self.live.presence.online_users(room_id, after, limit);
-        if self.node.is_none() {
+        let elsewhere = self
+            .live
+            .ledger
+            .online_elsewhere(room_id, after, limit)
+            .await?;
+        if elsewhere.is_empty() {
             return Ok(here);
         }
-        let anywhere = self
-            .store
-            .online_users_anywhere(room_id, after, limit)
-            .await?;
-        let all: BTreeSet<String> = here.into_iter().chain(anywhere).collect();
+        let all: BTreeSet<String> = here.into_iter().chain(elsewhere).collect();
         Ok(all.into_iter().take(limit as usize).collect())
     }
 
@@ -84,9 +132,12 @@ impl Rooms {
             .filter(|u| self.live.presence.is_online(room_id, u))
             .map(|u| u.to_string())
             .collect();
-        if self.node.is_some() {
-            online.extend(self.store.online_among_anywhere(room_id, users).await?);
-        }
+        online.extend(
+            self.live
+                .ledger
+                .online_among_elsewhere(room_id, users)
+                .await?,
+        );
         Ok(online)
     }
 
@@ -103,47 +154,13 @@ impl Rooms {
         });
     }
 
-    /// Stores whether `user` is online in a room (on one node: `last_seen` unset; in
-    /// a cluster: this node's row) or offline since now — as its streams here are
-    /// after the write. Attaches and detaches race on their writes (two connections,
-    /// no order between them), so each writer writes what it sees, looks again once
-    /// its write is done, and writes again if that changed: whoever changes presence
-    /// last also writes last, and no member stays "online" in the store with no
-    /// stream, nor "offline" with one, for longer than a write. A writer that keeps
-    /// seeing changes stops after a few rounds: every change of presence starts a
-    /// writer of its own, and the last one finishes the job.
+    /// Writes down whether `user` is online in a room, as its streams here are after
+    /// the write (see [`ledger::sync`]); a member who went offline may have a
+    /// presence timeout to start.
     pub(crate) async fn sync_presence(&self, room_id: &RoomId, user: &str) -> Result<()> {
-        let mut online = self.live.presence.is_online(room_id, user);
-        for _ in 0..4 {
-            let went_offline = match &self.node {
-                None => {
-                    let last_seen = (!online).then(UnixMicros::now);
-                    self.store.set_last_seen(room_id, user, last_seen).await?;
-                    !online
-                }
-                Some(node) => {
-                    self.store
-                        .set_node_presence(&node.id, room_id, user, online, UnixMicros::now())
-                        .await?
-                }
-            };
-            let now_online = self.live.presence.is_online(room_id, user);
-            if now_online == online {
-                if went_offline {
-                    self.deadlines_changed.notify_one();
-                }
-                return Ok(());
-            }
-            online = now_online;
-        }
-        Ok(())
-    }
-
-    /// Stores this node's presence again, every room and user it has streams for
-    /// (after its lease ran out and other nodes released it).
-    pub(super) async fn restore_presence(&self) -> Result<()> {
-        for (room_id, user) in self.live.presence.all() {
-            self.sync_presence(&room_id, &user).await?;
+        let ledger = self.live.ledger.as_ref();
+        if ledger::sync(&self.live.presence, ledger, room_id, user).await? {
+            self.deadlines_changed.notify_one();
         }
         Ok(())
     }

@@ -73,13 +73,7 @@ impl Rooms {
         let user = caller.user_id.as_str();
         // In a cluster the count is the database's, read now; on one node it is
         // read from memory once the stream has registered (see `presence_at_attach`).
-        let online = match &self.node {
-            Some(_) => {
-                let (count, counted) = self.store.online_count_with(room_id, user).await?;
-                Some(count + u32::from(!counted))
-            }
-            None => None,
-        };
+        let online = self.live.ledger.count_at_attach(room_id, user).await?;
         Ok(Access {
             room,
             sender_name,
@@ -114,7 +108,9 @@ impl Rooms {
     /// room in the same step, so no cancellation can fall between the two.
     pub fn stream_attached(&self, room: &Room, user: &str) {
         let first = self.live.presence.attach(&room.id, user);
-        if first && (room.settings.presence_timeout.is_some() || self.node.is_some()) {
+        if first
+            && (room.settings.presence_timeout.is_some() || self.live.ledger.records_every_room())
+        {
             self.record_presence(&room.id, user);
         }
     }
@@ -125,7 +121,7 @@ impl Rooms {
     /// in a cluster the node's presence row goes in any room.
     pub fn stream_detached(&self, room_id: &RoomId, user: &str, timeout: bool) {
         let last = self.live.presence.detach(room_id, user);
-        if last && (timeout || self.node.is_some()) {
+        if last && (timeout || self.live.ledger.records_every_room()) {
             self.record_presence(room_id, user);
         }
     }

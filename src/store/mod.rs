@@ -107,7 +107,7 @@ macro_rules! on_connection {
                 let result = match &store.backend {
                     Backend::Postgres(pool) => {
                         bounded(async {
-                            match connection(pool).await {
+                            match connection(pool, store.reach.check_connection()).await {
                                 Ok(mut connection) => {
                                     let $c = &mut *connection;
                                     $body
@@ -117,7 +117,7 @@ macro_rules! on_connection {
                         })
                         .await
                     }
-                    Backend::Sqlite { $sqlite, .. } => match connection($sqlite).await {
+                    Backend::Sqlite { $sqlite, .. } => match connection($sqlite, false).await {
                         Ok(mut connection) => {
                             let $c = &mut *connection;
                             $body
@@ -194,7 +194,6 @@ mod postgres;
 mod reach;
 mod sqlite;
 
-pub mod cluster;
 pub mod history;
 pub mod membership;
 pub mod messages;
@@ -343,11 +342,11 @@ impl Store {
         self.reach.admit()?;
         let inner = match &self.backend {
             Backend::Postgres(pool) => {
-                let begun = bounded(begin(pool)).await;
+                let begun = bounded(begin(pool, self.reach.check_connection())).await;
                 self.reach.observe(&begun);
                 TxInner::Postgres(begun?)
             }
-            Backend::Sqlite { writer, .. } => TxInner::Sqlite(begin(writer).await?),
+            Backend::Sqlite { writer, .. } => TxInner::Sqlite(begin(writer, false).await?),
         };
         Ok(Tx {
             inner,
@@ -377,6 +376,47 @@ async fn bounded<T>(
         .unwrap_or_else(|_| Err(timed_out()))
 }
 
+/// The PostgreSQL database every node of a cluster shares, for the statements of a
+/// cluster's own (`cluster::store`), under the rule every statement here follows:
+/// refused at once while the database is known to be down, and the call bounded (by twice [`ROUND_TRIP_DEADLINE`]:
+/// a call may make a few round trips), after which the database counts as down.
+#[derive(Clone, Debug)]
+pub struct Shared {
+    pool: PgPool,
+    reach: std::sync::Arc<reach::Reach>,
+}
+
+impl Store {
+    /// The database as every node of a cluster shares it; `None` for a SQLite file,
+    /// which is one process's.
+    pub fn shared(&self) -> Option<Shared> {
+        match &self.backend {
+            Backend::Postgres(pool) => Some(Shared {
+                pool: pool.clone(),
+                reach: self.reach.clone(),
+            }),
+            Backend::Sqlite { .. } => None,
+        }
+    }
+}
+
+impl Shared {
+    /// Runs `body` on a connection of the pool, under the rule above.
+    pub async fn run<T>(&self, body: impl AsyncFnOnce(&PgPool) -> Result<T>) -> Result<T> {
+        self.reach.admit()?;
+        // Each statement takes a connection of the pool and gives it back (holding
+        // one across the call kept connections a hung database had stalled away
+        // from the pool after it came back: the cluster's hang test).
+        match tokio::time::timeout(2 * ROUND_TRIP_DEADLINE, body(&self.pool)).await {
+            Ok(result) => result,
+            Err(_) => {
+                self.reach.trip();
+                Err(timed_out().into())
+            }
+        }
+    }
+}
+
 /// What a round trip past [`ROUND_TRIP_DEADLINE`] fails with.
 fn timed_out() -> sqlx::Error {
     sqlx::Error::Io(std::io::Error::new(
@@ -391,10 +431,14 @@ fn timed_out() -> sqlx::Error {
 /// A connection of `pool`: an idle one at once, else whatever waiting for one takes —
 /// a wait the metrics count and time (`chatroom_db_waits_total`,
 /// `chatroom_db_wait_seconds`), the sign of a pool too small for its load.
+///
+/// `check`: take it the slow way, which tests an idle connection before handing it
+/// out (the fast way does not) — after an outage, see [`reach`].
 async fn connection<DB: sqlx::Database>(
     pool: &sqlx::Pool<DB>,
+    check: bool,
 ) -> std::result::Result<sqlx::pool::PoolConnection<DB>, sqlx::Error> {
-    if let Some(connection) = pool.try_acquire() {
+    if !check && let Some(connection) = pool.try_acquire() {
         return Ok(connection);
     }
     let started = std::time::Instant::now();
@@ -406,8 +450,9 @@ async fn connection<DB: sqlx::Database>(
 /// A transaction on a connection of `pool`, its wait counted as [`connection`]'s.
 async fn begin<DB: sqlx::Database>(
     pool: &sqlx::Pool<DB>,
+    check: bool,
 ) -> std::result::Result<sqlx::Transaction<'static, DB>, sqlx::Error> {
-    if let Some(tx) = pool.try_begin().await? {
+    if !check && let Some(tx) = pool.try_begin().await? {
         return Ok(tx);
     }
     let started = std::time::Instant::now();

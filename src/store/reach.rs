@@ -14,7 +14,10 @@
 //! saying it is shutting down or cannot accept connections), never a statement the
 //! database refused. A SQLite file does not go away: for it this never trips.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+/// Connections taken with a check after an outage: more than any pool holds.
+const SUSPECT_AFTER_OUTAGE: u32 = 256;
 
 use tokio::sync::Notify;
 
@@ -24,6 +27,11 @@ pub(super) struct Reach {
     /// `false` for SQLite.
     trips: bool,
     down: AtomicBool,
+    /// Connections still to be checked before use since the database came back:
+    /// the idle ones the pool kept may have died with the outage, and taking one
+    /// without a check (the fast path) would fail the first calls after health
+    /// said SERVING again.
+    suspect: AtomicU32,
     /// Woken when the database is found unreachable (the health service says so at
     /// once, instead of at its next check).
     tripped: Notify,
@@ -34,6 +42,7 @@ impl Reach {
         Reach {
             trips,
             down: AtomicBool::new(false),
+            suspect: AtomicU32::new(0),
             tripped: Notify::new(),
         }
     }
@@ -66,6 +75,7 @@ impl Reach {
         match result {
             Ok(_) => {
                 if self.down.load(Ordering::Relaxed) && self.down.swap(false, Ordering::Relaxed) {
+                    self.suspect.store(SUSPECT_AFTER_OUTAGE, Ordering::Relaxed);
                     tracing::info!("the database answers again");
                 }
             }
@@ -77,6 +87,14 @@ impl Reach {
             }
             Err(_) => {}
         }
+    }
+
+    /// Whether the next connection taken from the pool should be checked first (the
+    /// database came back a moment ago); counts one check down.
+    pub(super) fn check_connection(&self) -> bool {
+        self.suspect
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
     }
 
     /// Whether calls fail at once now.

@@ -22,19 +22,35 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::Rooms;
+use super::store::{ClusterStore, RoomHead};
 use crate::domain::RoomId;
 use crate::error::Result;
-use crate::store::cluster::RoomHead;
+use crate::live::{Hubs, Presence};
+use crate::store::Store;
+
+/// What the repairs read and tell: this node's hubs and streams, and the store.
+#[derive(Clone)]
+pub struct Repair {
+    pub hubs: Arc<Hubs>,
+    pub memory: Arc<Presence>,
+    pub store: Store,
+    pub cluster: ClusterStore,
+}
 
 /// Every how many repair intervals the streams are checked against membership.
 pub const CONVERGE_EVERY: u32 = 10;
 
 /// Starts the repairs, every `interval`; they end when `stop` turns true.
-pub fn start(rooms: Rooms, interval: Duration, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
+pub fn start(
+    repair: Repair,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -45,11 +61,11 @@ pub fn start(rooms: Rooms, interval: Duration, mut stop: watch::Receiver<bool>) 
                 _ = ticks.tick() => {}
                 _ = stop.wait_for(|stop| *stop) => return,
             }
-            let live = rooms.live.hubs.live_rooms();
+            let live = repair.hubs.live_rooms();
             if live.is_empty() {
                 continue;
             }
-            let heads = match rooms.store.room_heads(&live).await {
+            let heads = match repair.cluster.room_heads(&live).await {
                 Ok(heads) => heads,
                 Err(error) => {
                     tracing::debug!(%error, "could not read live rooms' last seqs");
@@ -58,7 +74,7 @@ pub fn start(rooms: Rooms, interval: Duration, mut stop: watch::Receiver<bool>) 
             };
             for head in &heads {
                 if let Some(&before) = stored_before.get(&head.room_id) {
-                    rooms.live.hubs.behind(&head.room_id, before);
+                    repair.hubs.behind(&head.room_id, before);
                 }
             }
             stored_before = heads
@@ -66,7 +82,7 @@ pub fn start(rooms: Rooms, interval: Duration, mut stop: watch::Receiver<bool>) 
                 .map(|h| (h.room_id.clone(), h.last_seq))
                 .collect();
             if round % CONVERGE_EVERY == 0
-                && let Err(error) = rooms.converge(&live, &heads).await
+                && let Err(error) = repair.converge(&live, &heads).await
             {
                 tracing::debug!(%error, "could not check this node's streams against the store");
             }
@@ -74,12 +90,12 @@ pub fn start(rooms: Rooms, interval: Duration, mut stop: watch::Receiver<bool>) 
     })
 }
 
-impl Rooms {
+impl Repair {
     /// Brings this node's streams of the `live` rooms in line with the store, whose
     /// `heads` of them were just read: two statements for all of them, and one more
     /// per room updated elsewhere.
     async fn converge(&self, live: &[RoomId], heads: &[RoomHead]) -> Result<()> {
-        let hubs = &self.live.hubs;
+        let hubs = &self.hubs;
         let versions: HashMap<&str, u64> = heads
             .iter()
             .map(|h| (h.room_id.as_str(), h.version))
@@ -95,7 +111,7 @@ impl Rooms {
             {
                 hubs.room_updated_here(&room);
             }
-            for user in self.live.presence.online_users(room_id, None, u32::MAX) {
+            for user in self.memory.online_users(room_id, None, u32::MAX) {
                 attached.push((room_id, user));
             }
         }
@@ -103,7 +119,7 @@ impl Rooms {
             .iter()
             .map(|(room, user)| (room.as_str(), user.as_str()))
             .collect();
-        let members = self.store.memberships_among(&pairs).await?;
+        let members = self.cluster.memberships_among(&pairs).await?;
         for (room_id, user) in &attached {
             let key = (room_id.to_string(), user.clone());
             if !members.contains(&key) {

@@ -13,19 +13,34 @@
 //! process's presence first; it never touches the presence of live nodes. Stopping,
 //! it releases its own.
 
-use tokio::sync::watch;
+use std::sync::Arc;
+
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
-use super::Rooms;
+use super::Node;
+use super::presence::ClusterPresence;
+use super::store::ClusterStore;
 use crate::domain::UnixMicros;
 use crate::error::Result;
+use crate::live::{Presence, ledger};
 
-impl Rooms {
+/// What keeping a node's lease needs.
+#[derive(Clone, Debug)]
+pub struct Lease {
+    pub node: Node,
+    pub store: ClusterStore,
+    /// This process's streams, written down again after a release.
+    pub memory: Arc<Presence>,
+    pub ledger: Arc<ClusterPresence>,
+    /// Rung when released members went offline: their presence timeouts start.
+    pub deadlines_changed: Arc<Notify>,
+}
+
+impl Lease {
     /// Announces this node, after releasing what an earlier process with its id left.
-    pub async fn announce_node(&self) -> Result<()> {
-        let Some(node) = &self.node else {
-            return Ok(());
-        };
+    pub async fn announce(&self) -> Result<()> {
+        let node = &self.node;
         self.store
             .release_node(&node.id, UnixMicros::now(), false)
             .await?;
@@ -34,10 +49,8 @@ impl Rooms {
 
     /// Renews this node's lease (announcing it and its presence again if it was
     /// released), then releases the nodes whose lease ran out.
-    async fn keep_lease(&self) -> Result<()> {
-        let Some(node) = &self.node else {
-            return Ok(());
-        };
+    async fn keep(&self) -> Result<()> {
+        let node = &self.node;
         if !self.store.renew_lease(&node.id, node.lease).await? {
             tracing::warn!(
                 node = %node.id,
@@ -60,15 +73,24 @@ impl Rooms {
         }
         Ok(())
     }
+
+    /// Writes this node's presence down again, every room and user it has streams
+    /// for (after its lease ran out and other nodes released it).
+    async fn restore_presence(&self) -> Result<()> {
+        for (room_id, user) in self.memory.all() {
+            if ledger::sync(&self.memory, self.ledger.as_ref(), &room_id, &user).await? {
+                self.deadlines_changed.notify_one();
+            }
+        }
+        Ok(())
+    }
 }
 
-/// Starts renewing the lease of `rooms`' node; when `stop` turns true the node
-/// releases its presence and the task ends.
-pub fn start(rooms: Rooms, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
+/// Starts renewing the node's lease; when `stop` turns true the node releases its
+/// presence and the task ends.
+pub fn start(lease: Lease, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let Some(node) = rooms.node.clone() else {
-            return;
-        };
+        let node = lease.node.clone();
         let mut ticks = tokio::time::interval(node.lease / 3);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -76,11 +98,11 @@ pub fn start(rooms: Rooms, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
                 _ = ticks.tick() => {}
                 _ = stop.wait_for(|stop| *stop) => break,
             }
-            if let Err(error) = rooms.keep_lease().await {
+            if let Err(error) = lease.keep().await {
                 tracing::warn!(%error, node = %node.id, "could not renew this node's lease");
             }
         }
-        if let Err(error) = rooms
+        if let Err(error) = lease
             .store
             .release_node(&node.id, UnixMicros::now(), false)
             .await

@@ -12,9 +12,12 @@
 //! Leases use the database's clock, so nodes whose clocks disagree still agree on
 //! which of them are alive.
 
-use sqlx::PgPool;
+use std::collections::HashMap;
+use std::time::Duration;
 
-use super::*;
+use crate::domain::{RoomId, UnixMicros};
+use crate::error::Result;
+use crate::store::{Shared, Store};
 
 /// Now, in microseconds, by the database's clock.
 macro_rules! db_now_us {
@@ -31,52 +34,42 @@ macro_rules! alive {
     };
 }
 
-impl Store {
-    /// Runs one of this file's calls under the rule every other statement follows:
-    /// refused at once while the database is known to be down, and bounded by
-    /// [`ROUND_TRIP_DEADLINE`] (a call may make a few round trips: twice that), after
-    /// which the database counts as down.
-    async fn bounded<T>(&self, call: impl std::future::Future<Output = Result<T>>) -> Result<T> {
-        self.reach.admit()?;
-        match tokio::time::timeout(2 * ROUND_TRIP_DEADLINE, call).await {
-            Ok(result) => result,
-            Err(_) => {
-                self.reach.trip();
-                Err(timed_out().into())
-            }
-        }
-    }
+/// The statements only a cluster makes, on the database its nodes share.
+#[derive(Clone, Debug)]
+pub struct ClusterStore {
+    db: Shared,
+}
 
-    fn postgres(&self) -> Result<&PgPool> {
-        match &self.backend {
-            Backend::Postgres(pool) => Ok(pool),
-            Backend::Sqlite { .. } => Err(Error::Internal(
-                "cluster state needs PostgreSQL; a SQLite store has none".into(),
-            )),
-        }
+impl ClusterStore {
+    /// The cluster's statements on `store`'s database; `None` for a SQLite file
+    /// (which the flags refuse with `--nats-url`).
+    pub fn new(store: &Store) -> Option<ClusterStore> {
+        store.shared().map(|db| ClusterStore { db })
     }
 
     /// This deployment's identity on the bus: the `(id, key)` the first node stored,
     /// or `candidate`, stored now, if this is the first node.
     pub async fn deployment(&self, candidate: (&str, &[u8])) -> Result<(String, Vec<u8>)> {
-        self.bounded(async {
-            let pool = self.postgres()?;
-            sqlx::query("INSERT INTO deployment (id, key) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+        self.db
+            .run(async |c| {
+                sqlx::query(
+                    "INSERT INTO deployment (id, key) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                )
                 .bind(candidate.0)
                 .bind(candidate.1)
-                .execute(pool)
+                .execute(c)
                 .await?;
-            let stored: (String, Vec<u8>) = sqlx::query_as("SELECT id, key FROM deployment")
-                .fetch_one(pool)
-                .await?;
-            Ok(stored)
-        })
-        .await
+                let stored: (String, Vec<u8>) = sqlx::query_as("SELECT id, key FROM deployment")
+                    .fetch_one(c)
+                    .await?;
+                Ok(stored)
+            })
+            .await
     }
 
     /// Announces `node` with a lease of `lease` from now (again, if it was known).
     pub async fn register_node(&self, node: &str, lease: Duration) -> Result<()> {
-        self.bounded(async {
+        self.db.run(async |c| {
             sqlx::query(concat!(
                 "INSERT INTO nodes (node_id, started_at_us, lease_until_us) VALUES ($1, ",
                 db_now_us!(),
@@ -86,7 +79,7 @@ impl Store {
             ))
             .bind(node)
             .bind(micros(lease))
-            .execute(self.postgres()?)
+            .execute(c)
             .await?;
             Ok(())
         })
@@ -96,36 +89,38 @@ impl Store {
     /// Extends `node`'s lease to `lease` from now. False when the node is not known
     /// any more: its lease ran out and another node released its presence.
     pub async fn renew_lease(&self, node: &str, lease: Duration) -> Result<bool> {
-        self.bounded(async {
-            let done = sqlx::query(concat!(
-                "UPDATE nodes SET lease_until_us = ",
-                db_now_us!(),
-                " + $2 WHERE node_id = $1"
-            ))
-            .bind(node)
-            .bind(micros(lease))
-            .execute(self.postgres()?)
-            .await?;
-            Ok(done.rows_affected() == 1)
-        })
-        .await
+        self.db
+            .run(async |c| {
+                let done = sqlx::query(concat!(
+                    "UPDATE nodes SET lease_until_us = ",
+                    db_now_us!(),
+                    " + $2 WHERE node_id = $1"
+                ))
+                .bind(node)
+                .bind(micros(lease))
+                .execute(c)
+                .await?;
+                Ok(done.rows_affected() == 1)
+            })
+            .await
     }
 
     /// Nodes whose lease has run out, with when it did.
     pub async fn dead_nodes(&self) -> Result<Vec<(String, UnixMicros)>> {
-        self.bounded(async {
-            let rows: Vec<(String, i64)> = sqlx::query_as(concat!(
-                "SELECT node_id, lease_until_us FROM nodes WHERE lease_until_us < ",
-                db_now_us!()
-            ))
-            .fetch_all(self.postgres()?)
-            .await?;
-            Ok(rows
-                .into_iter()
-                .map(|(node, until)| (node, UnixMicros(until)))
-                .collect())
-        })
-        .await
+        self.db
+            .run(async |c| {
+                let rows: Vec<(String, i64)> = sqlx::query_as(concat!(
+                    "SELECT node_id, lease_until_us FROM nodes WHERE lease_until_us < ",
+                    db_now_us!()
+                ))
+                .fetch_all(c)
+                .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(node, until)| (node, UnixMicros(until)))
+                    .collect())
+            })
+            .await
     }
 
     /// Forgets `node` and its presence: members it held online and no live node
@@ -139,8 +134,8 @@ impl Store {
         offline_since: UnixMicros,
         only_if_dead: bool,
     ) -> Result<Option<u64>> {
-        self.bounded(async {
-            let mut tx = self.postgres()?.begin().await?;
+        self.db.run(async |c| {
+            let mut tx = c.begin().await?;
             // The node's row first: its own lease renewal waits on this and then finds the
             // node gone, so it knows to announce itself and its presence again.
             let gone = sqlx::query(concat!(
@@ -200,8 +195,8 @@ impl Store {
         online: bool,
         now: UnixMicros,
     ) -> Result<bool> {
-        self.bounded(async {
-            let mut tx = self.postgres()?.begin().await?;
+        self.db.run(async |c| {
+            let mut tx = c.begin().await?;
             if online {
                 // Only an announced node holds members online: one released meanwhile (it
                 // is stopping, or its lease ran out) would leave a row no release ever
@@ -273,41 +268,43 @@ impl Store {
     /// How many distinct users live nodes hold online in each of `room_ids` (rooms
     /// with none are left out).
     pub async fn online_counts(&self, room_ids: &[&str]) -> Result<HashMap<String, u32>> {
-        self.bounded(async {
-            let rows: Vec<(String, i64)> = sqlx::query_as(concat!(
-                "SELECT p.room_id, COUNT(DISTINCT p.user_id) FROM node_presence p \
+        self.db
+            .run(async |c| {
+                let rows: Vec<(String, i64)> = sqlx::query_as(concat!(
+                    "SELECT p.room_id, COUNT(DISTINCT p.user_id) FROM node_presence p \
                  JOIN nodes n ON n.node_id = p.node_id WHERE p.room_id = ANY($1) AND ",
-                alive!("n"),
-                " GROUP BY p.room_id"
-            ))
-            .bind(room_ids)
-            .fetch_all(self.postgres()?)
-            .await?;
-            Ok(rows
-                .into_iter()
-                .map(|(room, n)| (room, u32::try_from(n).unwrap_or(u32::MAX)))
-                .collect())
-        })
-        .await
+                    alive!("n"),
+                    " GROUP BY p.room_id"
+                ))
+                .bind(room_ids)
+                .fetch_all(c)
+                .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(room, n)| (room, u32::try_from(n).unwrap_or(u32::MAX)))
+                    .collect())
+            })
+            .await
     }
 
     /// How many distinct users live nodes hold online in `room_id`, and whether
     /// `user` is one of them.
     pub async fn online_count_with(&self, room_id: &RoomId, user: &str) -> Result<(u32, bool)> {
-        self.bounded(async {
-            let (count, found): (i64, bool) = sqlx::query_as(concat!(
-                "SELECT COUNT(DISTINCT p.user_id), COALESCE(BOOL_OR(p.user_id = $2), FALSE) \
+        self.db
+            .run(async |c| {
+                let (count, found): (i64, bool) = sqlx::query_as(concat!(
+                    "SELECT COUNT(DISTINCT p.user_id), COALESCE(BOOL_OR(p.user_id = $2), FALSE) \
                  FROM node_presence p JOIN nodes n ON n.node_id = p.node_id \
                  WHERE p.room_id = $1 AND ",
-                alive!("n")
-            ))
-            .bind(room_id.as_str())
-            .bind(user)
-            .fetch_one(self.postgres()?)
-            .await?;
-            Ok((u32::try_from(count).unwrap_or(u32::MAX), found))
-        })
-        .await
+                    alive!("n")
+                ))
+                .bind(room_id.as_str())
+                .bind(user)
+                .fetch_one(c)
+                .await?;
+                Ok((u32::try_from(count).unwrap_or(u32::MAX), found))
+            })
+            .await
     }
 
     /// Up to `limit` users live nodes hold online in `room_id`, with ids above
@@ -318,7 +315,7 @@ impl Store {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<String>> {
-        self.bounded(async {
+        self.db.run(async |c| {
             Ok(sqlx::query_scalar(concat!(
                 "SELECT DISTINCT p.user_id FROM node_presence p JOIN nodes n ON n.node_id = p.node_id \
                  WHERE p.room_id = $1 AND p.user_id > $2 AND ",
@@ -328,7 +325,7 @@ impl Store {
             .bind(room_id.as_str())
             .bind(after.unwrap_or(""))
             .bind(i64::from(limit))
-            .fetch_all(self.postgres()?)
+            .fetch_all(c)
             .await?)
         })
         .await
@@ -340,7 +337,7 @@ impl Store {
         room_id: &RoomId,
         users: &[&str],
     ) -> Result<Vec<String>> {
-        self.bounded(async {
+        self.db.run(async |c| {
             if users.is_empty() {
                 return Ok(Vec::new());
             }
@@ -351,36 +348,37 @@ impl Store {
             ))
             .bind(room_id.as_str())
             .bind(users)
-            .fetch_all(self.postgres()?)
+            .fetch_all(c)
             .await?)
         })
         .await
     }
 }
 
-impl Store {
+impl ClusterStore {
     /// Where each existing room among `room_ids` stands: its stored `last_seq` and
     /// version (rooms that are gone are left out). One statement, every repair
     /// interval, for every room a node has streams in.
     pub async fn room_heads(&self, room_ids: &[RoomId]) -> Result<Vec<RoomHead>> {
-        self.bounded(async {
-            let ids: Vec<&str> = room_ids.iter().map(RoomId::as_str).collect();
-            let rows: Vec<(String, i64, i64)> = sqlx::query_as(
-                "SELECT room_id, last_seq, version FROM rooms WHERE room_id = ANY($1)",
-            )
-            .bind(ids)
-            .fetch_all(self.postgres()?)
-            .await?;
-            Ok(rows
-                .into_iter()
-                .map(|(id, seq, version)| RoomHead {
-                    room_id: RoomId::from_stored(id),
-                    last_seq: u64::try_from(seq).unwrap_or(0),
-                    version: u64::try_from(version).unwrap_or(0),
-                })
-                .collect())
-        })
-        .await
+        self.db
+            .run(async |c| {
+                let ids: Vec<&str> = room_ids.iter().map(RoomId::as_str).collect();
+                let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+                    "SELECT room_id, last_seq, version FROM rooms WHERE room_id = ANY($1)",
+                )
+                .bind(ids)
+                .fetch_all(c)
+                .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(id, seq, version)| RoomHead {
+                        room_id: RoomId::from_stored(id),
+                        last_seq: u64::try_from(seq).unwrap_or(0),
+                        version: u64::try_from(version).unwrap_or(0),
+                    })
+                    .collect())
+            })
+            .await
     }
 
     /// Which `(room, user)` pairs among `pairs` are memberships (one statement).
@@ -388,7 +386,7 @@ impl Store {
         &self,
         pairs: &[(&str, &str)],
     ) -> Result<std::collections::HashSet<(String, String)>> {
-        self.bounded(async {
+        self.db.run(async |c| {
             if pairs.is_empty() {
                 return Ok(Default::default());
             }
@@ -399,7 +397,7 @@ impl Store {
             )
             .bind(rooms)
             .bind(users)
-            .fetch_all(self.postgres()?)
+            .fetch_all(c)
             .await?;
             Ok(rows.into_iter().collect())
         })

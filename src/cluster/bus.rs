@@ -5,7 +5,7 @@
 //! deletion), and its kind, room, sending node and the rest in headers. Every node
 //! receives every room's events and drops those of rooms it has no stream in (a lookup
 //! each), and its own. The client reconnects by
-//! itself; whatever the bus loses meanwhile, the store repairs (see `relay`).
+//! itself; whatever the bus loses meanwhile, the store repairs (see [`super::repair`]).
 //!
 //! What the bus is trusted with: several deployments (staging and production, two
 //! teams) may share one NATS server. Each publishes on subjects of its own — named by
@@ -28,10 +28,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 
-use super::Hubs;
-use super::relay::{Queue, Relayed, RoomEvent};
+use super::relay::Queue;
 use crate::domain::{DetachReason, RoomId};
 use crate::error::{Error, Result};
+use crate::live::{Hubs, Relayed, RoomEvent};
 use crate::proto::Frame;
 
 /// The last token of the events subject, after the prefix.

@@ -1,12 +1,12 @@
-//! Messages between the nodes of a cluster: what a node hands its broker, whatever the
-//! engine (one today: NATS, [`super::nats`]).
+//! A cluster node's [`Broker`]: the queue between the hubs and the engine that carries
+//! their events to the other nodes (one today: NATS, [`super::bus`]).
 //!
 //! A node publishes each message it sends to its own hubs and, through its [`Relay`],
 //! to the other nodes, which publish it to theirs; room events (member changes,
 //! updates, detaches, deletion) go the same way, best effort. The bus is allowed to lose
 //! messages: a node never trusts it for completeness. A stream that sees a seq gap
 //! reads the missing messages from the store, and a node checks its live rooms
-//! against the store's `last_seq` every repair interval (`rooms::tail`), so a lost
+//! against the store's `last_seq` every repair interval ([`super::repair`]), so a lost
 //! tail is read too. The relay itself never blocks the message writer: when the engine falls behind
 //! by more than [`QUEUE`] events or [`QUEUE_BYTES`], it drops them, and the same
 //! repairs apply.
@@ -16,64 +16,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::mpsc;
 
-use crate::domain::{DetachReason, RoomId};
-use crate::proto::Frame;
+use crate::domain::RoomId;
+use crate::live::{Broker, Relayed, RoomEvent};
 
 /// Events that may wait for the engine before the relay drops new ones.
 pub const QUEUE: usize = 16 * 1024;
 /// Bytes of frames that may wait for the engine (while NATS is away, large messages
 /// would otherwise pile up: 16 k of 64 KiB payloads is a GiB).
 pub const QUEUE_BYTES: usize = 32 * 1024 * 1024;
-
-/// A room's event on its way to or from the other nodes; frames as encoded once by
-/// the node that made them.
-#[derive(Clone, Debug)]
-pub struct Relayed {
-    pub room: RoomId,
-    pub event: RoomEvent,
-}
-
-/// What happened in the room (the hub's events, as another node needs them).
-#[derive(Clone, Debug)]
-pub enum RoomEvent {
-    /// A message; `seq` 0 for unstored kinds, `targets` `None` for every stream.
-    Message {
-        seq: u64,
-        frame: Frame,
-        targets: Option<Vec<String>>,
-    },
-    /// Member events, coalesced by the node where they happened.
-    Broadcast(Frame),
-    /// The room's new state (name, attributes, settings) at `version`.
-    Updated {
-        version: u64,
-        presence_timeout: bool,
-        frame: Frame,
-    },
-    /// `user` left (or was removed, or switched to `switched_to` — committed — from
-    /// its seq on): the user's streams stop receiving the room.
-    Detach {
-        user: String,
-        reason: DetachReason,
-        switched_to: Option<(RoomId, u64)>,
-    },
-    /// The room is gone.
-    Deleted,
-}
-
-impl Relayed {
-    /// The bytes it holds, as the queue counts them.
-    fn bytes(&self) -> usize {
-        match &self.event {
-            RoomEvent::Message { frame, targets, .. } => {
-                frame.wire().len() + targets.iter().flatten().map(String::len).sum::<usize>()
-            }
-            RoomEvent::Broadcast(frame) | RoomEvent::Updated { frame, .. } => frame.wire().len(),
-            RoomEvent::Detach { user, .. } => user.len(),
-            RoomEvent::Deleted => 0,
-        }
-    }
-}
 
 /// The sending side: hands events to the engine's task.
 #[derive(Clone, Debug)]
@@ -120,6 +70,36 @@ impl Relay {
     }
 }
 
+impl Broker for Relay {
+    fn publish(&self, room: &RoomId, event: &mut dyn FnMut() -> RoomEvent) {
+        self.send(Relayed {
+            room: room.clone(),
+            event: event(),
+        });
+    }
+
+    fn publish_once_committed(
+        &self,
+        room: &RoomId,
+        event: RoomEvent,
+        mut committed: tokio::sync::watch::Receiver<Option<bool>>,
+    ) {
+        let relay = self.clone();
+        let relayed = Relayed {
+            room: room.clone(),
+            event,
+        };
+        // Not owned by anyone: it ends as soon as the switch is decided, and the
+        // writer that decides it always does (or drops the sender, which ends it too).
+        tokio::spawn(async move {
+            let outcome = committed.wait_for(Option::is_some).await.map(|o| *o);
+            if let Ok(Some(true)) = outcome {
+                relay.send(relayed);
+            }
+        });
+    }
+}
+
 impl Queue {
     /// The next event; `None` once every relay is gone.
     pub async fn recv(&mut self) -> Option<Relayed> {
@@ -132,6 +112,7 @@ impl Queue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::Frame;
 
     fn message(seq: u64, text_bytes: usize) -> Relayed {
         let frame = Frame::event(crate::proto::pb::subscribe_response::Event::Message(
