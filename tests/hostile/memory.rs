@@ -105,7 +105,9 @@ async fn catch_up_is_bounded_by_bytes(backend: Backend) {
 async fn idle_streams_in_a_room_of_the_largest_attributes_cost_little(backend: Backend) {
     use crate::common::{Sub, UserHeader};
     use chatroom::pb::chat_room_service_client::ChatRoomServiceClient;
-    const STREAMS: usize = 60;
+    // Enough streams per round that a one-off growth of the process (up to 2.5 MiB
+    // was seen, old binaries too) stays well under the bound when spread over them.
+    const STREAMS: usize = 150;
     let db = TestDb::new(backend).await;
     let process = ServerProcess::start(&db).await;
     let server = &process.server;
@@ -119,30 +121,38 @@ async fn idle_streams_in_a_room_of_the_largest_attributes_cost_little(backend: B
         })
         .await
         .unwrap();
-    for i in 0..STREAMS {
+    for i in 0..2 * STREAMS {
         server.join(&format!("u{i}"), "r").await;
     }
     // One connection for all, as a backend carrying its users would have.
     let shared = server.channel().await;
     // Lets the server settle before its memory is read (a measurement).
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = process.rss_mib();
+    // Two rounds of streams, each measured: a cost per stream shows in both, while a
+    // one-off growth of the process (about 2 MiB in a good share of runs, with the
+    // binaries of earlier sessions too: 29-43 KiB "per stream" over 60 streams)
+    // lands in one round, and is spread over many streams.
     let mut subs = Vec::new();
-    for i in 0..STREAMS {
-        let user = format!("u{i}");
-        let mut client =
-            ChatRoomServiceClient::with_interceptor(shared.clone(), UserHeader::new(&user));
-        let mut sub = Sub::open(&mut client).await;
-        let room = sub.attached("r", None).await;
-        assert_eq!(room.attributes.len(), 64);
-        subs.push(sub);
+    let mut rounds = Vec::new();
+    for round in 0..2 {
+        let before = process.rss_mib();
+        for i in round * STREAMS..(round + 1) * STREAMS {
+            let user = format!("u{i}");
+            let mut client =
+                ChatRoomServiceClient::with_interceptor(shared.clone(), UserHeader::new(&user));
+            let mut sub = Sub::open(&mut client).await;
+            let room = sub.attached("r", None).await;
+            assert_eq!(room.attributes.len(), 64);
+            subs.push(sub);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        rounds.push((process.rss_mib() - before) * 1024.0 / STREAMS as f64);
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let per_stream_kib = (process.rss_mib() - before) * 1024.0 / STREAMS as f64;
-    eprintln!("idle streams in a 1 MiB room: {per_stream_kib:.1} KiB each");
+    let per_stream_kib = rounds.iter().copied().fold(f64::INFINITY, f64::min);
+    eprintln!("idle streams in a 1 MiB room, KiB each by round: {rounds:.1?}");
     assert!(
         per_stream_kib < 24.0,
-        "each idle stream holds {per_stream_kib:.0} KiB"
+        "each idle stream holds {per_stream_kib:.0} KiB (by round: {rounds:.1?})"
     );
     drop(subs);
 }
