@@ -50,7 +50,6 @@ struct Tasks {
     background: Vec<JoinHandle<()>>,
     /// Has nothing to finish: aborted when the server stops.
     aborted: Vec<JoinHandle<()>>,
-    stop: watch::Receiver<bool>,
 }
 
 impl App {
@@ -163,7 +162,6 @@ impl App {
                 essential,
                 background,
                 aborted,
-                stop,
             },
         })
     }
@@ -223,6 +221,8 @@ impl App {
             mut tasks,
         } = self;
         let stopped = stop.subscribe();
+        // For the tasks started while serving (the SIGHUP reload).
+        let stop_signal = stop.subscribe();
         let shutdown = async move {
             let mut stopped = stopped;
             tokio::select! {
@@ -255,7 +255,7 @@ impl App {
                     .await
             }
             Some(tls) => {
-                let reload = tls::reload_on_sighup(tls.clone(), tasks.stop_signal());
+                let reload = tls::reload_on_sighup(tls.clone(), stop_signal);
                 tasks.aborted.push(tokio::spawn(reload));
                 router
                     .serve_with_incoming_shutdown(
@@ -274,11 +274,6 @@ impl App {
 }
 
 impl Tasks {
-    /// A receiver of the stop signal, for a task started while serving.
-    fn stop_signal(&self) -> watch::Receiver<bool> {
-        self.stop.clone()
-    }
-
     /// Once the server stopped: aborts what has nothing to finish, waits for the
     /// rest (the expiry task holds the last handles to the writers besides the
     /// service), and says whether a task the server needed died.
