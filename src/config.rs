@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 
 use clap::{Parser, ValueEnum};
 
+use crate::domain::Dialect;
 use crate::error::{Error, Result};
 
 /// How callers are identified.
@@ -418,9 +419,7 @@ impl Config {
     /// way to authenticate at most; `--nats-tls-cert` and `--nats-tls-key` go
     /// together.
     fn validate_nats(&self) -> Result<()> {
-        let postgres = ["postgres://", "postgresql://"]
-            .iter()
-            .any(|scheme| self.database_url.starts_with(scheme));
+        let postgres = Dialect::of(&self.database_url) == Some(Dialect::Postgres);
         if self.nats_url.is_some() && !postgres {
             // Nodes share their rooms through the database: a SQLite file is one
             // process's.

@@ -43,7 +43,7 @@
 //!   parsed once at the edge.
 //! - [`rooms`]: the rules — membership, limits, permissions, sending — and the two
 //!   writers that group-commit changes: every change of membership
-//!   ([`rooms::admissions`]) and messages ([`rooms::sequencer`]); presence, on one node
+//!   ([`rooms::roster`]) and messages ([`rooms::sequencer`]); presence, on one node
 //!   or over a cluster ([`rooms::presence`]); the expiry of presence and empty rooms;
 //!   history retention ([`rooms::retention`]). No tonic, no SQL, and no
 //!   question whether it runs in a cluster.

@@ -220,8 +220,9 @@ pub fn lagged(events: u64) {
     counter!("chatroom_stream_lagged_events_total").increment(events);
 }
 
-/// A stream read missed messages from the database.
-pub fn caught_up() {
+/// A stream is to read missed messages from the database (counted when its
+/// catch-up is queued, once however many pages it takes).
+pub fn catch_up_queued() {
     counter!("chatroom_catch_ups_total").increment(1);
 }
 

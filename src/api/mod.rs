@@ -15,15 +15,15 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::Verifier;
-use crate::domain::{Caller, PageRequest, RoomFilter, RoomId, UserId};
+use crate::domain::{Caller, PageRequest, RoomId, UserId};
 use crate::error::Error;
 use crate::proto::Frame;
-use crate::proto::decode;
 use crate::proto::pb;
+use crate::proto::{decode, encode};
 use crate::rooms::Rooms;
 use crate::rooms::streams::StreamSlot;
 use server::chat_room_service_server::ChatRoomService;
-pub use session::SessionLimits;
+pub use session::{SessionLimits, Sessions};
 use tonic::metadata::MetadataMap;
 
 /// The generated server: like `pb`'s client, except that Subscribe yields [`Frame`]s.
@@ -41,12 +41,11 @@ pub const AUTHORIZATION_HEADER: &str = "authorization";
 #[derive(Clone)]
 pub struct ChatRoomApi {
     rooms: Rooms,
-    limits: SessionLimits,
     /// `--auth jwt`: callers are whom their bearer token says; `None`: whom
     /// `x-user-id` says.
     tokens: Option<Arc<Verifier>>,
-    /// Turns true when the server starts shutting down: Subscribe streams end.
-    stop: watch::Receiver<bool>,
+    /// What its Subscribe and Listen streams share.
+    sessions: Sessions,
 }
 
 impl ChatRoomApi {
@@ -56,11 +55,17 @@ impl ChatRoomApi {
         tokens: Option<Verifier>,
         stop: watch::Receiver<bool>,
     ) -> Self {
+        let tokens = tokens.map(Arc::new);
         ChatRoomApi {
+            sessions: Sessions {
+                rooms: rooms.clone(),
+                limits,
+                tokens: tokens.clone(),
+                work: work::Pool::default(),
+                stop,
+            },
             rooms,
-            limits,
-            tokens: tokens.map(Arc::new),
-            stop,
+            tokens,
         }
     }
 
@@ -79,19 +84,9 @@ impl ChatRoomApi {
         slot: StreamSlot,
         inbound: impl Stream<Item = Result<pb::SubscribeRequest, Status>> + Send + Unpin + 'static,
     ) -> impl Stream<Item = Result<Frame, Status>> + Send + 'static {
-        session::run(
-            self.rooms.clone(),
-            caller,
-            slot,
-            self.limits,
-            self.tokens.clone(),
-            inbound,
-            self.stop.clone(),
-        )
+        session::run(&self.sessions, caller, slot, inbound)
     }
 
-    /// The caller of a request: from its bearer token with `--auth jwt` (verified once
-    /// per call, and once per Subscribe stream), else from its `x-user-id` metadata.
     /// A Listen call's session: its rooms become the attach frames a Subscribe client
     /// would send (request ids "0", "1", …), after which the client has nothing more
     /// to say, so the session ends once no room is left attached.
@@ -109,11 +104,7 @@ impl ChatRoomApi {
         }
         // Refused whole: each room past the limit would otherwise be one more
         // queued frame and one more error event, as many as the request can carry.
-        if request.rooms.len() > self.limits.max_rooms_per_stream {
-            return Err(Error::TooManyRooms {
-                limit: u32::try_from(self.limits.max_rooms_per_stream).unwrap_or(u32::MAX),
-            });
-        }
+        self.sessions.limits.check_rooms(request.rooms.len())?;
         let frames = request.rooms.into_iter().enumerate().map(|(i, attach)| {
             Ok(pb::SubscribeRequest {
                 request_id: i.to_string(),
@@ -123,6 +114,8 @@ impl ChatRoomApi {
         Ok(self.session(caller, slot, tokio_stream::iter(frames)))
     }
 
+    /// The caller of a request: from its bearer token with `--auth jwt` (verified once
+    /// per call, and once per Subscribe stream), else from its `x-user-id` metadata.
     /// The caller is recorded into the call's span.
     async fn caller(&self, metadata: &MetadataMap) -> Result<Caller, Error> {
         let caller = match &self.tokens {
@@ -247,11 +240,10 @@ impl ChatRoomService for ChatRoomApi {
     ) -> Result<Response<pb::SwitchRoomResponse>, Status> {
         let caller = self.caller(request.metadata()).await?;
         let req = request.into_inner();
-        let from = decode::room_id("from_room_id", req.from_room_id)?;
-        let to = decode::room_id("to_room_id", req.to_room_id)?;
-        in_room(&to);
+        let rooms = decode::room_move(req.from_room_id, req.to_room_id)?;
+        in_room(rooms.to());
         let display_name = decode::display_name(req.display_name)?;
-        let room = self.rooms.switch(&caller, &from, &to, display_name).await?;
+        let room = self.rooms.switch(&caller, &rooms, display_name).await?;
         Ok(Response::new(pb::SwitchRoomResponse {
             room: Some(room.into()),
         }))
@@ -276,17 +268,12 @@ impl ChatRoomService for ChatRoomApi {
     ) -> Result<Response<pb::ListRoomsResponse>, Status> {
         self.caller(request.metadata()).await?;
         let req = request.into_inner();
-        crate::domain::check_name("name", &req.name)?;
-        crate::domain::check_name("name_prefix", &req.name_prefix)?;
+        let filter = decode::room_filter(req.name, req.name_prefix)?;
         let page = PageRequest::new(req.page_size, decode::page_token(&req.page_token)?);
-        let filter = RoomFilter {
-            name: req.name,
-            name_prefix: req.name_prefix,
-        };
         let page = self.rooms.list(&filter, page).await?;
         Ok(Response::new(pb::ListRoomsResponse {
             rooms: page.items.into_iter().map(Into::into).collect(),
-            next_page_token: decode::next_page_token(page.next_after),
+            next_page_token: encode::page_token(page.next_after),
         }))
     }
 
@@ -329,7 +316,7 @@ impl ChatRoomService for ChatRoomApi {
             .await?;
         Ok(Response::new(pb::ListMembersResponse {
             members: page.items.into_iter().map(Into::into).collect(),
-            next_page_token: decode::next_page_token(page.next_after),
+            next_page_token: encode::page_token(page.next_after),
         }))
     }
 

@@ -9,7 +9,7 @@
 //!
 //! What one stream holds is one such task at a time (and its result: one catch-up
 //! page, bounded in bytes), and no connection for longer than its statement takes.
-//! At most [`TOTAL`] run at once, server-wide, in arrival order: after a restart
+//! At most [`TOTAL`] run at once per server (one [`Pool`] each), in arrival order: after a restart
 //! thousands of clients reconnect at once, and their work waits its turn instead of
 //! all its futures (and the heap they leave fragmented) existing together. How many
 //! streams one user may have is the bound on what one user holds.
@@ -19,32 +19,49 @@
 //! once — 3.9 → 4.15 KiB — for a fairness the arrival order mostly gives already.)
 
 use std::future::Future;
+use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-/// Database work of streams in progress at once, server-wide.
+/// Database work of streams in progress at once, per server.
 pub const TOTAL: usize = 64;
 
-static PERMITS: Semaphore = Semaphore::const_new(TOTAL);
+/// The turns of one server's stream work (its streams share it; two servers in one
+/// process, as in the tests, do not).
+#[derive(Clone, Debug)]
+pub struct Pool {
+    permits: Arc<Semaphore>,
+}
 
-/// Runs the future `make` returns on a task of its own, once a permit is free. The
-/// future is made, on the heap, only then: database futures are several kilobytes,
-/// and thousands of streams attaching at once would otherwise all hold theirs while
-/// they wait. Dropping the handle leaves the task to finish (and release what it
-/// holds) on its own. The task runs in the span current when it is spawned (the
-/// stream's), so what it logs carries the stream's user.
-pub fn spawn<T, F>(make: impl FnOnce() -> F + Send + 'static) -> JoinHandle<T>
-where
-    F: Future<Output = T> + Send + 'static,
-    T: Send + 'static,
-{
-    tokio::spawn(
-        async move {
-            let _permit = PERMITS.acquire().await.expect("never closed");
-            Box::pin(make()).await
+impl Default for Pool {
+    fn default() -> Self {
+        Pool {
+            permits: Arc::new(Semaphore::new(TOTAL)),
         }
-        .in_current_span(),
-    )
+    }
+}
+
+impl Pool {
+    /// Runs the future `make` returns on a task of its own, once a permit is free.
+    /// The future is made, on the heap, only then: database futures are several
+    /// kilobytes, and thousands of streams attaching at once would otherwise all hold
+    /// theirs while they wait. Dropping the handle leaves the task to finish (and
+    /// release what it holds) on its own. The task runs in the span current when it
+    /// is spawned (the stream's), so what it logs carries the stream's user.
+    pub fn spawn<T, F>(&self, make: impl FnOnce() -> F + Send + 'static) -> JoinHandle<T>
+    where
+        F: Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let permits = self.permits.clone();
+        tokio::spawn(
+            async move {
+                let _permit = permits.acquire().await.expect("never closed");
+                Box::pin(make()).await
+            }
+            .in_current_span(),
+        )
+    }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_util::task::TaskTracker;
 
 use super::BoxError;
 use crate::cluster::Node;
@@ -39,13 +40,14 @@ pub async fn join(
     store: &store::Store,
     connection: Connection,
     hubs: live::Hubs,
+    tasks: &TaskTracker,
 ) -> Result<Joined, BoxError> {
     let cluster = ClusterStore::new(store).ok_or("a cluster needs PostgreSQL")?;
     let candidate = Deployment::generate()?;
     let (id, key) = cluster.deployment((&candidate.0, &candidate.1)).await?;
     let deployment = Deployment::new(&id, &key, config.nats_subject_prefix.as_deref());
     tracing::info!(subject = deployment.subject(), "cluster events on NATS");
-    let (relay, queue) = Relay::new();
+    let (relay, queue) = Relay::new(tasks.clone());
     let client = bus::connect(&connection).await?;
     let node = Node {
         id: config

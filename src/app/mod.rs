@@ -17,6 +17,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_util::task::TaskTracker;
 use tonic_health::ServingStatus;
 use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::HealthService;
@@ -50,6 +51,9 @@ struct Tasks {
     background: Vec<JoinHandle<()>>,
     /// Has nothing to finish: aborted when the server stops.
     aborted: Vec<JoinHandle<()>>,
+    /// Short tasks the rooms and hubs start (a presence write, a member-event flush,
+    /// a relay waiting for a switch to commit): awaited, as they may write.
+    short: TaskTracker,
 }
 
 impl App {
@@ -67,17 +71,19 @@ impl App {
         let store = store::Store::connect(&config.database_url, config.db_pool_size).await?;
         let (stop_tx, stop) = watch::channel(false);
         let stop_tx = Arc::new(stop_tx);
+        let short = TaskTracker::new();
 
         let hubs = live::Hubs::new(
             config.room_buffer as usize,
             config.room_buffer_bytes,
             Duration::from_millis(config.member_event_window_ms),
+            short.clone(),
         );
         let memory = Arc::new(live::Presence::new());
         // One node or a node of a cluster: decided here, once.
         let (hubs, ledger, joined): (_, Arc<dyn live::PresenceLedger>, _) = match nats {
             Some(connection) => {
-                let joined = cluster::join(&config, &store, connection, hubs).await?;
+                let joined = cluster::join(&config, &store, connection, hubs, &short).await?;
                 (joined.hubs.clone(), joined.ledger.clone(), Some(joined))
             }
             None => {
@@ -95,6 +101,7 @@ impl App {
             presence: memory.clone(),
             ledger,
             sequencer,
+            tasks: short.clone(),
         };
         let (rooms, membership_writer) = rooms::Rooms::new(
             store.clone(),
@@ -162,6 +169,7 @@ impl App {
                 essential,
                 background,
                 aborted,
+                short,
             },
         })
     }
@@ -275,8 +283,8 @@ impl App {
 
 impl Tasks {
     /// Once the server stopped: aborts what has nothing to finish, waits for the
-    /// rest (the expiry task holds the last handles to the writers besides the
-    /// service), and says whether a task the server needed died.
+    /// rest (the expiry task and the short tasks hold the last handles to the writers
+    /// besides the service), and says whether a task the server needed died.
     async fn finish(self) -> Result<(), BoxError> {
         for task in &self.aborted {
             task.abort();
@@ -284,6 +292,8 @@ impl Tasks {
         for task in self.background {
             let _ = task.await;
         }
+        self.short.close();
+        self.short.wait().await;
         Ok(self.essential.await??)
     }
 }

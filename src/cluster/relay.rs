@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
 
 use crate::domain::RoomId;
 use crate::live::{Broker, Relayed, RoomEvent};
@@ -31,6 +32,8 @@ pub struct Relay {
     sender: mpsc::Sender<Relayed>,
     queued: Arc<AtomicUsize>,
     max_bytes: usize,
+    /// Owns the waits for a switch's commit (the server awaits them when it stops).
+    tasks: TaskTracker,
 }
 
 /// The engine's side: the events waiting for it, in order.
@@ -42,17 +45,18 @@ pub struct Queue {
 
 impl Relay {
     /// A relay and the queue its engine reads, bounded by [`QUEUE`] and [`QUEUE_BYTES`].
-    pub fn new() -> (Relay, Queue) {
-        Relay::bounded(QUEUE, QUEUE_BYTES)
+    pub fn new(tasks: TaskTracker) -> (Relay, Queue) {
+        Relay::bounded(QUEUE, QUEUE_BYTES, tasks)
     }
 
-    fn bounded(events: usize, max_bytes: usize) -> (Relay, Queue) {
+    fn bounded(events: usize, max_bytes: usize, tasks: TaskTracker) -> (Relay, Queue) {
         let (sender, receiver) = mpsc::channel(events);
         let queued = Arc::new(AtomicUsize::new(0));
         let relay = Relay {
             sender,
             queued: queued.clone(),
             max_bytes,
+            tasks,
         };
         (relay, Queue { receiver, queued })
     }
@@ -89,9 +93,9 @@ impl Broker for Relay {
             room: room.clone(),
             event,
         };
-        // Not owned by anyone: it ends as soon as the switch is decided, and the
-        // writer that decides it always does (or drops the sender, which ends it too).
-        tokio::spawn(async move {
+        // It ends as soon as the switch is decided, and the writer that decides it
+        // always does (or drops the sender, which ends it too).
+        self.tasks.spawn(async move {
             let outcome = committed.wait_for(Option::is_some).await.map(|o| *o);
             if let Ok(Some(true)) = outcome {
                 relay.send(relayed);
@@ -142,7 +146,7 @@ mod tests {
     #[tokio::test]
     async fn the_queue_is_bounded_in_bytes_and_frees_what_is_read() {
         let size = message(1, 1000).bytes();
-        let (relay, mut queue) = Relay::bounded(100, 2 * size);
+        let (relay, mut queue) = Relay::bounded(100, 2 * size, TaskTracker::new());
         for s in 1..=3 {
             relay.send(message(s, 1000));
         }
@@ -156,7 +160,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_queue_is_bounded_in_events() {
-        let (relay, mut queue) = Relay::bounded(2, usize::MAX);
+        let (relay, mut queue) = Relay::bounded(2, usize::MAX, TaskTracker::new());
         for s in 1..=3 {
             relay.send(message(s, 10));
         }

@@ -61,6 +61,35 @@ impl fmt::Display for RoomId {
     }
 }
 
+/// A move from one room to another (a switch): two different rooms, checked once,
+/// here, so that nothing past the request's decoding has to ask again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoomMove {
+    from: RoomId,
+    to: RoomId,
+}
+
+impl RoomMove {
+    /// Fails, naming the field `to_room_id`, when both are the same room.
+    pub fn new(from: RoomId, to: RoomId) -> Result<Self> {
+        if from == to {
+            return Err(Error::invalid(
+                "to_room_id",
+                "must differ from from_room_id",
+            ));
+        }
+        Ok(RoomMove { from, to })
+    }
+
+    pub fn from(&self) -> &RoomId {
+        &self.from
+    }
+
+    pub fn to(&self) -> &RoomId {
+        &self.to
+    }
+}
+
 /// A user's id: 1–128 visible ASCII characters (it travels in request metadata).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct UserId(String);

@@ -8,8 +8,10 @@
 //! - [`message`] — `Draft`, `Message`, kinds, limits, history ranges;
 //! - [`page`] — page requests and pages;
 //! - [`text`] — the rules for names and text every store must be able to hold;
-//! - [`mod@time`] — `UnixMicros`.
+//! - [`mod@time`] — `UnixMicros`;
+//! - [`dialect`] — which database a `--database-url` names.
 
+pub mod dialect;
 pub mod ids;
 pub mod member;
 pub mod message;
@@ -18,6 +20,7 @@ pub mod room;
 pub mod text;
 pub mod time;
 
+pub use dialect::Dialect;
 pub use ids::*;
 pub use member::*;
 pub use message::*;

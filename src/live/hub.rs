@@ -33,6 +33,7 @@ use tokio::sync::broadcast;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tokio_util::task::TaskTracker;
 
 use super::broker::{Alone, Broker, Relayed, RoomEvent};
 use super::members::{MemberChange, MemberChanges, coalesce, frames};
@@ -136,6 +137,8 @@ pub struct Hubs {
     coalesce_window: Duration,
     /// Where events go besides this node's streams.
     broker: Arc<dyn Broker>,
+    /// Owns the coalescing windows' flushes (the server awaits them when it stops).
+    tasks: TaskTracker,
 }
 
 /// One stream's receipt of a room's events. Dropping it forgets the room's hub once
@@ -175,14 +178,20 @@ impl Drop for Subscription {
 
 impl Hubs {
     /// Hubs whose rings hold `capacity` events and at most `retained_bytes` of large
-    /// message frames, coalescing member events over `window`.
-    pub fn new(capacity: usize, retained_bytes: usize, window: Duration) -> Self {
+    /// message frames, coalescing member events over `window` (on tasks `tasks` owns).
+    pub fn new(
+        capacity: usize,
+        retained_bytes: usize,
+        window: Duration,
+        tasks: TaskTracker,
+    ) -> Self {
         Hubs {
             rooms: Mutex::new(HashMap::new()),
             capacity: capacity.max(1),
             retained_bytes,
             coalesce_window: window,
             broker: Arc::new(Alone),
+            tasks,
         }
     }
 
@@ -497,7 +506,7 @@ impl Hubs {
             let hub = Arc::clone(&hub);
             let broker = self.broker.clone();
             let window = self.coalesce_window;
-            tokio::spawn(async move {
+            self.tasks.spawn(async move {
                 tokio::time::sleep(window).await;
                 flush(&room_id, &hub, broker.as_ref());
             });

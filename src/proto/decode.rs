@@ -9,14 +9,28 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use super::pb;
 use crate::domain::{
     Attributes, DEFAULT_MESSAGE_LIMIT, Draft, HistoryRange, MAX_MESSAGE_LIMIT, MemberEvents,
-    MessageKind, MessageLimits, NewRoom, RoomId, RoomPatch, RoomSettings, check_attributes,
-    check_name, check_no_nul,
+    MessageKind, MessageLimits, NewRoom, RoomFilter, RoomId, RoomMove, RoomPatch, RoomSettings,
+    check_attributes, check_name, check_no_nul,
 };
 use crate::error::{Error, Result};
 
 /// Parses a room id that arrives in the request field `field`.
 pub fn room_id(field: &str, id: String) -> Result<RoomId> {
     RoomId::parse(id).map_err(|e| e.in_field(field))
+}
+
+/// A SwitchRoom request's two rooms (different ones).
+pub fn room_move(from_room_id: String, to_room_id: String) -> Result<RoomMove> {
+    let from = room_id("from_room_id", from_room_id)?;
+    let to = room_id("to_room_id", to_room_id)?;
+    RoomMove::new(from, to)
+}
+
+/// ListRooms' filter: an exact name or a name prefix (each empty for any).
+pub fn room_filter(name: String, name_prefix: String) -> Result<RoomFilter> {
+    check_name("name", &name)?;
+    check_name("name_prefix", &name_prefix)?;
+    Ok(RoomFilter { name, name_prefix })
 }
 
 /// A new room from the create fields shared by CreateRoom and EnterRoom.
@@ -190,17 +204,10 @@ pub fn page_token(token: &str) -> Result<Option<String>> {
     let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
     let text = String::from_utf8(bytes).map_err(|_| bad())?;
     // Keys are ids, which never hold a NUL (the database could not compare one).
-    text.strip_prefix("k1:")
+    text.strip_prefix(super::encode::PAGE_TOKEN_PREFIX)
         .filter(|k| !k.contains('\0'))
         .map(|k| Some(k.to_string()))
         .ok_or_else(bad)
-}
-
-/// Encodes the key a next page starts after (none: no next page).
-pub fn next_page_token(after: Option<String>) -> String {
-    after.map_or_else(String::new, |key| {
-        URL_SAFE_NO_PAD.encode(format!("k1:{key}"))
-    })
 }
 
 #[cfg(test)]
@@ -209,9 +216,9 @@ mod tests {
 
     #[test]
     fn page_tokens_round_trip_and_reject_garbage() {
-        let token = next_page_token(Some("room-7".into()));
+        let token = super::super::encode::page_token(Some("room-7".into()));
         assert_eq!(page_token(&token).unwrap(), Some("room-7".into()));
-        assert_eq!(next_page_token(None), "");
+        assert_eq!(super::super::encode::page_token(None), "");
         assert_eq!(page_token("").unwrap(), None);
         assert!(page_token("not base64!").is_err());
         assert!(page_token(&URL_SAFE_NO_PAD.encode("x:room")).is_err());

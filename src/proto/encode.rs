@@ -8,6 +8,18 @@ use crate::domain::{
     UnixMicros,
 };
 
+/// What every page token starts with, once base64 is taken off (a version: tokens
+/// of another form can come later and still be told apart).
+pub(super) const PAGE_TOKEN_PREFIX: &str = "k1:";
+
+/// The token of a next page: the key it starts after (none: no next page).
+pub fn page_token(after: Option<String>) -> String {
+    use base64::Engine;
+    after.map_or_else(String::new, |key| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{PAGE_TOKEN_PREFIX}{key}"))
+    })
+}
+
 pub fn timestamp(t: UnixMicros) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: t.0.div_euclid(1_000_000),

@@ -84,13 +84,13 @@ impl Rooms {
                 }
                 offline.push((room_id, user_id));
             }
-            removed += self.admissions.expire(offline, now).await?;
+            removed += self.roster.expire(offline, now).await?;
             if last_page || removed >= ROUND as usize {
                 break;
             }
         }
         for room_id in self.store.expired_rooms(now, ROUND).await? {
-            self.admissions.destroy(&room_id, now).await?;
+            self.roster.destroy(&room_id, now).await?;
         }
         Ok(())
     }

@@ -1,5 +1,5 @@
 //! Joining and leaving: CreateRoom, JoinRoom, EnterRoom, LeaveRoom, SwitchRoom. Each
-//! hands its change to the membership writer ([`Admissions`]), where its rules are
+//! hands its change to the membership writer ([`Roster`]), where its rules are
 //! checked, in the same transaction as its writes.
 
 use super::*;
@@ -16,7 +16,7 @@ impl Rooms {
         self.rates.check_change(caller.user_id.as_str())?;
         let display_name = caller.display_name(display_name);
         let room = self
-            .admissions
+            .roster
             .create(room, caller.user_id.as_str(), display_name)
             .await?;
         Ok(self.with_presence(room).await)
@@ -33,7 +33,7 @@ impl Rooms {
         self.rates.check_change(caller.user_id.as_str())?;
         let display_name = caller.display_name(display_name);
         let joined = self
-            .admissions
+            .roster
             .join_existing(room_id, caller.user_id.as_str(), display_name)
             .await?;
         Ok(self.with_presence(joined.room).await)
@@ -53,7 +53,7 @@ impl Rooms {
         self.rates.check_change(caller.user_id.as_str())?;
         let display_name = caller.display_name(display_name);
         let joined = self
-            .admissions
+            .roster
             .enter(room, caller.user_id.as_str(), display_name)
             .await?;
         Ok((self.with_presence(joined.room).await, joined.created))
@@ -63,9 +63,7 @@ impl Rooms {
     pub async fn leave(&self, caller: &Caller, room_id: &RoomId) -> Result<Option<Member>> {
         check_in_token(caller, room_id)?;
         self.rates.check_change(caller.user_id.as_str())?;
-        self.admissions
-            .leave(room_id, caller.user_id.as_str())
-            .await
+        self.roster.leave(room_id, caller.user_id.as_str()).await
     }
 
     /// Leaves `from` and joins `to` in one transaction: if the join fails, the
@@ -75,17 +73,16 @@ impl Rooms {
     pub async fn switch(
         &self,
         caller: &Caller,
-        from: &RoomId,
-        to: &RoomId,
+        rooms: &RoomMove,
         display_name: String,
     ) -> Result<Room> {
-        check_in_token(caller, from)?;
-        check_in_token(caller, to)?;
+        check_in_token(caller, rooms.from())?;
+        check_in_token(caller, rooms.to())?;
         self.rates.check_change(caller.user_id.as_str())?;
         let display_name = caller.display_name(display_name);
         let room = self
-            .admissions
-            .switch(from, to, caller.user_id.as_str(), display_name)
+            .roster
+            .switch(rooms, caller.user_id.as_str(), display_name)
             .await?;
         Ok(self.with_presence(room).await)
     }

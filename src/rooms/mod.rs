@@ -9,7 +9,7 @@
 //! switch), [`admin`] (read, list, update, delete rooms, list members), [`messages`]
 //! (send, read history, catch up), [`streams`] (access for Subscribe), [`presence`]
 //! (who is online, on one node or across a cluster);
-//! the two writers every change goes through, [`admissions`] (membership) and
+//! the two writers every change goes through, [`roster`] (membership) and
 //! [`sequencer`] (messages), on the handle they share ([`writer`]); [`expiry`]
 //! (presence timeouts, empty rooms); [`retention`] (deleting history past its age or
 //! count). Whether this is one node or a node of a cluster is not asked here: the
@@ -19,13 +19,13 @@
 //! It imports `domain`, `error`, `live`, `store`, `proto` and `telemetry`.
 
 pub mod admin;
-pub mod admissions;
 pub mod expiry;
 pub mod membership;
 pub mod messages;
 pub mod presence;
 pub mod rates;
 pub mod retention;
+pub mod roster;
 pub mod sequencer;
 pub mod streams;
 pub mod writer;
@@ -34,15 +34,16 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use tokio::sync::Notify;
+use tokio_util::task::TaskTracker;
 
 use crate::domain::{
     Caller, Draft, HistoryRange, Member, Message, MessageLimits, NewRoom, Page, PageRequest, Room,
-    RoomFilter, RoomId, RoomPatch, UnixMicros, UserId,
+    RoomFilter, RoomId, RoomMove, RoomPatch, UnixMicros, UserId,
 };
 use crate::error::{Error, Result};
 use crate::live::{Hubs, Presence, PresenceLedger};
 use crate::store::{Store, Tx};
-use admissions::Admissions;
+use roster::Roster;
 use sequencer::Appended;
 pub use sequencer::Sequencer;
 
@@ -63,13 +64,15 @@ pub struct Limits {
 }
 
 /// What the rules drive besides the store: fan-out, presence (this process's, in
-/// memory, and as written down) and the message writer.
+/// memory, and as written down), the message writer, and the owner of the short
+/// tasks they start (the server awaits them when it stops).
 #[derive(Clone)]
 pub struct Parts {
     pub hubs: Arc<Hubs>,
     pub presence: Arc<Presence>,
     pub ledger: Arc<dyn PresenceLedger>,
     pub sequencer: Sequencer,
+    pub tasks: TaskTracker,
 }
 
 /// Room operations, as the API layer calls them.
@@ -81,7 +84,7 @@ pub struct Rooms {
     admins: Arc<HashSet<String>>,
     /// The one writer of membership (every join, leave, switch, presence timeout and
     /// destroy-when-empty deletion).
-    admissions: Admissions,
+    roster: Roster,
     /// Wakes the expiry task when a new presence or destruction deadline starts.
     deadlines_changed: Arc<Notify>,
     /// Per-user send buckets.
@@ -179,7 +182,7 @@ impl Rooms {
         admins: impl IntoIterator<Item = String>,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let deadlines_changed = Arc::new(Notify::new());
-        let (admissions, writer) = Admissions::start(
+        let (roster, writer) = Roster::start(
             store.clone(),
             live.hubs.clone(),
             deadlines_changed.clone(),
@@ -189,7 +192,7 @@ impl Rooms {
             store,
             live,
             admins: Arc::new(admins.into_iter().collect()),
-            admissions,
+            roster,
             deadlines_changed,
             rates: Arc::new(rates::Rates::new(limits.sends, limits.room_changes)),
             open_streams: Arc::new(streams::OpenStreams::new(limits.max_streams_per_user)),

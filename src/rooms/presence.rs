@@ -147,7 +147,7 @@ impl Rooms {
         let rooms = self.clone();
         let room_id = room_id.clone();
         let user = user.to_string();
-        tokio::spawn(async move {
+        self.live.tasks.spawn(async move {
             if let Err(error) = rooms.sync_presence(&room_id, &user).await {
                 tracing::warn!(%error, room = %room_id, user, "could not record presence");
             }

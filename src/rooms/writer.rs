@@ -3,7 +3,7 @@
 //!
 //! [`Writer`] is the callers' handle, [`Job`] a change with its answer's channel,
 //! [`Answer`] the answer to come. What a batch is and how it is applied is each
-//! writer's own ([`super::sequencer`], [`super::admissions`]).
+//! writer's own ([`super::sequencer`], [`super::roster`]).
 
 use std::future::Future;
 use std::pin::Pin;

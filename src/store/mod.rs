@@ -35,7 +35,9 @@ use sqlx::{PgPool, Postgres, Sqlite, SqlitePool};
 use crate::error::{Error, Result};
 use std::collections::HashMap;
 
-use crate::domain::{HistoryRange, Member, Message, NewRoom, Room, RoomFilter, RoomId, UnixMicros};
+use crate::domain::{
+    Dialect, HistoryRange, Member, Message, NewRoom, Room, RoomFilter, RoomId, UnixMicros,
+};
 use rows::{MemberRow, MessageRow, PagedMessageRow, RoomAndNameRow, RoomRow};
 
 /// How long a request waits for a free PostgreSQL connection before failing with
@@ -170,24 +172,18 @@ macro_rules! on_tx {
 }
 
 /// Calls the transaction's dialect's own form of a batch statement,
-/// `postgres::$f` or `sqlite::$f`, with the transaction's connection first (on
-/// PostgreSQL within [`ROUND_TRIP_DEADLINE`]).
+/// `postgres::$f` or `sqlite::$f`, with the transaction's connection first, under
+/// the same rule as [`on_tx`] ([`bounded`] on PostgreSQL, and learnt from).
 macro_rules! by_dialect {
-    ($tx:expr, $f:ident($($arg:expr),* $(,)?)) => {
-        match &mut $tx.inner {
-            TxInner::Postgres(tx) => {
-                let round_trip = postgres::$f(&mut **tx, $($arg),*);
-                match tokio::time::timeout(ROUND_TRIP_DEADLINE, round_trip).await {
-                    Ok(result) => result,
-                    Err(_) => {
-                        $tx.reach.trip();
-                        Err(Error::from(timed_out()))
-                    }
-                }
-            }
-            TxInner::Sqlite(tx) => sqlite::$f(&mut **tx, $($arg),*).await,
-        }
-    };
+    ($tx:expr, $f:ident($($arg:expr),* $(,)?)) => {{
+        let tx: &mut Tx = &mut *$tx;
+        let result = match &mut tx.inner {
+            TxInner::Postgres(inner) => bounded(postgres::$f(&mut **inner, $($arg),*)).await,
+            TxInner::Sqlite(inner) => sqlite::$f(&mut **inner, $($arg),*).await,
+        };
+        tx.reach.observe(&result);
+        result.map_err(Error::from)
+    }};
 }
 
 mod postgres;
@@ -229,7 +225,10 @@ impl Store {
     /// Connects to `database_url` (`sqlite://FILE` or `postgres://…`) and runs the
     /// migrations of its dialect.
     pub async fn connect(database_url: &str, pool_size: u32) -> Result<Store> {
-        let backend = if Store::is_postgres_url(database_url) {
+        let dialect = Dialect::of(database_url).ok_or_else(|| {
+            Error::invalid("database_url", "must start with sqlite: or postgres://")
+        })?;
+        let backend = if dialect == Dialect::Postgres {
             let options = PgConnectOptions::from_str(database_url)
                 .map_err(|e| Error::invalid("database_url", e.to_string()))?;
             let pool = PgPoolOptions::new()
@@ -242,7 +241,7 @@ impl Store {
                 .await
                 .map_err(migrate_error)?;
             Backend::Postgres(pool)
-        } else if database_url.starts_with("sqlite:") {
+        } else {
             let options = SqliteConnectOptions::from_str(database_url)
                 .map_err(|e| Error::invalid("database_url", e.to_string()))?
                 .create_if_missing(true)
@@ -264,19 +263,9 @@ impl Store {
                 .connect_with(options.read_only(true))
                 .await?;
             Backend::Sqlite { writer, reader }
-        } else {
-            return Err(Error::invalid(
-                "database_url",
-                "must start with sqlite: or postgres://",
-            ));
         };
         let reach = std::sync::Arc::new(reach::Reach::new(matches!(backend, Backend::Postgres(_))));
         Ok(Store { backend, reach })
-    }
-
-    /// Whether `database_url` names a PostgreSQL database.
-    pub fn is_postgres_url(database_url: &str) -> bool {
-        database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")
     }
 
     /// The backend's name, for logs.

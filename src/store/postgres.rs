@@ -10,26 +10,29 @@ use sqlx::PgConnection;
 use super::rows::{self, KeyedMemberRow, MessageRow, RoomRow};
 use super::to_i64;
 use crate::domain::{Member, Message, RoomId, UnixMicros};
-use crate::error::Result;
+
+/// What a statement found, as sqlx says it (the caller learns from it whether the
+/// database is reachable).
+type Result<T> = std::result::Result<T, sqlx::Error>;
 
 /// Reads rooms (ids sorted and distinct) and locks them, in id order.
 pub(super) async fn lock_rooms(c: &mut PgConnection, ids: &[&str]) -> Result<Vec<RoomRow>> {
-    Ok(sqlx::query_as(concat!(
+    sqlx::query_as(concat!(
         "SELECT ",
         room_columns!(),
         " FROM rooms WHERE room_id = ANY($1) ORDER BY room_id FOR UPDATE"
     ))
     .bind(ids)
     .fetch_all(c)
-    .await?)
+    .await
 }
 
 /// Reads a room and locks it.
 pub(super) async fn lock_room(c: &mut PgConnection, room_id: &RoomId) -> Result<Option<RoomRow>> {
-    Ok(sqlx::query_as(concat!(room_by_id!(), " FOR UPDATE"))
+    sqlx::query_as(concat!(room_by_id!(), " FOR UPDATE"))
         .bind(room_id.as_str())
         .fetch_optional(c)
-        .await?)
+        .await
 }
 
 /// The members among `(room, user)` keys, with their rooms' ids.
@@ -38,7 +41,7 @@ pub(super) async fn members_among(
     keys: &[(&str, &str)],
 ) -> Result<Vec<KeyedMemberRow>> {
     let (rooms, users): (Vec<&str>, Vec<&str>) = keys.iter().copied().unzip();
-    Ok(sqlx::query_as(concat!(
+    sqlx::query_as(concat!(
         "SELECT room_id, ",
         member_columns!(),
         " FROM members JOIN UNNEST($1::text[], $2::text[]) AS k(r, u) \
@@ -47,7 +50,7 @@ pub(super) async fn members_among(
     .bind(rooms)
     .bind(users)
     .fetch_all(c)
-    .await?)
+    .await
 }
 
 /// Counts one more room for each of `users` (sorted, distinct) unless that would
@@ -57,7 +60,7 @@ pub(super) async fn claim_room_slots(
     users: &[&str],
     limit: u32,
 ) -> Result<Vec<String>> {
-    Ok(sqlx::query_scalar(
+    sqlx::query_scalar(
         "INSERT INTO user_rooms (user_id, room_count) \
          SELECT u, 1 FROM UNNEST($1::text[]) AS k(u) \
          ON CONFLICT (user_id) DO UPDATE SET room_count = user_rooms.room_count + 1 \
@@ -67,7 +70,7 @@ pub(super) async fn claim_room_slots(
     .bind(users)
     .bind(i64::from(limit))
     .fetch_all(c)
-    .await?)
+    .await
 }
 
 /// Counts one room fewer for each of `users` (sorted, distinct).
@@ -134,7 +137,7 @@ pub(super) async fn add_member_counts(
 ) -> Result<Vec<RoomRow>> {
     let rooms: Vec<&str> = deltas.iter().map(|(r, _)| r.as_str()).collect();
     let ds: Vec<i64> = deltas.iter().map(|&(_, d)| d).collect();
-    Ok(sqlx::query_as(concat!(
+    sqlx::query_as(concat!(
         "UPDATE rooms SET member_count = member_count + k.d, \
              empty_since_us = CASE WHEN member_count + k.d = 0 THEN $3 ELSE NULL END \
          FROM UNNEST($1::text[], $2::bigint[]) AS k(r, d) \
@@ -145,7 +148,7 @@ pub(super) async fn add_member_counts(
     .bind(ds)
     .bind(now.0)
     .fetch_all(c)
-    .await?)
+    .await
 }
 
 /// The stored messages with the idempotency keys of `messages`.
@@ -156,7 +159,7 @@ pub(super) async fn messages_by_keys(
     let rooms: Vec<&str> = messages.iter().map(|m| m.room_id.as_str()).collect();
     let senders: Vec<&str> = messages.iter().map(|m| m.sender_id.as_str()).collect();
     let keys: Vec<&str> = messages.iter().map(|m| m.client_msg_id.as_str()).collect();
-    Ok(sqlx::query_as(concat!(
+    sqlx::query_as(concat!(
         "SELECT ",
         message_columns!(),
         " FROM messages \
@@ -167,7 +170,7 @@ pub(super) async fn messages_by_keys(
     .bind(senders)
     .bind(keys)
     .fetch_all(c)
-    .await?)
+    .await
 }
 
 /// Reserves `n` seqs in each room (given in id order); returns each existing room's
@@ -186,7 +189,7 @@ pub(super) async fn advance_seqs(
             .execute(&mut *c)
             .await?;
     }
-    Ok(sqlx::query_as(
+    sqlx::query_as(
         "UPDATE rooms SET last_seq = rooms.last_seq + k.n \
          FROM UNNEST($1::text[], $2::bigint[]) AS k(r, n) \
          WHERE rooms.room_id = k.r RETURNING rooms.room_id, rooms.last_seq",
@@ -194,7 +197,7 @@ pub(super) async fn advance_seqs(
     .bind(rooms)
     .bind(ns)
     .fetch_all(c)
-    .await?)
+    .await
 }
 
 /// Inserts messages in one statement.

@@ -11,7 +11,10 @@ use sqlx::SqliteConnection;
 use super::rows::{self, KeyedMemberRow, MemberRow, MessageRow, RoomRow};
 use super::to_i64;
 use crate::domain::{Member, Message, RoomId, UnixMicros};
-use crate::error::Result;
+
+/// What a statement found, as sqlx says it (the caller learns from it whether the
+/// database is reachable).
+type Result<T> = std::result::Result<T, sqlx::Error>;
 
 /// Rows per multi-row INSERT (11 parameters each: within SQLite's limit).
 const INSERT_CHUNK: usize = 1000;
@@ -34,10 +37,10 @@ pub(super) async fn lock_room(
     c: &mut SqliteConnection,
     room_id: &RoomId,
 ) -> Result<Option<RoomRow>> {
-    Ok(sqlx::query_as(room_by_id!())
+    sqlx::query_as(room_by_id!())
         .bind(room_id.as_str())
         .fetch_optional(c)
-        .await?)
+        .await
 }
 
 /// The members among `(room, user)` keys, with their rooms' ids.

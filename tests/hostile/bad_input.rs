@@ -111,6 +111,7 @@ async fn the_writer_isolates_an_entry_the_database_refuses(backend: Backend) {
         16,
         1 << 20,
         Duration::from_millis(10),
+        tokio_util::task::TaskTracker::new(),
     ));
     let (sequencer, writer) = chatroom::rooms::Sequencer::start(store.clone(), hubs);
     let draft = |text: &str| Draft {

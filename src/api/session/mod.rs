@@ -85,6 +85,32 @@ pub struct SessionLimits {
     pub max_rooms_per_stream: usize,
 }
 
+impl SessionLimits {
+    /// Fails with TOO_MANY_ROOMS when a stream would have `rooms` rooms attached,
+    /// more than it may.
+    pub fn check_rooms(&self, rooms: usize) -> Result<()> {
+        if rooms > self.max_rooms_per_stream {
+            return Err(Error::TooManyRooms {
+                limit: u32::try_from(self.max_rooms_per_stream).unwrap_or(u32::MAX),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// What every stream of one server shares.
+#[derive(Clone)]
+pub struct Sessions {
+    pub rooms: Rooms,
+    pub limits: SessionLimits,
+    /// Verifies `refresh_token` frames (`None` with `--auth header`).
+    pub tokens: Option<Arc<Verifier>>,
+    /// The turns of the streams' database work.
+    pub work: work::Pool,
+    /// Turns true when the server starts shutting down: streams end.
+    pub stop: watch::Receiver<bool>,
+}
+
 /// What woke the session.
 enum Step {
     Stop,
@@ -169,6 +195,8 @@ const OUTBOX_KEPT: usize = 8;
 struct Session {
     caller: Caller,
     limits: SessionLimits,
+    /// Where its database work takes its turn.
+    pool: work::Pool,
     /// Verifies `refresh_token` frames (`None` with `--auth header`).
     tokens: Option<Arc<Verifier>>,
     /// Fires when the caller's token has expired (past the leeway); `None` without a
@@ -222,27 +250,31 @@ impl Session {
     ) where
         F: std::future::Future<Output = Done> + Send + 'static,
     {
-        let task = work::spawn(make);
+        let task = self.pool.spawn(make);
         self.work = Some(Box::new(Work { task, subscription }));
     }
 }
 
 /// Runs one Subscribe stream for `caller` until the client cancels it, or has closed
-/// its side and no room is left attached, or `stop` turns true (then sends in flight
+/// its side and no room is left attached, or the server stops (then sends in flight
 /// are answered and the stream ends with UNAVAILABLE, so clients reconnect and resume).
 /// A frame that is not a valid `SubscribeRequest` ends it with INVALID_ARGUMENT.
 pub fn run(
-    rooms: Rooms,
+    sessions: &Sessions,
     caller: Caller,
     slot: StreamSlot,
-    limits: SessionLimits,
-    tokens: Option<Arc<Verifier>>,
     mut inbound: impl Stream<Item = std::result::Result<pb::SubscribeRequest, Status>>
     + Send
     + Unpin
     + 'static,
-    mut stop: watch::Receiver<bool>,
 ) -> impl Stream<Item = std::result::Result<Frame, Status>> + Send + 'static {
+    let Sessions {
+        rooms,
+        limits,
+        tokens,
+        work,
+        mut stop,
+    } = sessions.clone();
     async_stream::stream! {
         // Held for as long as the stream lives; dropping it frees the user's slot.
         let _slot = slot;
@@ -256,6 +288,7 @@ pub fn run(
             expiry: expiry_timer(&caller),
             caller,
             limits,
+            pool: work,
             tokens,
             sends: Sends::default(),
             work: None,

@@ -94,7 +94,7 @@ impl Session {
                             // Membership is read from the store: on a task of its own.
                             let rooms = rooms.clone();
                             let caller = self.caller.clone();
-                            let task = work::spawn(move || async move {
+                            let task = self.pool.spawn(move || async move {
                                 rooms.send(&caller, draft, None).await
                             });
                             self.sends.push(Box::pin(async move {
@@ -168,12 +168,8 @@ impl Session {
             Some(Error::AlreadyAttached {
                 room_id: room_id.to_string(),
             })
-        } else if self.state.attached.len() >= self.limits.max_rooms_per_stream {
-            Some(Error::TooManyRooms {
-                limit: u32::try_from(self.limits.max_rooms_per_stream).unwrap_or(u32::MAX),
-            })
         } else {
-            None
+            self.limits.check_rooms(self.state.attached.len() + 1).err()
         };
         if let Some(error) = refused {
             self.outbox

@@ -29,7 +29,7 @@ impl Session {
     /// Queues a catch-up of a room unless one is queued already.
     pub(super) fn needs_catch_up(&mut self, room_id: &RoomId) {
         if !self.catch_up.contains(room_id) {
-            crate::telemetry::caught_up();
+            crate::telemetry::catch_up_queued();
             self.catch_up.push_back(room_id.clone());
         }
     }

@@ -28,6 +28,35 @@ pub(super) struct Batches {
     pub max_rooms_per_user: u32,
 }
 
+/// Writes a batch's plan: a statement each for the whole batch.
+async fn write(
+    plan: &Plan<'_>,
+    tx: &mut Tx,
+    rooms: &HashMap<RoomId, Room>,
+    now: UnixMicros,
+) -> Result<()> {
+    let added: Vec<(&RoomId, &Member)> = plan.added.iter().map(|(r, m)| (*r, m)).collect();
+    tx.insert_members(&added).await?;
+    if tx.delete_members(&plan.removed).await? != plan.removed.len() as u64 {
+        return Err(Error::Internal(
+            "a member row vanished under its room's lock".into(),
+        ));
+    }
+    tx.release_room_slots(&plan.released).await?;
+    let counts: Vec<(&RoomId, i64)> = plan.counts.iter().map(|(r, d)| (*r, *d)).collect();
+    for stored in tx.add_member_counts(&counts, now).await? {
+        // Every other writer of member counts locks the room first; a difference
+        // would mean one does not, and the batch must not commit on it.
+        if rooms.get(&stored.id).map(|r| r.member_count) != Some(stored.member_count) {
+            return Err(Error::Internal(format!(
+                "member count of room {} changed under its lock",
+                stored.id
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Members read back, by `(room, user)` key.
 fn members_by_key(rows: Vec<(String, Member)>) -> HashMap<Key, Member> {
     rows.into_iter()
@@ -180,7 +209,7 @@ impl Batches {
             .iter()
             .filter(|u| claimed.contains(**u) && !plan.admitted.contains(**u));
         plan.released.extend(unused);
-        plan.write(&mut tx, &rooms, now).await?;
+        write(&plan, &mut tx, &rooms, now).await?;
 
         // The leavers' streams stop receiving before the commit: the message writer
         // cannot commit into these rooms while this transaction holds them, so every

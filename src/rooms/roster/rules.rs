@@ -1,7 +1,8 @@
 //! The rules of joining and leaving, checked in memory against a batch's locked
 //! rooms, in arrival order: who may join (the per-user room limit first, then the
 //! room's `max_members`), what a leave, a presence timeout and a switch change, and
-//! the rows that follow ([`Plan`]).
+//! the rows that follow ([`Plan`]). Nothing here reads or writes the store: `apply`
+//! reads what the rules are checked against and writes the plan.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -9,7 +10,6 @@ use super::{Create, Joined, Kind, MemberChange, Outcome, Switched};
 use crate::domain::{DetachReason, Member, Role, Room, RoomId, UnixMicros};
 use crate::error::{Error, Result};
 use crate::rooms::not_found;
-use crate::store::Tx;
 
 /// A `(room, user)` key of a member row.
 pub(super) type Key = (String, String);
@@ -138,14 +138,9 @@ impl<'a> Rules<'a> {
         to: &'a RoomId,
         display_name: &str,
     ) -> Result<Outcome> {
+        // Two different rooms: a switch is handed over only as a `RoomMove`.
         let from = &change.room_id;
         let user = change.user_id.as_str();
-        if to == from {
-            return Err(Error::invalid(
-                "to_room_id",
-                "must differ from from_room_id",
-            ));
-        }
         let [Some(from_room), Some(to_room)] = self.rooms.get_disjoint_mut([from, to]) else {
             let missing = if self.rooms.contains_key(from) {
                 to
@@ -207,14 +202,14 @@ fn admit(room: &mut Room, user: &str, display_name: &str, now: UnixMicros) -> Re
 /// The rows a batch changes, gathered while its rules are checked.
 #[derive(Default)]
 pub(super) struct Plan<'a> {
-    added: Vec<(&'a RoomId, Member)>,
-    removed: Vec<(&'a str, &'a str)>,
+    pub added: Vec<(&'a RoomId, Member)>,
+    pub removed: Vec<(&'a str, &'a str)>,
     /// Users whose join added a member (their claimed slot stays taken).
     pub admitted: HashSet<&'a str>,
     /// Users who hold one room fewer.
     pub released: Vec<&'a str>,
     /// Each room's change of member count.
-    counts: BTreeMap<&'a RoomId, i64>,
+    pub counts: BTreeMap<&'a RoomId, i64>,
 }
 
 impl<'a> Plan<'a> {
@@ -227,35 +222,6 @@ impl<'a> Plan<'a> {
         room.member_count = room.member_count.saturating_sub(1);
         *self.counts.entry(room_id).or_default() -= 1;
         self.removed.push((room_id.as_str(), user));
-    }
-
-    /// Writes the plan: a statement each for the whole batch.
-    pub async fn write(
-        &self,
-        tx: &mut Tx,
-        rooms: &HashMap<RoomId, Room>,
-        now: UnixMicros,
-    ) -> Result<()> {
-        let added: Vec<(&RoomId, &Member)> = self.added.iter().map(|(r, m)| (*r, m)).collect();
-        tx.insert_members(&added).await?;
-        if tx.delete_members(&self.removed).await? != self.removed.len() as u64 {
-            return Err(Error::Internal(
-                "a member row vanished under its room's lock".into(),
-            ));
-        }
-        tx.release_room_slots(&self.released).await?;
-        let counts: Vec<(&RoomId, i64)> = self.counts.iter().map(|(r, d)| (*r, *d)).collect();
-        for stored in tx.add_member_counts(&counts, now).await? {
-            // Every other writer of member counts locks the room first; a difference
-            // would mean one does not, and the batch must not commit on it.
-            if rooms.get(&stored.id).map(|r| r.member_count) != Some(stored.member_count) {
-                return Err(Error::Internal(format!(
-                    "member count of room {} changed under its lock",
-                    stored.id
-                )));
-            }
-        }
-        Ok(())
     }
 }
 

@@ -1,7 +1,7 @@
 //! The one writer of membership: group commit of every change to who is in a room.
 //!
 //! CreateRoom, JoinRoom, EnterRoom, LeaveRoom and SwitchRoom hand their change to
-//! [`Admissions`] and wait; so do the expiry task's presence-timeout removals and
+//! [`Roster`] and wait; so do the expiry task's presence-timeout removals and
 //! destroy-when-empty deletions. No other code writes member rows, member counts or
 //! users' room counts. The task takes every change that is waiting (up to
 //! [`MAX_BATCH`]) and applies them in one transaction, in the order they arrived
@@ -32,7 +32,7 @@ use std::sync::Arc;
 use tokio::sync::{Notify, mpsc};
 
 use super::writer::{self, Writer};
-use crate::domain::{DetachReason, Member, NewRoom, Room, RoomId, UnixMicros};
+use crate::domain::{DetachReason, Member, NewRoom, Room, RoomId, RoomMove, UnixMicros};
 use crate::error::{Error, Result};
 use crate::live::Hubs;
 use crate::store::Store;
@@ -119,9 +119,9 @@ type Job = writer::Job<Change, Outcome>;
 /// The handle callers use; cheap to clone. The writer task ends once every handle is
 /// dropped and the changes already handed over are applied.
 #[derive(Clone)]
-pub struct Admissions(Writer<Change, Outcome>);
+pub struct Roster(Writer<Change, Outcome>);
 
-impl Admissions {
+impl Roster {
     /// Starts the writer task (returned, for its supervision). Leaves that empty a
     /// room wake `deadlines_changed` (a destroy-when-empty delay may start).
     pub fn start(
@@ -129,7 +129,7 @@ impl Admissions {
         hubs: Arc<Hubs>,
         deadlines_changed: Arc<Notify>,
         max_rooms_per_user: u32,
-    ) -> (Admissions, tokio::task::JoinHandle<()>) {
+    ) -> (Roster, tokio::task::JoinHandle<()>) {
         let batches = apply::Batches {
             store,
             hubs,
@@ -137,7 +137,7 @@ impl Admissions {
             max_rooms_per_user,
         };
         let (writer, task) = Writer::start("membership writer", QUEUE, |queue| run(batches, queue));
-        (Admissions(writer), task)
+        (Roster(writer), task)
     }
 
     /// Creates a room with `user_id` as its owner and first member (CreateRoom).
@@ -209,16 +209,15 @@ impl Admissions {
     /// user is still in `from`. Returns `to` as the move left it.
     pub async fn switch(
         &self,
-        from: &RoomId,
-        to: &RoomId,
+        rooms: &RoomMove,
         user_id: &str,
         display_name: String,
     ) -> Result<Room> {
         let kind = Kind::Switch {
-            to: to.clone(),
+            to: rooms.to().clone(),
             display_name,
         };
-        match self.apply(from, user_id, kind).await? {
+        match self.apply(rooms.from(), user_id, kind).await? {
             Outcome::Switched(switched) => Ok(switched.to),
             _ => Err(mismatch("switch")),
         }
