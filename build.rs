@@ -23,18 +23,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(false)
         .compile_fds(fds.clone())?;
 
-    // Pass 2: the server alone, reusing pass 1's messages — except that the Subscribe
-    // stream yields `proto::Frame`, a response encoded once and shared by every
-    // subscriber, instead of a message encoded again for each.
+    // Pass 2: the server alone, reusing pass 1's messages, for the unary calls only.
+    // The two streaming calls (Subscribe, Listen) write frames encoded once and shared
+    // by every subscriber, which tonic's generated handler cannot: `api::streams`
+    // answers them, and is their only definition.
+    let mut unary = fds;
+    for file in &mut unary.file {
+        for service in &mut file.service {
+            service
+                .method
+                .retain(|m| !m.client_streaming() && !m.server_streaming());
+        }
+    }
     let server_dir = out_dir.join("server");
     std::fs::create_dir_all(&server_dir)?;
     tonic_prost_build::configure()
         .build_client(false)
         .build_server(true)
         .extern_path(".chatroom.v1", "crate::proto::pb")
-        .extern_path(".chatroom.v1.SubscribeResponse", "crate::proto::Frame")
         .codec_path("crate::api::codec::LeanCodec")
         .out_dir(&server_dir)
-        .compile_fds(fds)?;
+        .compile_fds(unary)?;
     Ok(())
 }

@@ -34,15 +34,18 @@
 //!   stays unread (`--stalled-stream-timeout`).
 //! - [`tls`]: TLS and mTLS on the listener — a handshake task per connection with a
 //!   deadline, certificates reloaded on SIGHUP.
-//! - [`api`]: the gRPC layer only — identity, request validation, the service, the
-//!   Subscribe session loop ([`api::session`], also behind `Listen`), its route
-//!   ([`api::subscribe`], which writes pre-encoded frames to HTTP/2), the tasks a stream's database work runs on
-//!   ([`api::work`]: never inside the session, which runs only while its client reads)
-//!   and the server's codec (which answers undecodable messages INVALID_ARGUMENT).
+//! - [`api`]: the gRPC layer only — identity, the unary handlers, the service as
+//!   served ([`api::routes`]) under one span-and-metrics layer ([`api::metered`]),
+//!   Subscribe and Listen opened once ([`api::streams`]), the session loop
+//!   ([`api::session`]), its body, which writes pre-encoded frames to HTTP/2
+//!   ([`api::body`]), the tasks a stream's database work runs on ([`api::work`]:
+//!   never inside the session, which runs only while its client reads) and the
+//!   server's codec (which answers undecodable messages INVALID_ARGUMENT).
 //! - [`domain`]: the types every layer imports — ids, rooms, members, messages, pages —
 //!   parsed once at the edge.
-//! - [`rooms`]: the rules — membership, limits, permissions, sending — and the two
-//!   writers that group-commit changes: every change of membership
+//! - [`rooms`]: the rules — membership, limits, permissions, sending — as handles,
+//!   one file each, that list what they hold ([`rooms::Rooms`] bundles them), and the
+//!   two writers that group-commit changes: every change of membership
 //!   ([`rooms::roster`]) and messages ([`rooms::sequencer`]); presence, on one node
 //!   or over a cluster ([`rooms::presence`]); the expiry of presence and empty rooms;
 //!   history retention ([`rooms::retention`]). No tonic, no SQL, and no

@@ -3,8 +3,9 @@
 //! Tonic gives every call an encode buffer and a decode buffer of 8 KiB each by
 //! default. Here both start empty and grow only while something is written or read;
 //! the yield threshold bounds how much one response may gather in an encode buffer
-//! before it is flushed. Subscribe responses skip the encode buffer altogether (see
-//! [`super::subscribe`]); its requests are decoded with this codec's decoder.
+//! before it is flushed. Subscribe and Listen responses skip the encode buffer
+//! altogether (see [`super::streams`]); their requests are decoded with
+//! [`LeanDecoder`].
 
 use std::marker::PhantomData;
 
@@ -43,7 +44,7 @@ where
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        LeanDecoder(ProstDecoder::new(BufferSettings::new(0, YIELD_THRESHOLD)))
+        LeanDecoder::default()
     }
 }
 
@@ -52,6 +53,12 @@ where
 /// `ErrorInfo` like every other — where prost's codec answers INTERNAL.
 #[derive(Debug)]
 pub struct LeanDecoder<U>(ProstDecoder<U>);
+
+impl<U> Default for LeanDecoder<U> {
+    fn default() -> Self {
+        LeanDecoder(ProstDecoder::new(BufferSettings::new(0, YIELD_THRESHOLD)))
+    }
+}
 
 impl<U: Message + Default> Decoder for LeanDecoder<U> {
     type Item = U;

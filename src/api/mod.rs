@@ -1,18 +1,28 @@
 //! The gRPC layer: identity, decoding and validating requests, calling the room rules,
 //! and encoding answers. It holds no rules of its own.
+//!
+//! The files: this one has the unary handlers ([`ChatRoomApi`]: decode, call the
+//! rules, encode) and who the caller is; [`routes`] is the service as served (the
+//! streaming calls to [`streams`], the rest to the generated server), under
+//! [`metered`] (a span and metrics for every call); [`streams`] opens Subscribe and
+//! Listen, [`session`] runs one, [`body`] writes its frames, [`work`] runs its
+//! database work; [`status`] maps every error to its gRPC status; [`codec`] is the
+//! prost codec with small buffers.
 
+pub mod body;
 pub mod codec;
+pub mod metered;
+pub mod routes;
 pub mod session;
 pub mod status;
-pub mod subscribe;
+pub mod streams;
 pub mod work;
 
-use std::pin::Pin;
 use std::sync::Arc;
 
 use tokio::sync::watch;
 use tokio_stream::Stream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Request, Response, Status};
 
 use crate::auth::Verifier;
 use crate::domain::{Caller, PageRequest, RoomId, UserId};
@@ -26,7 +36,8 @@ use server::chat_room_service_server::ChatRoomService;
 pub use session::{SessionLimits, Sessions};
 use tonic::metadata::MetadataMap;
 
-/// The generated server: like `pb`'s client, except that Subscribe yields [`Frame`]s.
+/// The generated server of the unary calls (`build.rs`; the streaming ones are
+/// [`streams`]).
 pub mod server {
     #![allow(missing_docs, clippy::all)]
     include!(concat!(env!("OUT_DIR"), "/server/chatroom.v1.rs"));
@@ -72,7 +83,7 @@ impl ChatRoomApi {
     /// The caller with one of its stream slots (`TOO_MANY_STREAMS` when it has
     /// none left).
     fn stream_slot(&self, caller: Caller) -> Result<(Caller, StreamSlot), Error> {
-        let slot = self.rooms.open_stream(&caller)?;
+        let slot = self.rooms.streams.open_stream(&caller)?;
         Ok((caller, slot))
     }
 
@@ -140,7 +151,7 @@ impl ChatRoomApi {
     }
 }
 
-/// Records the room a call is about into its span (see `subscribe::WithSubscribe`).
+/// Records the room a call is about into its span (see [`metered`]).
 fn in_room(room_id: &RoomId) {
     tracing::Span::current().record("room_id", room_id.as_str());
 }
@@ -173,8 +184,6 @@ fn bearer_token(metadata: &MetadataMap) -> Result<&str, Error> {
     }
 }
 
-type SubscribeStream = Pin<Box<dyn Stream<Item = Result<Frame, Status>> + Send>>;
-
 #[tonic::async_trait]
 impl ChatRoomService for ChatRoomApi {
     async fn create_room(
@@ -186,7 +195,11 @@ impl ChatRoomService for ChatRoomApi {
         let display_name = decode::display_name(req.display_name)?;
         let room = decode::new_room(req.room_id, req.name, req.attributes, req.settings)?;
         in_room(&room.id);
-        let room = self.rooms.create(&caller, room, display_name).await?;
+        let room = self
+            .rooms
+            .membership
+            .create(&caller, room, display_name)
+            .await?;
         Ok(Response::new(pb::CreateRoomResponse {
             room: Some(room.into()),
         }))
@@ -201,7 +214,11 @@ impl ChatRoomService for ChatRoomApi {
         let room_id = decode::room_id("room_id", req.room_id)?;
         in_room(&room_id);
         let display_name = decode::display_name(req.display_name)?;
-        let room = self.rooms.join(&caller, &room_id, display_name).await?;
+        let room = self
+            .rooms
+            .membership
+            .join(&caller, &room_id, display_name)
+            .await?;
         Ok(Response::new(pb::JoinRoomResponse {
             room: Some(room.into()),
         }))
@@ -216,7 +233,11 @@ impl ChatRoomService for ChatRoomApi {
         let display_name = decode::display_name(req.display_name)?;
         let room = decode::new_room(req.room_id, req.name, req.attributes, req.settings)?;
         in_room(&room.id);
-        let (room, created) = self.rooms.enter(&caller, room, display_name).await?;
+        let (room, created) = self
+            .rooms
+            .membership
+            .enter(&caller, room, display_name)
+            .await?;
         Ok(Response::new(pb::EnterRoomResponse {
             room: Some(room.into()),
             created,
@@ -230,7 +251,7 @@ impl ChatRoomService for ChatRoomApi {
         let caller = self.caller(request.metadata()).await?;
         let room_id = decode::room_id("room_id", request.into_inner().room_id)?;
         in_room(&room_id);
-        self.rooms.leave(&caller, &room_id).await?;
+        self.rooms.membership.leave(&caller, &room_id).await?;
         Ok(Response::new(pb::LeaveRoomResponse {}))
     }
 
@@ -243,7 +264,11 @@ impl ChatRoomService for ChatRoomApi {
         let rooms = decode::room_move(req.from_room_id, req.to_room_id)?;
         in_room(rooms.to());
         let display_name = decode::display_name(req.display_name)?;
-        let room = self.rooms.switch(&caller, &rooms, display_name).await?;
+        let room = self
+            .rooms
+            .membership
+            .switch(&caller, &rooms, display_name)
+            .await?;
         Ok(Response::new(pb::SwitchRoomResponse {
             room: Some(room.into()),
         }))
@@ -256,7 +281,7 @@ impl ChatRoomService for ChatRoomApi {
         let caller = self.caller(request.metadata()).await?;
         let room_id = decode::room_id("room_id", request.into_inner().room_id)?;
         in_room(&room_id);
-        let room = self.rooms.get(&caller, &room_id).await?;
+        let room = self.rooms.admin.get(&caller, &room_id).await?;
         Ok(Response::new(pb::GetRoomResponse {
             room: Some(room.into()),
         }))
@@ -270,7 +295,7 @@ impl ChatRoomService for ChatRoomApi {
         let req = request.into_inner();
         let filter = decode::room_filter(req.name, req.name_prefix)?;
         let page = PageRequest::new(req.page_size, decode::page_token(&req.page_token)?);
-        let page = self.rooms.list(&filter, page).await?;
+        let page = self.rooms.admin.list(&filter, page).await?;
         Ok(Response::new(pb::ListRoomsResponse {
             rooms: page.items.into_iter().map(Into::into).collect(),
             next_page_token: encode::page_token(page.next_after),
@@ -284,7 +309,7 @@ impl ChatRoomService for ChatRoomApi {
         let caller = self.caller(request.metadata()).await?;
         let (room_id, patch) = decode::room_patch(request.into_inner())?;
         in_room(&room_id);
-        let room = self.rooms.update(&caller, &room_id, patch).await?;
+        let room = self.rooms.admin.update(&caller, &room_id, patch).await?;
         Ok(Response::new(pb::UpdateRoomResponse {
             room: Some(room.into()),
         }))
@@ -297,7 +322,7 @@ impl ChatRoomService for ChatRoomApi {
         let caller = self.caller(request.metadata()).await?;
         let room_id = decode::room_id("room_id", request.into_inner().room_id)?;
         in_room(&room_id);
-        self.rooms.delete(&caller, &room_id).await?;
+        self.rooms.admin.delete(&caller, &room_id).await?;
         Ok(Response::new(pb::DeleteRoomResponse {}))
     }
 
@@ -312,6 +337,7 @@ impl ChatRoomService for ChatRoomApi {
         let page = PageRequest::new(req.page_size, decode::page_token(&req.page_token)?);
         let page = self
             .rooms
+            .admin
             .members(&caller, &room_id, req.online_only, page)
             .await?;
         Ok(Response::new(pb::ListMembersResponse {
@@ -327,7 +353,7 @@ impl ChatRoomService for ChatRoomApi {
         let caller = self.caller(request.metadata()).await?;
         let draft = decode::draft(request.into_inner(), self.rooms.message_limits())?;
         in_room(&draft.room_id);
-        let message = self.rooms.send(&caller, draft, None).await?;
+        let message = self.rooms.messages.send(&caller, draft, None).await?;
         Ok(Response::new(pb::SendMessageResponse {
             message: Some((&message).into()),
         }))
@@ -342,39 +368,14 @@ impl ChatRoomService for ChatRoomApi {
         let (range, limit) = decode::history(&req)?;
         let room_id = decode::room_id("room_id", req.room_id)?;
         in_room(&room_id);
-        let (messages, has_more) = self.rooms.messages(&caller, &room_id, range, limit).await?;
+        let (messages, has_more) = self
+            .rooms
+            .messages
+            .messages(&caller, &room_id, range, limit)
+            .await?;
         Ok(Response::new(pb::ListMessagesResponse {
             messages: messages.iter().map(Into::into).collect(),
             has_more,
         }))
-    }
-
-    type SubscribeStream = SubscribeStream;
-
-    async fn subscribe(
-        &self,
-        request: Request<Streaming<pb::SubscribeRequest>>,
-    ) -> Result<Response<Self::SubscribeStream>, Status> {
-        // `serve` answers Subscribe with `subscribe::WithSubscribe`, which writes the
-        // frames without tonic's encoder; through tonic (the generated service alone)
-        // the same session runs.
-        let (caller, slot) = self.stream_slot(self.caller(request.metadata()).await?)?;
-        Ok(Response::new(Box::pin(self.session(
-            caller,
-            slot,
-            request.into_inner(),
-        ))))
-    }
-
-    type ListenStream = SubscribeStream;
-
-    async fn listen(
-        &self,
-        request: Request<pb::ListenRequest>,
-    ) -> Result<Response<Self::ListenStream>, Status> {
-        // Like Subscribe, `serve` answers Listen in `subscribe::WithSubscribe`.
-        let (caller, slot) = self.stream_slot(self.caller(request.metadata()).await?)?;
-        let session = self.listen_session(caller, slot, request.into_inner())?;
-        Ok(Response::new(Box::pin(session)))
     }
 }

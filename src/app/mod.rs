@@ -33,7 +33,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub struct App {
     config: Config,
     store: store::Store,
-    service: api::subscribe::WithSubscribe,
+    service: api::metered::Metered<api::routes::Routes>,
     cors: tower_http::cors::CorsLayer,
     tls: Option<Arc<tls::Tls>>,
     health_service: HealthServer<HealthService>,
@@ -146,7 +146,7 @@ impl App {
             health.clone(),
             stop_tx.clone(),
         ));
-        let service = api::subscribe::WithSubscribe::new(
+        let service = api::routes::Routes::new(
             api::ChatRoomApi::new(
                 rooms,
                 api::SessionLimits {
@@ -157,6 +157,8 @@ impl App {
             ),
             parts::max_request_bytes(&config),
         );
+        // Every call of the contract spanned and metered, in one layer.
+        let service = tower_layer::Layer::layer(&api::metered::MeteredLayer, service);
         Ok(App {
             config,
             store,
@@ -182,7 +184,7 @@ impl App {
         rooms: &rooms::Rooms,
         stop: &watch::Receiver<bool>,
     ) -> Vec<JoinHandle<()>> {
-        let mut tasks = vec![rooms::expiry::start(rooms.clone(), stop.clone())];
+        let mut tasks = vec![rooms::expiry::start(rooms.expiry.clone(), stop.clone())];
         tasks.extend(rooms::retention::start(
             store.clone(),
             rooms::retention::Retention {

@@ -3,15 +3,12 @@
 //! Fan-out sends the same event to every subscriber of a room. Encoding it per
 //! subscriber would repeat the same work thousands of times, so events are encoded
 //! once into a [`Frame`] and every stream writes those bytes. A frame holds the message
-//! as it goes on the wire, behind gRPC's 5-byte length prefix, so the Subscribe route
-//! (`api::subscribe`) hands it to HTTP/2 without a copy. The server's codegen also maps
-//! `SubscribeResponse` to this type (see `build.rs`), so tonic's codec can write it: it
-//! asks for the length and bytes, which a frame already has. Clients decode the
-//! ordinary message.
+//! as it goes on the wire, behind gRPC's 5-byte length prefix, so a stream's body
+//! (`api::body`) hands it to HTTP/2 without a copy. Clients decode the ordinary
+//! message.
 
-use bytes::{Buf, BufMut, Bytes};
+use bytes::Bytes;
 use prost::Message;
-use prost::encoding::{DecodeContext, WireType};
 
 use super::pb;
 
@@ -21,12 +18,6 @@ const PREFIX: usize = 5;
 /// An encoded `SubscribeResponse`, with its gRPC prefix. Cloning shares the bytes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Frame(Bytes);
-
-impl Default for Frame {
-    fn default() -> Self {
-        Frame::encode(&pb::SubscribeResponse::default())
-    }
-}
 
 impl Frame {
     /// Encodes a response.
@@ -74,57 +65,11 @@ impl Frame {
     pub fn into_wire(self) -> Bytes {
         self.0
     }
-
-    /// The encoded message alone.
-    fn message(&self) -> &[u8] {
-        &self.0[PREFIX..]
-    }
-}
-
-impl Message for Frame {
-    fn encode_raw(&self, buf: &mut impl BufMut) {
-        buf.put_slice(self.message());
-    }
-
-    /// Frames are only ever encoded, on the server; decoding skips every field.
-    fn merge_field(
-        &mut self,
-        tag: u32,
-        wire_type: WireType,
-        buf: &mut impl Buf,
-        ctx: DecodeContext,
-    ) -> Result<(), prost::DecodeError> {
-        prost::encoding::skip_field(wire_type, tag, buf, ctx)
-    }
-
-    fn encoded_len(&self) -> usize {
-        self.message().len()
-    }
-
-    fn clear(&mut self) {
-        *self = Frame::default();
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_frame_decodes_as_the_response_it_encodes() {
-        let response = pb::SubscribeResponse {
-            request_id: "r1".into(),
-            event: Some(pb::subscribe_response::Event::Pong(pb::Pong {})),
-        };
-        let frame = Frame::encode(&response);
-        // Through prost's own framing, as the codec writes it.
-        let wire = frame.encode_to_vec();
-        assert_eq!(
-            pb::SubscribeResponse::decode(wire.as_slice()).unwrap(),
-            response
-        );
-        assert_eq!(frame.encoded_len(), response.encoded_len());
-    }
 
     #[test]
     fn a_frame_carries_the_grpc_prefix() {

@@ -1,9 +1,36 @@
 //! Reading and administering rooms: GetRoom, ListRooms, UpdateRoom, DeleteRoom,
-//! ListMembers, and who may read a room.
+//! ListMembers.
 
-use super::*;
+use std::sync::Arc;
 
-impl Rooms {
+use tokio::sync::Notify;
+
+use super::presence::Online;
+use super::rates::Rates;
+use super::readers::Readers;
+use super::{check_in_token, lock_existing, not_found};
+use crate::domain::{
+    Caller, Member, Page, PageRequest, Room, RoomFilter, RoomId, RoomPatch, UnixMicros,
+};
+use crate::error::{Error, Result};
+use crate::live::Hubs;
+use crate::store::Store;
+
+/// The room administration handle: what reading, changing and deleting rooms, and
+/// listing their members, need.
+#[derive(Clone)]
+pub struct Admin {
+    pub(super) store: Store,
+    pub(super) rates: Arc<Rates>,
+    /// Where updates and deletions are announced.
+    pub(super) hubs: Arc<Hubs>,
+    pub(super) online: Online,
+    pub(super) readers: Readers,
+    /// Wakes the expiry task when a room's presence timeout changes.
+    pub(super) deadlines_changed: Arc<Notify>,
+}
+
+impl Admin {
     /// Reads a room (any caller whose token reaches it).
     pub async fn get(&self, caller: &Caller, room_id: &RoomId) -> Result<Room> {
         check_in_token(caller, room_id)?;
@@ -12,7 +39,7 @@ impl Rooms {
             .room(room_id)
             .await?
             .ok_or_else(|| not_found(room_id))?;
-        Ok(self.with_presence(room).await)
+        Ok(self.online.with_presence(room).await)
     }
 
     /// Lists rooms by id.
@@ -21,7 +48,7 @@ impl Rooms {
             .store
             .rooms(filter, page.after.as_deref(), page.size + 1)
             .await?;
-        let rooms = self.with_presence_all(rooms).await;
+        let rooms = self.online.with_presence_all(rooms).await;
         Ok(Page::from_overfetch(rooms, page.size, |r: &Room| {
             r.id.to_string()
         }))
@@ -68,19 +95,19 @@ impl Rooms {
             // (a cluster keeps `last_seen` always, through each node's presence rows).
             if !had_timeout
                 && room.settings.presence_timeout.is_some()
-                && !self.live.ledger.records_every_room()
+                && !self.online.records_every_room()
             {
                 tx.offline_since(room_id, now).await?;
             }
             room = tx.update_room(&room, now).await?;
             tx.commit().await?;
-            room = self.with_presence(room).await;
-            self.live.hubs.room_updated(&room);
+            room = self.online.with_presence(room).await;
+            self.hubs.room_updated(&room);
             // A new or shorter presence timeout may be due sooner.
             self.deadlines_changed.notify_one();
             return Ok(room);
         }
-        Ok(self.with_presence(room).await)
+        Ok(self.online.with_presence(room).await)
     }
 
     /// Deletes a room with its members and history (owner or admin).
@@ -96,7 +123,7 @@ impl Rooms {
         }
         tx.delete_room(room_id).await?;
         tx.commit().await?;
-        self.live.hubs.room_deleted(room_id);
+        self.hubs.room_deleted(room_id);
         Ok(())
     }
 
@@ -108,11 +135,12 @@ impl Rooms {
         online_only: bool,
         page: PageRequest,
     ) -> Result<Page<Member>> {
-        self.check_can_read(caller, room_id).await?;
+        self.readers.check_can_read(caller, room_id).await?;
         let members = if online_only {
             // Online members are few: read just those rows.
             let mut members = Vec::new();
             for user in self
+                .online
                 .online_users(room_id, page.after.as_deref(), page.size + 1)
                 .await?
             {
@@ -127,7 +155,7 @@ impl Rooms {
                 .await?
         };
         let users: Vec<&str> = members.iter().map(|m| m.user_id.as_str()).collect();
-        let online = self.online_among(room_id, &users).await?;
+        let online = self.online.online_among(room_id, &users).await?;
         let members = members
             .into_iter()
             .map(|mut m| {
@@ -138,12 +166,5 @@ impl Rooms {
         Ok(Page::from_overfetch(members, page.size, |m: &Member| {
             m.user_id.clone()
         }))
-    }
-
-    /// Fails unless the caller's token reaches the room, the room exists, and the
-    /// caller may receive it (a member or an admin).
-    pub(super) async fn check_can_read(&self, caller: &Caller, room_id: &RoomId) -> Result<()> {
-        check_in_token(caller, room_id)?;
-        self.readable(caller, room_id).await.map(drop)
     }
 }

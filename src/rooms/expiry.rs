@@ -12,10 +12,21 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::Rooms;
+use super::presence::Online;
+use super::roster::Roster;
 use crate::domain::UnixMicros;
 use crate::error::Result;
-use crate::store::DueMember;
+use crate::store::{DueMember, Store};
+
+/// The expiry handle: what applying due deadlines needs.
+#[derive(Clone)]
+pub struct Expiry {
+    pub(super) store: Store,
+    /// Applies the removals and deletions, re-checking each under its room's lock.
+    pub(super) roster: Roster,
+    /// Who is online after all; its `deadlines_changed` wakes the task.
+    pub(super) online: Online,
+}
 
 /// Longest sleep: deadlines made by another process are noticed at least this often.
 const MAX_WAIT: Duration = Duration::from_secs(5);
@@ -27,12 +38,12 @@ const ROUND: u32 = 200;
 const MAX_PAGES: usize = 8;
 
 /// Starts the expiry task; it ends when `stop` turns true.
-pub fn start(rooms: Rooms, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
+pub fn start(expiry: Expiry, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             let now = UnixMicros::now();
-            let wait = match rooms.expire_due(now).await {
-                Ok(()) => match rooms.store.next_deadline().await {
+            let wait = match expiry.expire_due(now).await {
+                Ok(()) => match expiry.store.next_deadline().await {
                     Ok(Some(deadline)) => until(now, deadline).clamp(MIN_WAIT, MAX_WAIT),
                     Ok(None) => MAX_WAIT,
                     Err(error) => {
@@ -47,7 +58,7 @@ pub fn start(rooms: Rooms, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
             };
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
-                () = rooms.deadlines_changed.notified() => {}
+                () = expiry.online.deadlines_changed.notified() => {}
                 _ = stop.changed() => return,
             }
         }
@@ -58,7 +69,7 @@ fn until(now: UnixMicros, deadline: UnixMicros) -> Duration {
     Duration::from_micros(u64::try_from(deadline.0 - now.0).unwrap_or(0))
 }
 
-impl Rooms {
+impl Expiry {
     /// Removes members whose presence timeout passed and deletes rooms whose
     /// destroy-when-empty delay passed, as of `now`. Both are changes of membership,
     /// so the membership writer applies them, re-checking each under its room's lock.
@@ -74,10 +85,10 @@ impl Rooms {
                 let DueMember {
                     room_id, user_id, ..
                 } = member;
-                if self.live.presence.is_online(&room_id, &user_id) {
+                if self.online.memory.is_online(&room_id, &user_id) {
                     // Attached after all: its stored last-seen lost a race with an
                     // attach. Store that it is online, so it is not due again.
-                    if let Err(error) = self.sync_presence(&room_id, &user_id).await {
+                    if let Err(error) = self.online.sync(&room_id, &user_id).await {
                         tracing::warn!(%error, room = %room_id, user = user_id, "could not record presence");
                     }
                     continue;

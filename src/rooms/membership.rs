@@ -2,9 +2,26 @@
 //! hands its change to the membership writer ([`Roster`]), where its rules are
 //! checked, in the same transaction as its writes.
 
-use super::*;
+use std::sync::Arc;
 
-impl Rooms {
+use super::check_in_token;
+use super::presence::Online;
+use super::rates::Rates;
+use super::roster::Roster;
+use crate::domain::{Caller, Member, NewRoom, Room, RoomId, RoomMove};
+use crate::error::Result;
+
+/// The membership handle: what joining and leaving need.
+#[derive(Clone)]
+pub struct Membership {
+    /// The one writer of membership.
+    pub(super) roster: Roster,
+    pub(super) rates: Arc<Rates>,
+    /// Fills in the online counts of the rooms answered.
+    pub(super) online: Online,
+}
+
+impl Membership {
     /// Creates a room with the caller as its owner and first member.
     pub async fn create(
         &self,
@@ -19,7 +36,7 @@ impl Rooms {
             .roster
             .create(room, caller.user_id.as_str(), display_name)
             .await?;
-        Ok(self.with_presence(room).await)
+        Ok(self.online.with_presence(room).await)
     }
 
     /// Joins an existing room; already being a member is not an error.
@@ -36,7 +53,7 @@ impl Rooms {
             .roster
             .join_existing(room_id, caller.user_id.as_str(), display_name)
             .await?;
-        Ok(self.with_presence(joined.room).await)
+        Ok(self.online.with_presence(joined.room).await)
     }
 
     /// Creates the room, or joins it if it exists; true when this call created it.
@@ -56,7 +73,7 @@ impl Rooms {
             .roster
             .enter(room, caller.user_id.as_str(), display_name)
             .await?;
-        Ok((self.with_presence(joined.room).await, joined.created))
+        Ok((self.online.with_presence(joined.room).await, joined.created))
     }
 
     /// Leaves a room; not being a member is not an error. Returns the member removed.
@@ -84,6 +101,6 @@ impl Rooms {
             .roster
             .switch(rooms, caller.user_id.as_str(), display_name)
             .await?;
-        Ok(self.with_presence(room).await)
+        Ok(self.online.with_presence(room).await)
     }
 }

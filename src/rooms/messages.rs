@@ -1,8 +1,86 @@
 //! Sending and reading messages: SendMessage, ListMessages, and catch-up pages.
 
-use super::*;
+use std::sync::Arc;
 
-impl Rooms {
+use super::rates::Rates;
+use super::readers::Readers;
+use super::sequencer::{self, Appended, Sequencer};
+use super::{check_in_token, not_found};
+use crate::domain::{Caller, Draft, HistoryRange, Message, MessageKind, RoomId};
+use crate::error::{Error, Result};
+use crate::live::Hubs;
+use crate::store::Store;
+
+/// The messages handle: what sending and reading history need.
+#[derive(Clone)]
+pub struct Messages {
+    pub(super) store: Store,
+    pub(super) rates: Arc<Rates>,
+    /// The one writer of stored messages (CHAT).
+    pub(super) sequencer: Sequencer,
+    /// Where unstored kinds are published at once.
+    pub(super) hubs: Arc<Hubs>,
+    pub(super) readers: Readers,
+}
+
+/// A message handed over for sending, with its answer to come.
+pub enum Sent {
+    /// Unstored kinds are published at once.
+    Published(Box<Message>),
+    /// CHAT is answered by the writer once committed.
+    Stored {
+        room_id: RoomId,
+        answer: sequencer::Answer,
+        /// Gives the send's token back if the writer refuses it for its room.
+        refund: Refund,
+    },
+}
+
+/// Where a refused CHAT send's rate token goes back to.
+pub struct Refund {
+    rates: Arc<Rates>,
+    user: Arc<str>,
+}
+
+impl Sent {
+    /// The accepted message (with its seq, for CHAT).
+    pub async fn answer(self) -> Result<Message> {
+        match self {
+            Sent::Published(message) => Ok(*message),
+            Sent::Stored {
+                room_id,
+                answer,
+                refund,
+            } => {
+                let refused = match answer.await? {
+                    Appended::New(m) | Appended::Existing(m) => return Ok(m),
+                    Appended::RoomGone => not_found(&room_id),
+                    Appended::NotAMember => Error::NotAMember {
+                        room_id: room_id.to_string(),
+                    },
+                };
+                refund.rates.refund_send(&refund.user, MessageKind::Chat);
+                Err(refused)
+            }
+        }
+    }
+}
+
+/// Whether a send was refused for its room (missing, or the sender may not send
+/// there) — before anything was stored or published, so its rate token goes back.
+fn refused_for_its_room(error: &Error) -> bool {
+    matches!(error, Error::RoomNotFound { .. } | Error::NotAMember { .. })
+}
+
+/// A page of a stream's catch-up.
+#[derive(Debug)]
+pub struct CatchUp {
+    pub messages: Vec<Message>,
+    /// More stored messages may follow the page.
+    pub more: bool,
+}
+
+impl Messages {
     /// Sends a message and waits for its answer: for CHAT, after the commit; for
     /// BARRAGE and COMMAND, after publishing.
     pub async fn send(
@@ -39,7 +117,7 @@ impl Rooms {
             // transaction: one lookup per batch instead of reads per message.
             let name = sender_name.unwrap_or_default();
             let message = Message::accept(draft, user, name);
-            let answer = self.live.sequencer.submit(message, caller.admin).await?;
+            let answer = self.sequencer.submit(message, caller.admin).await?;
             return Ok(Sent::Stored {
                 room_id,
                 answer,
@@ -51,7 +129,7 @@ impl Rooms {
         }
         let name = match sender_name {
             Some(name) => name.to_string(),
-            None => match self.readable(caller, &draft.room_id).await {
+            None => match self.readers.readable(caller, &draft.room_id).await {
                 Ok((_, name, _)) => name,
                 Err(error) => {
                     if refused_for_its_room(&error) {
@@ -62,8 +140,7 @@ impl Rooms {
             },
         };
         let message = Message::accept(draft, caller.user_id.as_str(), &name);
-        self.live
-            .hubs
+        self.hubs
             .publish_messages(&message.room_id, std::iter::once(&message));
         Ok(Sent::Published(Box::new(message)))
     }
@@ -76,7 +153,7 @@ impl Rooms {
         range: HistoryRange,
         limit: u32,
     ) -> Result<(Vec<Message>, bool)> {
-        self.check_can_read(caller, room_id).await?;
+        self.readers.check_can_read(caller, room_id).await?;
         let mut messages = self.store.messages(room_id, range, limit + 1).await?;
         let more = messages.len() > limit as usize;
         messages.truncate(limit as usize);
@@ -102,8 +179,8 @@ impl Rooms {
             .messages_for_reader(room_id, user, caller.admin, after_seq, limit, max_bytes)
             .await?;
         if messages.is_empty() {
-            // Caught up, or no longer allowed: which one, the access check tells.
-            self.access(caller, room_id).await?;
+            // Caught up, or no longer allowed: which one, the read check tells.
+            self.readers.check_can_read(caller, room_id).await?;
         }
         Ok(CatchUp { messages, more })
     }

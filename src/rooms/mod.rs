@@ -5,16 +5,18 @@
 //! failed check drops the transaction, so nothing is written. This module knows
 //! neither gRPC nor SQL.
 //!
-//! The operations, a file per group: [`membership`] (create, join, enter, leave,
-//! switch), [`admin`] (read, list, update, delete rooms, list members), [`messages`]
-//! (send, read history, catch up), [`streams`] (access for Subscribe), [`presence`]
-//! (who is online, on one node or across a cluster);
-//! the two writers every change goes through, [`roster`] (membership) and
-//! [`sequencer`] (messages), on the handle they share ([`writer`]); [`expiry`]
-//! (presence timeouts, empty rooms); [`retention`] (deleting history past its age or
-//! count). Whether this is one node or a node of a cluster is not asked here: the
-//! rules publish through the hubs' broker and write presence through the ledger
-//! they are given ([`Parts`]).
+//! [`Rooms`] is a set of handles, one per group of operations, each in its own file
+//! and each listing what it holds: [`membership::Membership`] (create, join, enter,
+//! leave, switch), [`admin::Admin`] (read, list, update, delete rooms, list members),
+//! [`messages::Messages`] (send, read history, catch up), [`streams::Streams`]
+//! (stream slots and access for Subscribe), [`expiry::Expiry`] (presence timeouts and
+//! empty rooms, applied by its task). They share [`presence::Online`] (who is
+//! online, here and in the ledger), [`readers::Readers`] (who may receive a room) and
+//! [`rates`]; the two writers every change goes through, [`roster`] (membership) and
+//! [`sequencer`] (messages), on the handle they share ([`writer`]); [`retention`]
+//! deletes history past its age or count. Whether this is one node or a node of a
+//! cluster is not asked here: the rules publish through the hubs' broker and write
+//! presence through the ledger they are given ([`Parts`]).
 //!
 //! It imports `domain`, `error`, `live`, `store`, `proto` and `telemetry`.
 
@@ -24,6 +26,7 @@ pub mod membership;
 pub mod messages;
 pub mod presence;
 pub mod rates;
+pub mod readers;
 pub mod retention;
 pub mod roster;
 pub mod sequencer;
@@ -31,21 +34,25 @@ pub mod streams;
 pub mod writer;
 
 use std::collections::HashSet;
+use std::ops::Deref;
 use std::sync::Arc;
 
 use tokio::sync::Notify;
 use tokio_util::task::TaskTracker;
 
-use crate::domain::{
-    Caller, Draft, HistoryRange, Member, Message, MessageLimits, NewRoom, Page, PageRequest, Room,
-    RoomFilter, RoomId, RoomMove, RoomPatch, UnixMicros, UserId,
-};
+use crate::domain::{Caller, MessageLimits, Room, RoomId, UserId};
 use crate::error::{Error, Result};
 use crate::live::{Hubs, Presence, PresenceLedger};
 use crate::store::{Store, Tx};
+use admin::Admin;
+use expiry::Expiry;
+use membership::Membership;
+pub use messages::{CatchUp, Messages, Sent};
+use presence::Online;
+use readers::Readers;
 use roster::Roster;
-use sequencer::Appended;
 pub use sequencer::Sequencer;
+pub use streams::{Access, Streams};
 
 /// Limits that apply across rooms.
 #[derive(Clone, Debug)]
@@ -75,106 +82,38 @@ pub struct Parts {
     pub tasks: TaskTracker,
 }
 
-/// Room operations, as the API layer calls them.
+/// The rules' handles, as the API layer calls them. A clone is one pointer: every
+/// Subscribe stream keeps one for as long as it lives.
 #[derive(Clone)]
-pub struct Rooms {
-    store: Store,
-    live: Parts,
-    limits: Limits,
-    admins: Arc<HashSet<String>>,
-    /// The one writer of membership (every join, leave, switch, presence timeout and
-    /// destroy-when-empty deletion).
-    roster: Roster,
+pub struct Rooms(Arc<Handles>);
+
+/// Every handle (each defined, with what it holds, in its own file), and what the
+/// API layer reads of the rules besides.
+pub struct Handles {
+    pub membership: Membership,
+    pub admin: Admin,
+    pub messages: Messages,
+    pub streams: Streams,
+    pub expiry: Expiry,
+    /// The fan-out hubs (the Subscribe session receives from them).
+    hubs: Arc<Hubs>,
+    message_limits: MessageLimits,
+    /// `--admin-users`: admins by name (a token can make an admin too).
+    admins: HashSet<String>,
     /// Wakes the expiry task when a new presence or destruction deadline starts.
     deadlines_changed: Arc<Notify>,
-    /// Per-user send buckets.
-    rates: Arc<rates::Rates>,
-    /// Subscribe streams open per user.
-    open_streams: Arc<streams::OpenStreams>,
 }
 
-/// A message handed over for sending, with its answer to come.
-pub enum Sent {
-    /// Unstored kinds are published at once.
-    Published(Box<Message>),
-    /// CHAT is answered by the writer once committed.
-    Stored {
-        room_id: RoomId,
-        answer: sequencer::Answer,
-        /// Gives the send's token back if the writer refuses it for its room.
-        refund: Refund,
-    },
-}
+impl Deref for Rooms {
+    type Target = Handles;
 
-/// Where a refused CHAT send's rate token goes back to.
-pub struct Refund {
-    rates: Arc<rates::Rates>,
-    user: Arc<str>,
-}
-
-impl Sent {
-    /// The accepted message (with its seq, for CHAT).
-    pub async fn answer(self) -> Result<Message> {
-        match self {
-            Sent::Published(message) => Ok(*message),
-            Sent::Stored {
-                room_id,
-                answer,
-                refund,
-            } => {
-                let refused = match answer.await? {
-                    Appended::New(m) | Appended::Existing(m) => return Ok(m),
-                    Appended::RoomGone => not_found(&room_id),
-                    Appended::NotAMember => Error::NotAMember {
-                        room_id: room_id.to_string(),
-                    },
-                };
-                refund
-                    .rates
-                    .refund_send(&refund.user, crate::domain::MessageKind::Chat);
-                Err(refused)
-            }
-        }
-    }
-}
-
-/// Whether a send was refused for its room (missing, or the sender may not send
-/// there) — before anything was stored or published, so its rate token goes back.
-fn refused_for_its_room(error: &Error) -> bool {
-    matches!(error, Error::RoomNotFound { .. } | Error::NotAMember { .. })
-}
-
-/// A page of a stream's catch-up.
-#[derive(Debug)]
-pub struct CatchUp {
-    pub messages: Vec<Message>,
-    /// More stored messages may follow the page.
-    pub more: bool,
-}
-
-/// What checking a caller's access to a room found: the room as stored, and the
-/// name the caller's messages carry in it.
-#[derive(Clone, Debug)]
-pub struct Access {
-    pub room: Room,
-    /// The name messages from this stream carry.
-    pub sender_name: String,
-    /// In a cluster, the room's online count over every node, the caller included;
-    /// `None` on a single node, which counts its streams in memory.
-    pub online: Option<u32>,
-    /// The seq of the oldest message still stored (`last_seq + 1` when none is): a
-    /// stream resuming from before it missed history that retention deleted.
-    pub history_from: u64,
-}
-
-impl Access {
-    /// Whether resuming after `after_seq` misses messages that are no longer stored.
-    pub fn history_truncated(&self, after_seq: u64) -> bool {
-        after_seq.saturating_add(1) < self.history_from
+    fn deref(&self) -> &Handles {
+        &self.0
     }
 }
 
 impl Rooms {
+    /// The handles over `store` and `live`, and the membership writer's task.
     pub fn new(
         store: Store,
         live: Parts,
@@ -188,19 +127,57 @@ impl Rooms {
             deadlines_changed.clone(),
             limits.max_rooms_per_user,
         );
-        let rooms = Rooms {
-            store,
-            live,
-            admins: Arc::new(admins.into_iter().collect()),
-            roster,
-            deadlines_changed,
-            rates: Arc::new(rates::Rates::new(limits.sends, limits.room_changes)),
-            open_streams: Arc::new(streams::OpenStreams::new(limits.max_streams_per_user)),
-            limits,
+        let rates = Arc::new(rates::Rates::new(limits.sends, limits.room_changes));
+        let online = Online {
+            memory: live.presence,
+            ledger: live.ledger,
+            tasks: live.tasks,
+            deadlines_changed: deadlines_changed.clone(),
         };
-        (rooms, writer)
+        let readers = Readers {
+            store: store.clone(),
+        };
+        let handles = Handles {
+            membership: Membership {
+                roster: roster.clone(),
+                rates: rates.clone(),
+                online: online.clone(),
+            },
+            admin: Admin {
+                store: store.clone(),
+                rates: rates.clone(),
+                hubs: live.hubs.clone(),
+                online: online.clone(),
+                readers: readers.clone(),
+                deadlines_changed: deadlines_changed.clone(),
+            },
+            messages: Messages {
+                store: store.clone(),
+                rates,
+                sequencer: live.sequencer,
+                hubs: live.hubs.clone(),
+                readers: readers.clone(),
+            },
+            streams: Streams {
+                open: Arc::new(streams::OpenStreams::new(limits.max_streams_per_user)),
+                readers,
+                online: online.clone(),
+            },
+            expiry: Expiry {
+                store,
+                roster,
+                online,
+            },
+            hubs: live.hubs,
+            message_limits: limits.messages,
+            admins: admins.into_iter().collect(),
+            deadlines_changed,
+        };
+        (Rooms(Arc::new(handles)), writer)
     }
+}
 
+impl Handles {
     /// What wakes the expiry task when a presence or destruction deadline may be
     /// due sooner (a cluster's lease task rings it when it releases a dead node).
     pub fn deadlines_changed(&self) -> &Arc<Notify> {
@@ -209,12 +186,12 @@ impl Rooms {
 
     /// The fan-out hubs (the Subscribe session receives from them).
     pub fn hubs(&self) -> &Arc<Hubs> {
-        &self.live.hubs
+        &self.hubs
     }
 
     /// The message limits.
     pub fn message_limits(&self) -> &MessageLimits {
-        &self.limits.messages
+        &self.message_limits
     }
 
     /// The caller for an authenticated user id.

@@ -2,9 +2,44 @@
 //! and presence.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use super::*;
+use super::check_in_token;
+use super::presence::Online;
+use super::readers::Readers;
+use crate::domain::{Caller, Room, RoomId};
+use crate::error::{Error, Result};
+
+/// The streams handle.
+#[derive(Clone)]
+pub struct Streams {
+    /// Every user's open streams, against `--max-streams-per-user`.
+    pub(super) open: Arc<OpenStreams>,
+    pub(super) readers: Readers,
+    pub(super) online: Online,
+}
+
+/// What checking a caller's access to a room found: the room as stored, and the
+/// name the caller's messages carry in it.
+#[derive(Clone, Debug)]
+pub struct Access {
+    pub room: Room,
+    /// The name messages from this stream carry.
+    pub sender_name: String,
+    /// In a cluster, the room's online count over every node, the caller included;
+    /// `None` on a single node, which counts its streams in memory.
+    pub online: Option<u32>,
+    /// The seq of the oldest message still stored (`last_seq + 1` when none is): a
+    /// stream resuming from before it missed history that retention deleted.
+    pub history_from: u64,
+}
+
+impl Access {
+    /// Whether resuming after `after_seq` misses messages that are no longer stored.
+    pub fn history_truncated(&self, after_seq: u64) -> bool {
+        after_seq.saturating_add(1) < self.history_from
+    }
+}
 
 /// How many Subscribe streams each user has open on this node, bounded by
 /// `--max-streams-per-user` (0: unbounded).
@@ -43,10 +78,10 @@ impl Drop for StreamSlot {
     }
 }
 
-impl Rooms {
+impl Streams {
     /// A slot for one more Subscribe stream of the caller, or `TOO_MANY_STREAMS`.
     pub fn open_stream(&self, caller: &Caller) -> Result<StreamSlot> {
-        let streams = &self.open_streams;
+        let streams = &self.open;
         if streams.limit == 0 {
             return Ok(StreamSlot(None));
         }
@@ -69,11 +104,11 @@ impl Rooms {
     /// in its token) and returns it, as stored, with the caller's name there.
     pub async fn access(&self, caller: &Caller, room_id: &RoomId) -> Result<Access> {
         check_in_token(caller, room_id)?;
-        let (room, sender_name, history_from) = self.readable(caller, room_id).await?;
+        let (room, sender_name, history_from) = self.readers.readable(caller, room_id).await?;
         let user = caller.user_id.as_str();
         // In a cluster the count is the database's, read now; on one node it is
         // read from memory once the stream has registered (see `presence_at_attach`).
-        let online = self.live.ledger.count_at_attach(room_id, user).await?;
+        let online = self.online.count_at_attach(room_id, user).await?;
         Ok(Access {
             room,
             sender_name,
@@ -82,24 +117,11 @@ impl Rooms {
         })
     }
 
-    /// The room, if the caller may receive it (a member or an admin), the name the
-    /// caller goes by there, and the seq its kept history starts from.
-    pub(super) async fn readable(
-        &self,
-        caller: &Caller,
-        room_id: &RoomId,
-    ) -> Result<(Room, String, u64)> {
-        let user = caller.user_id.as_str();
-        let found = self
-            .store
-            .room_for_reader(room_id, user)
-            .await?
-            .ok_or_else(|| not_found(room_id))?;
-        let sender_name = sender_name(caller.admin, user, found.display_name.as_deref())
-            .ok_or_else(|| Error::NotAMember {
-                room_id: room_id.to_string(),
-            })?;
-        Ok((found.room, sender_name, found.kept_from))
+    /// The room a stream just attached to, with its online count: in a cluster as
+    /// [`Streams::access`] read it, on one node from memory (the stream counted).
+    pub fn presence_at_attach(&self, mut room: Room, online: Option<u32>) -> Room {
+        room.online_count = online.unwrap_or_else(|| self.online.here(&room.id));
+        room
     }
 
     /// Records a stream of `user` attached to `room`; a member of a room with a
@@ -107,11 +129,9 @@ impl Rooms {
     /// from now on. Synchronous: the stream records the
     /// room in the same step, so no cancellation can fall between the two.
     pub fn stream_attached(&self, room: &Room, user: &str) {
-        let first = self.live.presence.attach(&room.id, user);
-        if first
-            && (room.settings.presence_timeout.is_some() || self.live.ledger.records_every_room())
-        {
-            self.record_presence(&room.id, user);
+        let first = self.online.memory.attach(&room.id, user);
+        if first && (room.settings.presence_timeout.is_some() || self.online.records_every_room()) {
+            self.online.record(&room.id, user);
         }
     }
 
@@ -120,15 +140,15 @@ impl Rooms {
     /// with a presence timeout (`timeout`: as the room is now), the timeout starts;
     /// in a cluster the node's presence row goes in any room.
     pub fn stream_detached(&self, room_id: &RoomId, user: &str, timeout: bool) {
-        let last = self.live.presence.detach(room_id, user);
-        if last && (timeout || self.live.ledger.records_every_room()) {
-            self.record_presence(room_id, user);
+        let last = self.online.memory.detach(room_id, user);
+        if last && (timeout || self.online.records_every_room()) {
+            self.online.record(room_id, user);
         }
     }
 
     /// Records an attached member as online in a room that just gained a presence
     /// timeout, so its timeout starts only when its streams go away.
     pub fn stream_now_present(&self, room_id: &RoomId, user: &str) {
-        self.record_presence(room_id, user);
+        self.online.record(room_id, user);
     }
 }

@@ -92,7 +92,9 @@ impl StreamRooms {
             .filter(|state| state.version > attached.version)
             .map_or(attached.presence_timeout, |state| state.presence_timeout);
         self.events.remove(room_id);
-        self.rooms.stream_detached(room_id, &self.user, timeout);
+        self.rooms
+            .streams
+            .stream_detached(room_id, &self.user, timeout);
         Some(attached)
     }
 
@@ -104,7 +106,7 @@ impl StreamRooms {
         delivered: u64,
     ) {
         let room = &attachment.room;
-        self.rooms.stream_attached(room, &self.user);
+        self.rooms.streams.stream_attached(room, &self.user);
         self.events
             .insert(Arc::clone(subscription.room()), subscription);
         self.attached.insert(AttachedRoom {

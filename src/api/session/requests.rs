@@ -95,7 +95,7 @@ impl Session {
                             let rooms = rooms.clone();
                             let caller = self.caller.clone();
                             let task = self.pool.spawn(move || async move {
-                                rooms.send(&caller, draft, None).await
+                                rooms.messages.send(&caller, draft, None).await
                             });
                             self.sends.push(Box::pin(async move {
                                 let sent = task.await.unwrap_or_else(|error| {
@@ -107,7 +107,9 @@ impl Session {
                         }
                         // Handed over here, in frame order; only the answers are awaited
                         // concurrently, so one stream's messages keep their order.
-                        match Box::pin(rooms.submit(&self.caller, draft, name.as_deref())).await {
+                        match Box::pin(rooms.messages.submit(&self.caller, draft, name.as_deref()))
+                            .await
+                        {
                             Ok(sent) => {
                                 self.sends.push(Box::pin(async move {
                                     send_answer(request_id, sent.answer().await)
@@ -191,7 +193,7 @@ impl Session {
                         room_id: room_id.to_string(),
                     })
                 } else {
-                    rooms.access(&caller, &room_id).await.map(Box::new)
+                    rooms.streams.access(&caller, &room_id).await.map(Box::new)
                 };
                 Done::Attach {
                     request_id,

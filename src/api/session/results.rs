@@ -18,6 +18,7 @@ impl Session {
         self.spawn(
             move || async move {
                 let page = rooms
+                    .messages
                     .catch_up(&caller, &room_id, from, CATCH_UP_PAGE, CATCH_UP_BYTES)
                     .await;
                 Done::CatchUp { room_id, page }
@@ -76,7 +77,7 @@ impl Session {
                             self.needs_catch_up(&room_id);
                         }
                         // The user counts as online from this stream on.
-                        let room = self.state.rooms.presence_at_attach(room, online);
+                        let room = self.state.rooms.streams.presence_at_attach(room, online);
                         Ok(attached_event(room, truncated))
                     }
                     Err(error) => Err(error),
@@ -216,6 +217,7 @@ impl Session {
         if routed.now_present {
             self.state
                 .rooms
+                .streams
                 .stream_now_present(room_id, self.caller.user_id.as_str());
         }
     }

@@ -1,0 +1,43 @@
+//! Who may receive a room: the check every history read, catch-up page, send outside
+//! a stream and stream attach makes — a member, under their display name, or an
+//! admin, under their user id.
+
+use super::{check_in_token, not_found, sender_name};
+use crate::domain::{Caller, Room, RoomId};
+use crate::error::{Error, Result};
+use crate::store::Store;
+
+/// The read-access handle.
+#[derive(Clone)]
+pub struct Readers {
+    pub(super) store: Store,
+}
+
+impl Readers {
+    /// The room, if the caller may receive it (a member or an admin), the name the
+    /// caller goes by there, and the seq its kept history starts from.
+    pub(super) async fn readable(
+        &self,
+        caller: &Caller,
+        room_id: &RoomId,
+    ) -> Result<(Room, String, u64)> {
+        let user = caller.user_id.as_str();
+        let found = self
+            .store
+            .room_for_reader(room_id, user)
+            .await?
+            .ok_or_else(|| not_found(room_id))?;
+        let sender_name = sender_name(caller.admin, user, found.display_name.as_deref())
+            .ok_or_else(|| Error::NotAMember {
+                room_id: room_id.to_string(),
+            })?;
+        Ok((found.room, sender_name, found.kept_from))
+    }
+
+    /// Fails unless the caller's token reaches the room, the room exists, and the
+    /// caller may receive it (a member or an admin).
+    pub(super) async fn check_can_read(&self, caller: &Caller, room_id: &RoomId) -> Result<()> {
+        check_in_token(caller, room_id)?;
+        self.readable(caller, room_id).await.map(drop)
+    }
+}
