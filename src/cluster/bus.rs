@@ -1,8 +1,8 @@
 //! The NATS engine of the [`Relay`](super::relay::Relay): core pub/sub (at most
 //! once), one subject for every room's events of this deployment.
 //!
-//! An event is its frame's wire bytes as the payload (none for a detach or a
-//! deletion), and its kind, room, sending node and the rest in headers. Every node
+//! An event is a prost message ([`Envelope`]: the sending node, the room, and the
+//! event with its frame's wire bytes), signed ([`Signed`]), as the payload. Every node
 //! receives every room's events and drops those of rooms it has no stream in (a lookup
 //! each), and its own. The client reconnects by
 //! itself; whatever the bus loses meanwhile, the store repairs (see [`super::repair`]).
@@ -10,8 +10,8 @@
 //! What the bus is trusted with: several deployments (staging and production, two
 //! teams) may share one NATS server. Each publishes on subjects of its own — named by
 //! the deployment's id, which the first node stores in the database, or by
-//! `--nats-subject-prefix` — and every event carries an HMAC-SHA256 of its headers and
-//! payload under the deployment's key, which is stored in the same database and never
+//! `--nats-subject-prefix` — and every event carries an HMAC-SHA256 of its envelope's
+//! bytes under the deployment's key, which is stored in the same database and never
 //! sent. A node drops any event whose MAC does not verify: one of another deployment
 //! that shares its subject by mistake, or one forged by whoever else can publish on
 //! it. (A copy of a genuine event published again is accepted, as a retransmission
@@ -21,44 +21,107 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use base64::Engine as _;
 use bytes::Bytes;
+use prost::Message as _;
 use ring::hmac;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 
 use super::relay::Queue;
-use crate::domain::{DetachReason, RoomId};
+use crate::domain::RoomId;
 use crate::error::{Error, Result};
 use crate::live::{Hubs, Relayed, RoomEvent};
-use crate::proto::Frame;
+use crate::proto::{Frame, decode, pb};
 
 /// The last token of the events subject, after the prefix.
 const EVENTS: &str = "events";
-const NODE: &str = "Chatroom-Node";
-const ROOM: &str = "Chatroom-Room";
-/// Which event: message, broadcast, updated, detach, deleted.
-const KIND: &str = "Chatroom-Kind";
-/// A message's seq; a switch's `after_seq`.
-const SEQ: &str = "Chatroom-Seq";
-/// Targets as a JSON array of user ids (absent: every stream).
-const TARGETS: &str = "Chatroom-Targets";
-const VERSION: &str = "Chatroom-Version";
-/// "1" when the updated room has a presence timeout.
-const TIMEOUT: &str = "Chatroom-Presence-Timeout";
-/// The detached user, as a JSON string (user ids may hold any character).
-const USER: &str = "Chatroom-User";
-const REASON: &str = "Chatroom-Reason";
-/// Where a switched user's streams follow.
-const TO: &str = "Chatroom-To";
-/// The event's MAC (base64): HMAC-SHA256 under the deployment's key of every other
-/// header above, in this order, and the payload.
-const MAC: &str = "Chatroom-Mac";
-/// The headers a MAC covers, in the order it covers them.
-const SIGNED: [&str; 10] = [
-    NODE, ROOM, KIND, SEQ, TARGETS, VERSION, TIMEOUT, USER, REASON, TO,
-];
+
+/// What goes on the bus: an [`Envelope`]'s bytes, as they were signed, and their MAC
+/// (HMAC-SHA256 under the deployment's key). Bytes, not a nested message: a MAC
+/// covers exactly what was sent, with nothing to re-encode the same way.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Signed {
+    #[prost(bytes = "bytes", tag = "1")]
+    envelope: Bytes,
+    #[prost(bytes = "vec", tag = "2")]
+    mac: Vec<u8>,
+}
+
+/// One room event, as the node that sent it put it.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Envelope {
+    #[prost(string, tag = "1")]
+    node: String,
+    #[prost(string, tag = "2")]
+    room: String,
+    #[prost(oneof = "Event", tags = "3, 4, 5, 6, 7")]
+    event: Option<Event>,
+}
+
+/// [`RoomEvent`], field for field; frames as their wire bytes.
+#[derive(Clone, PartialEq, prost::Oneof)]
+enum Event {
+    #[prost(message, tag = "3")]
+    Message(MessageEvent),
+    #[prost(bytes = "bytes", tag = "4")]
+    Broadcast(Bytes),
+    #[prost(message, tag = "5")]
+    Updated(Updated),
+    #[prost(message, tag = "6")]
+    Detach(Detach),
+    #[prost(message, tag = "7")]
+    Deleted(Deleted),
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct MessageEvent {
+    #[prost(uint64, tag = "1")]
+    seq: u64,
+    #[prost(bytes = "bytes", tag = "2")]
+    frame: Bytes,
+    /// Absent: every stream.
+    #[prost(message, optional, tag = "3")]
+    targets: Option<Targets>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct Targets {
+    #[prost(string, repeated, tag = "1")]
+    users: Vec<String>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct Updated {
+    #[prost(uint64, tag = "1")]
+    version: u64,
+    #[prost(bool, tag = "2")]
+    presence_timeout: bool,
+    #[prost(bytes = "bytes", tag = "3")]
+    frame: Bytes,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct Detach {
+    #[prost(string, tag = "1")]
+    user: String,
+    /// The contract's own enum: its names are written once, in the proto.
+    #[prost(enumeration = "pb::DetachReason", tag = "2")]
+    reason: i32,
+    #[prost(message, optional, tag = "3")]
+    switched_to: Option<SwitchedTo>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct SwitchedTo {
+    #[prost(string, tag = "1")]
+    room: String,
+    #[prost(uint64, tag = "2")]
+    after_seq: u64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct Deleted {}
 
 /// How a node reaches NATS: the URL, and the credentials and TLS it needs.
 #[derive(Clone, Debug, Default)]
@@ -137,42 +200,15 @@ impl Deployment {
         &self.subject
     }
 
-    /// The MAC of an event's headers and payload.
-    fn sign(&self, headers: &async_nats::HeaderMap, payload: &[u8]) -> hmac::Tag {
-        let mut context = hmac::Context::with_key(&self.key);
-        signed_input(headers, payload, |part| context.update(part));
-        context.sign()
+    /// The MAC of an envelope's bytes.
+    fn sign(&self, envelope: &[u8]) -> hmac::Tag {
+        hmac::sign(&self.key, envelope)
     }
 
-    /// Whether an event carries a MAC of this deployment's key.
-    fn verify(&self, headers: &async_nats::HeaderMap, payload: &[u8]) -> bool {
-        let Some(mac) = headers.get(MAC) else {
-            return false;
-        };
-        let Ok(mac) = base64::engine::general_purpose::STANDARD_NO_PAD.decode(mac.as_str()) else {
-            return false;
-        };
-        let mut input = Vec::with_capacity(256 + payload.len());
-        signed_input(headers, payload, |part| input.extend_from_slice(part));
-        hmac::verify(&self.key, &input, &mac).is_ok()
+    /// Whether `mac` is this deployment's MAC of `envelope`.
+    fn verify(&self, envelope: &[u8], mac: &[u8]) -> bool {
+        hmac::verify(&self.key, envelope, mac).is_ok()
     }
-}
-
-/// What a MAC covers, unambiguously: each signed header as a presence byte and its
-/// length-prefixed value, then the payload.
-fn signed_input(headers: &async_nats::HeaderMap, payload: &[u8], mut feed: impl FnMut(&[u8])) {
-    for name in SIGNED {
-        match headers.get(name) {
-            Some(value) => {
-                let value = value.as_str().as_bytes();
-                feed(&[1]);
-                feed(&(value.len() as u64).to_be_bytes());
-                feed(value);
-            }
-            None => feed(&[0]),
-        }
-    }
-    feed(payload);
 }
 
 /// Connects to NATS as `connection` says. A server that is not up yet is retried in
@@ -240,11 +276,11 @@ pub fn start(
             tokio::select! {
                 outbound = queue.recv() => {
                     let Some(message) = outbound else { return };
-                    let (headers, payload) = encode(&node, &deployment, message);
+                    let payload = encode(&node, &deployment, message);
                     // While NATS is away a publish may wait for room in the client's
                     // buffer; shutting down does not.
                     tokio::select! {
-                        published = client.publish_with_headers(subject.clone(), headers, payload) => {
+                        published = client.publish(subject.clone(), payload) => {
                             match published {
                                 Ok(()) => crate::telemetry::bus("out"),
                                 Err(error) => tracing::debug!(%error, "a message did not reach NATS"),
@@ -255,7 +291,7 @@ pub fn start(
                 }
                 received = inbound.next() => {
                     let Some(received) = received else { return };
-                    match decode(&node, &deployment, &received) {
+                    match decode(&node, &deployment, &received.payload) {
                         Ok(Some(message)) => {
                             crate::telemetry::bus("in");
                             hubs.apply_relayed(message);
@@ -279,68 +315,55 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|stop| *stop).await;
 }
 
-fn encode(node: &str, deployment: &Deployment, relayed: Relayed) -> (async_nats::HeaderMap, Bytes) {
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert(NODE, node);
-    headers.insert(ROOM, relayed.room.as_str());
-    let payload = match relayed.event {
+/// An event as it goes on the bus.
+fn encode(node: &str, deployment: &Deployment, relayed: Relayed) -> Bytes {
+    let event = match relayed.event {
         RoomEvent::Message {
             seq,
             frame,
             targets,
-        } => {
-            headers.insert(KIND, "message");
-            headers.insert(SEQ, seq.to_string().as_str());
-            if let Some(targets) = &targets {
-                let json = serde_json::to_string(targets).unwrap_or_default();
-                headers.insert(TARGETS, json.as_str());
-            }
-            frame.wire().clone()
-        }
-        RoomEvent::Broadcast(frame) => {
-            headers.insert(KIND, "broadcast");
-            frame.wire().clone()
-        }
+        } => Event::Message(MessageEvent {
+            seq,
+            frame: frame.into_wire(),
+            targets: targets.map(|users| Targets { users }),
+        }),
+        RoomEvent::Broadcast(frame) => Event::Broadcast(frame.into_wire()),
         RoomEvent::Updated {
             version,
             presence_timeout,
             frame,
-        } => {
-            headers.insert(KIND, "updated");
-            headers.insert(VERSION, version.to_string().as_str());
-            headers.insert(TIMEOUT, if presence_timeout { "1" } else { "0" });
-            frame.wire().clone()
-        }
+        } => Event::Updated(Updated {
+            version,
+            presence_timeout,
+            frame: frame.into_wire(),
+        }),
         RoomEvent::Detach {
             user,
             reason,
             switched_to,
-        } => {
-            headers.insert(KIND, "detach");
-            headers.insert(
-                USER,
-                serde_json::to_string(&user).unwrap_or_default().as_str(),
-            );
-            headers.insert(REASON, reason_name(reason));
-            if let Some((to, after_seq)) = switched_to {
-                headers.insert(TO, to.as_str());
-                headers.insert(SEQ, after_seq.to_string().as_str());
-            }
-            Bytes::new()
-        }
-        RoomEvent::Deleted => {
-            headers.insert(KIND, "deleted");
-            Bytes::new()
-        }
+        } => Event::Detach(Detach {
+            user,
+            reason: pb::DetachReason::from(reason) as i32,
+            switched_to: switched_to.map(|(room, after_seq)| SwitchedTo {
+                room: room.to_string(),
+                after_seq,
+            }),
+        }),
+        RoomEvent::Deleted => Event::Deleted(Deleted {}),
     };
-    let mac = deployment.sign(&headers, &payload);
-    headers.insert(
-        MAC,
-        base64::engine::general_purpose::STANDARD_NO_PAD
-            .encode(mac.as_ref())
-            .as_str(),
-    );
-    (headers, payload)
+    let envelope = Envelope {
+        node: node.to_string(),
+        room: relayed.room.to_string(),
+        event: Some(event),
+    }
+    .encode_to_vec();
+    let mac = deployment.sign(&envelope).as_ref().to_vec();
+    Signed {
+        envelope: envelope.into(),
+        mac,
+    }
+    .encode_to_vec()
+    .into()
 }
 
 /// An event that is not this deployment's: its MAC does not verify.
@@ -352,96 +375,56 @@ struct Refused;
 fn decode(
     node: &str,
     deployment: &Deployment,
-    received: &async_nats::Message,
+    payload: &Bytes,
 ) -> std::result::Result<Option<Relayed>, Refused> {
-    let Some(headers) = received.headers.as_ref() else {
-        return Err(Refused);
-    };
-    if !deployment.verify(headers, &received.payload) {
+    // Decoded from `Bytes`, the fields of bytes share the payload: no copy.
+    let signed = Signed::decode(payload.clone()).map_err(|_| Refused)?;
+    if !deployment.verify(&signed.envelope, &signed.mac) {
         return Err(Refused);
     }
-    Ok(parse(node, headers, &received.payload))
+    Ok(parse(node, signed.envelope))
 }
 
-/// The event in authenticated headers and payload; `None` for this node's own.
-fn parse(node: &str, headers: &async_nats::HeaderMap, payload: &Bytes) -> Option<Relayed> {
-    let header = |name: &str| headers.get(name).map(|v| v.as_str());
-    if header(NODE)? == node {
+/// The event in an authenticated envelope; `None` for this node's own.
+fn parse(node: &str, envelope: Bytes) -> Option<Relayed> {
+    let envelope = Envelope::decode(envelope).ok()?;
+    if envelope.node == node {
         return None;
     }
-    let room = RoomId::parse(header(ROOM)?).ok()?;
-    let frame = || Frame::from_wire(payload.clone());
-    let event = match header(KIND)? {
-        "message" => RoomEvent::Message {
-            seq: header(SEQ)?.parse().ok()?,
-            frame: frame()?,
-            targets: match header(TARGETS) {
-                Some(json) => Some(serde_json::from_str(json).ok()?),
+    let room = RoomId::parse(envelope.room).ok()?;
+    let event = match envelope.event? {
+        Event::Message(m) => RoomEvent::Message {
+            seq: m.seq,
+            frame: Frame::from_wire(m.frame)?,
+            targets: m.targets.map(|t| t.users),
+        },
+        Event::Broadcast(frame) => RoomEvent::Broadcast(Frame::from_wire(frame)?),
+        Event::Updated(u) => RoomEvent::Updated {
+            version: u.version,
+            presence_timeout: u.presence_timeout,
+            frame: Frame::from_wire(u.frame)?,
+        },
+        Event::Detach(d) => RoomEvent::Detach {
+            user: d.user,
+            reason: decode::detach_reason(d.reason)?,
+            switched_to: match d.switched_to {
+                Some(s) => Some((RoomId::parse(s.room).ok()?, s.after_seq)),
                 None => None,
             },
         },
-        "broadcast" => RoomEvent::Broadcast(frame()?),
-        "updated" => RoomEvent::Updated {
-            version: header(VERSION)?.parse().ok()?,
-            presence_timeout: header(TIMEOUT)? == "1",
-            frame: frame()?,
-        },
-        "detach" => RoomEvent::Detach {
-            user: serde_json::from_str(header(USER)?).ok()?,
-            reason: reason_named(header(REASON)?)?,
-            switched_to: match header(TO) {
-                Some(to) => Some((RoomId::parse(to).ok()?, header(SEQ)?.parse().ok()?)),
-                None => None,
-            },
-        },
-        "deleted" => RoomEvent::Deleted,
-        _ => return None,
+        Event::Deleted(Deleted {}) => RoomEvent::Deleted,
     };
     Some(Relayed { room, event })
-}
-
-fn reason_name(reason: DetachReason) -> &'static str {
-    match reason {
-        DetachReason::Requested => "requested",
-        DetachReason::Left => "left",
-        DetachReason::Switched => "switched",
-        DetachReason::RoomDeleted => "room_deleted",
-        DetachReason::PresenceTimeout => "presence_timeout",
-    }
-}
-
-fn reason_named(name: &str) -> Option<DetachReason> {
-    [
-        DetachReason::Requested,
-        DetachReason::Left,
-        DetachReason::Switched,
-        DetachReason::RoomDeleted,
-        DetachReason::PresenceTimeout,
-    ]
-    .into_iter()
-    .find(|r| reason_name(*r) == name)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::pb;
+    use crate::domain::DetachReason;
     use crate::proto::pb::subscribe_response::Event as PbEvent;
 
     fn deployment(key: &[u8]) -> Deployment {
         Deployment::new("d1", key, None)
-    }
-
-    fn message(headers: async_nats::HeaderMap, payload: Bytes) -> async_nats::Message {
-        async_nats::Message {
-            subject: "chatroom.d1.events".into(),
-            reply: None,
-            length: payload.len(),
-            payload,
-            headers: Some(headers),
-            status: None,
-            description: None,
-        }
     }
 
     fn events() -> Vec<Relayed> {
@@ -491,11 +474,10 @@ mod tests {
         let d = deployment(b"key");
         for event in events() {
             let expected = format!("{event:?}");
-            let (headers, payload) = encode("node-a", &d, event);
-            let received = message(headers, payload);
-            let decoded = decode("node-b", &d, &received).unwrap().unwrap();
+            let payload = encode("node-a", &d, event);
+            let decoded = decode("node-b", &d, &payload).unwrap().unwrap();
             assert_eq!(format!("{decoded:?}"), expected);
-            assert!(matches!(decode("node-a", &d, &received), Ok(None)));
+            assert!(matches!(decode("node-a", &d, &payload), Ok(None)));
         }
     }
 
@@ -504,37 +486,42 @@ mod tests {
         let ours = deployment(b"our key");
         let theirs = Deployment::new("d1", b"their key", None);
         for event in events() {
-            let (headers, payload) = encode("node-a", &theirs, event.clone());
+            let payload = encode("node-a", &theirs, event.clone());
             assert_eq!(
-                decode("node-b", &ours, &message(headers, payload)).err(),
+                decode("node-b", &ours, &payload).err(),
                 Some(Refused),
                 "another deployment's {event:?}"
             );
-            let (headers, payload) = encode("node-a", &ours, event.clone());
-            // A header changed, the payload changed, the MAC removed: refused.
-            let mut changed = headers.clone();
-            changed.insert(ROOM, "other-room");
-            assert_eq!(
-                decode("node-b", &ours, &message(changed, payload.clone())).err(),
-                Some(Refused)
-            );
-            let mut tampered = payload.to_vec();
-            tampered.push(0);
-            assert_eq!(
-                decode("node-b", &ours, &message(headers.clone(), tampered.into())).err(),
-                Some(Refused)
-            );
-            let mut unsigned = async_nats::HeaderMap::new();
-            for name in SIGNED {
-                if let Some(value) = headers.get(name) {
-                    unsigned.insert(name, value.as_str());
-                }
+            let signed = Signed::decode(encode("node-a", &ours, event.clone())).unwrap();
+            // Any byte of the envelope changed, the MAC cut short or removed: refused.
+            for at in 0..signed.envelope.len() {
+                let mut envelope = signed.envelope.to_vec();
+                envelope[at] ^= 0x20;
+                let altered = Signed {
+                    envelope: envelope.into(),
+                    mac: signed.mac.clone(),
+                };
+                assert_eq!(
+                    decode("node-b", &ours, &altered.encode_to_vec().into()).err(),
+                    Some(Refused)
+                );
             }
-            assert_eq!(
-                decode("node-b", &ours, &message(unsigned, payload)).err(),
-                Some(Refused)
-            );
+            for mac in [signed.mac[..16].to_vec(), Vec::new()] {
+                let unsigned = Signed {
+                    envelope: signed.envelope.clone(),
+                    mac,
+                };
+                assert_eq!(
+                    decode("node-b", &ours, &unsigned.encode_to_vec().into()).err(),
+                    Some(Refused)
+                );
+            }
         }
+        // Not a signed event at all.
+        assert_eq!(
+            decode("node-b", &ours, &Bytes::from_static(b"\xff\xff garbage")).err(),
+            Some(Refused)
+        );
     }
 
     #[test]

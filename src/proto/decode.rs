@@ -8,9 +8,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use super::pb;
 use crate::domain::{
-    Attributes, DEFAULT_MESSAGE_LIMIT, Draft, HistoryRange, MAX_MESSAGE_LIMIT, MemberEvents,
-    MessageKind, MessageLimits, NewRoom, RoomFilter, RoomId, RoomMove, RoomPatch, RoomSettings,
-    check_attributes, check_name, check_no_nul,
+    Attributes, DEFAULT_MESSAGE_LIMIT, DetachReason, Draft, HistoryRange, MAX_MESSAGE_LIMIT,
+    MemberEvents, MessageKind, MessageLimits, NewRoom, RoomFilter, RoomId, RoomMove, RoomPatch,
+    RoomSettings, check_attributes, check_name, check_no_nul,
 };
 use crate::error::{Error, Result};
 
@@ -193,6 +193,18 @@ pub fn history(req: &pb::ListMessagesRequest) -> Result<(HistoryRange, u32)> {
         n => n.min(MAX_MESSAGE_LIMIT),
     };
     Ok((range, limit))
+}
+
+/// A detach reason as the contract numbers it; `None` for unspecified or unknown.
+pub fn detach_reason(reason: i32) -> Option<DetachReason> {
+    match pb::DetachReason::try_from(reason).ok()? {
+        pb::DetachReason::Unspecified => None,
+        pb::DetachReason::Requested => Some(DetachReason::Requested),
+        pb::DetachReason::Left => Some(DetachReason::Left),
+        pb::DetachReason::Switched => Some(DetachReason::Switched),
+        pb::DetachReason::RoomDeleted => Some(DetachReason::RoomDeleted),
+        pb::DetachReason::PresenceTimeout => Some(DetachReason::PresenceTimeout),
+    }
 }
 
 /// Decodes a page token (empty: the first page).

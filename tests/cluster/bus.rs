@@ -22,9 +22,45 @@ use crate::{Nats, node_with};
 /// Repairs this far apart never happen within a test.
 const NO_REPAIR_MS: u64 = 600_000;
 
-/// The events subject's NATS header names (as `live/nats.rs` writes them).
-const NODE: &str = "Chatroom-Node";
-const KIND: &str = "Chatroom-Kind";
+/// The bus's wire format as a spy on the subject reads it, and a forger writes it
+/// (written here again from `cluster/bus.rs`, as an outsider would have to): a
+/// signed envelope, of which the spy reads the node, and whether it is a deletion.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Signed {
+    #[prost(bytes = "vec", tag = "1")]
+    envelope: Vec<u8>,
+    #[prost(bytes = "vec", tag = "2")]
+    mac: Vec<u8>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct Envelope {
+    #[prost(string, tag = "1")]
+    node: String,
+    #[prost(string, tag = "2")]
+    room: String,
+    #[prost(message, optional, tag = "3")]
+    message: Option<MessageEvent>,
+    #[prost(message, optional, tag = "7")]
+    deleted: Option<Deleted>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct MessageEvent {
+    #[prost(uint64, tag = "1")]
+    seq: u64,
+    #[prost(bytes = "vec", tag = "2")]
+    frame: Vec<u8>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct Deleted {}
+
+/// The envelope of an event seen on the bus (`None`: not one of the bus's).
+fn envelope(event: &async_nats::Message) -> Option<Envelope> {
+    let signed = Signed::decode(event.payload.clone()).ok()?;
+    Envelope::decode(signed.envelope.as_slice()).ok()
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deployments_sharing_a_nats_never_hear_each_other() {
@@ -114,14 +150,14 @@ async fn two_deployments_on_one_nats(prefix: Option<&'static str>) {
     let (mut x_subject, mut y_subject, mut y_deleted) = (None, None, false);
     while x_subject.is_none() || y_subject.is_none() || !y_deleted {
         let event = next_on_bus(&mut seen).await;
-        let Some(headers) = &event.headers else {
+        let Some(envelope) = envelope(&event) else {
             continue;
         };
-        match headers.get(NODE).map(|v| v.as_str()) {
-            Some("x-a" | "x-b") => x_subject = Some(event.subject.to_string()),
-            Some("y-a") => {
+        match envelope.node.as_str() {
+            "x-a" | "x-b" => x_subject = Some(event.subject.to_string()),
+            "y-a" => {
                 y_subject = Some(event.subject.to_string());
-                y_deleted |= headers.get(KIND).is_some_and(|k| k.as_str() == "deleted");
+                y_deleted |= envelope.deleted.is_some();
             }
             _ => {}
         }
@@ -154,16 +190,22 @@ async fn two_deployments_on_one_nats(prefix: Option<&'static str>) {
         framed.extend_from_slice(&body);
         bytes::Bytes::from(framed)
     };
-    for mac in [Some("bm90IGEgbWFj"), None] {
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(NODE, "mallory");
-        headers.insert("Chatroom-Room", "r");
-        headers.insert(KIND, "message");
-        headers.insert("Chatroom-Seq", "0");
-        if let Some(mac) = mac {
-            headers.insert("Chatroom-Mac", mac);
-        }
-        spy.publish_with_headers(x_subject.clone(), headers, forged_frame.clone())
+    let forged = Envelope {
+        node: "mallory".into(),
+        room: "r".into(),
+        message: Some(MessageEvent {
+            seq: 0,
+            frame: forged_frame.to_vec(),
+        }),
+        deleted: None,
+    }
+    .encode_to_vec();
+    for mac in [b"not a mac".to_vec(), Vec::new()] {
+        let signed = Signed {
+            envelope: forged.clone(),
+            mac,
+        };
+        spy.publish(x_subject.clone(), signed.encode_to_vec().into())
             .await
             .unwrap();
     }
@@ -172,11 +214,7 @@ async fn two_deployments_on_one_nats(prefix: Option<&'static str>) {
     let mut forged_back = 0;
     while forged_back < 2 {
         let event = next_on_bus(&mut seen).await;
-        let from_mallory = event
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(NODE))
-            .is_some_and(|n| n.as_str() == "mallory");
+        let from_mallory = envelope(&event).is_some_and(|e| e.node == "mallory");
         forged_back += usize::from(from_mallory);
     }
 
