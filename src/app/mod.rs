@@ -80,21 +80,8 @@ impl App {
             short.clone(),
         );
         let memory = Arc::new(live::Presence::new());
-        // One node or a node of a cluster: decided here, once.
-        let (hubs, ledger, joined): (_, Arc<dyn live::PresenceLedger>, _) = match nats {
-            Some(connection) => {
-                let joined = cluster::join(&config, &store, connection, hubs, &short).await?;
-                (joined.hubs.clone(), joined.ledger.clone(), Some(joined))
-            }
-            None => {
-                // Members online when the last process ended have been offline
-                // since. (A cluster node releases only what an earlier process of its
-                // own id left: the other nodes' members may be online right now.)
-                store.mark_all_offline(domain::UnixMicros::now()).await?;
-                let ledger = Arc::new(rooms::presence::OneNode::new(store.clone()));
-                (Arc::new(hubs), ledger, None)
-            }
-        };
+        let (hubs, ledger, joined) =
+            Self::one_node_or_cluster(&config, &store, nats, hubs, &short).await?;
         let (sequencer, message_writer) = rooms::Sequencer::start(store.clone(), hubs.clone());
         let parts = rooms::Parts {
             hubs: hubs.clone(),
@@ -146,19 +133,7 @@ impl App {
             health.clone(),
             stop_tx.clone(),
         ));
-        let service = api::routes::Routes::new(
-            api::ChatRoomApi::new(
-                rooms,
-                api::SessionLimits {
-                    max_rooms_per_stream: config.max_rooms_per_stream as usize,
-                },
-                tokens,
-                stop.clone(),
-            ),
-            parts::max_request_bytes(&config),
-        );
-        // Every call of the contract spanned and metered, in one layer.
-        let service = tower_layer::Layer::layer(&api::metered::MeteredLayer, service);
+        let service = Self::service(&config, rooms, tokens, stop.clone());
         Ok(App {
             config,
             store,
@@ -174,6 +149,56 @@ impl App {
                 short,
             },
         })
+    }
+
+    /// The chatroom service over `rooms`: every call spanned and metered, in one layer.
+    fn service(
+        config: &Config,
+        rooms: rooms::Rooms,
+        tokens: Option<auth::Verifier>,
+        stop: watch::Receiver<bool>,
+    ) -> api::metered::Metered<api::routes::Routes> {
+        let limits = api::SessionLimits {
+            max_rooms_per_stream: config.max_rooms_per_stream as usize,
+        };
+        let routes = api::routes::Routes::new(
+            api::ChatRoomApi::new(rooms, limits, tokens, stop),
+            parts::max_request_bytes(config),
+        );
+        tower_layer::Layer::layer(&api::metered::MeteredLayer, routes)
+    }
+
+    /// One node or a node of a cluster: decided here, once. A cluster node joins its
+    /// deployment's bus (its hubs relay through it, its ledger is every node's); a
+    /// single node's hubs are alone and its ledger is its own store.
+    async fn one_node_or_cluster(
+        config: &Config,
+        store: &store::Store,
+        nats: Option<crate::cluster::bus::Connection>,
+        hubs: live::Hubs,
+        short: &TaskTracker,
+    ) -> Result<
+        (
+            Arc<live::Hubs>,
+            Arc<dyn live::PresenceLedger>,
+            Option<cluster::Joined>,
+        ),
+        BoxError,
+    > {
+        match nats {
+            Some(connection) => {
+                let joined = cluster::join(config, store, connection, hubs, short).await?;
+                Ok((joined.hubs.clone(), joined.ledger.clone(), Some(joined)))
+            }
+            None => {
+                // Members online when the last process ended have been offline
+                // since. (A cluster node releases only what an earlier process of its
+                // own id left: the other nodes' members may be online right now.)
+                store.mark_all_offline(domain::UnixMicros::now()).await?;
+                let ledger = Arc::new(rooms::presence::OneNode::new(store.clone()));
+                Ok((Arc::new(hubs), ledger, None))
+            }
+        }
     }
 
     /// The tasks every server runs besides its writers: expiry, retention, and

@@ -268,36 +268,11 @@ pub fn run(
     + Unpin
     + 'static,
 ) -> impl Stream<Item = std::result::Result<Frame, Status>> + Send + 'static {
-    let Sessions {
-        rooms,
-        limits,
-        tokens,
-        work,
-        mut stop,
-    } = sessions.clone();
+    let mut stop = sessions.stop.clone();
+    let mut s = Session::new(sessions, caller);
     async_stream::stream! {
         // Held for as long as the stream lives; dropping it frees the user's slot.
         let _slot = slot;
-        let mut s = Session {
-            state: StreamRooms {
-                rooms,
-                user: caller.user_id.to_string(),
-                attached: AttachedRooms::default(),
-                events: StreamMap::with_capacity(1),
-            },
-            expiry: expiry_timer(&caller),
-            caller,
-            limits,
-            pool: work,
-            tokens,
-            sends: Sends::default(),
-            work: None,
-            catch_up: VecDeque::new(),
-            queued: VecDeque::new(),
-            queued_bytes: 0,
-            outbox: VecDeque::new(),
-            inbound_done: false,
-        };
         // One future for the whole session: re-creating it on every turn of the loop
         // registered and dropped a waiter each time (a tenth of the fan-out profile).
         let mut stopped = Box::pin(async move {
@@ -345,54 +320,103 @@ pub fn run(
                 Some((room, event)) = s.state.events.next(), if idle && !s.state.events.is_empty() => Step::Room(room, event),
                 frame = inbound.next(), if !s.inbound_done => Step::Client(frame),
             };
-            match step {
-                Step::Stop => stopping = true,
-                Step::Expired => {
-                    // Unary calls with this token are refused from now on; so is the
-                    // stream. A client refreshes before `exp` to go on.
-                    yield Err(Status::from(Error::TokenRefused {
-                        reason: "TOKEN_EXPIRED",
-                        description: "the stream's token expired: send refresh_token before its exp, or open a new stream with a fresh token".into(),
-                    }));
-                    break;
-                }
-                Step::Worked(done) => {
-                    let work = s.work.take().expect("work in progress");
-                    s.finish(*work, done);
-                }
-                Step::Sent(answer) => s.outbox.push_back(answer),
-                Step::Client(None) => s.inbound_done = true,
-                Step::Client(Some(Err(status))) => {
-                    // A frame that does not decode, or is over the size limit, ends
-                    // the stream with its status; any other error is the client going
-                    // away.
-                    if matches!(status.code(), Code::InvalidArgument | Code::ResourceExhausted) {
+            match s.take(step) {
+                Next::Go => {}
+                Next::Stopping => stopping = true,
+                Next::End(status) => {
+                    if let Some(status) = status {
                         yield Err(status);
                     }
                     break;
                 }
-                Step::Client(Some(Ok(request))) => s.enqueue(request),
-                // The hot path: routing is synchronous and allocates nothing of its own.
-                Step::Room(room_id, Ok(event)) => {
-                    let routed = route::route(
-                        &mut s.state.attached,
-                        &s.state.user,
-                        s.caller.admin,
-                        &room_id,
-                        &event,
-                        || s.state.rooms.hubs().room_state(&room_id),
-                        &mut s.outbox,
-                    );
-                    s.follow(&room_id, routed);
-                }
-                Step::Room(room_id, Err(BroadcastStreamRecvError::Lagged(missed))) => {
-                    crate::telemetry::lagged(missed);
-                    // Fell behind the ring: read what it missed from the store, which
-                    // also checks that it may still receive the room.
-                    s.needs_catch_up(&room_id);
-                }
             }
         }
+    }
+}
+
+/// Whether a stream goes on after a step.
+enum Next {
+    Go,
+    /// The server is stopping: answer the sends in flight, then end.
+    Stopping,
+    /// It ends, with this status (`None`: the client went away; nobody reads it).
+    End(Option<Status>),
+}
+
+impl Session {
+    /// A stream of `caller`'s, nothing attached yet.
+    fn new(sessions: &Sessions, caller: Caller) -> Session {
+        Session {
+            state: StreamRooms {
+                rooms: sessions.rooms.clone(),
+                user: caller.user_id.to_string(),
+                attached: AttachedRooms::default(),
+                events: StreamMap::with_capacity(1),
+            },
+            expiry: expiry_timer(&caller),
+            caller,
+            limits: sessions.limits,
+            pool: sessions.work.clone(),
+            tokens: sessions.tokens.clone(),
+            sends: Sends::default(),
+            work: None,
+            catch_up: VecDeque::new(),
+            queued: VecDeque::new(),
+            queued_bytes: 0,
+            outbox: VecDeque::new(),
+            inbound_done: false,
+        }
+    }
+
+    /// Takes one step.
+    fn take(&mut self, step: Step) -> Next {
+        match step {
+            Step::Stop => return Next::Stopping,
+            Step::Expired => {
+                // Unary calls with this token are refused from now on; so is the
+                // stream. A client refreshes before `exp` to go on.
+                return Next::End(Some(Status::from(Error::TokenRefused {
+                    reason: "TOKEN_EXPIRED",
+                    description: "the stream's token expired: send refresh_token before its exp, or open a new stream with a fresh token".into(),
+                })));
+            }
+            Step::Worked(done) => {
+                let work = self.work.take().expect("work in progress");
+                self.finish(*work, done);
+            }
+            Step::Sent(answer) => self.outbox.push_back(answer),
+            Step::Client(None) => self.inbound_done = true,
+            Step::Client(Some(Err(status))) => {
+                // A frame that does not decode, or is over the size limit, ends the
+                // stream with its status; any other error is the client going away.
+                let told = matches!(
+                    status.code(),
+                    Code::InvalidArgument | Code::ResourceExhausted
+                );
+                return Next::End(told.then_some(status));
+            }
+            Step::Client(Some(Ok(request))) => self.enqueue(request),
+            // The hot path: routing is synchronous and allocates nothing of its own.
+            Step::Room(room_id, Ok(event)) => {
+                let routed = route::route(
+                    &mut self.state.attached,
+                    &self.state.user,
+                    self.caller.admin,
+                    &room_id,
+                    &event,
+                    || self.state.rooms.hubs().room_state(&room_id),
+                    &mut self.outbox,
+                );
+                self.follow(&room_id, routed);
+            }
+            Step::Room(room_id, Err(BroadcastStreamRecvError::Lagged(missed))) => {
+                crate::telemetry::lagged(missed);
+                // Fell behind the ring: read what it missed from the store, which
+                // also checks that it may still receive the room.
+                self.needs_catch_up(&room_id);
+            }
+        }
+        Next::Go
     }
 }
 

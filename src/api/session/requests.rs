@@ -58,102 +58,110 @@ impl Session {
                 match decode::room_id("attach.room_id", attach.room_id) {
                     Ok(room_id) => {
                         self.start_attach(Some(request_id), room_id, attach.after_seq, None);
-                        return;
+                        None
                     }
-                    Err(error) => error_frame(request_id, error),
+                    Err(error) => Some(error_frame(request_id, error)),
                 }
             }
-            Some(Request::Detach(detach)) => {
-                let detached = decode::room_id("detach.room_id", detach.room_id).and_then(
-                    |room_id| match self.state.detach(&room_id) {
-                        Some(_) => Ok(room_id),
-                        None => Err(Error::NotAttached {
-                            room_id: room_id.to_string(),
-                        }),
-                    },
-                );
-                match detached {
-                    Ok(room_id) => {
-                        self.catch_up.retain(|r| *r != room_id);
-                        detached_frame(request_id, &room_id, DetachReason::Requested)
-                    }
-                    Err(error) => error_frame(request_id, error),
-                }
-            }
-            Some(Request::Send(send)) => {
-                match decode::draft(send, self.state.rooms.message_limits()) {
-                    Err(error) => error_frame(request_id, error),
-                    Ok(draft) => {
-                        let name = self
-                            .state
-                            .attached
-                            .get(&draft.room_id)
-                            .map(|a| a.sender_name.clone());
-                        let rooms = &self.state.rooms;
-                        if name.is_none() && !draft.kind.is_stored() {
-                            // Membership is read from the store: on a task of its own.
-                            let rooms = rooms.clone();
-                            let caller = self.caller.clone();
-                            let task = self.pool.spawn(move || async move {
-                                rooms.messages.send(&caller, draft, None).await
-                            });
-                            self.sends.push(Box::pin(async move {
-                                let sent = task.await.unwrap_or_else(|error| {
-                                    Err(Error::Internal(format!("a send failed: {error}")))
-                                });
-                                send_answer(request_id, sent)
-                            }));
-                            return;
-                        }
-                        // Handed over here, in frame order; only the answers are awaited
-                        // concurrently, so one stream's messages keep their order.
-                        match Box::pin(rooms.messages.submit(&self.caller, draft, name.as_deref()))
-                            .await
-                        {
-                            Ok(sent) => {
-                                self.sends.push(Box::pin(async move {
-                                    send_answer(request_id, sent.answer().await)
-                                }));
-                                return;
-                            }
-                            Err(error) => error_frame(request_id, error),
-                        }
-                    }
-                }
-            }
-            Some(Request::Ping(_)) => Frame::reply(request_id, event::pong()),
-            Some(Request::RefreshToken(refresh)) => match self.tokens.clone() {
-                Some(tokens) => {
-                    // Verifying may wait for a JWKS fetch: on a task, as work.
-                    self.spawn(
-                        move || async move {
-                            let verified = tokens.verify(&refresh.token).await;
-                            Done::Refreshed {
-                                request_id,
-                                verified,
-                            }
-                        },
-                        None,
-                    );
-                    return;
-                }
-                None => error_frame(
-                    request_id,
-                    Error::invalid(
-                        "refresh_token",
-                        "this server identifies callers by x-user-id (--auth header): there is no token to refresh",
-                    ),
-                ),
-            },
-            None => error_frame(
+            Some(Request::Detach(detach)) => Some(self.detach(request_id, detach.room_id)),
+            Some(Request::Send(send)) => self.send(request_id, send).await,
+            Some(Request::Ping(_)) => Some(Frame::reply(request_id, event::pong())),
+            Some(Request::RefreshToken(refresh)) => self.refresh(request_id, refresh.token),
+            None => Some(error_frame(
                 request_id,
                 Error::invalid(
                     "frame",
                     "set one of attach, detach, send, ping, refresh_token",
                 ),
-            ),
+            )),
         };
-        self.outbox.push_back(answer);
+        if let Some(answer) = answer {
+            self.outbox.push_back(answer);
+        }
+    }
+
+    /// A `detach` frame: the stream stops receiving the room, at once.
+    fn detach(&mut self, request_id: String, room_id: String) -> Frame {
+        let detached = decode::room_id("detach.room_id", room_id).and_then(|room_id| {
+            match self.state.detach(&room_id) {
+                Some(_) => Ok(room_id),
+                None => Err(Error::NotAttached {
+                    room_id: room_id.to_string(),
+                }),
+            }
+        });
+        match detached {
+            Ok(room_id) => {
+                self.catch_up.retain(|r| *r != room_id);
+                detached_frame(request_id, &room_id, DetachReason::Requested)
+            }
+            Err(error) => error_frame(request_id, error),
+        }
+    }
+
+    /// A `send` frame: handed over in frame order, answered when its answer comes
+    /// (`None`: not yet).
+    async fn send(&mut self, request_id: String, send: pb::SendMessageRequest) -> Option<Frame> {
+        let draft = match decode::draft(send, self.state.rooms.message_limits()) {
+            Ok(draft) => draft,
+            Err(error) => return Some(error_frame(request_id, error)),
+        };
+        let name = self
+            .state
+            .attached
+            .get(&draft.room_id)
+            .map(|a| a.sender_name.clone());
+        let rooms = &self.state.rooms;
+        if name.is_none() && !draft.kind.is_stored() {
+            // Membership is read from the store: on a task of its own.
+            let rooms = rooms.clone();
+            let caller = self.caller.clone();
+            let task = self
+                .pool
+                .spawn(move || async move { rooms.messages.send(&caller, draft, None).await });
+            self.sends.push(Box::pin(async move {
+                let sent = task.await.unwrap_or_else(|error| {
+                    Err(Error::Internal(format!("a send failed: {error}")))
+                });
+                send_answer(request_id, sent)
+            }));
+            return None;
+        }
+        // Handed over here, in frame order; only the answers are awaited
+        // concurrently, so one stream's messages keep their order.
+        match Box::pin(rooms.messages.submit(&self.caller, draft, name.as_deref())).await {
+            Ok(sent) => {
+                self.sends.push(Box::pin(async move {
+                    send_answer(request_id, sent.answer().await)
+                }));
+                None
+            }
+            Err(error) => Some(error_frame(request_id, error)),
+        }
+    }
+
+    /// A `refresh_token` frame: verified as work (it may wait for a JWKS fetch).
+    fn refresh(&mut self, request_id: String, token: String) -> Option<Frame> {
+        let Some(tokens) = self.tokens.clone() else {
+            return Some(error_frame(
+                request_id,
+                Error::invalid(
+                    "refresh_token",
+                    "this server identifies callers by x-user-id (--auth header): there is no token to refresh",
+                ),
+            ));
+        };
+        self.spawn(
+            move || async move {
+                let verified = tokens.verify(&token).await;
+                Done::Refreshed {
+                    request_id,
+                    verified,
+                }
+            },
+            None,
+        );
+        None
     }
 
     /// Starts attaching a room: subscribes to its hub first (whatever commits from now

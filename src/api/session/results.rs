@@ -56,32 +56,7 @@ impl Session {
                 after_seq,
                 found,
             } => {
-                let answer = match found {
-                    Ok(attachment) => {
-                        let subscription = work.subscription.expect("an attach subscribes");
-                        let room = attachment.room.clone();
-                        let online = attachment.online;
-                        let last = room.last_seq;
-                        let truncated =
-                            after_seq.is_some_and(|after| attachment.history_truncated(after));
-                        // Resuming from before the kept history: `attached` says so, and
-                        // the catch-up starts where history does (no second notice).
-                        let resume = after_seq.map(|after| match truncated {
-                            true => attachment.history_from.saturating_sub(1),
-                            false => after,
-                        });
-                        let delivered = resume.map_or(last, |after| after.min(last));
-                        tracing::debug!(%room_id, ?after_seq, last_seq = last, truncated, "attached");
-                        self.state.record(subscription, *attachment, delivered);
-                        if delivered < last {
-                            self.needs_catch_up(&room_id);
-                        }
-                        // The user counts as online from this stream on.
-                        let room = self.state.rooms.streams.presence_at_attach(room, online);
-                        Ok(attached_event(room, truncated))
-                    }
-                    Err(error) => Err(error),
-                };
+                let answer = found.map(|access| self.attached(work, &room_id, after_seq, *access));
                 let frame = match (request_id, answer) {
                     (Some(id), Ok(event)) => Frame::reply(id, event),
                     (Some(id), Err(error)) => error_frame(id, error),
@@ -90,45 +65,7 @@ impl Session {
                 };
                 self.outbox.push_back(frame);
             }
-            Done::CatchUp { room_id, page } => match page {
-                Ok(CatchUp { messages, more }) => {
-                    if more {
-                        self.catch_up.push_front(room_id.clone());
-                    }
-                    for message in messages {
-                        if let Some(a) = self.state.attached.get_mut(&room_id)
-                            && message.seq > a.delivered
-                        {
-                            if message.seq > a.delivered + 1 {
-                                // Stored seqs have no holes: the ones skipped were
-                                // deleted by retention before this stream read them.
-                                self.outbox
-                                    .push_back(history_truncated_frame(&room_id, message.seq));
-                            }
-                            a.delivered = message.seq;
-                            self.outbox
-                                .push_back(Frame::event(event::message(&message)));
-                        }
-                    }
-                }
-                Err(error @ (Error::NotAMember { .. } | Error::RoomNotFound { .. })) => {
-                    // Left (or deleted) while behind: nothing more from this room. How
-                    // it was left is in the room's ring (leaves, switches and timeouts
-                    // are published before they commit): route what waits there, so a
-                    // switch is followed; failing that, it left.
-                    self.route_waiting(&room_id);
-                    self.catch_up.retain(|r| *r != room_id);
-                    if self.state.detach(&room_id).is_some() {
-                        let reason = match error {
-                            Error::RoomNotFound { .. } => DetachReason::RoomDeleted,
-                            _ => DetachReason::Left,
-                        };
-                        self.outbox
-                            .push_back(detached_frame(String::new(), &room_id, reason));
-                    }
-                }
-                Err(error) => self.outbox.push_back(error_frame(String::new(), error)),
-            },
+            Done::CatchUp { room_id, page } => self.caught_up(room_id, page),
             Done::Refreshed {
                 request_id,
                 verified,
@@ -139,6 +76,81 @@ impl Session {
                     Err(error) => error_frame(request_id, error),
                 });
             }
+        }
+    }
+
+    /// Records a room the stream may attach (its access read) and says so: the
+    /// `attached` event, and a catch-up queued when it resumes from before the head.
+    fn attached(
+        &mut self,
+        work: Work,
+        room_id: &RoomId,
+        after_seq: Option<u64>,
+        access: Access,
+    ) -> event::Event {
+        let subscription = work.subscription.expect("an attach subscribes");
+        let room = access.room.clone();
+        let online = access.online;
+        let last = room.last_seq;
+        let truncated = after_seq.is_some_and(|after| access.history_truncated(after));
+        // Resuming from before the kept history: `attached` says so, and the
+        // catch-up starts where history does (no second notice).
+        let resume = after_seq.map(|after| match truncated {
+            true => access.history_from.saturating_sub(1),
+            false => after,
+        });
+        let delivered = resume.map_or(last, |after| after.min(last));
+        tracing::debug!(%room_id, ?after_seq, last_seq = last, truncated, "attached");
+        self.state.record(subscription, access, delivered);
+        if delivered < last {
+            self.needs_catch_up(room_id);
+        }
+        // The user counts as online from this stream on.
+        let room = self.state.rooms.streams.presence_at_attach(room, online);
+        attached_event(room, truncated)
+    }
+
+    /// Applies a catch-up page: its messages the stream has not had, in order (a gap
+    /// said as `history_truncated`), and the next page queued if there is more.
+    fn caught_up(&mut self, room_id: RoomId, page: Result<CatchUp>) {
+        match page {
+            Ok(CatchUp { messages, more }) => {
+                if more {
+                    self.catch_up.push_front(room_id.clone());
+                }
+                for message in messages {
+                    if let Some(a) = self.state.attached.get_mut(&room_id)
+                        && message.seq > a.delivered
+                    {
+                        if message.seq > a.delivered + 1 {
+                            // Stored seqs have no holes: the ones skipped were
+                            // deleted by retention before this stream read them.
+                            self.outbox
+                                .push_back(history_truncated_frame(&room_id, message.seq));
+                        }
+                        a.delivered = message.seq;
+                        self.outbox
+                            .push_back(Frame::event(event::message(&message)));
+                    }
+                }
+            }
+            Err(error @ (Error::NotAMember { .. } | Error::RoomNotFound { .. })) => {
+                // Left (or deleted) while behind: nothing more from this room. How
+                // it was left is in the room's ring (leaves, switches and timeouts
+                // are published before they commit): route what waits there, so a
+                // switch is followed; failing that, it left.
+                self.route_waiting(&room_id);
+                self.catch_up.retain(|r| *r != room_id);
+                if self.state.detach(&room_id).is_some() {
+                    let reason = match error {
+                        Error::RoomNotFound { .. } => DetachReason::RoomDeleted,
+                        _ => DetachReason::Left,
+                    };
+                    self.outbox
+                        .push_back(detached_frame(String::new(), &room_id, reason));
+                }
+            }
+            Err(error) => self.outbox.push_back(error_frame(String::new(), error)),
         }
     }
 
