@@ -48,42 +48,37 @@ pub const USER_ID_HEADER: &str = "x-user-id";
 /// The metadata key carrying `Bearer <JWT>` with `--auth jwt`.
 pub const AUTHORIZATION_HEADER: &str = "authorization";
 
-/// The ChatRoomService implementation.
+/// The ChatRoomService implementation: the rules, who callers are, and what its
+/// streams share (one `Sessions`, which holds the rules and the verifier too).
 #[derive(Clone)]
 pub struct ChatRoomApi {
-    rooms: Rooms,
-    /// `--auth jwt`: callers are whom their bearer token says; `None`: whom
-    /// `x-user-id` says.
-    tokens: Option<Arc<Verifier>>,
-    /// What its Subscribe and Listen streams share.
     sessions: Sessions,
 }
 
 impl ChatRoomApi {
+    /// `tokens`: with `--auth jwt`, callers are whom their bearer token says; `None`:
+    /// whom `x-user-id` says.
     pub fn new(
         rooms: Rooms,
         limits: SessionLimits,
         tokens: Option<Verifier>,
         stop: watch::Receiver<bool>,
     ) -> Self {
-        let tokens = tokens.map(Arc::new);
         ChatRoomApi {
             sessions: Sessions {
-                rooms: rooms.clone(),
+                rooms,
                 limits,
-                tokens: tokens.clone(),
+                tokens: tokens.map(Arc::new),
                 work: work::Pool::default(),
                 stop,
             },
-            rooms,
-            tokens,
         }
     }
 
     /// The caller with one of its stream slots (`TOO_MANY_STREAMS` when it has
     /// none left).
     fn stream_slot(&self, caller: Caller) -> Result<(Caller, StreamSlot), Error> {
-        let slot = self.rooms.streams.open_stream(&caller)?;
+        let slot = self.sessions.rooms.streams.open_stream(&caller)?;
         Ok((caller, slot))
     }
 
@@ -129,7 +124,7 @@ impl ChatRoomApi {
     /// per call, and once per Subscribe stream), else from its `x-user-id` metadata.
     /// The caller is recorded into the call's span.
     async fn caller(&self, metadata: &MetadataMap) -> Result<Caller, Error> {
-        let caller = match &self.tokens {
+        let caller = match &self.sessions.tokens {
             Some(verifier) => verifier.verify(bearer_token(metadata)?).await,
             None => self.header_caller(metadata),
         }?;
@@ -147,7 +142,7 @@ impl ChatRoomApi {
             .map_err(|_| Error::Unauthenticated(format!("{USER_ID_HEADER} is not ASCII")))?;
         let user = UserId::parse(text)
             .map_err(|e| Error::Unauthenticated(format!("invalid {USER_ID_HEADER}: {e}")))?;
-        Ok(self.rooms.caller(user))
+        Ok(self.sessions.rooms.caller(user))
     }
 }
 
@@ -196,6 +191,7 @@ impl ChatRoomService for ChatRoomApi {
         let room = decode::new_room(req.room_id, req.name, req.attributes, req.settings)?;
         in_room(&room.id);
         let room = self
+            .sessions
             .rooms
             .membership
             .create(&caller, room, display_name)
@@ -215,6 +211,7 @@ impl ChatRoomService for ChatRoomApi {
         in_room(&room_id);
         let display_name = decode::display_name(req.display_name)?;
         let room = self
+            .sessions
             .rooms
             .membership
             .join(&caller, &room_id, display_name)
@@ -234,6 +231,7 @@ impl ChatRoomService for ChatRoomApi {
         let room = decode::new_room(req.room_id, req.name, req.attributes, req.settings)?;
         in_room(&room.id);
         let (room, created) = self
+            .sessions
             .rooms
             .membership
             .enter(&caller, room, display_name)
@@ -251,7 +249,11 @@ impl ChatRoomService for ChatRoomApi {
         let caller = self.caller(request.metadata()).await?;
         let room_id = decode::room_id("room_id", request.into_inner().room_id)?;
         in_room(&room_id);
-        self.rooms.membership.leave(&caller, &room_id).await?;
+        self.sessions
+            .rooms
+            .membership
+            .leave(&caller, &room_id)
+            .await?;
         Ok(Response::new(pb::LeaveRoomResponse {}))
     }
 
@@ -265,6 +267,7 @@ impl ChatRoomService for ChatRoomApi {
         in_room(rooms.to());
         let display_name = decode::display_name(req.display_name)?;
         let room = self
+            .sessions
             .rooms
             .membership
             .switch(&caller, &rooms, display_name)
@@ -281,7 +284,7 @@ impl ChatRoomService for ChatRoomApi {
         let caller = self.caller(request.metadata()).await?;
         let room_id = decode::room_id("room_id", request.into_inner().room_id)?;
         in_room(&room_id);
-        let room = self.rooms.admin.get(&caller, &room_id).await?;
+        let room = self.sessions.rooms.admin.get(&caller, &room_id).await?;
         Ok(Response::new(pb::GetRoomResponse {
             room: Some(room.into()),
         }))
@@ -295,7 +298,7 @@ impl ChatRoomService for ChatRoomApi {
         let req = request.into_inner();
         let filter = decode::room_filter(req.name, req.name_prefix)?;
         let page = PageRequest::new(req.page_size, decode::page_token(&req.page_token)?);
-        let page = self.rooms.admin.list(&filter, page).await?;
+        let page = self.sessions.rooms.admin.list(&filter, page).await?;
         Ok(Response::new(pb::ListRoomsResponse {
             rooms: page.items.into_iter().map(Into::into).collect(),
             next_page_token: encode::page_token(page.next_after),
@@ -309,7 +312,12 @@ impl ChatRoomService for ChatRoomApi {
         let caller = self.caller(request.metadata()).await?;
         let (room_id, patch) = decode::room_patch(request.into_inner())?;
         in_room(&room_id);
-        let room = self.rooms.admin.update(&caller, &room_id, patch).await?;
+        let room = self
+            .sessions
+            .rooms
+            .admin
+            .update(&caller, &room_id, patch)
+            .await?;
         Ok(Response::new(pb::UpdateRoomResponse {
             room: Some(room.into()),
         }))
@@ -322,7 +330,7 @@ impl ChatRoomService for ChatRoomApi {
         let caller = self.caller(request.metadata()).await?;
         let room_id = decode::room_id("room_id", request.into_inner().room_id)?;
         in_room(&room_id);
-        self.rooms.admin.delete(&caller, &room_id).await?;
+        self.sessions.rooms.admin.delete(&caller, &room_id).await?;
         Ok(Response::new(pb::DeleteRoomResponse {}))
     }
 
@@ -336,6 +344,7 @@ impl ChatRoomService for ChatRoomApi {
         in_room(&room_id);
         let page = PageRequest::new(req.page_size, decode::page_token(&req.page_token)?);
         let page = self
+            .sessions
             .rooms
             .admin
             .members(&caller, &room_id, req.online_only, page)
@@ -351,9 +360,14 @@ impl ChatRoomService for ChatRoomApi {
         request: Request<pb::SendMessageRequest>,
     ) -> Result<Response<pb::SendMessageResponse>, Status> {
         let caller = self.caller(request.metadata()).await?;
-        let draft = decode::draft(request.into_inner(), self.rooms.message_limits())?;
+        let draft = decode::draft(request.into_inner(), self.sessions.rooms.message_limits())?;
         in_room(&draft.room_id);
-        let message = self.rooms.messages.send(&caller, draft, None).await?;
+        let message = self
+            .sessions
+            .rooms
+            .messages
+            .send(&caller, draft, None)
+            .await?;
         Ok(Response::new(pb::SendMessageResponse {
             message: Some((&message).into()),
         }))
@@ -369,6 +383,7 @@ impl ChatRoomService for ChatRoomApi {
         let room_id = decode::room_id("room_id", req.room_id)?;
         in_room(&room_id);
         let (messages, has_more) = self
+            .sessions
             .rooms
             .messages
             .messages(&caller, &room_id, range, limit)
