@@ -315,6 +315,12 @@ pub struct Config {
     /// if set, overrides `--log`.
     #[arg(long, value_enum, env = "CHATROOM_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
+
+    /// Not a flag: where the server reads the time and its timers wait. The system's
+    /// clock; a test that embeds the server may set one that moves only when the test
+    /// advances it (presence timeouts, destroy-when-empty, rates, retention).
+    #[arg(skip)]
+    pub clock: crate::domain::Clock,
 }
 
 /// A `--nats-subject-prefix`: NATS subject tokens of `[A-Za-z0-9_-]`, joined by `.`

@@ -2,7 +2,8 @@
 //! stores: correctness only (nothing lost, duplicated or out of order; no failures).
 //! Speed is measured by running the program itself (BENCHMARKS.md), never here.
 
-mod common;
+use chatroom_testkit as common;
+use chatroom_testkit::on_both_stores;
 
 use serde_json::Value;
 

@@ -1,7 +1,8 @@
 //! The test harness itself: a `TestApp` leaves no server and no database behind,
 //! whether its test returns or panics.
 
-mod common;
+use chatroom_testkit as common;
+use chatroom_testkit::on_both_stores;
 
 use std::panic::AssertUnwindSafe;
 

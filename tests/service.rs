@@ -1,6 +1,7 @@
 //! The standard services beside the chatroom one: health and server reflection.
 
-mod common;
+use chatroom_testkit as common;
+use chatroom_testkit::on_both_stores;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::StreamExt;

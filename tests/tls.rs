@@ -2,7 +2,7 @@
 //! fail, plaintext refused, and certificates reloaded on SIGHUP or when their files
 //! change, without dropping the connections already open. Certificates are made in the test with `openssl`.
 
-mod common;
+use chatroom_testkit as common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -3,7 +3,7 @@
 //! received by an OpenTelemetry collector — here a real OTLP/gRPC receiver the test
 //! runs, fed by the server binary.
 
-mod common;
+use chatroom_testkit as common;
 
 use std::net::SocketAddr;
 

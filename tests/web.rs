@@ -3,7 +3,8 @@
 //! `--cors-origins` only — on SQLite and on PostgreSQL. Requests are made with reqwest
 //! pinned to HTTP/1.1, framed by hand the way a gRPC-Web client frames them.
 
-mod common;
+use chatroom_testkit as common;
+use chatroom_testkit::on_both_stores;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use prost::Message as _;

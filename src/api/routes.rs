@@ -12,6 +12,7 @@ use tonic::server::NamedService;
 
 use super::ChatRoomApi;
 use super::server::chat_room_service_server::ChatRoomServiceServer;
+use super::status::too_large;
 use super::streams::{self, Streaming};
 
 /// The streaming calls' paths.
@@ -73,18 +74,6 @@ impl tower_service::Service<http::Request<Body>> for Routes {
                 Box::pin(async move { Ok(sized(call.await?, max_request_bytes)) })
             }
         }
-    }
-}
-
-/// A request refused by its size is RESOURCE_EXHAUSTED `REQUEST_TOO_LARGE` with its
-/// `ErrorInfo`, as every other refusal: tonic's decoder says OUT_OF_RANGE, with no
-/// details, and gRPC's own table of codes gives RESOURCE_EXHAUSTED to a message over
-/// the receiver's limit. Nothing of this service answers OUT_OF_RANGE otherwise.
-pub(super) fn too_large(status: Status, limit: usize) -> Status {
-    if status.code() == tonic::Code::OutOfRange {
-        Status::from(crate::error::Error::RequestTooLarge { limit })
-    } else {
-        status
     }
 }
 

@@ -122,6 +122,18 @@ impl From<Error> for Status {
     }
 }
 
+/// A request refused by its size is RESOURCE_EXHAUSTED `REQUEST_TOO_LARGE` with its
+/// `ErrorInfo`, as every other refusal: tonic's decoder says OUT_OF_RANGE, with no
+/// details, and gRPC's own table of codes gives RESOURCE_EXHAUSTED to a message over
+/// the receiver's limit. Nothing of this service answers OUT_OF_RANGE otherwise.
+pub(super) fn too_large(status: Status, limit: usize) -> Status {
+    if status.code() == Code::OutOfRange {
+        Status::from(Error::RequestTooLarge { limit })
+    } else {
+        status
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

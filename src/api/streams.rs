@@ -14,9 +14,11 @@ use tonic::{Status, Streaming as Inbound};
 use super::ChatRoomApi;
 use super::body::FrameBody;
 use super::codec::LeanDecoder;
-use super::routes::too_large;
+use super::status::too_large;
+use crate::domain::Caller;
 use crate::proto::Frame;
 use crate::proto::pb;
+use crate::rooms::streams::StreamSlot;
 
 /// Which streaming call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,7 +73,33 @@ pub async fn open(
     );
     span.follows_from(tracing::Span::current());
     let body = request.into_inner();
-    let frames: Pin<Box<dyn Stream<Item = Result<Frame, Status>> + Send>> = match call {
+    // The session runs when its frames are polled, and [`FrameBody`] polls them in
+    // the span.
+    let frames = match session(api, call, caller, slot, body, max_request_bytes).await {
+        Ok(frames) => frames,
+        Err(status) => return status.into_http(),
+    };
+    let mut response = http::Response::new(Body::new(FrameBody::new(frames, progress, span)));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    response
+}
+
+/// A session's frames, as its stream sends them.
+type Frames = Pin<Box<dyn Stream<Item = Result<Frame, Status>> + Send>>;
+
+/// The session of a `call` over the request's `body`: Subscribe reads its frames as
+/// they come, Listen its one request first (refused if it does not come).
+async fn session(
+    api: &ChatRoomApi,
+    call: Streaming,
+    caller: Caller,
+    slot: StreamSlot,
+    body: Body,
+    max_request_bytes: usize,
+) -> Result<Frames, Status> {
+    match call {
         Streaming::Listen => {
             let mut body = Inbound::new_request(
                 LeanDecoder::<pb::ListenRequest>::default(),
@@ -79,19 +107,16 @@ pub async fn open(
                 None,
                 Some(max_request_bytes),
             );
-            let listened = match body.message().await {
-                Ok(Some(listen)) => api
-                    .listen_session(caller, slot, listen)
-                    .map_err(Status::from),
+            match body.message().await {
+                Ok(Some(listen)) => Ok(Box::pin(
+                    api.listen_session(caller, slot, listen)
+                        .map_err(Status::from)?,
+                )),
                 Ok(None) => Err(Status::from(crate::error::Error::invalid(
                     "request",
                     "a Listen call needs its ListenRequest",
                 ))),
                 Err(status) => Err(too_large(status, max_request_bytes)),
-            };
-            match listened {
-                Ok(frames) => Box::pin(span.in_scope(|| frames)),
-                Err(status) => return status.into_http(),
             }
         }
         Streaming::Subscribe => {
@@ -102,12 +127,7 @@ pub async fn open(
                 Some(max_request_bytes),
             )
             .map(move |frame| frame.map_err(|status| too_large(status, max_request_bytes)));
-            Box::pin(span.in_scope(|| api.session(caller, slot, inbound)))
+            Ok(Box::pin(api.session(caller, slot, inbound)))
         }
-    };
-    let mut response = http::Response::new(Body::new(FrameBody::new(frames, progress, span)));
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-    response
+    }
 }

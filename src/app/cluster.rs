@@ -58,7 +58,11 @@ pub async fn join(
         lease: Duration::from_millis(config.node_lease_ms),
     };
     Ok(Joined {
-        ledger: Arc::new(ClusterPresence::new(cluster.clone(), node.clone())),
+        ledger: Arc::new(ClusterPresence::new(
+            cluster.clone(),
+            node.clone(),
+            config.clock.clone(),
+        )),
         node,
         store: cluster,
         hubs: Arc::new(hubs.with_broker(Arc::new(relay))),
@@ -90,6 +94,7 @@ impl Joined {
             memory: memory.clone(),
             ledger: self.ledger.clone(),
             deadlines_changed: rooms.deadlines_changed().clone(),
+            clock: config.clock.clone(),
         };
         lease.announce().await?;
         tracing::info!(node = %self.node.id, "cluster node: messages relayed over NATS");

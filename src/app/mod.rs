@@ -23,7 +23,7 @@ use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::HealthService;
 
 use crate::config::Config;
-use crate::{api, auth, domain, health, live, rooms, store, telemetry, tls, transport, web};
+use crate::{api, auth, health, live, rooms, store, telemetry, tls, transport, web};
 
 /// What `serve` fails with: a flag that cannot work, a store that cannot be opened,
 /// or a task the server cannot run without that died.
@@ -82,24 +82,7 @@ impl App {
         let memory = Arc::new(live::Presence::new());
         let (hubs, ledger, joined) =
             Self::one_node_or_cluster(&config, &store, nats, hubs, &short).await?;
-        let (sequencer, message_writer) = rooms::Sequencer::start(store.clone(), hubs.clone());
-        let parts = rooms::Parts {
-            hubs: hubs.clone(),
-            presence: memory.clone(),
-            ledger,
-            sequencer,
-            tasks: short.clone(),
-        };
-        let (rooms, membership_writer) = rooms::Rooms::new(
-            store.clone(),
-            parts,
-            parts::limits(&config),
-            config.admin_users.clone(),
-        );
-        let mut essential = vec![
-            ("message writer", message_writer),
-            ("membership writer", membership_writer),
-        ];
+        let (rooms, mut essential) = Self::rooms(&config, &store, &hubs, &memory, ledger, &short);
         let bus = match joined {
             Some(joined) => {
                 let started = joined
@@ -151,6 +134,38 @@ impl App {
         })
     }
 
+    /// The rooms over `store` and the writers they need, named: the tasks the server
+    /// cannot serve without.
+    fn rooms(
+        config: &Config,
+        store: &store::Store,
+        hubs: &Arc<live::Hubs>,
+        memory: &Arc<live::Presence>,
+        ledger: Arc<dyn live::PresenceLedger>,
+        short: &TaskTracker,
+    ) -> (rooms::Rooms, Vec<(&'static str, JoinHandle<()>)>) {
+        let (sequencer, message_writer) = rooms::Sequencer::start(store.clone(), hubs.clone());
+        let parts = rooms::Parts {
+            hubs: hubs.clone(),
+            presence: memory.clone(),
+            ledger,
+            sequencer,
+            tasks: short.clone(),
+            clock: config.clock.clone(),
+        };
+        let (rooms, membership_writer) = rooms::Rooms::new(
+            store.clone(),
+            parts,
+            parts::limits(config),
+            config.admin_users.clone(),
+        );
+        let essential = vec![
+            ("message writer", message_writer),
+            ("membership writer", membership_writer),
+        ];
+        (rooms, essential)
+    }
+
     /// The chatroom service over `rooms`: every call spanned and metered, in one layer.
     fn service(
         config: &Config,
@@ -194,8 +209,11 @@ impl App {
                 // Members online when the last process ended have been offline
                 // since. (A cluster node releases only what an earlier process of its
                 // own id left: the other nodes' members may be online right now.)
-                store.mark_all_offline(domain::UnixMicros::now()).await?;
-                let ledger = Arc::new(rooms::presence::OneNode::new(store.clone()));
+                store.mark_all_offline(config.clock.now()).await?;
+                let ledger = Arc::new(rooms::presence::OneNode::new(
+                    store.clone(),
+                    config.clock.clone(),
+                ));
                 Ok((Arc::new(hubs), ledger, None))
             }
         }
@@ -216,6 +234,7 @@ impl App {
                 max_age: config.history_retention,
                 max_per_room: config.history_max_per_room,
             },
+            config.clock.clone(),
             stop.clone(),
         ));
         if config.metrics_listen.is_some() {

@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use super::Node;
 use super::presence::ClusterPresence;
 use super::store::ClusterStore;
-use crate::domain::UnixMicros;
+use crate::domain::Clock;
 use crate::error::Result;
 use crate::live::{Presence, ledger};
 
@@ -35,6 +35,8 @@ pub struct Lease {
     pub ledger: Arc<ClusterPresence>,
     /// Rung when released members went offline: their presence timeouts start.
     pub deadlines_changed: Arc<Notify>,
+    /// When released members went offline.
+    pub clock: Clock,
 }
 
 impl Lease {
@@ -42,7 +44,7 @@ impl Lease {
     pub async fn announce(&self) -> Result<()> {
         let node = &self.node;
         self.store
-            .release_node(&node.id, UnixMicros::now(), false)
+            .release_node(&node.id, self.clock.now(), false)
             .await?;
         self.store.register_node(&node.id, node.lease).await
     }
@@ -104,7 +106,7 @@ pub fn start(lease: Lease, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
         }
         if let Err(error) = lease
             .store
-            .release_node(&node.id, UnixMicros::now(), false)
+            .release_node(&node.id, lease.clock.now(), false)
             .await
         {
             tracing::warn!(%error, node = %node.id, "could not release this node on the way out");

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use super::Node;
 use super::store::ClusterStore;
-use crate::domain::{RoomId, UnixMicros};
+use crate::domain::{Clock, RoomId};
 use crate::live::PresenceLedger;
 use crate::live::ledger::Pending;
 
@@ -15,11 +15,13 @@ use crate::live::ledger::Pending;
 pub struct ClusterPresence {
     store: ClusterStore,
     node: Node,
+    /// When a member went offline.
+    clock: Clock,
 }
 
 impl ClusterPresence {
-    pub fn new(store: ClusterStore, node: Node) -> Self {
-        ClusterPresence { store, node }
+    pub fn new(store: ClusterStore, node: Node, clock: Clock) -> Self {
+        ClusterPresence { store, node, clock }
     }
 }
 
@@ -63,7 +65,7 @@ impl PresenceLedger for ClusterPresence {
     fn record<'a>(&'a self, room: &'a RoomId, user: &'a str, online: bool) -> Pending<'a, bool> {
         Box::pin(
             self.store
-                .set_node_presence(&self.node.id, room, user, online, UnixMicros::now()),
+                .set_node_presence(&self.node.id, room, user, online, self.clock.now()),
         )
     }
 }

@@ -57,10 +57,10 @@ impl ClusterStore {
                 )
                 .bind(candidate.0)
                 .bind(candidate.1)
-                .execute(c)
+                .execute(&mut *c.connection().await?)
                 .await?;
                 let stored: (String, Vec<u8>) = sqlx::query_as("SELECT id, key FROM deployment")
-                    .fetch_one(c)
+                    .fetch_one(&mut *c.connection().await?)
                     .await?;
                 Ok(stored)
             })
@@ -79,7 +79,7 @@ impl ClusterStore {
             ))
             .bind(node)
             .bind(micros(lease))
-            .execute(c)
+            .execute(&mut *c.connection().await?)
             .await?;
             Ok(())
         })
@@ -98,7 +98,7 @@ impl ClusterStore {
                 ))
                 .bind(node)
                 .bind(micros(lease))
-                .execute(c)
+                .execute(&mut *c.connection().await?)
                 .await?;
                 Ok(done.rows_affected() == 1)
             })
@@ -113,7 +113,7 @@ impl ClusterStore {
                     "SELECT node_id, lease_until_us FROM nodes WHERE lease_until_us < ",
                     db_now_us!()
                 ))
-                .fetch_all(c)
+                .fetch_all(&mut *c.connection().await?)
                 .await?;
                 Ok(rows
                     .into_iter()
@@ -277,7 +277,7 @@ impl ClusterStore {
                     " GROUP BY p.room_id"
                 ))
                 .bind(room_ids)
-                .fetch_all(c)
+                .fetch_all(&mut *c.connection().await?)
                 .await?;
                 Ok(rows
                     .into_iter()
@@ -300,7 +300,7 @@ impl ClusterStore {
                 ))
                 .bind(room_id.as_str())
                 .bind(user)
-                .fetch_one(c)
+                .fetch_one(&mut *c.connection().await?)
                 .await?;
                 Ok((u32::try_from(count).unwrap_or(u32::MAX), found))
             })
@@ -325,7 +325,7 @@ impl ClusterStore {
             .bind(room_id.as_str())
             .bind(after.unwrap_or(""))
             .bind(i64::from(limit))
-            .fetch_all(c)
+            .fetch_all(&mut *c.connection().await?)
             .await?)
         })
         .await
@@ -348,7 +348,7 @@ impl ClusterStore {
             ))
             .bind(room_id.as_str())
             .bind(users)
-            .fetch_all(c)
+            .fetch_all(&mut *c.connection().await?)
             .await?)
         })
         .await
@@ -367,7 +367,7 @@ impl ClusterStore {
                     "SELECT room_id, last_seq, version FROM rooms WHERE room_id = ANY($1)",
                 )
                 .bind(ids)
-                .fetch_all(c)
+                .fetch_all(&mut *c.connection().await?)
                 .await?;
                 Ok(rows
                     .into_iter()
@@ -397,7 +397,7 @@ impl ClusterStore {
             )
             .bind(rooms)
             .bind(users)
-            .fetch_all(c)
+            .fetch_all(&mut *c.connection().await?)
             .await?;
             Ok(rows.into_iter().collect())
         })

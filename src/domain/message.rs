@@ -120,8 +120,14 @@ pub struct Message {
 }
 
 impl Message {
-    /// A draft accepted now from `sender`, with a fresh UUIDv7 and no seq yet.
-    pub fn accept(draft: Draft, sender_id: &str, sender_name: &str) -> Message {
+    /// A draft accepted at `sent_at` from `sender`, with a fresh UUIDv7 and no seq
+    /// yet.
+    pub fn accept(
+        draft: Draft,
+        sender_id: &str,
+        sender_name: &str,
+        sent_at: UnixMicros,
+    ) -> Message {
         Message {
             room_id: draft.room_id,
             seq: 0,
@@ -134,7 +140,7 @@ impl Message {
             content_type: draft.content_type,
             to_user_ids: draft.to_user_ids,
             client_msg_id: draft.client_msg_id,
-            sent_at: UnixMicros::now(),
+            sent_at,
         }
     }
 }

@@ -8,7 +8,7 @@
 //! - [`message`] — `Draft`, `Message`, kinds, limits, history ranges;
 //! - [`page`] — page requests and pages;
 //! - [`text`] — the rules for names and text every store must be able to hold;
-//! - [`mod@time`] — `UnixMicros`;
+//! - [`mod@time`] — `UnixMicros`, and the [`Clock`] the service reads it from;
 //! - [`dialect`] — which database a `--database-url` names.
 
 pub mod dialect;

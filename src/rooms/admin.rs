@@ -9,9 +9,8 @@ use super::presence::Online;
 use super::rates::Rates;
 use super::readers::Readers;
 use super::{check_in_token, lock_existing, not_found};
-use crate::domain::{
-    Caller, Member, Page, PageRequest, Room, RoomFilter, RoomId, RoomPatch, UnixMicros,
-};
+use crate::domain::Clock;
+use crate::domain::{Caller, Member, Page, PageRequest, Room, RoomFilter, RoomId, RoomPatch};
 use crate::error::{Error, Result};
 use crate::live::Hubs;
 use crate::store::Store;
@@ -28,6 +27,8 @@ pub struct Admin {
     pub(super) readers: Readers,
     /// Wakes the expiry task when a room's presence timeout changes.
     pub(super) deadlines_changed: Arc<Notify>,
+    /// When a presence timeout starts.
+    pub(super) clock: Clock,
 }
 
 impl Admin {
@@ -89,7 +90,7 @@ impl Admin {
         }
         let had_timeout = room.settings.presence_timeout.is_some();
         if patch.apply(&mut room)? {
-            let now = UnixMicros::now();
+            let now = self.clock.now();
             // On one node `last_seen` is kept only while a room has a presence
             // timeout: a room gaining one starts it for every member not attached
             // (a cluster keeps `last_seen` always, through each node's presence rows).

@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 
 use super::presence::Online;
 use super::roster::Roster;
-use crate::domain::UnixMicros;
+use crate::domain::{Clock, UnixMicros};
 use crate::error::Result;
 use crate::store::{DueMember, Store};
 
@@ -26,6 +26,8 @@ pub struct Expiry {
     pub(super) roster: Roster,
     /// Who is online after all; its `deadlines_changed` wakes the task.
     pub(super) online: Online,
+    /// What deadlines are due by, and what the task waits on.
+    pub(super) clock: Clock,
 }
 
 /// Longest sleep: deadlines made by another process are noticed at least this often.
@@ -41,7 +43,7 @@ const MAX_PAGES: usize = 8;
 pub fn start(expiry: Expiry, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
     tokio::spawn(async move {
         loop {
-            let now = UnixMicros::now();
+            let now = expiry.clock.now();
             let wait = match expiry.expire_due(now).await {
                 Ok(()) => match expiry.store.next_deadline().await {
                     Ok(Some(deadline)) => until(now, deadline).clamp(MIN_WAIT, MAX_WAIT),
@@ -57,7 +59,7 @@ pub fn start(expiry: Expiry, mut stop: watch::Receiver<bool>) -> JoinHandle<()> 
                 }
             };
             tokio::select! {
-                () = tokio::time::sleep(wait) => {}
+                () = expiry.clock.sleep(wait) => {}
                 () = expiry.online.deadlines_changed.notified() => {}
                 _ = stop.changed() => return,
             }

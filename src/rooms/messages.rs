@@ -6,7 +6,7 @@ use super::rates::Rates;
 use super::readers::Readers;
 use super::sequencer::{self, Appended, Sequencer};
 use super::{check_in_token, not_found};
-use crate::domain::{Caller, Draft, HistoryRange, Message, MessageKind, RoomId};
+use crate::domain::{Caller, Clock, Draft, HistoryRange, Message, MessageKind, RoomId};
 use crate::error::{Error, Result};
 use crate::live::Hubs;
 use crate::store::Store;
@@ -21,6 +21,8 @@ pub struct Messages {
     /// Where unstored kinds are published at once.
     pub(super) hubs: Arc<Hubs>,
     pub(super) readers: Readers,
+    /// When a message is accepted.
+    pub(super) clock: Clock,
 }
 
 /// A message handed over for sending, with its answer to come.
@@ -116,7 +118,7 @@ impl Messages {
             // The writer checks membership and takes the display name in its own
             // transaction: one lookup per batch instead of reads per message.
             let name = sender_name.unwrap_or_default();
-            let message = Message::accept(draft, user, name);
+            let message = Message::accept(draft, user, name, self.clock.now());
             let answer = self.sequencer.submit(message, caller.admin).await?;
             return Ok(Sent::Stored {
                 room_id,
@@ -139,7 +141,7 @@ impl Messages {
                 }
             },
         };
-        let message = Message::accept(draft, caller.user_id.as_str(), &name);
+        let message = Message::accept(draft, caller.user_id.as_str(), &name, self.clock.now());
         self.hubs
             .publish_messages(&message.room_id, std::iter::once(&message));
         Ok(Sent::Published(Box::new(message)))

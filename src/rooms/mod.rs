@@ -40,7 +40,7 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 use tokio_util::task::TaskTracker;
 
-use crate::domain::{Caller, MessageLimits, Room, RoomId, UserId};
+use crate::domain::{Caller, Clock, MessageLimits, Room, RoomId, UserId};
 use crate::error::{Error, Result};
 use crate::live::{Hubs, Presence, PresenceLedger};
 use crate::store::{Store, Tx};
@@ -80,6 +80,8 @@ pub struct Parts {
     pub ledger: Arc<dyn PresenceLedger>,
     pub sequencer: Sequencer,
     pub tasks: TaskTracker,
+    /// Where the rules read the time and the timers wait.
+    pub clock: Clock,
 }
 
 /// The rules' handles, as the API layer calls them. A clone is one pointer: every
@@ -102,6 +104,8 @@ pub struct Handles {
     admins: HashSet<String>,
     /// Wakes the expiry task when a new presence or destruction deadline starts.
     deadlines_changed: Arc<Notify>,
+    /// Where the rules read the time (a stream's token expiry waits on it too).
+    clock: Clock,
 }
 
 impl Deref for Rooms {
@@ -126,8 +130,13 @@ impl Rooms {
             live.hubs.clone(),
             deadlines_changed.clone(),
             limits.max_rooms_per_user,
+            live.clock.clone(),
         );
-        let rates = Arc::new(rates::Rates::new(limits.sends, limits.room_changes));
+        let rates = Arc::new(rates::Rates::new(
+            limits.sends,
+            limits.room_changes,
+            live.clock.clone(),
+        ));
         let online = Online {
             memory: live.presence,
             ledger: live.ledger,
@@ -150,6 +159,7 @@ impl Rooms {
                 online: online.clone(),
                 readers: readers.clone(),
                 deadlines_changed: deadlines_changed.clone(),
+                clock: live.clock.clone(),
             },
             messages: Messages {
                 store: store.clone(),
@@ -157,6 +167,7 @@ impl Rooms {
                 sequencer: live.sequencer,
                 hubs: live.hubs.clone(),
                 readers: readers.clone(),
+                clock: live.clock.clone(),
             },
             streams: Streams {
                 open: Arc::new(streams::OpenStreams::new(limits.max_streams_per_user)),
@@ -167,7 +178,9 @@ impl Rooms {
                 store,
                 roster,
                 online,
+                clock: live.clock.clone(),
             },
+            clock: live.clock,
             hubs: live.hubs,
             message_limits: limits.messages,
             admins: admins.into_iter().collect(),
@@ -187,6 +200,11 @@ impl Handles {
     /// The fan-out hubs (the Subscribe session receives from them).
     pub fn hubs(&self) -> &Arc<Hubs> {
         &self.hubs
+    }
+
+    /// Where the rules read the time.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// The message limits.

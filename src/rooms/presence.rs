@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 use tokio_util::task::TaskTracker;
 
-use crate::domain::{Room, RoomId, UnixMicros};
+use crate::domain::{Clock, Room, RoomId};
 use crate::error::Result;
 use crate::live::ledger::{self, Pending};
 use crate::live::{Presence, PresenceLedger};
@@ -36,11 +36,13 @@ pub struct Online {
 #[derive(Debug)]
 pub struct OneNode {
     store: Store,
+    /// When a member went offline.
+    clock: Clock,
 }
 
 impl OneNode {
-    pub fn new(store: Store) -> Self {
-        OneNode { store }
+    pub fn new(store: Store, clock: Clock) -> Self {
+        OneNode { store, clock }
     }
 }
 
@@ -76,7 +78,7 @@ impl PresenceLedger for OneNode {
 
     fn record<'a>(&'a self, room: &'a RoomId, user: &'a str, online: bool) -> Pending<'a, bool> {
         Box::pin(async move {
-            let last_seen = (!online).then(UnixMicros::now);
+            let last_seen = (!online).then(|| self.clock.now());
             self.store.set_last_seen(room, user, last_seen).await?;
             Ok(!online)
         })

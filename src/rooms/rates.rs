@@ -25,11 +25,12 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::Clock as _;
+use governor::middleware::NoOpMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 
-use crate::domain::MessageKind;
+use crate::domain::{Clock, MessageKind};
 use crate::error::{Error, Result};
 
 /// Checks after which idle buckets are swept.
@@ -38,7 +39,21 @@ const SWEEP_EVERY: u64 = 4096;
 /// (the map is cleared), which only makes some refused sends count after all.
 const MAX_REFUNDED_USERS: usize = 65_536;
 
-type Buckets = RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock>;
+type Buckets =
+    RateLimiter<String, DefaultKeyedStateStore<String>, Measured, NoOpMiddleware<Duration>>;
+
+/// The service's [`Clock`] as the buckets measure time: its monotonic
+/// [`Clock::elapsed`] (a test's clock moves the buckets too).
+#[derive(Clone, Debug)]
+struct Measured(Clock);
+
+impl governor::clock::Clock for Measured {
+    type Instant = Duration;
+
+    fn now(&self) -> Duration {
+        self.0.elapsed()
+    }
+}
 
 /// A rate: so many per second per user, up to `burst` at once (0: one second's
 /// worth). `per_second` 0: unlimited.
@@ -49,11 +64,12 @@ pub struct Rate {
 }
 
 impl Rate {
-    fn buckets(self) -> Option<Buckets> {
+    fn buckets(self, clock: &Measured) -> Option<Buckets> {
         let rate = NonZeroU32::new(self.per_second)?;
         let burst = NonZeroU32::new(self.burst).unwrap_or(rate);
-        Some(RateLimiter::keyed(
+        Some(RateLimiter::dashmap_with_clock(
             Quota::per_second(rate).allow_burst(burst),
+            clock.clone(),
         ))
     }
 }
@@ -71,7 +87,7 @@ pub struct Rates {
     credited: AtomicUsize,
     /// At most this many credits per user and bucket (the burst).
     max_credits: u32,
-    clock: DefaultClock,
+    clock: Measured,
     checks: AtomicU64,
 }
 
@@ -92,21 +108,23 @@ impl Bucket {
 }
 
 impl Rates {
-    /// `sends` for each of the two send buckets, `changes` for room changes.
-    pub fn new(sends: Rate, changes: Rate) -> Self {
+    /// `sends` for each of the two send buckets, `changes` for room changes, on
+    /// `clock`.
+    pub fn new(sends: Rate, changes: Rate, clock: Clock) -> Self {
+        let clock = Measured(clock);
         let max_credits = match NonZeroU32::new(sends.burst) {
             Some(burst) => burst.get(),
             None => sends.per_second.max(1),
         };
         Rates {
-            chat: sends.buckets(),
-            barrage: sends.buckets(),
-            changes: changes.buckets(),
-            refunds: sends.buckets(),
+            chat: sends.buckets(&clock),
+            barrage: sends.buckets(&clock),
+            changes: changes.buckets(&clock),
+            refunds: sends.buckets(&clock),
             credits: Mutex::new(HashMap::new()),
             credited: AtomicUsize::new(0),
             max_credits,
-            clock: DefaultClock::default(),
+            clock,
             checks: AtomicU64::new(0),
         }
     }
@@ -202,7 +220,7 @@ mod tests {
             per_second: 10,
             burst: 3,
         };
-        let rates = Rates::new(sends, Rate::default());
+        let rates = Rates::new(sends, Rate::default(), Clock::system());
         for _ in 0..3 {
             rates.check_send("alice", MessageKind::Chat).unwrap();
         }
@@ -230,7 +248,7 @@ mod tests {
             per_second: 1,
             burst: 2,
         };
-        let rates = Rates::new(Rate::default(), changes);
+        let rates = Rates::new(Rate::default(), changes, Clock::system());
         rates.check_change("alice").unwrap();
         rates.check_change("alice").unwrap();
         let Err(Error::RateLimited { retry_after }) = rates.check_change("alice") else {
@@ -247,7 +265,7 @@ mod tests {
             per_second: 1,
             burst: 2,
         };
-        let rates = Rates::new(sends, Rate::default());
+        let rates = Rates::new(sends, Rate::default(), Clock::system());
         rates.check_send("alice", MessageKind::Chat).unwrap();
         rates.check_send("alice", MessageKind::Chat).unwrap();
         assert!(rates.check_send("alice", MessageKind::Chat).is_err());
@@ -270,9 +288,41 @@ mod tests {
         );
     }
 
+    /// The buckets refill as the service's clock moves, and only then: on a test's
+    /// clock the wait a refusal names is exact, and the send after it passes.
+    #[test]
+    fn a_bucket_refills_as_the_clock_moves() {
+        let clock = Clock::manual(crate::domain::UnixMicros(0));
+        let sends = Rate {
+            per_second: 10,
+            burst: 2,
+        };
+        let rates = Rates::new(sends, Rate::default(), clock.clone());
+        rates.check_send("alice", MessageKind::Chat).unwrap();
+        rates.check_send("alice", MessageKind::Chat).unwrap();
+        let Err(Error::RateLimited { retry_after }) = rates.check_send("alice", MessageKind::Chat)
+        else {
+            panic!("the third send is over the burst");
+        };
+        assert_eq!(retry_after, Duration::from_millis(100));
+        clock.advance(Duration::from_millis(99));
+        assert!(
+            rates.check_send("alice", MessageKind::Chat).is_err(),
+            "1 ms early"
+        );
+        clock.advance(Duration::from_millis(1));
+        rates.check_send("alice", MessageKind::Chat).unwrap();
+        assert!(rates.check_send("alice", MessageKind::Chat).is_err());
+        // A second later the whole burst is back.
+        clock.advance(Duration::from_secs(1));
+        rates.check_send("alice", MessageKind::Chat).unwrap();
+        rates.check_send("alice", MessageKind::Chat).unwrap();
+        assert!(rates.check_send("alice", MessageKind::Chat).is_err());
+    }
+
     #[test]
     fn rate_zero_is_unlimited() {
-        let rates = Rates::new(Rate::default(), Rate::default());
+        let rates = Rates::new(Rate::default(), Rate::default(), Clock::system());
         for _ in 0..10_000 {
             rates.check_send("alice", MessageKind::Chat).unwrap();
             rates.check_change("alice").unwrap();

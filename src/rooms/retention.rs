@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::domain::{RoomId, UnixMicros};
+use crate::domain::{Clock, RoomId, UnixMicros};
 use crate::error::Result;
 use crate::store::{HistorySpan, Store};
 
@@ -80,6 +80,7 @@ impl Retention {
 pub fn start(
     store: Store,
     retention: Retention,
+    clock: Clock,
     mut stop: watch::Receiver<bool>,
 ) -> Option<JoinHandle<()>> {
     if !retention.is_on() {
@@ -87,11 +88,11 @@ pub fn start(
     }
     Some(tokio::spawn(async move {
         loop {
-            if let Err(error) = prune_round(&store, retention, &stop).await {
+            if let Err(error) = prune_round(&store, retention, &clock, &stop).await {
                 tracing::warn!(%error, "pruning history failed; retrying next round");
             }
             tokio::select! {
-                () = tokio::time::sleep(ROUND) => {}
+                () = clock.sleep(ROUND) => {}
                 _ = stop.changed() => return,
             }
         }
@@ -102,6 +103,7 @@ pub fn start(
 async fn prune_round(
     store: &Store,
     retention: Retention,
+    clock: &Clock,
     stop: &watch::Receiver<bool>,
 ) -> Result<()> {
     let mut after: Option<RoomId> = None;
@@ -109,7 +111,8 @@ async fn prune_round(
         let page = store.history_spans(after.as_ref(), ROOMS_PER_PAGE).await?;
         let last_page = page.len() < ROOMS_PER_PAGE as usize;
         for span in &page {
-            prune_room(store, retention, span.clone(), stop).await?;
+            let cutoff = retention.max_age.map(|age| clock.now().minus(age));
+            prune_room(store, retention, cutoff, span.clone(), stop).await?;
             if *stop.borrow() {
                 return Ok(());
             }
@@ -121,16 +124,15 @@ async fn prune_round(
     }
 }
 
-/// Deletes one room's history past the limits, a batch at a time.
+/// Deletes one room's history past the limits (sent before `cutoff`, or past the
+/// count), a batch at a time.
 async fn prune_room(
     store: &Store,
     retention: Retention,
+    cutoff: Option<UnixMicros>,
     mut span: HistorySpan,
     stop: &watch::Receiver<bool>,
 ) -> Result<()> {
-    let cutoff = retention.max_age.map(|age| {
-        UnixMicros(UnixMicros::now().0 - i64::try_from(age.as_micros()).unwrap_or(i64::MAX))
-    });
     while let Some(through) = retention.prune_through(&span, cutoff, store).await? {
         let deleted = store.delete_history_through(&span.room_id, through).await?;
         crate::telemetry::history_pruned(deleted);

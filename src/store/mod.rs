@@ -390,19 +390,42 @@ impl Store {
 }
 
 impl Shared {
-    /// Runs `body` on a connection of the pool, under the rule above.
-    pub async fn run<T>(&self, body: impl AsyncFnOnce(&PgPool) -> Result<T>) -> Result<T> {
+    /// Runs `body` on connections of the pool, under the rule above.
+    pub async fn run<T>(&self, body: impl AsyncFnOnce(&SharedPool) -> Result<T>) -> Result<T> {
         self.reach.admit()?;
         // Each statement takes a connection of the pool and gives it back (holding
         // one across the call kept connections a hung database had stalled away
         // from the pool after it came back: the cluster's hang test).
-        match tokio::time::timeout(2 * ROUND_TRIP_DEADLINE, body(&self.pool)).await {
+        let pool = SharedPool { pool: &self.pool };
+        match tokio::time::timeout(2 * ROUND_TRIP_DEADLINE, body(&pool)).await {
             Ok(result) => result,
             Err(_) => {
                 self.reach.trip();
                 Err(timed_out().into())
             }
         }
+    }
+}
+
+/// The shared pool as a [`Shared::run`] body sees it: a wait for one of its
+/// connections is counted and timed like every other statement's ([`connection`],
+/// [`begin`]). Always the checked way (sqlx tests an idle connection before handing
+/// it out), as these statements always took them: the fast way hands out an idle
+/// connection with no round trip, which says nothing of whether the database answers
+/// (and a cluster's lease must not renew over a connection that died).
+pub struct SharedPool<'a> {
+    pool: &'a PgPool,
+}
+
+impl SharedPool<'_> {
+    /// A connection for one statement (given back when dropped).
+    pub async fn connection(&self) -> Result<sqlx::pool::PoolConnection<Postgres>> {
+        Ok(connection(self.pool, true).await?)
+    }
+
+    /// A transaction, for statements that must hold together.
+    pub async fn begin(&self) -> Result<sqlx::Transaction<'static, Postgres>> {
+        Ok(begin(self.pool, true).await?)
     }
 }
 

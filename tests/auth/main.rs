@@ -2,8 +2,8 @@
 //! grants, keys of every kind and the algorithms they verify, and the `rooms` claim.
 //! Tokens are made in the test with jsonwebtoken, keys with the `openssl` command.
 
-#[path = "../common/mod.rs"]
-mod common;
+use chatroom_testkit as common;
+use chatroom_testkit::on_both_stores;
 
 mod jwks;
 mod keys;
@@ -66,11 +66,18 @@ fn token(claims: &Value) -> String {
 
 /// A server verifying HS256 tokens with [`SECRET`], issuer and audience set.
 async fn jwt_app(backend: Backend) -> TestApp {
-    TestApp::with(backend, |c| {
+    jwt_app_on(backend, chatroom::domain::Clock::system()).await
+}
+
+/// [`jwt_app`] on `clock` (a stream's token expiry waits on it; tokens themselves are
+/// checked against the system's time).
+async fn jwt_app_on(backend: Backend, clock: chatroom::domain::Clock) -> TestApp {
+    TestApp::with(backend, move |c| {
         c.auth = AuthMode::Jwt;
         c.jwt_secret = Some(String::from_utf8(SECRET.to_vec()).unwrap());
         c.jwt_issuer = Some(ISSUER.into());
         c.jwt_audience = Some(AUDIENCE.into());
+        c.clock = clock.clone();
     })
     .await
 }

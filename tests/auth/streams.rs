@@ -11,7 +11,7 @@ use serde_json::json;
 use tonic::Code;
 
 use crate::common::{self, Backend, Ev, Sub, TestApp, assert_error, chat, create, join};
-use crate::{claims, hs256, jwt_app, now, token, with};
+use crate::{claims, hs256, jwt_app, jwt_app_on, now, token, with};
 
 /// Seconds of clock leeway the server allows past `exp` (`auth::LEEWAY_SECS`).
 const LEEWAY: u64 = 10;
@@ -48,7 +48,8 @@ async fn a_stream_ends_when_its_token_expires_unrefreshed(backend: Backend) {
 }
 
 async fn a_refreshed_stream_outlives_its_first_token(backend: Backend) {
-    let app = jwt_app(backend).await;
+    let clock = common::test_clock();
+    let app = jwt_app_on(backend, clock.clone()).await;
     let server = app.server();
     let mut bob = server.token_client(&token(&claims("bob")));
     bob.create_room(create("r")).await.unwrap();
@@ -97,7 +98,7 @@ async fn a_refreshed_stream_outlives_its_first_token(backend: Backend) {
     }
 
     // Past the first token's end, the stream goes on.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    clock.advance(Duration::from_secs(4));
     bob.send_message(chat("r", "still here")).await.unwrap();
     loop {
         match sub.event().await {

@@ -5,8 +5,7 @@
 //! 0 (or as a process of the real binary, to be killed), and a nats-server of its own
 //! on a free port. One test binary, a module per concern.
 
-#[path = "../common/mod.rs"]
-mod common;
+use chatroom_testkit as common;
 
 mod admins;
 mod bus;

@@ -99,7 +99,7 @@ async fn a_nul_byte_fails_only_its_own_request(backend: Backend) {
 /// the API would refuse (a NUL byte), handed to the writer directly: PostgreSQL
 /// cannot store it, SQLite can.
 async fn the_writer_isolates_an_entry_the_database_refuses(backend: Backend) {
-    use chatroom::domain::{Draft, Message, MessageKind, RoomId};
+    use chatroom::domain::{Clock, Draft, Message, MessageKind, RoomId};
     let mut app = TestApp::start(backend).await;
     app.create_room("alice", "r").await;
     app.stop_server().await;
@@ -131,7 +131,7 @@ async fn the_writer_isolates_an_entry_the_database_refuses(backend: Backend) {
         } else {
             format!("ok {i}")
         };
-        let message = Message::accept(draft(&text), "alice", "");
+        let message = Message::accept(draft(&text), "alice", "", Clock::system().now());
         answers.push(sequencer.submit(message, false).await.unwrap());
     }
     let mut stored = 0;

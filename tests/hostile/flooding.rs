@@ -14,7 +14,7 @@ use tonic_types::StatusExt;
 
 use crate::common::{
     self, Backend, Client, Ev, Sub, TestApp, assert_error, chat, create, enter, join, leave,
-    member_ids,
+    member_ids, test_clock,
 };
 use crate::on_both_stores;
 
@@ -43,11 +43,15 @@ fn retry_delay(status: &tonic::Status) -> Duration {
 }
 
 async fn sends_over_the_rate_wait_their_turn(backend: Backend) {
-    let app = TestApp::with(backend, |c| {
-        // Slow enough that a loaded machine does not refill a token between the
-        // refusals below (at 5/s one came back within 200 ms and a send passed).
-        c.send_rate = 1;
-        c.send_burst = 3;
+    // The buckets run on the test's clock: no token comes back unless it moves.
+    let clock = test_clock();
+    let app = TestApp::with(backend, {
+        let clock = clock.clone();
+        move |c| {
+            c.send_rate = 1;
+            c.send_burst = 3;
+            c.clock = clock.clone();
+        }
     })
     .await;
     let mut alice = app.client("alice").await;
@@ -61,8 +65,9 @@ async fn sends_over_the_rate_wait_their_turn(backend: Backend) {
             .unwrap();
     }
     let delay = retry_delay(&alice.send_message(chat("r", "over")).await.unwrap_err());
+    // Exact on the test's clock (none of the second has passed).
     assert!(
-        delay <= Duration::from_secs(1),
+        delay > Duration::from_millis(990) && delay <= Duration::from_secs(1),
         "one send's worth at 1/s: {delay:?}"
     );
 
@@ -89,8 +94,15 @@ async fn sends_over_the_rate_wait_their_turn(backend: Backend) {
         other => panic!("expected RATE_LIMITED, got {other:?}"),
     }
 
-    // After the delay, a send passes again.
-    tokio::time::sleep(delay + Duration::from_millis(50)).await;
+    // After the delay, and not before, a send passes again.
+    clock.advance(delay - Duration::from_millis(1));
+    retry_delay(
+        &alice
+            .send_message(chat("r", "too early"))
+            .await
+            .unwrap_err(),
+    );
+    clock.advance(Duration::from_millis(1));
     alice
         .send_message(chat("r", "after waiting"))
         .await
@@ -106,9 +118,14 @@ async fn sends_over_the_rate_wait_their_turn(backend: Backend) {
 }
 
 async fn room_changes_over_the_rate_wait_their_turn(backend: Backend) {
-    let app = TestApp::with(backend, |c| {
-        c.room_change_rate = 1;
-        c.room_change_burst = 3;
+    let clock = test_clock();
+    let app = TestApp::with(backend, {
+        let clock = clock.clone();
+        move |c| {
+            c.room_change_rate = 1;
+            c.room_change_burst = 3;
+            c.clock = clock.clone();
+        }
     })
     .await;
     let mut alice = app.client("alice").await;
@@ -119,8 +136,9 @@ async fn room_changes_over_the_rate_wait_their_turn(backend: Backend) {
     // Every room-changing call draws on the same bucket and changes nothing when
     // refused.
     let delay = retry_delay(&alice.create_room(create("r2")).await.unwrap_err());
+    // Exact on the test's clock (none of the second has passed).
     assert!(
-        delay <= Duration::from_secs(1),
+        delay > Duration::from_millis(990) && delay <= Duration::from_secs(1),
         "one change's worth at 1/s: {delay:?}"
     );
     retry_delay(&alice.leave_room(leave("r")).await.unwrap_err());
@@ -152,8 +170,10 @@ async fn room_changes_over_the_rate_wait_their_turn(backend: Backend) {
     let mut bob = app.client("bob").await;
     bob.join_room(join("r")).await.unwrap();
 
-    // After the delay, a change passes again.
-    tokio::time::sleep(delay + Duration::from_millis(50)).await;
+    // After the delay, and not before, a change passes again.
+    clock.advance(delay - Duration::from_millis(1));
+    retry_delay(&alice.create_room(create("r2")).await.unwrap_err());
+    clock.advance(Duration::from_millis(1));
     alice.create_room(create("r2")).await.unwrap();
 }
 

@@ -3,8 +3,8 @@
 //! SQLite and on PostgreSQL (the outage test on a PostgreSQL cluster of its own). One
 //! test binary, a module per kind of defect.
 
-#[path = "../common/mod.rs"]
-mod common;
+use chatroom_testkit as common;
+use chatroom_testkit::on_both_stores;
 
 mod bad_input;
 mod fields;

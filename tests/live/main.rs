@@ -2,8 +2,8 @@
 //! room events, presence and shutdown — on SQLite and on PostgreSQL. One test binary,
 //! a module per topic.
 
-#[path = "../common/mod.rs"]
-mod common;
+use chatroom_testkit as common;
+use chatroom_testkit::on_both_stores;
 
 mod listen;
 mod messages;

@@ -6,10 +6,25 @@ use std::time::Duration;
 use tonic::Code;
 
 use crate::common::{
-    self, Backend, Ev, Sub, TestApp, create, eventually, eventually_room, get_room, history,
+    self, Backend, Ev, Sub, TestApp, advance_until, create, eventually, eventually_room, get_room,
+    history, member_ids, test_clock,
 };
 use crate::on_both_stores;
+use chatroom::domain::Clock;
 use chatroom::pb;
+
+/// A server on `clock`, with member events sent within 10 ms.
+async fn app_on(backend: Backend, clock: &Clock) -> TestApp {
+    let clock = clock.clone();
+    TestApp::with(backend, move |c| {
+        c.member_event_window_ms = 10;
+        c.clock = clock.clone();
+    })
+    .await
+}
+
+/// The clock's step while a test waits for a timer.
+const STEP: Duration = Duration::from_millis(50);
 
 on_both_stores!(
     presence_timeout_set_while_attached_applies,
@@ -23,7 +38,8 @@ on_both_stores!(
 /// A presence timeout added by UpdateRoom while a member's stream is attached applies
 /// once that stream goes away.
 async fn presence_timeout_set_while_attached_applies(backend: Backend) {
-    let app = TestApp::with(backend, |c| c.member_event_window_ms = 10).await;
+    let clock = test_clock();
+    let app = app_on(backend, &clock).await;
     let mut owner = app.client("owner").await;
     app.create_room("owner", "r").await;
     app.join("bob", "r").await;
@@ -48,22 +64,25 @@ async fn presence_timeout_set_while_attached_applies(backend: Backend) {
         "{frames:?}"
     );
     // He was online all along: his timeout counts from when his stream went away.
-    // (The wait outlasts the 500 ms timeout on purpose.)
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // (The clock moves past the 500 ms timeout first on purpose.)
+    clock.advance(Duration::from_millis(700));
     drop(bob_sub);
-    let gone = std::time::Instant::now();
-    assert_eq!(watcher.members_left().await, ["bob"]);
+    let moved = advance_until(&clock, STEP, "bob removed", || async {
+        member_ids(&owner, "r").await == ["owner"]
+    })
+    .await;
     assert!(
-        gone.elapsed() >= Duration::from_millis(400),
-        "removed {:?} after leaving, before the 500 ms timeout",
-        gone.elapsed()
+        moved >= Duration::from_millis(500),
+        "removed {moved:?} after leaving, before the 500 ms timeout"
     );
+    assert_eq!(watcher.members_left().await, ["bob"]);
 }
 
 /// A presence timeout switched off and on again applies to a member who went offline
 /// while it was off (from when it came back on), and not to one attached all along.
 async fn presence_timeout_switched_off_and_on_applies_to_who_left_meanwhile(backend: Backend) {
-    let app = TestApp::with(backend, |c| c.member_event_window_ms = 10).await;
+    let clock = test_clock();
+    let app = app_on(backend, &clock).await;
     let mut owner = app.client("owner").await;
     let set_timeout = |ms: i64| pb::UpdateRoomRequest {
         room_id: "r".into(),
@@ -96,9 +115,19 @@ async fn presence_timeout_switched_off_and_on_applies_to_who_left_meanwhile(back
     .await;
     // Back on: bob's timeout starts now; the owner, attached, stays.
     owner.update_room(set_timeout(300)).await.unwrap();
+    let moved = advance_until(&clock, STEP, "bob removed", || async {
+        member_ids(&owner, "r").await == ["owner"]
+    })
+    .await;
+    assert!(
+        moved >= Duration::from_millis(300),
+        "removed after {moved:?}"
+    );
     assert_eq!(watcher.members_left().await, ["bob"]);
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(common::member_ids(&owner, "r").await, ["owner"]);
+    // The owner, attached all along, outlives the timeout.
+    clock.advance(Duration::from_millis(600));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(member_ids(&owner, "r").await, ["owner"]);
 }
 
 async fn online_follows_attached_streams(backend: Backend) {
@@ -162,24 +191,38 @@ fn presence_room(id: &str, timeout_ms: i64) -> pb::CreateRoomRequest {
 }
 
 async fn presence_timeout_removes_absent_members(backend: Backend) {
-    let app = TestApp::with(backend, |c| c.member_event_window_ms = 10).await;
+    let clock = test_clock();
+    let app = app_on(backend, &clock).await;
     let mut alice = app.client("alice").await;
     app.create_room_with("alice", presence_room("p", 800)).await;
     let mut alice_sub = app.attached("alice", "p").await;
     app.join("bob", "p").await;
     app.join("carol", "p").await;
     let bob_sub = app.attached("bob", "p").await;
-    // Past the 800 ms timeout on purpose: what an attached member outlives.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    // Carol never attached: gone. Bob is attached: stays. So is alice.
+    // Carol never attached: gone once the clock passes her 800 ms. Bob is attached:
+    // stays. So is alice.
+    let moved = advance_until(&clock, STEP, "carol removed", || async {
+        member_ids(&alice, "p").await == ["alice", "bob"]
+    })
+    .await;
+    assert!(
+        moved >= Duration::from_millis(800),
+        "removed after {moved:?}"
+    );
     assert_eq!(alice_sub.members_left().await, ["carol"]);
+    // Past the timeout on purpose: what an attached member outlives.
+    clock.advance(Duration::from_millis(400));
     assert_eq!(get_room(&mut alice, "p").await.unwrap().member_count, 2);
     drop(bob_sub);
-    assert_eq!(
-        alice_sub.members_left().await,
-        ["bob"],
-        "removed once its stream was gone for the timeout"
+    let moved = advance_until(&clock, STEP, "bob removed", || async {
+        member_ids(&alice, "p").await == ["alice"]
+    })
+    .await;
+    assert!(
+        moved >= Duration::from_millis(800),
+        "removed {moved:?} after its stream was gone, before the timeout"
     );
+    assert_eq!(alice_sub.members_left().await, ["bob"]);
     let room = get_room(&mut alice, "p").await.unwrap();
     assert_eq!(room.member_count, 1);
     // Bob's room slot was freed and he may join again.
@@ -209,7 +252,8 @@ async fn wait_gone(client: &mut common::Client, room: &str) {
 }
 
 async fn destroy_when_empty_with_and_without_rejoin(backend: Backend) {
-    let app = TestApp::start(backend).await;
+    let clock = test_clock();
+    let app = app_on(backend, &clock).await;
     let mut alice = app.client("alice").await;
     let mut bob = app.client("bob").await;
     app.create_room_with("alice", destroy_room("gone", 500))
@@ -227,9 +271,18 @@ async fn destroy_when_empty_with_and_without_rejoin(backend: Backend) {
     app.leave("alice", "kept").await;
     app.leave("alice", "later").await;
     // The rejoin falls in the middle of `kept`'s delay.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    clock.advance(Duration::from_millis(300));
     app.join("bob", "kept").await;
     bob_watch.attached("kept", None).await;
+    let moved = advance_until(&clock, STEP, "`gone` and `later` destroyed", || async {
+        let mut bob = bob.clone();
+        get_room(&mut bob, "gone").await.is_err() && get_room(&mut bob, "later").await.is_err()
+    })
+    .await;
+    assert!(
+        moved >= Duration::from_millis(800),
+        "destroyed after {moved:?}"
+    );
     wait_gone(&mut bob, "gone").await;
     wait_gone(&mut bob, "later").await;
     assert_eq!(
@@ -238,15 +291,25 @@ async fn destroy_when_empty_with_and_without_rejoin(backend: Backend) {
         "a rejoin cancels it"
     );
 
-    // Once bob leaves too, it goes; the id is free again, with no history left.
+    // Once bob leaves too, it goes (its delay starting again); the id is free
+    // again, with no history left.
     app.leave("bob", "kept").await;
+    let moved = advance_until(&clock, STEP, "`kept` destroyed", || async {
+        get_room(&mut bob.clone(), "kept").await.is_err()
+    })
+    .await;
+    assert!(
+        moved >= Duration::from_millis(800),
+        "destroyed after {moved:?}"
+    );
     wait_gone(&mut bob, "kept").await;
     app.create_room("alice", "gone").await;
     assert!(history(&mut alice, "gone").await.is_empty());
 }
 
 async fn timers_survive_a_restart(backend: Backend) {
-    let mut app = TestApp::start(backend).await;
+    let clock = test_clock();
+    let mut app = app_on(backend, &clock).await;
     app.create_room_with("alice", destroy_room("empty-soon", 600))
         .await;
     app.create_room_with("alice", presence_room("present", 600))
@@ -257,19 +320,21 @@ async fn timers_survive_a_restart(backend: Backend) {
     app.leave("alice", "empty-soon").await;
     app.stop_server().await;
     // Both 600 ms timers come due while no server runs: what this test is about.
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    clock.advance(Duration::from_millis(900));
 
-    // Overdue while the server was down: applied right after it starts.
+    // Overdue while the server was down: applied right after it starts, with the
+    // clock standing still.
     app.start_again().await;
     let mut alice = app.client("alice").await;
     wait_gone(&mut alice, "empty-soon").await;
-    eventually(
-        "bob never attached and alice's stream ended with the old process",
-        0,
-        || {
-            let mut alice = alice.clone();
-            async move { get_room(&mut alice, "present").await.unwrap().member_count }
-        },
-    )
+    // Bob never attached; alice's stream ended with the old process (offline from
+    // its stop, or from the restart if the stop could not write it down).
+    advance_until(&clock, STEP, "both members removed", || async {
+        get_room(&mut alice.clone(), "present")
+            .await
+            .unwrap()
+            .member_count
+            == 0
+    })
     .await;
 }

@@ -2,8 +2,8 @@
 //! list, update, delete, list members — on SQLite and on PostgreSQL. One test binary, a
 //! module per group of calls.
 
-#[path = "../common/mod.rs"]
-mod common;
+use chatroom_testkit as common;
+use chatroom_testkit::on_both_stores;
 
 mod admin;
 mod concurrency;

@@ -41,6 +41,7 @@ mod route;
 mod sends;
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -52,7 +53,7 @@ use tonic::{Code, Status};
 
 use super::work;
 use crate::auth::Verifier;
-use crate::domain::{Caller, RoomId};
+use crate::domain::{Caller, Clock, RoomId, UnixMicros};
 use crate::error::{Error, Result};
 use crate::live::Event;
 use crate::live::hub::{Subscription, Switch};
@@ -201,7 +202,7 @@ struct Session {
     tokens: Option<Arc<Verifier>>,
     /// Fires when the caller's token has expired (past the leeway); `None` without a
     /// token. Boxed: most streams have none, and a timer is large.
-    expiry: Option<Pin<Box<tokio::time::Sleep>>>,
+    expiry: Option<Timer>,
     state: StreamRooms,
     sends: Sends,
     /// The one piece of database work in progress.
@@ -322,7 +323,10 @@ pub fn run(
             };
             match s.take(step) {
                 Next::Go => {}
-                Next::Stopping => stopping = true,
+                Next::Stopping => {
+                    stopping = true;
+                    s.route_ready();
+                }
                 Next::End(status) => {
                     if let Some(status) = status {
                         yield Err(status);
@@ -353,7 +357,7 @@ impl Session {
                 attached: AttachedRooms::default(),
                 events: StreamMap::with_capacity(1),
             },
-            expiry: expiry_timer(&caller),
+            expiry: expiry_timer(&caller, sessions.rooms.clock()),
             caller,
             limits: sessions.limits,
             pool: sessions.work.clone(),
@@ -365,6 +369,20 @@ impl Session {
             queued_bytes: 0,
             outbox: VecDeque::new(),
             inbound_done: false,
+        }
+    }
+
+    /// Routes the room events the hubs hold for this stream now, at the server's
+    /// stop: the stop and an event can wake the stream together, and the stop is
+    /// taken first, so a message committed before the stop would be left in the ring
+    /// unsent. (Not while work is in progress: its frames come first; a gap is not
+    /// read any more — the client resumes from its last seq when it reconnects.)
+    fn route_ready(&mut self) {
+        use futures_util::FutureExt as _;
+        while self.work.is_none()
+            && let Some(Some((room, event))) = self.state.events.next().now_or_never()
+        {
+            let _ = self.take(Step::Room(room, event));
         }
     }
 
@@ -423,20 +441,25 @@ impl Session {
 /// The timer of a caller's token expiry: the first second at which a unary call
 /// with the token is refused (`exp` plus the leeway every check allows is still
 /// accepted, in whole seconds).
-fn expiry_timer(caller: &Caller) -> Option<Pin<Box<tokio::time::Sleep>>> {
+/// The timer runs on the rules' clock.
+fn expiry_timer(caller: &Caller, clock: &Clock) -> Option<Timer> {
     let expires_at = caller.expires_at?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64();
     let refused_from = expires_at.saturating_add(crate::auth::LEEWAY_SECS + 1);
-    let left = refused_from as f64 - now;
-    let left = std::time::Duration::from_secs_f64(left.max(0.0));
-    Some(Box::pin(tokio::time::sleep(left)))
+    let refused_from = UnixMicros(
+        i64::try_from(refused_from)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(1_000_000),
+    );
+    let left = refused_from.since(clock.now());
+    let clock = clock.clone();
+    Some(Box::pin(async move { clock.sleep(left).await }))
 }
 
+/// A token's expiry timer.
+type Timer = Pin<Box<dyn Future<Output = ()> + Send>>;
+
 /// Resolves when the token's timer fires (pending forever without one).
-async fn expired(expiry: &mut Option<Pin<Box<tokio::time::Sleep>>>) {
+async fn expired(expiry: &mut Option<Timer>) {
     match expiry {
         Some(timer) => timer.as_mut().await,
         None => std::future::pending().await,

@@ -178,7 +178,7 @@ impl Session {
                 room_id: room_id.to_string(),
             });
         }
-        self.expiry = super::expiry_timer(&caller);
+        self.expiry = super::expiry_timer(&caller, self.state.rooms.clock());
         let refreshed = event::token_refreshed(caller.expires_at);
         self.caller = caller;
         Ok(refreshed)

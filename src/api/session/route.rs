@@ -26,8 +26,8 @@ pub(super) struct Routed {
 }
 
 /// Routes one event of `room_id` for a stream of `user` (`admin`: the stream's caller
-/// is an admin): its frames (if any are for this stream) go to `outbox`. `latest` gives the room's latest state, read only for
-/// an update.
+/// is an admin): its frames (if any are for this stream) go to `outbox`. `latest`
+/// gives the room's latest state, read only for an update.
 pub(super) fn route(
     attached: &mut AttachedRooms,
     user: &str,
@@ -40,61 +40,11 @@ pub(super) fn route(
     let mut routed = Routed::default();
     match event {
         Event::Message { seq, held } => {
-            let upgraded;
-            let delivery: &Delivery = match held {
-                Held::Inline(delivery) => delivery,
-                Held::Weak(weak) => {
-                    upgraded = weak.upgrade();
-                    match upgraded.as_deref() {
-                        Some(delivery) => delivery,
-                        None => {
-                            // Evicted by the room's byte budget: CHAT is read from
-                            // the store, the other kinds are gone for this stream.
-                            routed.gap = *seq > 0
-                                && attached.get(room_id).is_some_and(|a| *seq > a.delivered);
-                            return routed;
-                        }
-                    }
-                }
-            };
-            if delivery
-                .targets
-                .as_ref()
-                .is_some_and(|t| !t.iter().any(|u| u == user))
-            {
-                return routed;
-            }
-            if *seq == 0 {
-                outbox.push_back(delivery.frame.clone());
-            } else if let Some(a) = attached.get_mut(room_id) {
-                if *seq == a.delivered + 1 {
-                    a.delivered = *seq;
-                    outbox.push_back(delivery.frame.clone());
-                } else if *seq > a.delivered + 1 {
-                    routed.gap = true;
-                }
-            }
+            message(attached, user, room_id, *seq, held, outbox, &mut routed);
         }
         Event::Broadcast(frame) => outbox.push_back(frame.clone()),
         Event::Updated { version } => {
-            let Some(a) = attached.get_mut(room_id) else {
-                return routed;
-            };
-            if *version <= a.version {
-                return routed;
-            }
-            // The latest state, once: several updates this stream has not sent yet
-            // go out as the newest of them.
-            if let Some(latest) = latest()
-                && latest.version > a.version
-            {
-                let timeout = latest.presence_timeout;
-                // Online all along: a presence timeout starts when the stream goes away.
-                routed.now_present = timeout && !a.presence_timeout;
-                a.presence_timeout = timeout;
-                a.version = latest.version;
-                outbox.push_back(latest.frame.clone());
-            }
+            updated(attached, room_id, *version, latest, outbox, &mut routed);
         }
         Event::Detach {
             user: leaver,
@@ -125,6 +75,82 @@ pub(super) fn route(
         }
     }
     routed
+}
+
+/// A message: sent if it is for this user and the next seq the stream expects; a
+/// gap if a seq was skipped or its frame already evicted.
+fn message(
+    attached: &mut AttachedRooms,
+    user: &str,
+    room_id: &RoomId,
+    seq: u64,
+    held: &Held,
+    outbox: &mut VecDeque<Frame>,
+    routed: &mut Routed,
+) {
+    let upgraded;
+    let delivery: &Delivery = match held {
+        Held::Inline(delivery) => delivery,
+        Held::Weak(weak) => {
+            upgraded = weak.upgrade();
+            match upgraded.as_deref() {
+                Some(delivery) => delivery,
+                None => {
+                    // Evicted by the room's byte budget: CHAT is read from the store,
+                    // the other kinds are gone for this stream.
+                    routed.gap =
+                        seq > 0 && attached.get(room_id).is_some_and(|a| seq > a.delivered);
+                    return;
+                }
+            }
+        }
+    };
+    if delivery
+        .targets
+        .as_ref()
+        .is_some_and(|t| !t.iter().any(|u| u == user))
+    {
+        return;
+    }
+    if seq == 0 {
+        outbox.push_back(delivery.frame.clone());
+    } else if let Some(a) = attached.get_mut(room_id) {
+        if seq == a.delivered + 1 {
+            a.delivered = seq;
+            outbox.push_back(delivery.frame.clone());
+        } else if seq > a.delivered + 1 {
+            routed.gap = true;
+        }
+    }
+}
+
+/// A room update: the latest state, once, if it is newer than what the stream sent.
+fn updated(
+    attached: &mut AttachedRooms,
+    room_id: &RoomId,
+    version: u64,
+    latest: impl FnOnce() -> Option<Arc<RoomState>>,
+    outbox: &mut VecDeque<Frame>,
+    routed: &mut Routed,
+) {
+    let Some(a) = attached.get_mut(room_id) else {
+        return;
+    };
+    if version <= a.version {
+        return;
+    }
+    // The latest state, once: several updates this stream has not sent yet go out as
+    // the newest of them.
+    if let Some(latest) = latest()
+        && latest.version > a.version
+    {
+        let timeout = latest.presence_timeout;
+        // Online all along: a presence timeout starts when the stream goes away.
+        routed.now_present = timeout && !a.presence_timeout;
+        a.presence_timeout = timeout;
+        a.version = latest.version;
+        outbox.push_back(latest.frame.clone());
+    }
 }
 
 #[cfg(test)]

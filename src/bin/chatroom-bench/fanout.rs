@@ -81,84 +81,175 @@ pub async fn run(target: &str, args: Fanout, report: &mut Report) -> Result<bool
     let highest: Arc<Vec<AtomicU64>> =
         Arc::new((0..args.subscribers).map(|_| AtomicU64::new(0)).collect());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut subscribers = tokio::task::JoinSet::new();
-    let mut attached = Vec::new();
-    for (i, user) in users.iter().enumerate() {
-        let node = &nodes[i % nodes.len()];
-        let mut c = common::client(&node[(i / nodes.len()) % node.len()], user);
-        let attach = common::attach(&room);
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        attached.push(ready_rx);
-        let highest = highest.clone();
-        let mut stop = stop_rx.clone();
-        subscribers.spawn(async move {
-            let mut stream = common::listen(&mut c, attach).await?;
-            let mut ready = Some(ready_tx);
-            let mut seen_bits: Vec<u64> = Vec::new();
-            let mut seen = Seen {
-                received: 0,
-                duplicated: 0,
-                out_of_order: 0,
-                latency: common::histogram(),
-                last_delivery: None,
-            };
-            let mut top = 0u64;
-            loop {
-                let frame = tokio::select! {
-                    biased;
-                    frame = stream.message() => frame?,
-                    _ = stop.changed() => break,
-                };
-                let Some(frame) = frame else { break };
-                match frame.event {
-                    Some(Event::Attached(_)) => {
-                        if let Some(r) = ready.take() {
-                            let _ = r.send(());
-                        }
-                    }
-                    Some(Event::Message(m)) if m.seq > 0 => {
-                        let now = common::now_micros();
-                        let (word, bit) = ((m.seq / 64) as usize, m.seq % 64);
-                        if seen_bits.len() <= word {
-                            seen_bits.resize(word + 1, 0);
-                        }
-                        if seen_bits[word] & (1 << bit) != 0 {
-                            seen.duplicated += 1;
-                            continue;
-                        }
-                        seen_bits[word] |= 1 << bit;
-                        if m.seq <= top {
-                            seen.out_of_order += 1;
-                        }
-                        top = top.max(m.seq);
-                        seen.received += 1;
-                        highest[i].store(top, Ordering::Relaxed);
-                        if let Some(sent) = common::stamp_of(&m.text) {
-                            let _ = seen.latency.record(now.saturating_sub(sent).max(1));
-                        }
-                        seen.last_delivery = Some(Instant::now());
-                    }
-                    _ => {}
-                }
-            }
-            Ok::<Seen, Error>(seen)
-        });
-    }
+    let (mut subscribers, attached) = spawn_subscribers(&nodes, &users, &room, &highest, &stop_rx);
     for ready in attached {
         ready.await.map_err(|_| "a subscriber failed to attach")?;
     }
 
-    // The publisher: a Subscribe stream with up to `inflight` sends unacknowledged.
     let server_cpu: Vec<_> = args
         .server_pids
         .iter()
         .map(|&pid| common::CpuMeter::start(pid))
         .collect();
     let client_cpu = common::CpuMeter::start(std::process::id());
-    let mut pub_client = common::client(&channels[0], &publisher);
+    let client = common::client(&channels[0], &publisher);
+    let (started, sent) = publish(&args, client, &room, &highest).await?;
+    drain(&highest, sent, args.subscribers).await;
+    let server_cpu: Vec<f64> = server_cpu.into_iter().filter_map(|m| m.percent()).collect();
+    let client_cpu = client_cpu.percent();
+    let _ = stop_tx.send(true);
+
+    let mut totals = Totals {
+        latency: common::histogram(),
+        received: 0,
+        duplicated: 0,
+        out_of_order: 0,
+        lost: 0,
+        last_delivery: started,
+    };
+    while let Some(seen) = subscribers.join_next().await {
+        totals.add(seen??, sent)?;
+    }
+    let span = totals
+        .last_delivery
+        .duration_since(started)
+        .as_secs_f64()
+        .max(1e-9);
+    report.set("scenario", "fanout");
+    report.set("subscribers", args.subscribers as u64);
+    report.set("nodes", nodes.len() as u64);
+    report.set("connections", (args.connections * nodes.len()) as u64);
+    report.set("published", sent);
+    report.set("published_per_sec", sent as f64 / span);
+    report.set("delivered", totals.received);
+    report.set("deliveries_per_sec", totals.received as f64 / span);
+    report.set("lost", totals.lost);
+    report.set("duplicated", totals.duplicated);
+    report.set("out_of_order", totals.out_of_order);
+    report.set("latency_ms", common::latency_ms(&totals.latency));
+    if !server_cpu.is_empty() {
+        report.set("server_cpu_percent", server_cpu.iter().sum::<f64>());
+    }
+    if server_cpu.len() > 1 {
+        report.set("server_cpu_percent_by_node", server_cpu);
+    }
+    if let Some(cpu) = client_cpu {
+        report.set("client_cpu_percent", cpu);
+    }
+    Ok(totals.lost == 0 && totals.duplicated == 0 && totals.out_of_order == 0)
+}
+
+/// A [`Subscriber`] for each user, spread over the nodes in turn (and over each
+/// node's connections); each says on its receiver once it is attached.
+fn spawn_subscribers(
+    nodes: &[Vec<tonic::transport::Channel>],
+    users: &[String],
+    room: &str,
+    highest: &Arc<Vec<AtomicU64>>,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> (
+    tokio::task::JoinSet<Result<Seen, Error>>,
+    Vec<tokio::sync::oneshot::Receiver<()>>,
+) {
+    let mut subscribers = tokio::task::JoinSet::new();
+    let mut attached = Vec::new();
+    for (i, user) in users.iter().enumerate() {
+        let node = &nodes[i % nodes.len()];
+        let client = common::client(&node[(i / nodes.len()) % node.len()], user);
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        attached.push(ready_rx);
+        let subscriber = Subscriber {
+            index: i,
+            highest: highest.clone(),
+            stop: stop.clone(),
+            ready: Some(ready_tx),
+        };
+        subscribers.spawn(subscriber.watch(client, common::attach(room)));
+    }
+    (subscribers, attached)
+}
+
+/// One attached stream, counting what it receives.
+struct Subscriber {
+    index: usize,
+    /// Every subscriber's highest seq; this one's at `index`.
+    highest: Arc<Vec<AtomicU64>>,
+    stop: tokio::sync::watch::Receiver<bool>,
+    /// Told when the room is attached.
+    ready: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Subscriber {
+    /// Attaches and counts every message until told to stop.
+    async fn watch(
+        mut self,
+        mut client: common::Client,
+        attach: pb::SubscribeRequest,
+    ) -> Result<Seen, Error> {
+        let mut stream = common::listen(&mut client, attach).await?;
+        let mut seen_bits: Vec<u64> = Vec::new();
+        let mut seen = Seen {
+            received: 0,
+            duplicated: 0,
+            out_of_order: 0,
+            latency: common::histogram(),
+            last_delivery: None,
+        };
+        let mut top = 0u64;
+        loop {
+            let frame = tokio::select! {
+                biased;
+                frame = stream.message() => frame?,
+                _ = self.stop.changed() => break,
+            };
+            let Some(frame) = frame else { break };
+            match frame.event {
+                Some(Event::Attached(_)) => {
+                    if let Some(r) = self.ready.take() {
+                        let _ = r.send(());
+                    }
+                }
+                Some(Event::Message(m)) if m.seq > 0 => {
+                    let now = common::now_micros();
+                    let (word, bit) = ((m.seq / 64) as usize, m.seq % 64);
+                    if seen_bits.len() <= word {
+                        seen_bits.resize(word + 1, 0);
+                    }
+                    if seen_bits[word] & (1 << bit) != 0 {
+                        seen.duplicated += 1;
+                        continue;
+                    }
+                    seen_bits[word] |= 1 << bit;
+                    if m.seq <= top {
+                        seen.out_of_order += 1;
+                    }
+                    top = top.max(m.seq);
+                    seen.received += 1;
+                    self.highest[self.index].store(top, Ordering::Relaxed);
+                    if let Some(sent) = common::stamp_of(&m.text) {
+                        let _ = seen.latency.record(now.saturating_sub(sent).max(1));
+                    }
+                    seen.last_delivery = Some(Instant::now());
+                }
+                _ => {}
+            }
+        }
+        Ok(seen)
+    }
+}
+
+/// Publishes for `--duration` through a Subscribe stream with up to `--inflight` sends
+/// unacknowledged, paced by `--rate` or `--lead`; returns when it started and how
+/// many it sent, once every send is acknowledged.
+async fn publish(
+    args: &Fanout,
+    mut client: common::Client,
+    room: &str,
+    highest: &[AtomicU64],
+) -> Result<(Instant, u64), Error> {
     let (frames, outbound) =
         tokio::sync::mpsc::channel::<pb::SubscribeRequest>(args.inflight.max(1));
-    let mut acks = pub_client
+    let mut acks = client
         .subscribe(tokio_stream::wrappers::ReceiverStream::new(outbound))
         .await?
         .into_inner();
@@ -188,7 +279,7 @@ pub async fn run(target: &str, args: Fanout, report: &mut Report) -> Result<bool
             tokio::time::sleep_until(due.into()).await;
         }
         if let Some(lead) = args.lead {
-            while sent.saturating_sub(slowest(&highest)) >= lead {
+            while sent.saturating_sub(slowest(highest)) >= lead {
                 if Instant::now() >= deadline {
                     break;
                 }
@@ -200,15 +291,21 @@ pub async fn run(target: &str, args: Fanout, report: &mut Report) -> Result<bool
         let frame = pb::SubscribeRequest {
             request_id: sent.to_string(),
             frame: Some(pb::subscribe_request::Frame::Send(common::chat(
-                &room,
+                room,
                 common::stamped_text(args.size),
             ))),
         };
         frames.send(frame).await?;
     }
-    // Wait for every ack, then drain: at most 5 s, ending after 1 s without progress.
     let _ = window.acquire_many(args.inflight.max(1) as u32).await?;
     drop(frames);
+    acker.abort();
+    Ok((started, sent))
+}
+
+/// Waits for every subscriber to see all `sent` messages: at most 5 s, ending after
+/// 1 s without progress.
+async fn drain(highest: &[AtomicU64], sent: u64, subscribers: usize) {
     let drain_start = Instant::now();
     let mut last_total = 0;
     let mut last_progress = Instant::now();
@@ -217,7 +314,7 @@ pub async fn run(target: &str, args: Fanout, report: &mut Report) -> Result<bool
             .iter()
             .map(|h| h.load(Ordering::Relaxed).min(sent))
             .sum();
-        if total == sent * args.subscribers as u64 {
+        if total == sent * subscribers as u64 {
             break;
         }
         if total != last_total {
@@ -228,51 +325,30 @@ pub async fn run(target: &str, args: Fanout, report: &mut Report) -> Result<bool
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let server_cpu: Vec<f64> = server_cpu.into_iter().filter_map(|m| m.percent()).collect();
-    let client_cpu = client_cpu.percent();
-    let _ = stop_tx.send(true);
-    acker.abort();
+}
 
-    let mut latency = common::histogram();
-    let (mut received, mut duplicated, mut out_of_order, mut lost) = (0u64, 0u64, 0u64, 0u64);
-    let mut last_delivery = started;
-    while let Some(seen) = subscribers.join_next().await {
-        let seen = seen??;
-        received += seen.received;
-        duplicated += seen.duplicated;
-        out_of_order += seen.out_of_order;
-        lost += sent.saturating_sub(seen.received);
-        latency.add(&seen.latency)?;
+/// What every subscriber saw, together.
+struct Totals {
+    latency: hdrhistogram::Histogram<u64>,
+    received: u64,
+    duplicated: u64,
+    out_of_order: u64,
+    lost: u64,
+    last_delivery: Instant,
+}
+
+impl Totals {
+    fn add(&mut self, seen: Seen, sent: u64) -> Result<(), Error> {
+        self.received += seen.received;
+        self.duplicated += seen.duplicated;
+        self.out_of_order += seen.out_of_order;
+        self.lost += sent.saturating_sub(seen.received);
+        self.latency.add(&seen.latency)?;
         if let Some(t) = seen.last_delivery {
-            last_delivery = last_delivery.max(t);
+            self.last_delivery = self.last_delivery.max(t);
         }
+        Ok(())
     }
-    let span = last_delivery
-        .duration_since(started)
-        .as_secs_f64()
-        .max(1e-9);
-    report.set("scenario", "fanout");
-    report.set("subscribers", args.subscribers as u64);
-    report.set("nodes", nodes.len() as u64);
-    report.set("connections", (args.connections * nodes.len()) as u64);
-    report.set("published", sent);
-    report.set("published_per_sec", sent as f64 / span);
-    report.set("delivered", received);
-    report.set("deliveries_per_sec", received as f64 / span);
-    report.set("lost", lost);
-    report.set("duplicated", duplicated);
-    report.set("out_of_order", out_of_order);
-    report.set("latency_ms", common::latency_ms(&latency));
-    if !server_cpu.is_empty() {
-        report.set("server_cpu_percent", server_cpu.iter().sum::<f64>());
-    }
-    if server_cpu.len() > 1 {
-        report.set("server_cpu_percent_by_node", server_cpu);
-    }
-    if let Some(cpu) = client_cpu {
-        report.set("client_cpu_percent", cpu);
-    }
-    Ok(lost == 0 && duplicated == 0 && out_of_order == 0)
 }
 
 fn slowest(highest: &[AtomicU64]) -> u64 {

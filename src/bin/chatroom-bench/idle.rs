@@ -49,7 +49,7 @@ pub async fn run(target: &str, args: Idle, report: &mut Report) -> Result<bool, 
     let mut streams = tokio::task::JoinSet::new();
     let mut ready = Vec::new();
     for (i, user) in users.iter().enumerate() {
-        let mut c = common::client(&channels[i % channels.len()], user);
+        let c = common::client(&channels[i % channels.len()], user);
         let first = if args.no_attach {
             pb::SubscribeRequest {
                 request_id: "p".into(),
@@ -60,30 +60,7 @@ pub async fn run(target: &str, args: Idle, report: &mut Report) -> Result<bool, 
         };
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         ready.push(ready_rx);
-        let counts = counts_tx.clone();
-        let burst = args.burst;
-        streams.spawn(async move {
-            let mut stream = common::listen(&mut c, first).await?;
-            let mut ready = Some(ready_tx);
-            let mut got = 0;
-            while let Some(frame) = stream.message().await? {
-                match frame.event {
-                    Some(Event::Attached(_) | Event::Pong(_)) => {
-                        if let Some(r) = ready.take() {
-                            let _ = r.send(());
-                        }
-                    }
-                    Some(Event::Message(_)) => {
-                        got += 1;
-                        if got == burst {
-                            let _ = counts.send(());
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            Ok::<(), Error>(())
-        });
+        streams.spawn(hold(c, first, ready_tx, counts_tx.clone(), args.burst));
     }
     for r in ready {
         r.await.map_err(|_| "a stream failed to attach")?;
@@ -106,21 +83,15 @@ pub async fn run(target: &str, args: Idle, report: &mut Report) -> Result<bool, 
         return Ok(true);
     }
 
-    let mut publisher = common::client(&channels[0], &publisher);
-    let burst_started = Instant::now();
-    for _ in 0..args.burst {
-        publisher
-            .send_message(common::chat(&room, common::stamped_text(100)))
-            .await?;
-    }
-    let mut done = 0;
-    while done < args.subscribers {
-        tokio::time::timeout(Duration::from_secs(60), counts_rx.recv())
-            .await
-            .map_err(|_| "the burst was not delivered to every stream within 60 s")?;
-        done += 1;
-    }
-    let burst_secs = burst_started.elapsed().as_secs_f64();
+    let publisher = common::client(&channels[0], &publisher);
+    let burst_secs = burst(
+        publisher,
+        &room,
+        args.burst,
+        args.subscribers,
+        &mut counts_rx,
+    )
+    .await?;
     tokio::time::sleep(Duration::from_secs(args.settle)).await;
     let after = rss("cannot read the server's memory")?;
     streams.abort_all();
@@ -135,4 +106,58 @@ pub async fn run(target: &str, args: Idle, report: &mut Report) -> Result<bool, 
         args.burst as f64 * n / burst_secs,
     );
     Ok(true)
+}
+
+/// One stream: opened with `first`, `ready` once it is attached (or answered), and
+/// counting the messages until `burst` of them came, then saying so on `counts`.
+async fn hold(
+    mut client: common::Client,
+    first: pb::SubscribeRequest,
+    ready: tokio::sync::oneshot::Sender<()>,
+    counts: tokio::sync::mpsc::UnboundedSender<()>,
+    burst: u64,
+) -> Result<(), Error> {
+    let mut stream = common::listen(&mut client, first).await?;
+    let mut ready = Some(ready);
+    let mut got = 0;
+    while let Some(frame) = stream.message().await? {
+        match frame.event {
+            Some(Event::Attached(_) | Event::Pong(_)) => {
+                if let Some(r) = ready.take() {
+                    let _ = r.send(());
+                }
+            }
+            Some(Event::Message(_)) => {
+                got += 1;
+                if got == burst {
+                    let _ = counts.send(());
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Sends `burst` messages and waits until every one of `streams` has them all;
+/// returns how long that took, in seconds.
+async fn burst(
+    mut publisher: common::Client,
+    room: &str,
+    burst: u64,
+    streams: usize,
+    counts: &mut tokio::sync::mpsc::UnboundedReceiver<()>,
+) -> Result<f64, Error> {
+    let started = Instant::now();
+    for _ in 0..burst {
+        publisher
+            .send_message(common::chat(room, common::stamped_text(100)))
+            .await?;
+    }
+    for _ in 0..streams {
+        tokio::time::timeout(Duration::from_secs(60), counts.recv())
+            .await
+            .map_err(|_| "the burst was not delivered to every stream within 60 s")?;
+    }
+    Ok(started.elapsed().as_secs_f64())
 }

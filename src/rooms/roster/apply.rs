@@ -14,7 +14,7 @@ use tokio::sync::{Notify, watch};
 
 use super::rules::{Key, Plan, Rules, key};
 use super::{Change, Create, Job, Joined, Kind, MemberChange, Outcome, Switched};
-use crate::domain::{DetachReason, Member, Room, RoomId, UnixMicros};
+use crate::domain::{Clock, DetachReason, Member, Room, RoomId, UnixMicros};
 use crate::error::{Error, Result};
 use crate::live::Hubs;
 use crate::live::hub::Switch;
@@ -26,6 +26,8 @@ pub(super) struct Batches {
     pub hubs: Arc<Hubs>,
     pub deadlines_changed: Arc<Notify>,
     pub max_rooms_per_user: u32,
+    /// The time of a batch: when members joined, left, went offline.
+    pub clock: Clock,
 }
 
 /// Writes a batch's plan: a statement each for the whole batch.
@@ -62,6 +64,82 @@ fn members_by_key(rows: Vec<(String, Member)>) -> HashMap<Key, Member> {
     rows.into_iter()
         .map(|(room, member)| ((room, member.user_id.clone()), member))
         .collect()
+}
+
+/// Locks the rooms of a batch that exist (a switch's both) and reads which of the
+/// batch's users are members of them.
+async fn lock_and_read(
+    tx: &mut Tx,
+    changes: &[&MemberChange],
+) -> Result<(HashMap<RoomId, Room>, HashMap<Key, Member>)> {
+    let mut ids: Vec<&RoomId> = Vec::with_capacity(changes.len());
+    for change in changes {
+        ids.push(&change.room_id);
+        if let Kind::Switch { to, .. } = &change.kind {
+            ids.push(to);
+        }
+    }
+    let rooms = lock_by_id(tx, &ids).await?;
+    let mut keys: Vec<(&str, &str)> = Vec::with_capacity(ids.len());
+    for change in changes {
+        let user = change.user_id.as_str();
+        if rooms.contains_key(&change.room_id) {
+            keys.push((change.room_id.as_str(), user));
+        }
+        if let Kind::Switch { to, .. } = &change.kind
+            && rooms.contains_key(to)
+        {
+            keys.push((to.as_str(), user));
+        }
+    }
+    let members = members_by_key(tx.members_among(&keys).await?);
+    Ok((rooms, members))
+}
+
+/// Creates the missing rooms CreateRoom and EnterRoom ask for: the first such join
+/// that claimed its slot creates the room (a join that may not join creates nothing).
+/// Returns which change created each room; the rooms created are locked and added to
+/// `rooms`.
+async fn create_missing<'a>(
+    tx: &mut Tx,
+    changes: &[&'a MemberChange],
+    claimed: &HashSet<String>,
+    now: UnixMicros,
+    rooms: &mut HashMap<RoomId, Room>,
+    members: &mut HashMap<Key, Member>,
+) -> Result<HashMap<&'a RoomId, usize>> {
+    let mut creator: HashMap<&RoomId, usize> = HashMap::new();
+    for (i, change) in changes.iter().enumerate() {
+        let Kind::Join {
+            create: Some(Create { room: new, .. }),
+            ..
+        } = &change.kind
+        else {
+            continue;
+        };
+        if rooms.contains_key(&change.room_id) || !claimed.contains(&change.user_id) {
+            continue;
+        }
+        if tx.insert_room(new, &change.user_id, now).await? {
+            creator.insert(&change.room_id, i);
+        } else {
+            // Created by another transaction since the batch locked its rooms (the
+            // insert waited for its commit): read its members among ours like the
+            // others'.
+            let keys: Vec<(&str, &str)> = changes
+                .iter()
+                .filter(|c| c.room_id == change.room_id)
+                .map(|c| (c.room_id.as_str(), c.user_id.as_str()))
+                .collect();
+            members.extend(members_by_key(tx.members_among(&keys).await?));
+        }
+        let room = tx
+            .lock_room(&change.room_id)
+            .await?
+            .ok_or_else(|| Error::Internal("a room just inserted is gone".into()))?;
+        rooms.insert(room.id.clone(), room);
+    }
+    Ok(creator)
 }
 
 impl Batches {
@@ -102,33 +180,13 @@ impl Batches {
     /// rooms as that change left them. An `Err` is the whole batch's: nothing was
     /// written.
     async fn write(&self, changes: &[&MemberChange]) -> Result<Vec<Result<Outcome>>> {
-        let now = UnixMicros::now();
+        let now = self.clock.now();
         let limit = self.max_rooms_per_user;
         let mut tx = self.store.begin().await?;
 
         // 1. Lock the rooms that exist (a switch's both), then read which of the
         //    batch's users are members of them, and which timed-out members are due.
-        let mut ids: Vec<&RoomId> = Vec::with_capacity(changes.len());
-        for change in changes {
-            ids.push(&change.room_id);
-            if let Kind::Switch { to, .. } = &change.kind {
-                ids.push(to);
-            }
-        }
-        let mut rooms = lock_by_id(&mut tx, &ids).await?;
-        let mut keys: Vec<(&str, &str)> = Vec::with_capacity(ids.len());
-        for change in changes {
-            let user = change.user_id.as_str();
-            if rooms.contains_key(&change.room_id) {
-                keys.push((change.room_id.as_str(), user));
-            }
-            if let Kind::Switch { to, .. } = &change.kind
-                && rooms.contains_key(to)
-            {
-                keys.push((to.as_str(), user));
-            }
-        }
-        let mut members = members_by_key(tx.members_among(&keys).await?);
+        let (mut rooms, mut members) = lock_and_read(&mut tx, changes).await?;
         let due = due_to_expire(&mut tx, changes, &rooms).await?;
 
         // 2. The per-user room limit comes first: claim a slot for every join that may
@@ -147,38 +205,9 @@ impl Batches {
             .into_iter()
             .collect();
 
-        // 3. Rooms CreateRoom and EnterRoom ask for: the first such join that claimed
-        //    its slot creates a missing room (a join that may not join creates nothing).
-        let mut creator: HashMap<&RoomId, usize> = HashMap::new();
-        for (i, change) in changes.iter().enumerate() {
-            let Kind::Join {
-                create: Some(Create { room: new, .. }),
-                ..
-            } = &change.kind
-            else {
-                continue;
-            };
-            if rooms.contains_key(&change.room_id) || !claimed.contains(&change.user_id) {
-                continue;
-            }
-            if tx.insert_room(new, &change.user_id, now).await? {
-                creator.insert(&change.room_id, i);
-            } else {
-                // Created by another transaction since step 1 (the insert waited for
-                // its commit): read its members among ours like the others'.
-                let keys: Vec<(&str, &str)> = changes
-                    .iter()
-                    .filter(|c| c.room_id == change.room_id)
-                    .map(|c| (c.room_id.as_str(), c.user_id.as_str()))
-                    .collect();
-                members.extend(members_by_key(tx.members_among(&keys).await?));
-            }
-            let room = tx
-                .lock_room(&change.room_id)
-                .await?
-                .ok_or_else(|| Error::Internal("a room just inserted is gone".into()))?;
-            rooms.insert(room.id.clone(), room);
-        }
+        // 3. Rooms CreateRoom and EnterRoom ask for.
+        let creator =
+            create_missing(&mut tx, changes, &claimed, now, &mut rooms, &mut members).await?;
 
         // 4. The rules, in arrival order, against the locked rooms.
         let mut rules = Rules {
@@ -217,6 +246,20 @@ impl Batches {
         // commit fail, the streams were detached from a room their user is still in;
         // they may attach again. A switch's streams are told, and stay where they are.)
         let (committed, commit_outcome) = watch::channel(None);
+        self.detach_leavers(&outcomes, &commit_outcome);
+        let result = tx.commit().await;
+        let _ = committed.send(Some(result.is_ok()));
+        result?;
+        Ok(outcomes)
+    }
+
+    /// Stops the streams of the batch's leavers (a switch's with the room they go to,
+    /// attached once `committed` says the commit held).
+    fn detach_leavers(
+        &self,
+        outcomes: &[Result<Outcome>],
+        committed: &watch::Receiver<Option<bool>>,
+    ) {
         for outcome in outcomes.iter().flatten() {
             match outcome {
                 Outcome::Left {
@@ -229,7 +272,7 @@ impl Batches {
                     let switch = Switch {
                         to: to.id.clone(),
                         after_seq: to.last_seq,
-                        committed: commit_outcome.clone(),
+                        committed: committed.clone(),
                     };
                     self.hubs.detach_user(
                         &from.id,
@@ -241,10 +284,6 @@ impl Batches {
                 _ => {}
             }
         }
-        let result = tx.commit().await;
-        let _ = committed.send(Some(result.is_ok()));
-        result?;
-        Ok(outcomes)
     }
 
     /// Deletes the rooms of a batch of deletions that are still empty and overdue.

@@ -32,7 +32,7 @@ use std::sync::Arc;
 use tokio::sync::{Notify, mpsc};
 
 use super::writer::{self, Writer};
-use crate::domain::{DetachReason, Member, NewRoom, Room, RoomId, RoomMove, UnixMicros};
+use crate::domain::{Clock, DetachReason, Member, NewRoom, Room, RoomId, RoomMove, UnixMicros};
 use crate::error::{Error, Result};
 use crate::live::Hubs;
 use crate::store::Store;
@@ -129,12 +129,14 @@ impl Roster {
         hubs: Arc<Hubs>,
         deadlines_changed: Arc<Notify>,
         max_rooms_per_user: u32,
+        clock: Clock,
     ) -> (Roster, tokio::task::JoinHandle<()>) {
         let batches = apply::Batches {
             store,
             hubs,
             deadlines_changed,
             max_rooms_per_user,
+            clock,
         };
         let (writer, task) = Writer::start("membership writer", QUEUE, |queue| run(batches, queue));
         (Roster(writer), task)

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use crate::domain::{Message, RoomId};
 use crate::error::Result;
 use crate::rooms::sender_name;
-use crate::store::Store;
+use crate::store::{Store, Tx};
 
 /// A message handed to the writer.
 pub struct Submission {
@@ -52,8 +52,43 @@ fn key(m: &Message) -> Key {
 pub(super) async fn append(store: &Store, batch: &mut [Submission]) -> Result<Vec<Appended>> {
     let mut answers: Vec<Option<Appended>> = vec![None; batch.len()];
     let mut tx = store.begin().await?;
-
     // 1. Who may send, and under which name: members, and admins.
+    check_senders(&mut tx, batch, &mut answers).await?;
+    // 2. Idempotency: keys seen before (stored, or earlier in this batch).
+    let copies = find_copies(&mut tx, batch, &mut answers).await?;
+    // 3. Seqs: each room's next ones, in arrival order, rooms in id order.
+    let new_rows = take_seqs(&mut tx, batch, &mut answers, &copies).await?;
+
+    // 4. The rows, together.
+    if !new_rows.is_empty() {
+        let rows: Vec<&Message> = new_rows.iter().map(|&i| &batch[i].message).collect();
+        tx.insert_messages(&rows).await?;
+    }
+    tx.commit().await?;
+
+    for &i in &new_rows {
+        answers[i] = Some(Appended::New(batch[i].message.clone()));
+    }
+    for (i, first) in copies {
+        answers[i] = Some(match &answers[first] {
+            Some(Appended::New(m) | Appended::Existing(m)) => Appended::Existing(m.clone()),
+            Some(other) => other.clone(),
+            None => Appended::RoomGone,
+        });
+    }
+    Ok(answers
+        .into_iter()
+        .map(|a| a.expect("every message has an answer"))
+        .collect())
+}
+
+/// Fills in each sender's display name from their member row; a sender who is neither
+/// a member nor an admin is answered NotAMember (RoomGone where the room is gone).
+async fn check_senders(
+    tx: &mut Tx,
+    batch: &mut [Submission],
+    answers: &mut [Option<Appended>],
+) -> Result<()> {
     let pairs: Vec<(&str, &str)> = batch
         .iter()
         .map(|s| (s.message.room_id.as_str(), s.message.sender_id.as_str()))
@@ -88,8 +123,16 @@ pub(super) async fn append(store: &Store, batch: &mut [Submission]) -> Result<Ve
             }
         }
     }
+    Ok(())
+}
 
-    // 2. Idempotency: keys seen before (stored, or earlier in this batch).
+/// Answers the messages whose idempotency key is stored already; returns the copies
+/// of a key earlier in the batch, as `(copy, first)` indexes.
+async fn find_copies(
+    tx: &mut Tx,
+    batch: &[Submission],
+    answers: &mut [Option<Appended>],
+) -> Result<Vec<(usize, usize)>> {
     let keyed: Vec<usize> = (0..batch.len())
         .filter(|&i| answers[i].is_none() && !batch[i].message.client_msg_id.is_empty())
         .collect();
@@ -112,8 +155,17 @@ pub(super) async fn append(store: &Store, batch: &mut [Submission]) -> Result<Ve
             first_with_key.insert(k, i);
         }
     }
+    Ok(copies)
+}
 
-    // 3. Seqs: each room's next ones, in arrival order, rooms in id order.
+/// Reserves each room's next seqs for the messages still unanswered (copies aside),
+/// in arrival order, rooms in id order; returns the indexes of the rows to insert.
+async fn take_seqs(
+    tx: &mut Tx,
+    batch: &mut [Submission],
+    answers: &mut [Option<Appended>],
+    copies: &[(usize, usize)],
+) -> Result<Vec<usize>> {
     let is_copy: HashSet<usize> = copies.iter().map(|&(i, _)| i).collect();
     let mut by_room: BTreeMap<RoomId, Vec<usize>> = BTreeMap::new();
     for (i, s) in batch.iter().enumerate() {
@@ -144,26 +196,5 @@ pub(super) async fn append(store: &Store, batch: &mut [Submission]) -> Result<Ve
             }
         }
     }
-
-    // 4. The rows, together.
-    if !new_rows.is_empty() {
-        let rows: Vec<&Message> = new_rows.iter().map(|&i| &batch[i].message).collect();
-        tx.insert_messages(&rows).await?;
-    }
-    tx.commit().await?;
-
-    for &i in &new_rows {
-        answers[i] = Some(Appended::New(batch[i].message.clone()));
-    }
-    for (i, first) in copies {
-        answers[i] = Some(match &answers[first] {
-            Some(Appended::New(m) | Appended::Existing(m)) => Appended::Existing(m.clone()),
-            Some(other) => other.clone(),
-            None => Appended::RoomGone,
-        });
-    }
-    Ok(answers
-        .into_iter()
-        .map(|a| a.expect("every message has an answer"))
-        .collect())
+    Ok(new_rows)
 }

@@ -1,8 +1,6 @@
 //! `Sub`: one Subscribe stream driven by a test — frames out, events in, with the
 //! answers to its requests matched by request id.
 
-use std::time::Duration;
-
 use chatroom::pb;
 use tonic::Status;
 

@@ -4,8 +4,11 @@
 //! PostgreSQL comes from `DATABASE_URL` (when it is a postgres:// URL) or
 //! `postgres://postgres@127.0.0.1:5432/postgres`. A test that cannot reach it fails;
 //! nothing is skipped.
-
-#![allow(dead_code, unused_imports)]
+//!
+//! A crate of its own, so that it is compiled once for every test binary of the
+//! service (each used to compile it again through `#[path]`). A test binary names it
+//! `common` (`use chatroom_testkit as common;`) and runs each store test on both
+//! stores with [`on_both_stores!`].
 
 pub mod app;
 pub mod calls;
@@ -29,12 +32,26 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Request, Status};
-use tonic_types::StatusExt;
+use tonic::{Request, Status};
 
 use chatroom::Config;
-use chatroom::pb;
 use chatroom::pb::chat_room_service_client::ChatRoomServiceClient;
+
+/// The path of one of the service's binaries (`chatroom`, `chatroom-bench`), built
+/// beside the test binary running now: cargo builds a package's binaries before its
+/// integration tests, into the directory above theirs (`target/<profile>/`).
+pub fn binary(name: &str) -> std::path::PathBuf {
+    let test = std::env::current_exe().expect("the test binary's path");
+    let deps = test.parent().expect("the test binary's directory");
+    let profile = deps.parent().expect("the target profile directory");
+    let path = profile.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run the tests with cargo test, which builds it",
+        path.display()
+    );
+    path
+}
 
 /// Which store a test runs against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,7 +69,7 @@ macro_rules! on_both_stores {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    super::$name($crate::common::Backend::Sqlite).await
+                    super::$name($crate::Backend::Sqlite).await
                 }
             )*
         }
@@ -60,7 +77,7 @@ macro_rules! on_both_stores {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    super::$name($crate::common::Backend::Postgres).await
+                    super::$name($crate::Backend::Postgres).await
                 }
             )*
         }
@@ -385,7 +402,7 @@ impl ServerProcess {
     pub async fn start_with(db: &TestDb, args: &[&str]) -> ServerProcess {
         let port = free_port();
         let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatroom"))
+        let child = tokio::process::Command::new(binary("chatroom"))
             .args([
                 "--listen",
                 &addr.to_string(),

@@ -110,7 +110,7 @@ pub async fn member_ids(client: &Client, room_id: &str) -> Vec<String> {
 /// Runs `chatroom-bench` against `target` with `args` and returns its JSON report
 /// (the last line), failing unless it exits 0.
 pub async fn bench(target: &str, args: &[&str]) -> serde_json::Value {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatroom-bench"))
+    let output = tokio::process::Command::new(crate::binary("chatroom-bench"))
         .args(["--target", target, "--json"])
         .args(args)
         .output()
@@ -147,6 +147,46 @@ where
         );
         // Polls: what is waited for has no event of its own.
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A clock for a server under test (`config.clock`): it starts at the system's time,
+/// so what the server stores looks like any other run's, and moves only when the
+/// test advances it.
+pub fn test_clock() -> chatroom::domain::Clock {
+    let clock = chatroom::domain::Clock::system();
+    chatroom::domain::Clock::manual(clock.now())
+}
+
+/// Advances `clock` a `step` at a time until `done` says yes, giving the server a
+/// moment of real time after each step to act on it; returns how far the clock
+/// moved. A timer's test asserts on that: "removed once the clock passed the
+/// timeout, not before". (Stepping, not one jump: what starts a timer — a stream
+/// gone, its offline time written — happens when the server gets to it, and a
+/// jump made before that would be lost to it.) Fails after [`WAIT`] of real time.
+pub async fn advance_until<F, Fut>(
+    clock: &chatroom::domain::Clock,
+    step: Duration,
+    what: &str,
+    mut done: F,
+) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut moved = Duration::ZERO;
+    loop {
+        if done().await {
+            return moved;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not after the clock moved {moved:?}"
+        );
+        clock.advance(step);
+        moved += step;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
