@@ -42,7 +42,8 @@
 //!   never inside the session, which runs only while its client reads) and the
 //!   server's codec (which answers undecodable messages INVALID_ARGUMENT).
 //! - [`domain`]: the types every layer imports — ids, rooms, members, messages, pages —
-//!   parsed once at the edge.
+//!   parsed once at the edge; and the [`domain::Clock`] every rule reads the time
+//!   from and every timer waits on (the system's; in a test, one the test moves).
 //! - [`rooms`]: the rules — membership, limits, permissions, sending — as handles,
 //!   one file each, that list what they hold ([`rooms::Rooms`] bundles them), and the
 //!   two writers that group-commit changes: every change of membership

@@ -8,6 +8,7 @@
 //! It may import every module; nothing imports it but `lib.rs`.
 
 mod cluster;
+mod gauges;
 mod parts;
 
 use std::future::Future;
@@ -238,7 +239,7 @@ impl App {
             stop.clone(),
         ));
         if config.metrics_listen.is_some() {
-            tasks.push(tokio::spawn(sample_gauges(
+            tasks.push(tokio::spawn(gauges::sample(
                 store.clone(),
                 rooms.hubs().clone(),
                 stop.clone(),
@@ -364,22 +365,4 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-}
-
-/// Samples what is a level rather than an event (live rooms, database connections)
-/// for the metrics, every second, until the server stops.
-async fn sample_gauges(
-    store: store::Store,
-    hubs: Arc<live::Hubs>,
-    mut stop: watch::Receiver<bool>,
-) {
-    loop {
-        let (in_use, idle) = store.connections();
-        telemetry::db_connections(in_use, idle);
-        telemetry::rooms_live(hubs.live_room_count());
-        tokio::select! {
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = stop.wait_for(|stop| *stop) => return,
-        }
-    }
 }

@@ -6,8 +6,8 @@ use std::time::Duration;
 use tonic::Code;
 
 use crate::common::{
-    Backend, Ev, ServerProcess, Sub, TestApp, TestDb, TestServer, assert_error, chat, create,
-    history, join,
+    Backend, Ev, ServerProcess, Sub, TestApp, TestDb, TestServer, WAIT, assert_error, chat, create,
+    get_room, history, join,
 };
 use crate::on_both_stores;
 use chatroom::pb;
@@ -178,6 +178,17 @@ async fn stream_errors_do_not_end_the_stream(backend: Backend) {
     assert!(sub.until_pong().await.is_empty());
 }
 
+/// Returns once the storm in `room` has stored 100 messages (the storm ends with the
+/// server: no fixed wait, which a slow machine could outlast before the first send).
+async fn under_way(server: &TestServer, room: &str) {
+    let mut client = server.client("owner").await;
+    let started = std::time::Instant::now();
+    while get_room(&mut client, room).await.unwrap().last_seq < 100 {
+        assert!(started.elapsed() < WAIT, "the storm did not get going");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Eight members sending as fast as they can until the server goes away: four over
 /// unary SendMessage, four over Subscribe streams. Each task returns the seqs that
 /// were acknowledged to it.
@@ -259,8 +270,8 @@ async fn shutdown_during_a_send_storm_loses_no_acknowledged_message(backend: Bac
     let mut app = TestApp::start(backend).await;
     app.create_room("owner", "s").await;
     let storm = start_storm(&app, "s").await;
-    // The storm runs a while, so that the shutdown falls in the middle of it.
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // The shutdown falls in the middle of the storm.
+    under_way(app.server(), "s").await;
     app.stop_server().await;
     let acked = acknowledged(storm).await;
     app.start_again().await;
@@ -274,7 +285,7 @@ async fn sigterm_during_a_send_storm_loses_no_acknowledged_message(backend: Back
     process.server.create_room("owner", "s").await;
     let storm = start_storm(&process.server, "s").await;
     // As above: the SIGTERM falls in the middle of the storm.
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    under_way(&process.server, "s").await;
 
     let killed = std::process::Command::new("kill")
         .args(["-TERM", &process.child.id().unwrap().to_string()])

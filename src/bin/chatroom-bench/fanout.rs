@@ -110,23 +110,11 @@ pub async fn run(target: &str, args: Fanout, report: &mut Report) -> Result<bool
     while let Some(seen) = subscribers.join_next().await {
         totals.add(seen??, sent)?;
     }
-    let span = totals
-        .last_delivery
-        .duration_since(started)
-        .as_secs_f64()
-        .max(1e-9);
     report.set("scenario", "fanout");
     report.set("subscribers", args.subscribers as u64);
     report.set("nodes", nodes.len() as u64);
     report.set("connections", (args.connections * nodes.len()) as u64);
-    report.set("published", sent);
-    report.set("published_per_sec", sent as f64 / span);
-    report.set("delivered", totals.received);
-    report.set("deliveries_per_sec", totals.received as f64 / span);
-    report.set("lost", totals.lost);
-    report.set("duplicated", totals.duplicated);
-    report.set("out_of_order", totals.out_of_order);
-    report.set("latency_ms", common::latency_ms(&totals.latency));
+    totals.report(report, started, sent);
     if !server_cpu.is_empty() {
         report.set("server_cpu_percent", server_cpu.iter().sum::<f64>());
     }
@@ -338,6 +326,24 @@ struct Totals {
 }
 
 impl Totals {
+    /// Reports what was published and delivered, per second of the run (from
+    /// `started` to the last delivery).
+    fn report(&self, report: &mut Report, started: Instant, sent: u64) {
+        let span = self
+            .last_delivery
+            .duration_since(started)
+            .as_secs_f64()
+            .max(1e-9);
+        report.set("published", sent);
+        report.set("published_per_sec", sent as f64 / span);
+        report.set("delivered", self.received);
+        report.set("deliveries_per_sec", self.received as f64 / span);
+        report.set("lost", self.lost);
+        report.set("duplicated", self.duplicated);
+        report.set("out_of_order", self.out_of_order);
+        report.set("latency_ms", common::latency_ms(&self.latency));
+    }
+
     fn add(&mut self, seen: Seen, sent: u64) -> Result<(), Error> {
         self.received += seen.received;
         self.duplicated += seen.duplicated;
