@@ -42,6 +42,21 @@ impl TestApp {
         TestApp::over(TestDb::new(backend).await, configure).await
     }
 
+    /// A server on `clock` (a test's own: [`crate::test_clock`]), its limits changed
+    /// by `configure`, over a fresh database; a restart keeps the clock.
+    pub async fn with_clock(
+        backend: Backend,
+        clock: &chatroom::domain::Clock,
+        configure: impl Fn(&mut Config) + Send + Sync + 'static,
+    ) -> TestApp {
+        let clock = clock.clone();
+        TestApp::with(backend, move |c| {
+            c.clock = clock.clone();
+            configure(c);
+        })
+        .await
+    }
+
     /// A server over `db`, which the app owns from now on (a database the test needed
     /// before the server, or one another server used before).
     pub async fn over(

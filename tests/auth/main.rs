@@ -72,12 +72,11 @@ async fn jwt_app(backend: Backend) -> TestApp {
 /// [`jwt_app`] on `clock` (a stream's token expiry waits on it; tokens themselves are
 /// checked against the system's time).
 async fn jwt_app_on(backend: Backend, clock: chatroom::domain::Clock) -> TestApp {
-    TestApp::with(backend, move |c| {
+    TestApp::with_clock(backend, &clock, |c| {
         c.auth = AuthMode::Jwt;
         c.jwt_secret = Some(String::from_utf8(SECRET.to_vec()).unwrap());
         c.jwt_issuer = Some(ISSUER.into());
         c.jwt_audience = Some(AUDIENCE.into());
-        c.clock = clock.clone();
     })
     .await
 }

@@ -45,13 +45,9 @@ fn retry_delay(status: &tonic::Status) -> Duration {
 async fn sends_over_the_rate_wait_their_turn(backend: Backend) {
     // The buckets run on the test's clock: no token comes back unless it moves.
     let clock = test_clock();
-    let app = TestApp::with(backend, {
-        let clock = clock.clone();
-        move |c| {
-            c.send_rate = 1;
-            c.send_burst = 3;
-            c.clock = clock.clone();
-        }
+    let app = TestApp::with_clock(backend, &clock, |c| {
+        c.send_rate = 1;
+        c.send_burst = 3;
     })
     .await;
     let mut alice = app.client("alice").await;
@@ -119,13 +115,9 @@ async fn sends_over_the_rate_wait_their_turn(backend: Backend) {
 
 async fn room_changes_over_the_rate_wait_their_turn(backend: Backend) {
     let clock = test_clock();
-    let app = TestApp::with(backend, {
-        let clock = clock.clone();
-        move |c| {
-            c.room_change_rate = 1;
-            c.room_change_burst = 3;
-            c.clock = clock.clone();
-        }
+    let app = TestApp::with_clock(backend, &clock, |c| {
+        c.room_change_rate = 1;
+        c.room_change_burst = 3;
     })
     .await;
     let mut alice = app.client("alice").await;

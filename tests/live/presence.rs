@@ -15,12 +15,7 @@ use chatroom::pb;
 
 /// A server on `clock`, with member events sent within 10 ms.
 async fn app_on(backend: Backend, clock: &Clock) -> TestApp {
-    let clock = clock.clone();
-    TestApp::with(backend, move |c| {
-        c.member_event_window_ms = 10;
-        c.clock = clock.clone();
-    })
-    .await
+    TestApp::with_clock(backend, clock, |c| c.member_event_window_ms = 10).await
 }
 
 /// The clock's step while a test waits for a timer.
