@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's grpcurl walkthrough as a script, checking each answer: rooms created,
-# joined, entered, read, listed, updated, switched, left and deleted; errors with
+# joined, entered, read, listed, updated, switched, left and deleted; roles given and
+# the room handed over and back; a user banned, let in and kicked; errors with
 # their reasons; health; then a Subscribe stream that attaches with history, sends
 # and pings. Runs against a server in `--auth header` mode (the default):
 #
@@ -64,6 +65,24 @@ has '"pinned": "welcome!"' "$(as bob UpdateRoom "{\"room_id\": \"$lobby\", \"set
 refused VERSION_CONFLICT bob UpdateRoom "{\"room_id\": \"$lobby\", \"set_attributes\": {\"x\": \"y\"}, \"expected_version\": 1}"
 refused NOT_ROOM_OWNER bob UpdateRoom "{\"room_id\": \"$lobby\", \"name\": \"Bob's now\"}"
 has '"name": "Main Lobby"' "$(as alice UpdateRoom "{\"room_id\": \"$lobby\", \"name\": \"Main Lobby\"}")"
+
+# Roles: alice makes bob a moderator (a moderator gives no roles), hands him the room
+# and he hands it back (bob is a plain member again).
+has '"ROLE_MODERATOR"' "$(as alice SetMemberRole "{\"room_id\": \"$lobby\", \"user_id\": \"bob\", \"role\": \"ROLE_MODERATOR\"}")"
+refused NOT_ROOM_OWNER bob SetMemberRole "{\"room_id\": \"$lobby\", \"user_id\": \"bob\", \"role\": \"ROLE_MEMBER\"}"
+refused MEMBER_NOT_FOUND alice SetMemberRole "{\"room_id\": \"$lobby\", \"user_id\": \"nobody\", \"role\": \"ROLE_MODERATOR\"}"
+has '"ownerId": "bob"' "$(as alice TransferOwnership "{\"room_id\": \"$lobby\", \"user_id\": \"bob\"}")"
+has '"ownerId": "alice"' "$(as bob TransferOwnership "{\"room_id\": \"$lobby\", \"user_id\": \"alice\"}")"
+
+# Order: alice bans troll for an hour (troll is refused BANNED; a plain member may not
+# see the bans), lifts it, and once troll is in, kicks him out.
+has '"userId": "troll"' "$(as alice BanMember "{\"room_id\": \"$lobby\", \"user_id\": \"troll\", \"duration\": \"3600s\"}")"
+refused BANNED troll JoinRoom "{\"room_id\": \"$lobby\"}"
+has '"userId": "troll"' "$(as alice ListBans "{\"room_id\": \"$lobby\"}")"
+refused NOT_A_MODERATOR bob ListBans "{\"room_id\": \"$lobby\"}"
+as alice UnbanMember "{\"room_id\": \"$lobby\", \"user_id\": \"troll\"}" >/dev/null
+as troll JoinRoom "{\"room_id\": \"$lobby\"}" >/dev/null
+has '"userId": "troll"' "$(as alice KickMember "{\"room_id\": \"$lobby\", \"user_id\": \"troll\"}")"
 
 # Bob moves from games to the lobby in one step (he is in both: a move is still fine),
 # leaves (idempotent), and carol deletes games.

@@ -245,7 +245,8 @@ pub struct Config {
     pub send_burst: u32,
 
     /// Room changes (CreateRoom, JoinRoom, EnterRoom, LeaveRoom, SwitchRoom,
-    /// UpdateRoom, DeleteRoom) per second one user may make. Over it:
+    /// UpdateRoom, DeleteRoom, SetMemberRole, TransferOwnership, KickMember, BanMember,
+    /// UnbanMember) per second one user may make. Over it:
     /// RESOURCE_EXHAUSTED RATE_LIMITED with a RetryInfo, nothing changed. 0: unlimited.
     /// Per node.
     #[arg(long, env = "CHATROOM_ROOM_CHANGE_RATE", default_value_t = 0)]

@@ -45,6 +45,21 @@ pub enum Error {
     /// The caller must own the room (or be an admin).
     #[error("only the owner of room {room_id:?} may do this")]
     NotRoomOwner { room_id: String },
+    /// The caller must be a moderator of the room, its owner, or an admin.
+    #[error("only the owner, moderators and admins of room {room_id:?} may do this")]
+    NotAModerator { room_id: String },
+    /// The user an action is aimed at has a role at or above the caller's.
+    #[error("{user_id:?} has a role at or above yours in room {room_id:?}")]
+    Outranked { room_id: String, user_id: String },
+    /// The caller is banned from the room until `expires_at` (`None`: until lifted).
+    #[error("banned from room {room_id:?}")]
+    Banned {
+        room_id: String,
+        expires_at: Option<crate::domain::UnixMicros>,
+    },
+    /// The user an action is aimed at is not a member of the room.
+    #[error("{user_id:?} is not a member of room {room_id:?}")]
+    MemberNotFound { room_id: String, user_id: String },
     /// `expected_version` does not match the room's version.
     #[error("room {room_id:?} is at version {actual}, not {expected}")]
     VersionConflict {
@@ -87,6 +102,14 @@ impl Error {
         match self {
             Error::Unavailable(m) => Error::Unavailable(m.clone()),
             other => Error::Internal(other.to_string()),
+        }
+    }
+
+    /// How long the caller should wait before trying again, where the error says.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Error::RateLimited { retry_after } => Some(*retry_after),
+            _ => None,
         }
     }
 

@@ -355,6 +355,102 @@ impl ChatRoomService for ChatRoomApi {
         }))
     }
 
+    async fn set_member_role(
+        &self,
+        request: Request<pb::SetMemberRoleRequest>,
+    ) -> Result<Response<pb::SetMemberRoleResponse>, Status> {
+        let caller = self.caller(request.metadata()).await?;
+        let (room_id, user_id, role) = decode::member_role(request.into_inner())?;
+        in_room(&room_id);
+        let member = self
+            .sessions
+            .rooms
+            .moderation
+            .set_role(&caller, &room_id, &user_id, role)
+            .await?;
+        Ok(Response::new(pb::SetMemberRoleResponse {
+            member: Some(member.into()),
+        }))
+    }
+
+    async fn transfer_ownership(
+        &self,
+        request: Request<pb::TransferOwnershipRequest>,
+    ) -> Result<Response<pb::TransferOwnershipResponse>, Status> {
+        let caller = self.caller(request.metadata()).await?;
+        let req = request.into_inner();
+        let (room_id, user_id) = decode::room_member(req.room_id, req.user_id)?;
+        in_room(&room_id);
+        let room = self
+            .sessions
+            .rooms
+            .moderation
+            .transfer_ownership(&caller, &room_id, &user_id)
+            .await?;
+        Ok(Response::new(pb::TransferOwnershipResponse {
+            room: Some(room.into()),
+        }))
+    }
+
+    async fn kick_member(
+        &self,
+        request: Request<pb::KickMemberRequest>,
+    ) -> Result<Response<pb::KickMemberResponse>, Status> {
+        let caller = self.caller(request.metadata()).await?;
+        let req = request.into_inner();
+        let (room_id, user_id) = decode::room_member(req.room_id, req.user_id)?;
+        in_room(&room_id);
+        let moderation = &self.sessions.rooms.moderation;
+        let member = moderation.kick(&caller, &room_id, &user_id).await?;
+        Ok(Response::new(pb::KickMemberResponse {
+            member: Some(member.into()),
+        }))
+    }
+
+    async fn ban_member(
+        &self,
+        request: Request<pb::BanMemberRequest>,
+    ) -> Result<Response<pb::BanMemberResponse>, Status> {
+        let caller = self.caller(request.metadata()).await?;
+        let (room_id, user_id, length) = decode::ban(request.into_inner())?;
+        in_room(&room_id);
+        let moderation = &self.sessions.rooms.moderation;
+        let ban = moderation.ban(&caller, &room_id, &user_id, length).await?;
+        Ok(Response::new(pb::BanMemberResponse {
+            ban: Some(ban.into()),
+        }))
+    }
+
+    async fn unban_member(
+        &self,
+        request: Request<pb::UnbanMemberRequest>,
+    ) -> Result<Response<pb::UnbanMemberResponse>, Status> {
+        let caller = self.caller(request.metadata()).await?;
+        let req = request.into_inner();
+        let (room_id, user_id) = decode::room_member(req.room_id, req.user_id)?;
+        in_room(&room_id);
+        let moderation = &self.sessions.rooms.moderation;
+        moderation.unban(&caller, &room_id, &user_id).await?;
+        Ok(Response::new(pb::UnbanMemberResponse {}))
+    }
+
+    async fn list_bans(
+        &self,
+        request: Request<pb::ListBansRequest>,
+    ) -> Result<Response<pb::ListBansResponse>, Status> {
+        let caller = self.caller(request.metadata()).await?;
+        let req = request.into_inner();
+        let room_id = decode::room_id("room_id", req.room_id)?;
+        in_room(&room_id);
+        let page = PageRequest::new(req.page_size, decode::page_token(&req.page_token)?);
+        let moderation = &self.sessions.rooms.moderation;
+        let page = moderation.bans(&caller, &room_id, page).await?;
+        Ok(Response::new(pb::ListBansResponse {
+            bans: page.items.into_iter().map(Into::into).collect(),
+            next_page_token: encode::page_token(page.next_after),
+        }))
+    }
+
     async fn send_message(
         &self,
         request: Request<pb::SendMessageRequest>,

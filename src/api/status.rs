@@ -29,6 +29,10 @@ impl Error {
             Error::TooManyRooms { .. } => (Code::ResourceExhausted, "TOO_MANY_ROOMS"),
             Error::NotAMember { .. } => (Code::PermissionDenied, "NOT_A_MEMBER"),
             Error::NotRoomOwner { .. } => (Code::PermissionDenied, "NOT_ROOM_OWNER"),
+            Error::NotAModerator { .. } => (Code::PermissionDenied, "NOT_A_MODERATOR"),
+            Error::Outranked { .. } => (Code::PermissionDenied, "OUTRANKED"),
+            Error::Banned { .. } => (Code::PermissionDenied, "BANNED"),
+            Error::MemberNotFound { .. } => (Code::NotFound, "MEMBER_NOT_FOUND"),
             Error::VersionConflict { .. } => (Code::Aborted, "VERSION_CONFLICT"),
             Error::AlreadyAttached { .. } => (Code::FailedPrecondition, "ALREADY_ATTACHED"),
             Error::NotAttached { .. } => (Code::FailedPrecondition, "NOT_ATTACHED"),
@@ -69,6 +73,7 @@ impl Error {
             | Error::RoomExists { room_id }
             | Error::NotAMember { room_id }
             | Error::NotRoomOwner { room_id }
+            | Error::NotAModerator { room_id }
             | Error::AlreadyAttached { room_id }
             | Error::NotAttached { room_id }
             | Error::RoomNotInToken { room_id } => vec![("room_id", room_id.clone())],
@@ -85,6 +90,17 @@ impl Error {
             Error::RequestTooLarge { limit } => vec![("limit", limit.to_string())],
             Error::RateLimited { retry_after } => {
                 vec![("retry_after_ms", retry_after.as_millis().to_string())]
+            }
+            Error::Banned {
+                room_id,
+                expires_at,
+            } => vec![
+                ("room_id", room_id.clone()),
+                // RFC 3339, or "never" for a ban until lifted.
+                ("expires_at", until(*expires_at)),
+            ],
+            Error::MemberNotFound { room_id, user_id } | Error::Outranked { room_id, user_id } => {
+                vec![("room_id", room_id.clone()), ("user_id", user_id.clone())]
             }
             Error::VersionConflict {
                 room_id,
@@ -109,17 +125,23 @@ impl From<Error> for Status {
         let (code, reason) = error.code_and_reason();
         let message = error.public_message();
         let mut details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, error.metadata());
-        match &error {
-            Error::InvalidArgument { field, description } => {
-                details.add_bad_request_violation(field.clone(), description.clone());
-            }
-            Error::RateLimited { retry_after } => {
-                details.set_retry_info(Some(*retry_after));
-            }
-            _ => {}
+        if let Error::InvalidArgument { field, description } = &error {
+            details.add_bad_request_violation(field.clone(), description.clone());
+        }
+        if let Some(retry_after) = error.retry_after() {
+            details.set_retry_info(Some(retry_after));
         }
         Status::with_error_details(code, message, details)
     }
+}
+
+/// When a sanction ends, for `ErrorInfo` metadata: RFC 3339, or "never" for one
+/// that lasts until lifted.
+fn until(expires_at: Option<crate::domain::UnixMicros>) -> String {
+    expires_at.map_or_else(
+        || "never".to_string(),
+        |t| crate::proto::encode::timestamp(t).to_string(),
+    )
 }
 
 /// A request refused by its size is RESOURCE_EXHAUSTED `REQUEST_TOO_LARGE` with its

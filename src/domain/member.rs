@@ -7,6 +7,8 @@ use super::UnixMicros;
 pub enum Role {
     Owner,
     Member,
+    /// A member the owner (or an admin) trusts to keep order.
+    Moderator,
 }
 
 /// A member of a room.
@@ -18,3 +20,27 @@ pub struct Member {
     pub online: bool,
     pub joined_at: UnixMicros,
 }
+
+/// A moderator's sanction on a user in a room (a ban: kept out), until a time or
+/// until lifted. Mutes are to be the second kind.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sanction {
+    /// Who is sanctioned.
+    pub user_id: String,
+    /// Who sanctioned them.
+    pub by: String,
+    /// When.
+    pub at: UnixMicros,
+    /// When it ends by itself; `None`: when lifted.
+    pub expires_at: Option<UnixMicros>,
+}
+
+/// What a sanction keeps a user from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SanctionKind {
+    /// The room: joining, entering, switching in, attaching (BanMember).
+    Ban,
+}
+
+/// A user kept out of a room (BanMember).
+pub type Ban = Sanction;

@@ -166,6 +166,8 @@ pub enum DetachReason {
     Switched,
     RoomDeleted,
     PresenceTimeout,
+    /// Removed by a kick or a ban.
+    Kicked,
 }
 
 #[cfg(test)]

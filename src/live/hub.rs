@@ -474,15 +474,27 @@ impl Hubs {
         }));
     }
 
-    /// Announces a join or a leave (`room` as it is after the change), coalesced with
-    /// others in the same window. Suppressed rooms still go through here so that the
-    /// order of events stays the same; their frames are simply not sent.
-    pub fn member_changed(&self, room: &Room, member: Member, joined: bool) {
+    /// Announces a join (`room` as it is after it), coalesced with others in the
+    /// same window.
+    pub fn member_joined(&self, room: &Room, member: Member) {
+        self.member_changed(room, member, true, None);
+    }
+
+    /// Announces a leave (`room` as it is after it), or a removal by `kicked_by`,
+    /// coalesced with others in the same window.
+    pub fn member_left(&self, room: &Room, member: Member, kicked_by: Option<&str>) {
+        self.member_changed(room, member, false, kicked_by.map(str::to_string));
+    }
+
+    /// Suppressed rooms still go through here so that the order of events stays the
+    /// same; their frames are simply not sent.
+    fn member_changed(&self, room: &Room, member: Member, joined: bool, kicked_by: Option<String>) {
         let change = MemberChange {
             joined,
             member,
             member_count: room.member_count,
             suppressed: room.settings.member_events == MemberEvents::None,
+            kicked_by,
         };
         let Some(hub) = self.hub(&room.id) else {
             // No stream here to coalesce for: the other nodes (if any) get the change

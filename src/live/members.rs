@@ -1,5 +1,6 @@
 //! Member join/leave events, coalesced: changes within a hub's window go out as one
-//! `MembersJoined` / `MembersLeft` frame per run of the same kind.
+//! `MembersJoined` / `MembersLeft` frame per run of the same kind (leaves by the same
+//! remover: a kick names who kicked).
 
 use crate::domain::{Member, RoomId};
 use crate::proto::Frame;
@@ -17,14 +18,18 @@ pub(super) struct MemberChange {
     pub member: Member,
     pub member_count: u32,
     pub suppressed: bool,
+    /// A leave that was a kick or a ban: who did it.
+    pub kicked_by: Option<String>,
 }
 
-/// A run of joins or of leaves, announced as one frame.
+/// A run of joins or of leaves (by the same remover, if any), announced as one
+/// frame.
 #[derive(Debug, PartialEq)]
 pub(super) struct Run {
     joined: bool,
     members: Vec<pb::Member>,
     member_count: u32,
+    kicked_by: Option<String>,
 }
 
 /// Coalesces member changes, in order, into runs of joins or leaves (suppressed ones
@@ -36,7 +41,7 @@ pub(super) fn coalesce(changes: Vec<MemberChange>) -> Vec<Run> {
             // Concurrent changes are announced after their commits, in no set order,
             // so a run reports the count after all of them: a run of joins only adds
             // (its largest count), a run of leaves only removes (its smallest).
-            Some(run) if run.joined == change.joined => {
+            Some(run) if run.joined == change.joined && run.kicked_by == change.kicked_by => {
                 run.members.push(change.member.into());
                 run.member_count = if change.joined {
                     run.member_count.max(change.member_count)
@@ -48,6 +53,7 @@ pub(super) fn coalesce(changes: Vec<MemberChange>) -> Vec<Run> {
                 joined: change.joined,
                 members: vec![change.member.into()],
                 member_count: change.member_count,
+                kicked_by: change.kicked_by,
             }),
         }
     }
@@ -61,12 +67,14 @@ pub(super) fn frames(room_id: &RoomId, runs: Vec<Run>) -> impl Iterator<Item = F
             joined,
             members,
             member_count,
+            kicked_by,
         } = run;
         Frame::event(event::members_changed(
             room_id,
             joined,
             members,
             member_count,
+            kicked_by.unwrap_or_default(),
         ))
     })
 }
@@ -78,6 +86,7 @@ mod tests {
 
     fn change(user: &str, joined: bool, member_count: u32, suppressed: bool) -> MemberChange {
         MemberChange {
+            kicked_by: None,
             joined,
             member: Member {
                 user_id: user.into(),
@@ -116,6 +125,32 @@ mod tests {
         assert_eq!(
             (runs[2].joined, users(&runs[2]), runs[2].member_count),
             (true, vec!["e"], 2)
+        );
+    }
+
+    #[test]
+    fn kicks_by_one_remover_make_a_run_of_their_own() {
+        let kicked = |user, by: &str, count| MemberChange {
+            kicked_by: Some(by.into()),
+            ..change(user, false, count, false)
+        };
+        let runs = coalesce(vec![
+            change("a", false, 4, false),
+            kicked("b", "mod", 3),
+            kicked("c", "mod", 2),
+            kicked("d", "owner", 1),
+        ]);
+        let summary: Vec<_> = runs
+            .iter()
+            .map(|r| (users(r), r.kicked_by.as_deref()))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (vec!["a"], None),
+                (vec!["b", "c"], Some("mod")),
+                (vec!["d"], Some("owner")),
+            ]
         );
     }
 

@@ -9,14 +9,55 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use super::pb;
 use crate::domain::{
     Attributes, DEFAULT_MESSAGE_LIMIT, DetachReason, Draft, HistoryRange, MAX_MESSAGE_LIMIT,
-    MemberEvents, MessageKind, MessageLimits, NewRoom, RoomFilter, RoomId, RoomMove, RoomPatch,
-    RoomSettings, check_attributes, check_name, check_no_nul,
+    MemberEvents, MessageKind, MessageLimits, NewRoom, Role, RoomFilter, RoomId, RoomMove,
+    RoomPatch, RoomSettings, UserId, check_attributes, check_name, check_no_nul,
 };
 use crate::error::{Error, Result};
 
 /// Parses a room id that arrives in the request field `field`.
 pub fn room_id(field: &str, id: String) -> Result<RoomId> {
     RoomId::parse(id).map_err(|e| e.in_field(field))
+}
+
+/// A SetMemberRole request: the room, the member, and the role to give
+/// (ROLE_MODERATOR or ROLE_MEMBER; the owner changes with TransferOwnership).
+pub fn member_role(req: pb::SetMemberRoleRequest) -> Result<(RoomId, UserId, Role)> {
+    let room_id = room_id("room_id", req.room_id)?;
+    let user_id = UserId::parse(req.user_id)?;
+    let role = match pb::Role::try_from(req.role) {
+        Ok(pb::Role::Moderator) => Role::Moderator,
+        Ok(pb::Role::Member) => Role::Member,
+        Ok(pb::Role::Owner) => {
+            return Err(Error::invalid(
+                "role",
+                "a room's owner changes with TransferOwnership",
+            ));
+        }
+        Ok(pb::Role::Unspecified) | Err(_) => {
+            return Err(Error::invalid(
+                "role",
+                "must be ROLE_MODERATOR or ROLE_MEMBER",
+            ));
+        }
+    };
+    Ok((room_id, user_id, role))
+}
+
+/// The room and the member a moderation request (TransferOwnership, KickMember,
+/// UnbanMember) is aimed at.
+pub fn room_member(room: String, user_id: String) -> Result<(RoomId, UserId)> {
+    Ok((room_id("room_id", room)?, UserId::parse(user_id)?))
+}
+
+/// A BanMember request: the room, the user, and how long (`None`: until lifted;
+/// whole milliseconds, at most 10 years, as settings durations).
+pub fn ban(req: pb::BanMemberRequest) -> Result<(RoomId, UserId, Option<Duration>)> {
+    let (room_id, user_id) = room_member(req.room_id, req.user_id)?;
+    let length = match req.duration {
+        Some(d) => Some(duration("duration", d)?).filter(|d| !d.is_zero()),
+        None => None,
+    };
+    Ok((room_id, user_id, length))
 }
 
 /// A SwitchRoom request's two rooms (different ones).
@@ -204,6 +245,7 @@ pub fn detach_reason(reason: i32) -> Option<DetachReason> {
         pb::DetachReason::Switched => Some(DetachReason::Switched),
         pb::DetachReason::RoomDeleted => Some(DetachReason::RoomDeleted),
         pb::DetachReason::PresenceTimeout => Some(DetachReason::PresenceTimeout),
+        pb::DetachReason::Kicked => Some(DetachReason::Kicked),
     }
 }
 

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use super::pb;
 use crate::domain::{
-    DetachReason, Member, MemberEvents, Message, MessageKind, Role, Room, RoomId, RoomSettings,
-    UnixMicros,
+    Ban, DetachReason, Member, MemberEvents, Message, MessageKind, Role, Room, RoomId,
+    RoomSettings, UnixMicros,
 };
 
 /// What every page token starts with, once base64 is taken off (a version: tokens
@@ -74,6 +74,7 @@ impl From<Member> for pb::Member {
             role: match m.role {
                 Role::Owner => pb::Role::Owner,
                 Role::Member => pb::Role::Member,
+                Role::Moderator => pb::Role::Moderator,
             } as i32,
             online: m.online,
             joined_at: Some(timestamp(m.joined_at)),
@@ -110,6 +111,17 @@ impl From<&Message> for pb::Message {
     }
 }
 
+impl From<Ban> for pb::Ban {
+    fn from(b: Ban) -> Self {
+        pb::Ban {
+            user_id: b.user_id,
+            banned_by: b.by,
+            banned_at: Some(timestamp(b.at)),
+            expires_at: b.expires_at.map(timestamp),
+        }
+    }
+}
+
 impl From<DetachReason> for pb::DetachReason {
     fn from(r: DetachReason) -> Self {
         match r {
@@ -118,6 +130,7 @@ impl From<DetachReason> for pb::DetachReason {
             DetachReason::Switched => pb::DetachReason::Switched,
             DetachReason::RoomDeleted => pb::DetachReason::RoomDeleted,
             DetachReason::PresenceTimeout => pb::DetachReason::PresenceTimeout,
+            DetachReason::Kicked => pb::DetachReason::Kicked,
         }
     }
 }
@@ -154,12 +167,14 @@ pub mod event {
         })
     }
 
-    /// A run of joins (`joined`) or of leaves, announced together.
+    /// A run of joins (`joined`) or of leaves, announced together; leaves by a kick or
+    /// a ban name who did it (`kicked_by`, empty otherwise).
     pub fn members_changed(
         room_id: &RoomId,
         joined: bool,
         members: Vec<pb::Member>,
         member_count: u32,
+        kicked_by: String,
     ) -> Event {
         let room_id = room_id.to_string();
         if joined {
@@ -173,6 +188,7 @@ pub mod event {
                 room_id,
                 members,
                 member_count,
+                kicked_by,
             })
         }
     }

@@ -8,8 +8,9 @@
 //! [`Rooms`] is a set of handles, one per group of operations, each in its own file
 //! and each listing what it holds: [`membership::Membership`] (create, join, enter,
 //! leave, switch), [`admin::Admin`] (read, list, update, delete rooms, list members),
-//! [`messages::Messages`] (send, read history, catch up), [`streams::Streams`]
-//! (stream slots and access for Subscribe), [`expiry::Expiry`] (presence timeouts and
+//! [`moderation::Moderation`] (roles, ownership, kicks and bans, with the one table
+//! of who may do what to members), [`messages::Messages`] (send, read history, catch
+//! up), [`streams::Streams`] (stream slots and access for Subscribe), [`expiry::Expiry`] (presence timeouts and
 //! empty rooms, applied by its task). They share [`presence::Online`] (who is
 //! online, here and in the ledger), [`readers::Readers`] (who may receive a room) and
 //! [`rates`]; the two writers every change goes through, [`roster`] (membership) and
@@ -24,6 +25,7 @@ pub mod admin;
 pub mod expiry;
 pub mod membership;
 pub mod messages;
+pub mod moderation;
 pub mod presence;
 pub mod rates;
 pub mod readers;
@@ -48,6 +50,7 @@ use admin::Admin;
 use expiry::Expiry;
 use membership::Membership;
 pub use messages::{CatchUp, Messages, Sent};
+use moderation::Moderation;
 use presence::Online;
 use readers::Readers;
 use roster::Roster;
@@ -94,6 +97,7 @@ pub struct Rooms(Arc<Handles>);
 pub struct Handles {
     pub membership: Membership,
     pub admin: Admin,
+    pub moderation: Moderation,
     pub messages: Messages,
     pub streams: Streams,
     pub expiry: Expiry,
@@ -145,12 +149,21 @@ impl Rooms {
         };
         let readers = Readers {
             store: store.clone(),
+            clock: live.clock.clone(),
         };
         let handles = Handles {
             membership: Membership {
                 roster: roster.clone(),
                 rates: rates.clone(),
                 online: online.clone(),
+            },
+            moderation: Moderation {
+                store: store.clone(),
+                rates: rates.clone(),
+                roster: roster.clone(),
+                hubs: live.hubs.clone(),
+                online: online.clone(),
+                clock: live.clock.clone(),
             },
             admin: Admin {
                 store: store.clone(),

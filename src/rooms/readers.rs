@@ -1,9 +1,10 @@
 //! Who may receive a room: the check every history read, catch-up page, send outside
 //! a stream and stream attach makes — a member, under their display name, or an
-//! admin, under their user id.
+//! admin, under their user id. Anyone else is refused NOT_A_MEMBER, or BANNED if a
+//! ban keeps them out.
 
 use super::{check_in_token, not_found, sender_name};
-use crate::domain::{Caller, Room, RoomId};
+use crate::domain::{Caller, Clock, Room, RoomId, SanctionKind};
 use crate::error::{Error, Result};
 use crate::store::Store;
 
@@ -11,6 +12,8 @@ use crate::store::Store;
 #[derive(Clone)]
 pub struct Readers {
     pub(super) store: Store,
+    /// Which bans are in force.
+    pub(super) clock: Clock,
 }
 
 impl Readers {
@@ -27,10 +30,25 @@ impl Readers {
             .room_for_reader(room_id, user)
             .await?
             .ok_or_else(|| not_found(room_id))?;
-        let sender_name = sender_name(caller.admin, user, found.display_name.as_deref())
-            .ok_or_else(|| Error::NotAMember {
-                room_id: room_id.to_string(),
-            })?;
+        let Some(sender_name) = sender_name(caller.admin, user, found.display_name.as_deref())
+        else {
+            // Refused either way; which reason, the bans say (read only here, off
+            // every path that succeeds).
+            let now = self.clock.now();
+            let ban = self
+                .store
+                .sanction(SanctionKind::Ban, room_id, user, now)
+                .await?;
+            return Err(match ban {
+                Some(ban) => Error::Banned {
+                    room_id: room_id.to_string(),
+                    expires_at: ban.expires_at,
+                },
+                None => Error::NotAMember {
+                    room_id: room_id.to_string(),
+                },
+            });
+        };
         Ok((found.room, sender_name, found.kept_from))
     }
 

@@ -69,6 +69,27 @@ impl Tx {
         rows.into_iter().map(Room::try_from).collect()
     }
 
+    /// Gives a member of a room `role`; returns the member, `None` if not a member.
+    pub async fn set_member_role(
+        &mut self,
+        room_id: &RoomId,
+        user_id: &str,
+        role: crate::domain::Role,
+    ) -> Result<Option<Member>> {
+        let row: Option<MemberRow> = on_tx!(self, c => {
+            sqlx::query_as(concat!(
+                "UPDATE members SET role = $3 WHERE room_id = $1 AND user_id = $2 RETURNING ",
+                member_columns!()
+            ))
+            .bind(room_id.as_str())
+            .bind(user_id)
+            .bind(rows::role_column(role))
+            .fetch_optional(c)
+            .await
+        })?;
+        row.map(Member::try_from).transpose()
+    }
+
     /// Reads one member of a room.
     pub async fn member(&mut self, room_id: &RoomId, user_id: &str) -> Result<Option<Member>> {
         let row: Option<MemberRow> = on_tx!(self, c => {

@@ -18,7 +18,8 @@
 //! mapping of database errors; [`reads`] the reads outside transactions; [`messages`]
 //! and [`membership`] the batch statements of the two writers' transactions;
 //! [`rooms`] room rows within a transaction; [`presence`] last-seen times and
-//! deadlines; [`history`] where kept history starts and its pruning; [`postgres`] and
+//! deadlines; [`history`] where kept history starts and its pruning; [`sanctions`]
+//! bans; [`postgres`] and
 //! [`sqlite`] each dialect's batch statements; `reach.rs` failing fast while
 //! PostgreSQL is unreachable; `rows.rs` rows and their conversion to domain values.
 
@@ -67,6 +68,13 @@ macro_rules! room_columns {
 macro_rules! member_columns {
     () => {
         "user_id, display_name, role, joined_at_us"
+    };
+}
+
+/// The ban columns, in `SanctionRow` order.
+macro_rules! sanction_columns {
+    () => {
+        "user_id, by_user, at_us, until_us"
     };
 }
 
@@ -196,6 +204,7 @@ pub mod messages;
 pub mod presence;
 pub mod reads;
 pub mod rooms;
+pub mod sanctions;
 
 pub use history::HistorySpan;
 pub use presence::DueMember;

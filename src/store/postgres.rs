@@ -7,7 +7,7 @@
 
 use sqlx::PgConnection;
 
-use super::rows::{self, KeyedMemberRow, MessageRow, RoomRow};
+use super::rows::{self, KeyedMemberRow, KeyedSanctionRow, MessageRow, RoomRow};
 use super::to_i64;
 use crate::domain::{Member, Message, RoomId, UnixMicros};
 
@@ -49,6 +49,29 @@ pub(super) async fn members_among(
     ))
     .bind(rooms)
     .bind(users)
+    .fetch_all(c)
+    .await
+}
+
+/// The sanctions of `kind` in force at `now` among `(room, user)` keys.
+pub(super) async fn sanctions_among(
+    c: &mut PgConnection,
+    keys: &[(&str, &str)],
+    kind: i64,
+    now: UnixMicros,
+) -> Result<Vec<KeyedSanctionRow>> {
+    let (rooms, users): (Vec<&str>, Vec<&str>) = keys.iter().copied().unzip();
+    sqlx::query_as(concat!(
+        "SELECT room_id, ",
+        sanction_columns!(),
+        " FROM sanctions JOIN UNNEST($1::text[], $2::text[]) AS k(r, u) \
+          ON room_id = k.r AND user_id = k.u \
+          WHERE kind = $3 AND (until_us IS NULL OR until_us > $4)"
+    ))
+    .bind(rooms)
+    .bind(users)
+    .bind(kind)
+    .bind(now.0)
     .fetch_all(c)
     .await
 }

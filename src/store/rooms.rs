@@ -78,6 +78,29 @@ impl Tx {
         Room::try_from(row)
     }
 
+    /// Makes `owner` the room's owner, advances its version and returns it (the
+    /// members' roles are the caller's to change in the same transaction).
+    pub async fn set_owner(
+        &mut self,
+        room_id: &RoomId,
+        owner: &str,
+        now: UnixMicros,
+    ) -> Result<Room> {
+        let row: RoomRow = on_tx!(self, c => {
+            sqlx::query_as(concat!(
+                "UPDATE rooms SET owner_id = $2, version = version + 1, updated_at_us = $3 \
+                 WHERE room_id = $1 RETURNING ",
+                room_columns!()
+            ))
+            .bind(room_id.as_str())
+            .bind(owner)
+            .bind(now.0)
+            .fetch_one(c)
+            .await
+        })?;
+        Room::try_from(row)
+    }
+
     /// Marks every member of a room recorded as online (`last_seen` unset) offline
     /// since `now`. For a room that just gained a presence timeout on one node, where
     /// `last_seen` is kept only while a room has one: members who went away while it
@@ -95,13 +118,14 @@ impl Tx {
         Ok(())
     }
 
-    /// Deletes a room with its members and history, releasing each member's room slot.
+    /// Deletes a room with its members, sanctions and history, releasing each member's room slot.
     pub async fn delete_room(&mut self, room_id: &RoomId) -> Result<()> {
-        const STEPS: [&str; 4] = [
+        const STEPS: [&str; 5] = [
             "UPDATE user_rooms SET room_count = room_count - 1 \
              WHERE user_id IN (SELECT user_id FROM members WHERE room_id = $1)",
             "DELETE FROM messages WHERE room_id = $1",
             "DELETE FROM members WHERE room_id = $1",
+            "DELETE FROM sanctions WHERE room_id = $1",
             "DELETE FROM rooms WHERE room_id = $1",
         ];
         for step in STEPS {

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::domain::{
     Attributes, Member, MemberEvents, Message, MessageKind, Role, Room, RoomId, RoomSettings,
-    UnixMicros,
+    Sanction, UnixMicros,
 };
 use crate::error::{Error, Result};
 
@@ -81,6 +81,33 @@ pub(super) struct PagedMessageRow {
     pub firsts: i64,
 }
 
+#[derive(sqlx::FromRow)]
+pub(super) struct SanctionRow {
+    user_id: String,
+    by_user: String,
+    at_us: i64,
+    until_us: Option<i64>,
+}
+
+impl From<SanctionRow> for Sanction {
+    fn from(row: SanctionRow) -> Sanction {
+        Sanction {
+            user_id: row.user_id,
+            by: row.by_user,
+            at: UnixMicros(row.at_us),
+            expires_at: row.until_us.map(UnixMicros),
+        }
+    }
+}
+
+/// A ban row with its room's id.
+#[derive(sqlx::FromRow)]
+pub(super) struct KeyedSanctionRow {
+    pub room_id: String,
+    #[sqlx(flatten)]
+    pub sanction: SanctionRow,
+}
+
 /// A member row with its room's id.
 #[derive(sqlx::FromRow)]
 pub(super) struct KeyedMemberRow {
@@ -98,6 +125,7 @@ impl TryFrom<MemberRow> for Member {
             display_name: row.display_name,
             role: match row.role {
                 1 => Role::Owner,
+                3 => Role::Moderator,
                 _ => Role::Member,
             },
             online: false,
@@ -151,6 +179,7 @@ pub(super) fn role_column(role: Role) -> i64 {
     match role {
         Role::Owner => 1,
         Role::Member => 2,
+        Role::Moderator => 3,
     }
 }
 

@@ -8,7 +8,9 @@
 
 use sqlx::SqliteConnection;
 
-use super::rows::{self, KeyedMemberRow, MemberRow, MessageRow, RoomRow};
+use super::rows::{
+    self, KeyedMemberRow, KeyedSanctionRow, MemberRow, MessageRow, RoomRow, SanctionRow,
+};
 use super::to_i64;
 use crate::domain::{Member, Message, RoomId, UnixMicros};
 
@@ -58,6 +60,35 @@ pub(super) async fn members_among(
         rows.extend(row.map(|member| KeyedMemberRow {
             room_id: room.to_string(),
             member,
+        }));
+    }
+    Ok(rows)
+}
+
+/// The sanctions of `kind` in force at `now` among `(room, user)` keys.
+pub(super) async fn sanctions_among(
+    c: &mut SqliteConnection,
+    keys: &[(&str, &str)],
+    kind: i64,
+    now: UnixMicros,
+) -> Result<Vec<KeyedSanctionRow>> {
+    let mut rows = Vec::new();
+    for (room, user) in keys {
+        let row: Option<SanctionRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            sanction_columns!(),
+            " FROM sanctions WHERE room_id = $1 AND kind = $2 AND user_id = $3 \
+              AND (until_us IS NULL OR until_us > $4)"
+        ))
+        .bind(room)
+        .bind(kind)
+        .bind(user)
+        .bind(now.0)
+        .fetch_optional(&mut *c)
+        .await?;
+        rows.extend(row.map(|sanction| KeyedSanctionRow {
+            room_id: room.to_string(),
+            sanction,
         }));
     }
     Ok(rows)

@@ -72,11 +72,21 @@ async fn jwt_app(backend: Backend) -> TestApp {
 /// [`jwt_app`] on `clock` (a stream's token expiry waits on it; tokens themselves are
 /// checked against the system's time).
 async fn jwt_app_on(backend: Backend, clock: chatroom::domain::Clock) -> TestApp {
-    TestApp::with_clock(backend, &clock, |c| {
+    jwt_app_with(backend, clock, |_| {}).await
+}
+
+/// [`jwt_app_on`] with other limits changed by `configure`.
+async fn jwt_app_with(
+    backend: Backend,
+    clock: chatroom::domain::Clock,
+    configure: impl Fn(&mut chatroom::Config) + Send + Sync + 'static,
+) -> TestApp {
+    TestApp::with_clock(backend, &clock, move |c| {
         c.auth = AuthMode::Jwt;
         c.jwt_secret = Some(String::from_utf8(SECRET.to_vec()).unwrap());
         c.jwt_issuer = Some(ISSUER.into());
         c.jwt_audience = Some(AUDIENCE.into());
+        configure(c);
     })
     .await
 }

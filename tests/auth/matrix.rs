@@ -1,16 +1,18 @@
 //! Who may do what, as a matrix: every RPC and every stream frame, tried by the
-//! room's owner, a member, an outsider and an admin (all with tokens), each on a room
-//! of its own, against what the rules say.
+//! room's owner, a moderator, a member, an outsider and an admin (all with tokens),
+//! each on a room of its own, against what the rules say.
 
+use chatroom::domain::Clock;
 use chatroom::pb;
 use serde_json::json;
 
 use crate::common::{Backend, Client, Ev, Sub, chat, create, join};
-use crate::{claims, jwt_app, token, with};
+use crate::{claims, jwt_app_with, token, with};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Who {
     Owner,
+    Moderator,
     Member,
     Outsider,
     Admin,
@@ -35,9 +37,15 @@ enum Op {
     StreamSend,
     StreamDetach,
     StreamPing,
+    SetMemberRole,
+    TransferOwnership,
+    KickMember,
+    BanMember,
+    UnbanMember,
+    ListBans,
 }
 
-const OPS: [Op; 17] = [
+const OPS: [Op; 23] = [
     Op::GetRoom,
     Op::ListRooms,
     Op::JoinRoom,
@@ -55,12 +63,18 @@ const OPS: [Op; 17] = [
     Op::StreamSend,
     Op::StreamDetach,
     Op::StreamPing,
+    Op::SetMemberRole,
+    Op::TransferOwnership,
+    Op::KickMember,
+    Op::BanMember,
+    Op::UnbanMember,
+    Op::ListBans,
 ];
 
 /// What the rules say: `None` allowed, else the refusal's reason.
 fn expected(who: Who, op: Op) -> Option<&'static str> {
     use Op::*;
-    let member = matches!(who, Who::Owner | Who::Member | Who::Admin);
+    let member = matches!(who, Who::Owner | Who::Moderator | Who::Member | Who::Admin);
     let owner = matches!(who, Who::Owner | Who::Admin);
     match op {
         // Open to everyone: rooms are public to read and to join; leaving is
@@ -68,7 +82,9 @@ fn expected(who: Who, op: Op) -> Option<&'static str> {
         GetRoom | ListRooms | JoinRoom | EnterRoom | LeaveRoom | StreamPing => None,
         // Moving out of a room needs being in it: an admin acts anywhere, but is in
         // no room it did not join.
-        SwitchRoom => (!matches!(who, Who::Owner | Who::Member)).then_some("NOT_A_MEMBER"),
+        SwitchRoom => {
+            (!matches!(who, Who::Owner | Who::Moderator | Who::Member)).then_some("NOT_A_MEMBER")
+        }
         // Members (and admins) only.
         UpdateAttributes | ListMembers | SendMessage | ListMessages | StreamAttach | StreamSend
         | StreamDetach => (!member).then_some(if op == StreamDetach {
@@ -77,12 +93,18 @@ fn expected(who: Who, op: Op) -> Option<&'static str> {
             "NOT_A_MEMBER"
         }),
         // The owner (and admins) only; an outsider is told it is no member first.
-        UpdateName | UpdateSettings => match (owner, member) {
+        UpdateName | UpdateSettings | SetMemberRole | TransferOwnership => match (owner, member) {
             (true, _) => None,
             (false, true) => Some("NOT_ROOM_OWNER"),
             (false, false) => Some("NOT_A_MEMBER"),
         },
         DeleteRoom => (!owner).then_some("NOT_ROOM_OWNER"),
+        // Moderators too (kicks and bans aim at `target`, a plain member).
+        KickMember | BanMember | UnbanMember | ListBans => match who {
+            Who::Owner | Who::Moderator | Who::Admin => None,
+            Who::Member => Some("NOT_A_MODERATOR"),
+            Who::Outsider => Some("NOT_A_MEMBER"),
+        },
     }
 }
 
@@ -171,6 +193,50 @@ async fn run(client: &mut Client, op: Op, room: &str) -> Result<(), String> {
             })
             .await
             .map(drop),
+        Op::SetMemberRole => client
+            .set_member_role(pb::SetMemberRoleRequest {
+                room_id: id,
+                user_id: "member".into(),
+                role: pb::Role::Moderator as i32,
+            })
+            .await
+            .map(drop),
+        Op::TransferOwnership => client
+            .transfer_ownership(pb::TransferOwnershipRequest {
+                room_id: id,
+                user_id: "member".into(),
+            })
+            .await
+            .map(drop),
+        Op::KickMember => client
+            .kick_member(pb::KickMemberRequest {
+                room_id: id,
+                user_id: "target".into(),
+            })
+            .await
+            .map(drop),
+        Op::BanMember => client
+            .ban_member(pb::BanMemberRequest {
+                room_id: id,
+                user_id: "target".into(),
+                duration: None,
+            })
+            .await
+            .map(drop),
+        Op::UnbanMember => client
+            .unban_member(pb::UnbanMemberRequest {
+                room_id: id,
+                user_id: "target".into(),
+            })
+            .await
+            .map(drop),
+        Op::ListBans => client
+            .list_bans(pb::ListBansRequest {
+                room_id: id,
+                ..Default::default()
+            })
+            .await
+            .map(drop),
         Op::StreamAttach | Op::StreamSend | Op::StreamDetach | Op::StreamPing => {
             return stream_op(client, op, room).await;
         }
@@ -208,9 +274,14 @@ async fn stream_op(client: &mut Client, op: Op, room: &str) -> Result<(), String
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_rpc_and_frame_by_every_kind_of_caller() {
-    let app = jwt_app(Backend::Sqlite).await;
+    // Owner, moderator and member are in a room per case: more than the default 100.
+    let app = jwt_app_with(Backend::Sqlite, Clock::system(), |c| {
+        c.max_rooms_per_user = 500
+    })
+    .await;
     let server = app.server();
     let mut owner = server.token_client(&token(&claims("owner")));
+    let mut moderator = server.token_client(&token(&claims("moderator")));
     let mut member = server.token_client(&token(&claims("member")));
     let mut outsider = server.token_client(&token(&claims("outsider")));
     let mut admin =
@@ -220,17 +291,29 @@ async fn every_rpc_and_frame_by_every_kind_of_caller() {
     for (n, op) in OPS.iter().enumerate() {
         for (who, client) in [
             (Who::Owner, &mut owner),
+            (Who::Moderator, &mut moderator),
             (Who::Member, &mut member),
             (Who::Outsider, &mut outsider),
             (Who::Admin, &mut admin),
         ] {
-            // A fresh room for each case: owner and member are in it, the others not
-            // (the admin neither: it acts by its role).
+            // A fresh room for each case: owner, moderator, member and target (whom
+            // kicks and bans aim at) are in it, the others not (the admin neither: it
+            // acts by its role).
             let room = format!("m{n}-{who:?}").to_lowercase();
             let mut owner_of = server.token_client(&token(&claims("owner")));
             owner_of.create_room(create(&room)).await.unwrap();
-            let mut joining = server.token_client(&token(&claims("member")));
-            joining.join_room(join(&room)).await.unwrap();
+            for user in ["moderator", "member", "target"] {
+                let mut joining = server.token_client(&token(&claims(user)));
+                joining.join_room(join(&room)).await.unwrap();
+            }
+            owner_of
+                .set_member_role(pb::SetMemberRoleRequest {
+                    room_id: room.clone(),
+                    user_id: "moderator".into(),
+                    role: pb::Role::Moderator as i32,
+                })
+                .await
+                .unwrap();
             if *op == Op::StreamDetach && who != Who::Outsider {
                 // Detach needs the room attached on the same stream first.
                 let mut sub = Sub::open(client).await;

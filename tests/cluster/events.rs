@@ -1,11 +1,13 @@
-//! Room events across nodes: joins, updates, leaves, switches and deletes, also when
-//! the bus loses them.
+//! Room events across nodes: joins, updates, handovers, leaves, kicks, bans, switches
+//! and deletes, also when the bus loses them.
 
 use std::time::{Duration, Instant};
 
 use chatroom::pb;
 
-use crate::common::{Ev, Sub, chat, create, join};
+use tonic::Code;
+
+use crate::common::{Ev, Sub, assert_error, chat, create, join};
 use crate::{Cluster, attached, next_room_event};
 
 /// Joins, updates, leaves, switches and deletes made through node A reach the
@@ -43,6 +45,34 @@ async fn room_events_made_on_one_node_reach_streams_on_another() {
         panic!("expected room_updated");
     };
     assert_eq!(u.room.unwrap().name, "renamed");
+
+    // A handover through A: room_updated on B, with the new owner; the member list
+    // read through B has the roles.
+    owner
+        .transfer_ownership(pb::TransferOwnershipRequest {
+            room_id: "r".into(),
+            user_id: "bob".into(),
+        })
+        .await
+        .unwrap();
+    let Ev::RoomUpdated(u) = next_room_event(&mut watcher).await else {
+        panic!("expected room_updated");
+    };
+    assert_eq!(u.room.unwrap().owner_id, "bob");
+    let mut reader = b.client("watcher").await;
+    let roles: Vec<(String, pb::Role)> = crate::common::all_members(&mut reader, "r")
+        .await
+        .into_iter()
+        .map(|m| (m.user_id.clone(), m.role()))
+        .collect();
+    assert_eq!(
+        roles,
+        [
+            ("bob".to_string(), pb::Role::Owner),
+            ("owner".to_string(), pb::Role::Member),
+            ("watcher".to_string(), pb::Role::Member),
+        ]
+    );
 
     // bob's stream on B; bob leaves through A: detached{LEFT} on B, and nothing more
     // of the room reaches it.
@@ -101,6 +131,75 @@ async fn room_events_made_on_one_node_reach_streams_on_another() {
         panic!("expected detached");
     };
     assert_eq!(d.reason, pb::DetachReason::RoomDeleted as i32);
+
+    cluster.stop().await;
+}
+
+/// A kick and a ban made through A detach the streams on B; the ban keeps the user
+/// out through B until it is lifted through B.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kicks_and_bans_made_on_one_node_hold_on_another() {
+    let cluster = Cluster::start(500).await;
+    let (a, b) = (&cluster.a, &cluster.b);
+    let mut owner_on_a = a.client("owner").await;
+    owner_on_a.create_room(create("r")).await.unwrap();
+    let mut watcher = attached(b, "watcher").await;
+    let mut carol_on_b = attached(b, "carol").await;
+
+    // A kick through A: detached{KICKED} on B; the room hears who did it.
+    owner_on_a
+        .kick_member(pb::KickMemberRequest {
+            room_id: "r".into(),
+            user_id: "carol".into(),
+        })
+        .await
+        .unwrap();
+    let Ev::Detached(d) = next_room_event(&mut carol_on_b).await else {
+        panic!("expected detached");
+    };
+    assert_eq!(d.reason, pb::DetachReason::Kicked as i32);
+    let left = loop {
+        if let Ev::MembersLeft(l) = watcher.event().await {
+            break l;
+        }
+    };
+    assert_eq!(
+        (left.members[0].user_id.as_str(), left.kicked_by.as_str()),
+        ("carol", "owner")
+    );
+
+    // Back through B, then banned through A: detached again, and kept out through B.
+    let mut carol_on_b = attached(b, "carol").await;
+    owner_on_a
+        .ban_member(pb::BanMemberRequest {
+            room_id: "r".into(),
+            user_id: "carol".into(),
+            duration: None,
+        })
+        .await
+        .unwrap();
+    let Ev::Detached(d) = next_room_event(&mut carol_on_b).await else {
+        panic!("expected detached");
+    };
+    assert_eq!(d.reason, pb::DetachReason::Kicked as i32);
+    let mut carol = b.client("carol").await;
+    let err = carol.join_room(join("r")).await.unwrap_err();
+    assert_error(&err, Code::PermissionDenied, "BANNED");
+    match carol_on_b.attach("r", None).await {
+        Ev::Error(e) => assert_eq!(e.reason, "BANNED"),
+        other => panic!("expected BANNED, got {other:?}"),
+    }
+
+    // Lifted through B: carol joins through A.
+    let mut owner_on_b = b.client("owner").await;
+    owner_on_b
+        .unban_member(pb::UnbanMemberRequest {
+            room_id: "r".into(),
+            user_id: "carol".into(),
+        })
+        .await
+        .unwrap();
+    a.client("carol").await.join_room(join("r")).await.unwrap();
 
     cluster.stop().await;
 }

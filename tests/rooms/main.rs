@@ -9,6 +9,8 @@ mod admin;
 mod concurrency;
 mod creating;
 mod joining;
+mod moderation;
+mod sanctions;
 
 use chatroom::pb;
 use common::create;

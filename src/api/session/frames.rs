@@ -31,10 +31,7 @@ pub(super) fn send_answer(request_id: String, result: Result<Message>) -> Frame 
 /// the code, the reason and the same message a unary call would carry.
 pub(super) fn error_frame(request_id: String, error: Error) -> Frame {
     let (code, reason) = error.code_and_reason();
-    let retry_after = match &error {
-        Error::RateLimited { retry_after } => Some(*retry_after),
-        _ => None,
-    };
+    let retry_after = error.retry_after();
     Frame::reply(
         request_id,
         event::stream_error(code as i32, reason, error.public_message(), retry_after),

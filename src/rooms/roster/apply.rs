@@ -13,8 +13,8 @@ use std::sync::Arc;
 use tokio::sync::{Notify, watch};
 
 use super::rules::{Key, Plan, Rules, key};
-use super::{Change, Create, Job, Joined, Kind, MemberChange, Outcome, Switched};
-use crate::domain::{Clock, DetachReason, Member, Room, RoomId, UnixMicros};
+use super::{Change, Create, Job, Joined, Kind, MemberChange, Outcome, Removed, Switched};
+use crate::domain::{Clock, DetachReason, Member, Room, RoomId, SanctionKind, UnixMicros};
 use crate::error::{Error, Result};
 use crate::live::Hubs;
 use crate::live::hub::Switch;
@@ -45,6 +45,8 @@ async fn write(
         ));
     }
     tx.release_room_slots(&plan.released).await?;
+    tx.put_sanctions(SanctionKind::Ban, &plan.banned, now)
+        .await?;
     let counts: Vec<(&RoomId, i64)> = plan.counts.iter().map(|(r, d)| (*r, *d)).collect();
     for stored in tx.add_member_counts(&counts, now).await? {
         // Every other writer of member counts locks the room first; a difference
@@ -66,12 +68,19 @@ fn members_by_key(rows: Vec<(String, Member)>) -> HashMap<Key, Member> {
         .collect()
 }
 
+/// What the batch's rules are checked against, read under its rooms' locks.
+struct Read {
+    rooms: HashMap<RoomId, Room>,
+    /// The member rows of the batch's users (and of those who kick or ban).
+    members: HashMap<Key, Member>,
+    /// The bans in force of the users who would join.
+    banned: HashMap<Key, Option<UnixMicros>>,
+}
+
 /// Locks the rooms of a batch that exist (a switch's both) and reads which of the
-/// batch's users are members of them.
-async fn lock_and_read(
-    tx: &mut Tx,
-    changes: &[&MemberChange],
-) -> Result<(HashMap<RoomId, Room>, HashMap<Key, Member>)> {
+/// batch's users (and of those who kick or ban) are members of them, and which of
+/// those who would join are banned.
+async fn lock_and_read(tx: &mut Tx, changes: &[&MemberChange], now: UnixMicros) -> Result<Read> {
     let mut ids: Vec<&RoomId> = Vec::with_capacity(changes.len());
     for change in changes {
         ids.push(&change.room_id);
@@ -91,9 +100,34 @@ async fn lock_and_read(
         {
             keys.push((to.as_str(), user));
         }
+        if let Kind::Remove(removal) = &change.kind
+            && rooms.contains_key(&change.room_id)
+        {
+            keys.push((change.room_id.as_str(), removal.by.as_str()));
+        }
     }
     let members = members_by_key(tx.members_among(&keys).await?);
-    Ok((rooms, members))
+    let joining: Vec<(&str, &str)> = changes
+        .iter()
+        .filter_map(|c| match &c.kind {
+            Kind::Join { .. } => Some((&c.room_id, c.user_id.as_str())),
+            Kind::Switch { to, .. } => Some((to, c.user_id.as_str())),
+            _ => None,
+        })
+        .filter(|(room, user)| rooms.contains_key(*room) && !members.contains_key(&key(room, user)))
+        .map(|(room, user)| (room.as_str(), user))
+        .collect();
+    let banned = tx
+        .sanctions_among(SanctionKind::Ban, &joining, now)
+        .await?
+        .into_iter()
+        .map(|(room, ban)| ((room, ban.user_id), ban.expires_at))
+        .collect();
+    Ok(Read {
+        rooms,
+        members,
+        banned,
+    })
 }
 
 /// Creates the missing rooms CreateRoom and EnterRoom ask for: the first such join
@@ -186,7 +220,11 @@ impl Batches {
 
         // 1. Lock the rooms that exist (a switch's both), then read which of the
         //    batch's users are members of them, and which timed-out members are due.
-        let (mut rooms, mut members) = lock_and_read(&mut tx, changes).await?;
+        let Read {
+            mut rooms,
+            mut members,
+            banned,
+        } = lock_and_read(&mut tx, changes, now).await?;
         let due = due_to_expire(&mut tx, changes, &rooms).await?;
 
         // 2. The per-user room limit comes first: claim a slot for every join that may
@@ -216,6 +254,7 @@ impl Batches {
             claimed,
             creator,
             due,
+            banned,
             limit,
             now,
             plan: Plan::default(),
@@ -267,6 +306,17 @@ impl Batches {
                     member: Some(m),
                     reason,
                 } => self.hubs.detach_user(&room.id, &m.user_id, *reason, None),
+                Outcome::Removed {
+                    removed:
+                        Removed {
+                            room,
+                            member: Some(m),
+                            ..
+                        },
+                    ..
+                } => self
+                    .hubs
+                    .detach_user(&room.id, &m.user_id, DetachReason::Kicked, None),
                 Outcome::Switched(moved) => {
                     let Switched { from, left, to, .. } = &**moved;
                     let switch = Switch {
@@ -336,7 +386,7 @@ impl Batches {
                     room,
                     member: Some(m),
                     ..
-                }) => self.hubs.member_changed(room, m.clone(), true),
+                }) => self.hubs.member_joined(room, m.clone()),
                 Outcome::Left {
                     room,
                     member: Some(m),
@@ -345,8 +395,17 @@ impl Batches {
                     if *reason == DetachReason::PresenceTimeout {
                         tracing::debug!(room = %room.id, user = m.user_id, "presence timeout: member removed");
                     }
-                    self.announce_leave(room, m.clone());
+                    self.announce_leave(room, m.clone(), None);
                 }
+                Outcome::Removed {
+                    removed:
+                        Removed {
+                            room,
+                            member: Some(m),
+                            ..
+                        },
+                    by,
+                } => self.announce_leave(room, m.clone(), Some(by)),
                 Outcome::Switched(moved) => {
                     let Switched {
                         from,
@@ -354,9 +413,9 @@ impl Batches {
                         to,
                         joined,
                     } = &**moved;
-                    self.announce_leave(from, left.clone());
+                    self.announce_leave(from, left.clone(), None);
                     if let Some(m) = joined {
-                        self.hubs.member_changed(to, m.clone(), true);
+                        self.hubs.member_joined(to, m.clone());
                     }
                 }
                 _ => {}
@@ -364,12 +423,13 @@ impl Batches {
         }
     }
 
-    /// Announces a committed leave (coalesced); a room left empty may start its
-    /// destroy-when-empty delay, so the expiry task looks again. The leaver's streams
-    /// were detached before the commit ([`Hubs::detach_user`]): a message committed
-    /// after the leave is published after that, so it never reaches them.
-    fn announce_leave(&self, room: &Room, member: Member) {
-        self.hubs.member_changed(room, member, false);
+    /// Announces a committed leave (coalesced), or a removal by `kicked_by`; a room
+    /// left empty may start its destroy-when-empty delay, so the expiry task looks
+    /// again. The leaver's streams were detached before the commit
+    /// ([`Hubs::detach_user`]): a message committed after the leave is published
+    /// after that, so it never reaches them.
+    fn announce_leave(&self, room: &Room, member: Member, kicked_by: Option<&str>) {
+        self.hubs.member_left(room, member, kicked_by);
         if room.member_count == 0 && room.settings.destroy_when_empty_after.is_some() {
             self.deadlines_changed.notify_one();
         }

@@ -1,9 +1,10 @@
 //! The one writer of membership: group commit of every change to who is in a room.
 //!
-//! CreateRoom, JoinRoom, EnterRoom, LeaveRoom and SwitchRoom hand their change to
-//! [`Roster`] and wait; so do the expiry task's presence-timeout removals and
-//! destroy-when-empty deletions. No other code writes member rows, member counts or
-//! users' room counts. The task takes every change that is waiting (up to
+//! CreateRoom, JoinRoom, EnterRoom, LeaveRoom, SwitchRoom, KickMember and BanMember
+//! hand their change to [`Roster`] and wait; so do the expiry task's presence-timeout
+//! removals and destroy-when-empty deletions. No other code adds or removes member
+//! rows, or writes member counts, users' room counts or bans (a member's role changes
+//! under its room's lock in `moderation`). The task takes every change that is waiting (up to
 //! [`MAX_BATCH`]) and applies them in one transaction, in the order they arrived
 //! ([`apply`], [`rules`]): it creates the rooms CreateRoom and EnterRoom ask for, locks every
 //! room of the batch (in id order, as every transaction locks rooms), checks the rules
@@ -32,7 +33,9 @@ use std::sync::Arc;
 use tokio::sync::{Notify, mpsc};
 
 use super::writer::{self, Writer};
-use crate::domain::{Clock, DetachReason, Member, NewRoom, Room, RoomId, RoomMove, UnixMicros};
+use crate::domain::{
+    Ban, Clock, DetachReason, Member, NewRoom, Room, RoomId, RoomMove, UnixMicros,
+};
 use crate::error::{Error, Result};
 use crate::live::Hubs;
 use crate::store::Store;
@@ -71,6 +74,25 @@ enum Kind {
     Expire { now: UnixMicros },
     /// SwitchRoom: leave `room_id` and join `to`, or neither.
     Switch { to: RoomId, display_name: String },
+    /// KickMember and BanMember.
+    Remove(Removal),
+}
+
+/// A kick or a ban: who does it (judged under the room's lock, against their member
+/// row there), and for a ban, the ban.
+pub struct Removal {
+    pub by: String,
+    pub by_admin: bool,
+    /// A ban: the user is kept out, member or not. `None`: a kick.
+    pub ban: Option<Ban>,
+}
+
+/// What a kick or a ban did: the room as it left it, the member removed (`None`: a
+/// ban of a user who was not one), and the ban made.
+pub struct Removed {
+    pub room: Room,
+    pub member: Option<Member>,
+    pub ban: Option<Ban>,
 }
 
 /// The room a join creates when it does not exist.
@@ -101,6 +123,11 @@ enum Outcome {
         reason: DetachReason,
     },
     Switched(Box<Switched>),
+    /// A kick or a ban, and who did it.
+    Removed {
+        removed: Removed,
+        by: String,
+    },
     /// Whether an empty room was deleted.
     Destroyed(bool),
 }
@@ -204,6 +231,19 @@ impl Roster {
         match self.apply(room_id, user_id, Kind::Leave).await? {
             Outcome::Left { member, .. } => Ok(member),
             _ => Err(mismatch("leave")),
+        }
+    }
+
+    /// Kicks or bans `user_id` from a room, as `removal` says, if its doer may.
+    pub async fn remove(
+        &self,
+        room_id: &RoomId,
+        user_id: &str,
+        removal: Removal,
+    ) -> Result<Removed> {
+        match self.apply(room_id, user_id, Kind::Remove(removal)).await? {
+            Outcome::Removed { removed, .. } => Ok(removed),
+            _ => Err(mismatch("removal")),
         }
     }
 

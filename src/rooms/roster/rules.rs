@@ -6,9 +6,10 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use super::{Create, Joined, Kind, MemberChange, Outcome, Switched};
-use crate::domain::{DetachReason, Member, Role, Room, RoomId, UnixMicros};
+use super::{Create, Joined, Kind, MemberChange, Outcome, Removal, Removed, Switched};
+use crate::domain::{Ban, DetachReason, Member, Role, Room, RoomId, UnixMicros};
 use crate::error::{Error, Result};
+use crate::rooms::moderation::{Action, Standing, judge};
 use crate::rooms::not_found;
 
 /// A `(room, user)` key of a member row.
@@ -31,6 +32,9 @@ pub(super) struct Rules<'a> {
     pub creator: HashMap<&'a RoomId, usize>,
     /// The presence-timeout changes whose member is due.
     pub due: HashSet<usize>,
+    /// The bans in force among the batch's joins (and bans made by the batch), with
+    /// when each ends (`None`: when lifted).
+    pub banned: HashMap<Key, Option<UnixMicros>>,
     pub limit: u32,
     pub now: UnixMicros,
     pub plan: Plan<'a>,
@@ -49,6 +53,7 @@ impl<'a> Rules<'a> {
             Kind::Expire { .. } if !self.due.contains(&i) => self.not_due(change),
             Kind::Expire { .. } => self.leave(change, DetachReason::PresenceTimeout),
             Kind::Switch { to, display_name } => self.switch(change, to, display_name),
+            Kind::Remove(removal) => self.remove(change, removal),
         }
     }
 
@@ -73,6 +78,9 @@ impl<'a> Rules<'a> {
             });
         }
         let is_member = self.members.contains_key(&key(room_id, user));
+        if !is_member {
+            check_not_banned(&self.banned, room_id, user)?;
+        }
         // The per-user room limit: a join that would add a member needs a slot. (A
         // room to create is missing here exactly when its join got none: step 3
         // creates rooms only for joins that claimed one.)
@@ -118,6 +126,48 @@ impl<'a> Rules<'a> {
         })
     }
 
+    /// A kick or a ban, judged against the doer's and the target's rows as the batch
+    /// left them so far: the member removed (a ban needs no member), the ban planned.
+    fn remove(&mut self, change: &'a MemberChange, removal: &'a Removal) -> Result<Outcome> {
+        let room_id = &change.room_id;
+        let user = change.user_id.as_str();
+        let room = self
+            .rooms
+            .get_mut(room_id)
+            .ok_or_else(|| not_found(room_id))?;
+        let role = |user: &str| self.members.get(&key(room_id, user)).map(|m| m.role);
+        let actor = Standing::of(removal.by_admin, role(&removal.by));
+        let action = match removal.ban {
+            Some(_) => Action::Ban,
+            None => Action::Kick,
+        };
+        let target = role(user);
+        judge(actor, action, target, room_id, user)?;
+        if target.is_none() && removal.ban.is_none() {
+            return Err(Error::MemberNotFound {
+                room_id: room_id.to_string(),
+                user_id: user.to_string(),
+            });
+        }
+        let member = self.members.remove(&key(room_id, user));
+        if member.is_some() {
+            self.plan.remove(room, room_id, user);
+            self.plan.released.push(user);
+        }
+        if let Some(ban) = &removal.ban {
+            self.banned.insert(key(room_id, user), ban.expires_at);
+            self.plan.banned.push((room_id, ban));
+        }
+        Ok(Outcome::Removed {
+            removed: Removed {
+                room: room.clone(),
+                member,
+                ban: removal.ban.clone(),
+            },
+            by: removal.by.clone(),
+        })
+    }
+
     /// A presence timeout whose member is not due (any more): nothing changes.
     fn not_due(&self, change: &MemberChange) -> Result<Outcome> {
         let room = self
@@ -154,6 +204,9 @@ impl<'a> Rules<'a> {
                 room_id: from.to_string(),
             });
         };
+        if !self.members.contains_key(&key(to, user)) {
+            check_not_banned(&self.banned, to, user)?;
+        }
         let joined = if self.members.contains_key(&key(to, user)) {
             // A member of `to` already: the move frees the slot `from` held.
             self.plan.released.push(user);
@@ -172,6 +225,21 @@ impl<'a> Rules<'a> {
             to: to_room.clone(),
             joined,
         })))
+    }
+}
+
+/// Fails with BANNED if `user` is kept out of `room_id`.
+fn check_not_banned(
+    banned: &HashMap<Key, Option<UnixMicros>>,
+    room_id: &RoomId,
+    user: &str,
+) -> Result<()> {
+    match banned.get(&key(room_id, user)) {
+        Some(&expires_at) => Err(Error::Banned {
+            room_id: room_id.to_string(),
+            expires_at,
+        }),
+        None => Ok(()),
     }
 }
 
@@ -210,6 +278,8 @@ pub(super) struct Plan<'a> {
     pub released: Vec<&'a str>,
     /// Each room's change of member count.
     pub counts: BTreeMap<&'a RoomId, i64>,
+    /// Bans made.
+    pub banned: Vec<(&'a RoomId, &'a Ban)>,
 }
 
 impl<'a> Plan<'a> {
@@ -300,6 +370,7 @@ mod tests {
             claimed: claimed.iter().map(|u| u.to_string()).collect(),
             creator: HashMap::new(),
             due: HashSet::new(),
+            banned: HashMap::new(),
             limit: 3,
             now: UnixMicros(1),
             plan: Plan::default(),

@@ -1,0 +1,368 @@
+//! Keeping order in a room: who may do what to its members, decided once
+//! ([`judge`], over the table [`may`] and the ranks of [`Standing`]), and the
+//! actions — SetMemberRole, TransferOwnership, KickMember, BanMember, UnbanMember,
+//! ListBans.
+//!
+//! A caller's [`Standing`] in a room is read under the room's lock, in the same
+//! transaction as the action, so a role changed or an ownership moved concurrently
+//! is seen by one action or the other, never half. Kicks and bans change
+//! membership, so they go through the roster, whose batch judges them against the
+//! rows it locked (`roster::rules`); the rest run their own transaction here.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::presence::Online;
+use super::rates::Rates;
+use super::roster::{Removal, Removed, Roster};
+use super::{check_in_token, lock_existing};
+use crate::domain::{
+    Ban, Caller, Clock, Member, Page, PageRequest, Role, Room, RoomId, SanctionKind, UserId,
+};
+use crate::error::{Error, Result};
+use crate::live::Hubs;
+use crate::store::{Store, Tx};
+
+/// The moderation handle.
+#[derive(Clone)]
+pub struct Moderation {
+    pub(super) store: Store,
+    pub(super) rates: Arc<Rates>,
+    /// Where kicks and bans are applied (they remove members).
+    pub(super) roster: Roster,
+    /// Where an ownership change is announced.
+    pub(super) hubs: Arc<Hubs>,
+    /// The online count an announced room carries.
+    pub(super) online: Online,
+    /// When a room changed, when a ban was made and when it ends.
+    pub(super) clock: Clock,
+}
+
+/// Where a caller stands in a room, weakest first: each outranks those before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Standing {
+    /// Not a member.
+    Outsider,
+    Member,
+    Moderator,
+    Owner,
+    /// An admin (by `--admin-users` or by token), member or not.
+    Admin,
+}
+
+impl Standing {
+    /// The standing of a caller who is an admin or not, with the role of their member
+    /// row in the room (`None`: not a member).
+    pub fn of(admin: bool, role: Option<Role>) -> Standing {
+        match (admin, role) {
+            (true, _) => Standing::Admin,
+            (false, None) => Standing::Outsider,
+            (false, Some(Role::Owner)) => Standing::Owner,
+            (false, Some(Role::Moderator)) => Standing::Moderator,
+            (false, Some(Role::Member)) => Standing::Member,
+        }
+    }
+}
+
+/// What may be done to a room's members.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Make a member a moderator, or a moderator a member again.
+    SetRole,
+    /// Make another member the owner.
+    TransferOwnership,
+    /// Remove a member.
+    Kick,
+    /// Remove a user (if a member) and keep them out.
+    Ban,
+    /// Let a banned user in again.
+    Unban,
+    /// Read who is banned.
+    ListBans,
+}
+
+impl Action {
+    /// Whether the action is done to someone, who must rank below the doer.
+    fn aims_at_a_member(self) -> bool {
+        matches!(self, Action::Kick | Action::Ban)
+    }
+}
+
+/// Who may do what: the one table (the README's "Moderation" mirrors it).
+pub fn may(standing: Standing, action: Action) -> bool {
+    use Action::*;
+    use Standing::*;
+    match (standing, action) {
+        (Admin | Owner, _) => true,
+        (Moderator, Kick | Ban | Unban | ListBans) => true,
+        (Moderator, SetRole | TransferOwnership) => false,
+        (Member | Outsider, _) => false,
+    }
+}
+
+/// Whether `actor` may do `action` in `room_id`, to `user_id` whose role there is
+/// `target` (`None`: not a member) — the table, then the ranks: a kick or a ban
+/// reaches only those ranked below the doer (admins anyone, the owner moderators and
+/// members, moderators members). Every refusal is PERMISSION_DENIED with its reason.
+pub fn judge(
+    actor: Standing,
+    action: Action,
+    target: Option<Role>,
+    room_id: &RoomId,
+    user_id: &str,
+) -> Result<()> {
+    let room = || room_id.to_string();
+    if !may(actor, action) {
+        return Err(match actor {
+            Standing::Outsider => Error::NotAMember { room_id: room() },
+            _ if may(Standing::Moderator, action) => Error::NotAModerator { room_id: room() },
+            _ => Error::NotRoomOwner { room_id: room() },
+        });
+    }
+    if action.aims_at_a_member() && Standing::of(false, target) >= actor {
+        return Err(Error::Outranked {
+            room_id: room(),
+            user_id: user_id.to_string(),
+        });
+    }
+    Ok(())
+}
+
+impl Moderation {
+    /// Gives `user_id` the role `role` (moderator or member) in a room.
+    pub async fn set_role(
+        &self,
+        caller: &Caller,
+        room_id: &RoomId,
+        user_id: &UserId,
+        role: Role,
+    ) -> Result<Member> {
+        if role == Role::Owner {
+            return Err(Error::invalid(
+                "role",
+                "a room's owner changes with TransferOwnership",
+            ));
+        }
+        let (mut tx, room) = self.begin(caller, room_id, Action::SetRole).await?;
+        if room.owner_id == user_id.as_str() {
+            return Err(Error::invalid(
+                "user_id",
+                "the owner's role changes only with TransferOwnership",
+            ));
+        }
+        let member = tx
+            .set_member_role(room_id, user_id.as_str(), role)
+            .await?
+            .ok_or_else(|| member_not_found(room_id, user_id))?;
+        tx.commit().await?;
+        Ok(member)
+    }
+
+    /// Makes `user_id`, a member, the room's owner; the previous owner, if still a
+    /// member, becomes a plain member. Announced as a room update.
+    pub async fn transfer_ownership(
+        &self,
+        caller: &Caller,
+        room_id: &RoomId,
+        user_id: &UserId,
+    ) -> Result<Room> {
+        let (mut tx, room) = self
+            .begin(caller, room_id, Action::TransferOwnership)
+            .await?;
+        if room.owner_id == user_id.as_str() {
+            return Ok(room);
+        }
+        tx.set_member_role(room_id, user_id.as_str(), Role::Owner)
+            .await?
+            .ok_or_else(|| member_not_found(room_id, user_id))?;
+        tx.set_member_role(room_id, &room.owner_id, Role::Member)
+            .await?;
+        let room = tx
+            .set_owner(room_id, user_id.as_str(), self.clock.now())
+            .await?;
+        tx.commit().await?;
+        let room = self.online.with_presence(room).await;
+        self.hubs.room_updated(&room);
+        Ok(room)
+    }
+
+    /// Removes a member from a room (KickMember); their streams are detached, on
+    /// every node, and the room told who removed them.
+    pub async fn kick(
+        &self,
+        caller: &Caller,
+        room_id: &RoomId,
+        user_id: &UserId,
+    ) -> Result<Member> {
+        let removed = self.remove(caller, room_id, user_id, None).await?;
+        removed
+            .member
+            .ok_or_else(|| Error::Internal("a kick removed nobody".into()))
+    }
+
+    /// Kicks `user_id` if a member and keeps them out of the room for `length`
+    /// (`None`: until lifted) (BanMember).
+    pub async fn ban(
+        &self,
+        caller: &Caller,
+        room_id: &RoomId,
+        user_id: &UserId,
+        length: Option<Duration>,
+    ) -> Result<Ban> {
+        let now = self.clock.now();
+        let ban = Ban {
+            user_id: user_id.to_string(),
+            by: caller.user_id.to_string(),
+            at: now,
+            expires_at: length.map(|l| now.plus(l)),
+        };
+        let removed = self.remove(caller, room_id, user_id, Some(ban)).await?;
+        removed
+            .ban
+            .ok_or_else(|| Error::Internal("a ban was answered as a kick".into()))
+    }
+
+    async fn remove(
+        &self,
+        caller: &Caller,
+        room_id: &RoomId,
+        user_id: &UserId,
+        ban: Option<Ban>,
+    ) -> Result<Removed> {
+        check_in_token(caller, room_id)?;
+        if caller.user_id == *user_id {
+            return Err(Error::invalid(
+                "user_id",
+                "is the caller: LeaveRoom leaves a room",
+            ));
+        }
+        self.rates.check_change(caller.user_id.as_str())?;
+        let removal = Removal {
+            by: caller.user_id.to_string(),
+            by_admin: caller.admin,
+            ban,
+        };
+        self.roster.remove(room_id, user_id.as_str(), removal).await
+    }
+
+    /// Lifts a user's ban from a room (UnbanMember); lifting none is no error.
+    pub async fn unban(&self, caller: &Caller, room_id: &RoomId, user_id: &UserId) -> Result<()> {
+        let (mut tx, _) = self.begin(caller, room_id, Action::Unban).await?;
+        tx.lift_sanction(SanctionKind::Ban, room_id, user_id.as_str())
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A page of the bans in force in a room, by user id (ListBans).
+    pub async fn bans(
+        &self,
+        caller: &Caller,
+        room_id: &RoomId,
+        page: PageRequest,
+    ) -> Result<Page<Ban>> {
+        check_in_token(caller, room_id)?;
+        if self.store.room(room_id).await?.is_none() {
+            return Err(super::not_found(room_id));
+        }
+        let member = self.store.member(room_id, caller.user_id.as_str()).await?;
+        let actor = Standing::of(caller.admin, member.map(|m| m.role));
+        judge(actor, Action::ListBans, None, room_id, "")?;
+        let bans = self
+            .store
+            .sanctions(
+                SanctionKind::Ban,
+                room_id,
+                page.after.as_deref(),
+                page.size + 1,
+                self.clock.now(),
+            )
+            .await?;
+        Ok(Page::from_overfetch(bans, page.size, |b: &Ban| {
+            b.user_id.clone()
+        }))
+    }
+
+    /// Opens the transaction of an `action` in a room: the room locked, the caller's
+    /// standing in it read and judged.
+    async fn begin(&self, caller: &Caller, room_id: &RoomId, action: Action) -> Result<(Tx, Room)> {
+        check_in_token(caller, room_id)?;
+        self.rates.check_change(caller.user_id.as_str())?;
+        let mut tx = self.store.begin().await?;
+        let room = lock_existing(&mut tx, room_id).await?;
+        let member = tx.member(&room.id, caller.user_id.as_str()).await?;
+        let actor = Standing::of(caller.admin, member.map(|m| m.role));
+        judge(actor, action, None, room_id, "")?;
+        Ok((tx, room))
+    }
+}
+
+fn member_not_found(room_id: &RoomId, user_id: &UserId) -> Error {
+    Error::MemberNotFound {
+        room_id: room_id.to_string(),
+        user_id: user_id.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn judged(actor: Standing, action: Action, target: Option<Role>) -> &'static str {
+        let room = RoomId::parse("r").unwrap();
+        match judge(actor, action, target, &room, "u") {
+            Ok(()) => "ok",
+            Err(Error::NotAMember { .. }) => "NOT_A_MEMBER",
+            Err(Error::NotAModerator { .. }) => "NOT_A_MODERATOR",
+            Err(Error::NotRoomOwner { .. }) => "NOT_ROOM_OWNER",
+            Err(Error::Outranked { .. }) => "OUTRANKED",
+            Err(other) => panic!("unexpected: {other}"),
+        }
+    }
+
+    /// The table: only the owner and admins manage roles and ownership.
+    #[test]
+    fn only_owners_and_admins_manage_roles() {
+        for action in [Action::SetRole, Action::TransferOwnership] {
+            assert!(may(Standing::Admin, action));
+            assert!(may(Standing::Owner, action));
+            assert!(!may(Standing::Moderator, action));
+            assert!(!may(Standing::Member, action));
+            assert!(!may(Standing::Outsider, action));
+            assert_eq!(judged(Standing::Moderator, action, None), "NOT_ROOM_OWNER");
+            assert_eq!(judged(Standing::Outsider, action, None), "NOT_A_MEMBER");
+        }
+    }
+
+    /// Kicks and bans reach only those ranked below the doer; a member is told it
+    /// takes a moderator.
+    #[test]
+    fn kicks_and_bans_reach_down_only() {
+        use Role::*;
+        for action in [Action::Kick, Action::Ban] {
+            let cases = [
+                (Standing::Admin, Some(Owner), "ok"),
+                (Standing::Owner, Some(Moderator), "ok"),
+                (Standing::Owner, Some(Owner), "OUTRANKED"),
+                (Standing::Moderator, Some(Member), "ok"),
+                (Standing::Moderator, None, "ok"),
+                (Standing::Moderator, Some(Moderator), "OUTRANKED"),
+                (Standing::Moderator, Some(Owner), "OUTRANKED"),
+                (Standing::Member, Some(Member), "NOT_A_MODERATOR"),
+                (Standing::Outsider, Some(Member), "NOT_A_MEMBER"),
+            ];
+            for (actor, target, expected) in cases {
+                assert_eq!(
+                    judged(actor, action, target),
+                    expected,
+                    "{actor:?} {action:?} {target:?}"
+                );
+            }
+        }
+        assert_eq!(judged(Standing::Moderator, Action::Unban, None), "ok");
+        assert_eq!(
+            judged(Standing::Member, Action::ListBans, None),
+            "NOT_A_MODERATOR"
+        );
+    }
+}
