@@ -1,12 +1,13 @@
 //! Who may do what, as a matrix: every RPC and every stream frame, tried by the
-//! room's owner, a moderator, a member, an outsider and an admin (all with tokens),
-//! each on a room of its own, against what the rules say.
+//! room's owner, a moderator, a member, an outsider and an admin — once with tokens,
+//! once with `x-user-id` headers — each on a room of its own, against what the rules
+//! say.
 
 use chatroom::domain::Clock;
 use chatroom::pb;
 use serde_json::json;
 
-use crate::common::{Backend, Client, Ev, Sub, chat, create, join};
+use crate::common::{Backend, Client, Ev, Sub, TestApp, TestServer, chat, create, join};
 use crate::{claims, jwt_app_with, token, with};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -272,20 +273,59 @@ async fn stream_op(client: &mut Client, op: Op, room: &str) -> Result<(), String
     }
 }
 
+/// How callers say who they are.
+#[derive(Clone, Copy)]
+enum Identity {
+    /// `--auth jwt`: a bearer token each; the admin by the token's `admin` role.
+    Token,
+    /// `--auth header`: `x-user-id`; the admin by `--admin-users`.
+    Header,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_rpc_and_frame_by_every_kind_of_caller() {
+async fn every_rpc_and_frame_by_every_kind_of_caller_with_tokens() {
+    every_rpc_and_frame_by_every_kind_of_caller(Identity::Token).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rpc_and_frame_by_every_kind_of_caller_with_user_headers() {
+    every_rpc_and_frame_by_every_kind_of_caller(Identity::Header).await;
+}
+
+/// A client of `server` acting as `user`, identified as `by` says.
+async fn caller(server: &TestServer, by: Identity, user: &str) -> Client {
+    match by {
+        Identity::Token if user == "admin" => {
+            server.token_client(&token(&with(claims(user), json!({"roles": ["admin"]}))))
+        }
+        Identity::Token => server.token_client(&token(&claims(user))),
+        Identity::Header => server.client(user).await,
+    }
+}
+
+async fn every_rpc_and_frame_by_every_kind_of_caller(by: Identity) {
     // Owner, moderator and member are in a room per case: more than the default 100.
-    let app = jwt_app_with(Backend::Sqlite, Clock::system(), |c| {
-        c.max_rooms_per_user = 500
-    })
-    .await;
+    let app = match by {
+        Identity::Token => {
+            jwt_app_with(Backend::Sqlite, Clock::system(), |c| {
+                c.max_rooms_per_user = 500
+            })
+            .await
+        }
+        Identity::Header => {
+            TestApp::with(Backend::Sqlite, |c| {
+                c.max_rooms_per_user = 500;
+                c.admin_users = vec!["admin".into()];
+            })
+            .await
+        }
+    };
     let server = app.server();
-    let mut owner = server.token_client(&token(&claims("owner")));
-    let mut moderator = server.token_client(&token(&claims("moderator")));
-    let mut member = server.token_client(&token(&claims("member")));
-    let mut outsider = server.token_client(&token(&claims("outsider")));
-    let mut admin =
-        server.token_client(&token(&with(claims("admin"), json!({"roles": ["admin"]}))));
+    let mut owner = caller(server, by, "owner").await;
+    let mut moderator = caller(server, by, "moderator").await;
+    let mut member = caller(server, by, "member").await;
+    let mut outsider = caller(server, by, "outsider").await;
+    let mut admin = caller(server, by, "admin").await;
     owner.create_room(create("elsewhere")).await.unwrap();
     let mut failures = Vec::new();
     for (n, op) in OPS.iter().enumerate() {
@@ -300,10 +340,10 @@ async fn every_rpc_and_frame_by_every_kind_of_caller() {
             // kicks and bans aim at) are in it, the others not (the admin neither: it
             // acts by its role).
             let room = format!("m{n}-{who:?}").to_lowercase();
-            let mut owner_of = server.token_client(&token(&claims("owner")));
+            let mut owner_of = caller(server, by, "owner").await;
             owner_of.create_room(create(&room)).await.unwrap();
             for user in ["moderator", "member", "target"] {
-                let mut joining = server.token_client(&token(&claims(user)));
+                let mut joining = caller(server, by, user).await;
                 joining.join_room(join(&room)).await.unwrap();
             }
             owner_of
