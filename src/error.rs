@@ -51,11 +51,13 @@ pub enum Error {
     /// The user an action is aimed at has a role at or above the caller's.
     #[error("{user_id:?} has a role at or above yours in room {room_id:?}")]
     Outranked { room_id: String, user_id: String },
-    /// The caller is banned from the room until `expires_at` (`None`: until lifted).
+    /// The caller is banned from the room until `expires_at_us` (microseconds since
+    /// the Unix epoch, as `domain::UnixMicros` holds them — a plain number here, for
+    /// the error sits below the domain; `None`: until lifted).
     #[error("banned from room {room_id:?}")]
     Banned {
         room_id: String,
-        expires_at: Option<crate::domain::UnixMicros>,
+        expires_at_us: Option<i64>,
     },
     /// The user an action is aimed at is not a member of the room.
     #[error("{user_id:?} is not a member of room {room_id:?}")]

@@ -93,11 +93,10 @@ impl Error {
             }
             Error::Banned {
                 room_id,
-                expires_at,
+                expires_at_us,
             } => vec![
                 ("room_id", room_id.clone()),
-                // RFC 3339, or "never" for a ban until lifted.
-                ("expires_at", until(*expires_at)),
+                ("expires_at", until(*expires_at_us)),
             ],
             Error::MemberNotFound { room_id, user_id } | Error::Outranked { room_id, user_id } => {
                 vec![("room_id", room_id.clone()), ("user_id", user_id.clone())]
@@ -137,10 +136,10 @@ impl From<Error> for Status {
 
 /// When a sanction ends, for `ErrorInfo` metadata: RFC 3339, or "never" for one
 /// that lasts until lifted.
-fn until(expires_at: Option<crate::domain::UnixMicros>) -> String {
-    expires_at.map_or_else(
+fn until(expires_at_us: Option<i64>) -> String {
+    expires_at_us.map_or_else(
         || "never".to_string(),
-        |t| crate::proto::encode::timestamp(t).to_string(),
+        |us| crate::proto::encode::timestamp(crate::domain::UnixMicros(us)).to_string(),
     )
 }
 

@@ -8,9 +8,9 @@
 //! [`Rooms`] is a set of handles, one per group of operations, each in its own file
 //! and each listing what it holds: [`membership::Membership`] (create, join, enter,
 //! leave, switch), [`admin::Admin`] (read, list, update, delete rooms, list members),
-//! [`moderation::Moderation`] (roles, ownership, kicks and bans, with the one table
-//! of who may do what to members), [`messages::Messages`] (send, read history, catch
-//! up), [`streams::Streams`] (stream slots and access for Subscribe), [`expiry::Expiry`] (presence timeouts and
+//! [`moderation::Moderation`] (roles, ownership, kicks and bans, judged by the one
+//! table of who may do what to members in [`authority`]), [`messages::Messages`]
+//! (send, read history, catch up), [`streams::Streams`] (stream slots and access for Subscribe), [`expiry::Expiry`] (presence timeouts and
 //! empty rooms, applied by its task). They share [`presence::Online`] (who is
 //! online, here and in the ledger), [`readers::Readers`] (who may receive a room) and
 //! [`rates`]; the two writers every change goes through, [`roster`] (membership) and
@@ -22,6 +22,7 @@
 //! It imports `domain`, `error`, `live`, `store`, `proto` and `telemetry`.
 
 pub mod admin;
+pub mod authority;
 pub mod expiry;
 pub mod membership;
 pub mod messages;

@@ -1,7 +1,6 @@
-//! Keeping order in a room: who may do what to its members, decided once
-//! ([`judge`], over the table [`may`] and the ranks of [`Standing`]), and the
-//! actions — SetMemberRole, TransferOwnership, KickMember, BanMember, UnbanMember,
-//! ListBans.
+//! Keeping order in a room: the actions — SetMemberRole, TransferOwnership,
+//! KickMember, BanMember, UnbanMember, ListBans — each judged by the one rule of who
+//! may do what to members ([`super::authority`]).
 //!
 //! A caller's [`Standing`] in a room is read under the room's lock, in the same
 //! transaction as the action, so a role changed or an ownership moved concurrently
@@ -12,6 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::authority::{Action, Standing, judge};
 use super::presence::Online;
 use super::rates::Rates;
 use super::roster::{Removal, Removed, Roster};
@@ -36,96 +36,6 @@ pub struct Moderation {
     pub(super) online: Online,
     /// When a room changed, when a ban was made and when it ends.
     pub(super) clock: Clock,
-}
-
-/// Where a caller stands in a room, weakest first: each outranks those before it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Standing {
-    /// Not a member.
-    Outsider,
-    Member,
-    Moderator,
-    Owner,
-    /// An admin (by `--admin-users` or by token), member or not.
-    Admin,
-}
-
-impl Standing {
-    /// The standing of a caller who is an admin or not, with the role of their member
-    /// row in the room (`None`: not a member).
-    pub fn of(admin: bool, role: Option<Role>) -> Standing {
-        match (admin, role) {
-            (true, _) => Standing::Admin,
-            (false, None) => Standing::Outsider,
-            (false, Some(Role::Owner)) => Standing::Owner,
-            (false, Some(Role::Moderator)) => Standing::Moderator,
-            (false, Some(Role::Member)) => Standing::Member,
-        }
-    }
-}
-
-/// What may be done to a room's members.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Action {
-    /// Make a member a moderator, or a moderator a member again.
-    SetRole,
-    /// Make another member the owner.
-    TransferOwnership,
-    /// Remove a member.
-    Kick,
-    /// Remove a user (if a member) and keep them out.
-    Ban,
-    /// Let a banned user in again.
-    Unban,
-    /// Read who is banned.
-    ListBans,
-}
-
-impl Action {
-    /// Whether the action is done to someone, who must rank below the doer.
-    fn aims_at_a_member(self) -> bool {
-        matches!(self, Action::Kick | Action::Ban)
-    }
-}
-
-/// Who may do what: the one table (the README's "Moderation" mirrors it).
-pub fn may(standing: Standing, action: Action) -> bool {
-    use Action::*;
-    use Standing::*;
-    match (standing, action) {
-        (Admin | Owner, _) => true,
-        (Moderator, Kick | Ban | Unban | ListBans) => true,
-        (Moderator, SetRole | TransferOwnership) => false,
-        (Member | Outsider, _) => false,
-    }
-}
-
-/// Whether `actor` may do `action` in `room_id`, to `user_id` whose role there is
-/// `target` (`None`: not a member) — the table, then the ranks: a kick or a ban
-/// reaches only those ranked below the doer (admins anyone, the owner moderators and
-/// members, moderators members). Every refusal is PERMISSION_DENIED with its reason.
-pub fn judge(
-    actor: Standing,
-    action: Action,
-    target: Option<Role>,
-    room_id: &RoomId,
-    user_id: &str,
-) -> Result<()> {
-    let room = || room_id.to_string();
-    if !may(actor, action) {
-        return Err(match actor {
-            Standing::Outsider => Error::NotAMember { room_id: room() },
-            _ if may(Standing::Moderator, action) => Error::NotAModerator { room_id: room() },
-            _ => Error::NotRoomOwner { room_id: room() },
-        });
-    }
-    if action.aims_at_a_member() && Standing::of(false, target) >= actor {
-        return Err(Error::Outranked {
-            room_id: room(),
-            user_id: user_id.to_string(),
-        });
-    }
-    Ok(())
 }
 
 impl Moderation {
@@ -301,68 +211,5 @@ fn member_not_found(room_id: &RoomId, user_id: &UserId) -> Error {
     Error::MemberNotFound {
         room_id: room_id.to_string(),
         user_id: user_id.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn judged(actor: Standing, action: Action, target: Option<Role>) -> &'static str {
-        let room = RoomId::parse("r").unwrap();
-        match judge(actor, action, target, &room, "u") {
-            Ok(()) => "ok",
-            Err(Error::NotAMember { .. }) => "NOT_A_MEMBER",
-            Err(Error::NotAModerator { .. }) => "NOT_A_MODERATOR",
-            Err(Error::NotRoomOwner { .. }) => "NOT_ROOM_OWNER",
-            Err(Error::Outranked { .. }) => "OUTRANKED",
-            Err(other) => panic!("unexpected: {other}"),
-        }
-    }
-
-    /// The table: only the owner and admins manage roles and ownership.
-    #[test]
-    fn only_owners_and_admins_manage_roles() {
-        for action in [Action::SetRole, Action::TransferOwnership] {
-            assert!(may(Standing::Admin, action));
-            assert!(may(Standing::Owner, action));
-            assert!(!may(Standing::Moderator, action));
-            assert!(!may(Standing::Member, action));
-            assert!(!may(Standing::Outsider, action));
-            assert_eq!(judged(Standing::Moderator, action, None), "NOT_ROOM_OWNER");
-            assert_eq!(judged(Standing::Outsider, action, None), "NOT_A_MEMBER");
-        }
-    }
-
-    /// Kicks and bans reach only those ranked below the doer; a member is told it
-    /// takes a moderator.
-    #[test]
-    fn kicks_and_bans_reach_down_only() {
-        use Role::*;
-        for action in [Action::Kick, Action::Ban] {
-            let cases = [
-                (Standing::Admin, Some(Owner), "ok"),
-                (Standing::Owner, Some(Moderator), "ok"),
-                (Standing::Owner, Some(Owner), "OUTRANKED"),
-                (Standing::Moderator, Some(Member), "ok"),
-                (Standing::Moderator, None, "ok"),
-                (Standing::Moderator, Some(Moderator), "OUTRANKED"),
-                (Standing::Moderator, Some(Owner), "OUTRANKED"),
-                (Standing::Member, Some(Member), "NOT_A_MODERATOR"),
-                (Standing::Outsider, Some(Member), "NOT_A_MEMBER"),
-            ];
-            for (actor, target, expected) in cases {
-                assert_eq!(
-                    judged(actor, action, target),
-                    expected,
-                    "{actor:?} {action:?} {target:?}"
-                );
-            }
-        }
-        assert_eq!(judged(Standing::Moderator, Action::Unban, None), "ok");
-        assert_eq!(
-            judged(Standing::Member, Action::ListBans, None),
-            "NOT_A_MODERATOR"
-        );
     }
 }

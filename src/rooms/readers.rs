@@ -42,7 +42,7 @@ impl Readers {
             return Err(match ban {
                 Some(ban) => Error::Banned {
                     room_id: room_id.to_string(),
-                    expires_at: ban.expires_at,
+                    expires_at_us: ban.expires_at.map(|t| t.0),
                 },
                 None => Error::NotAMember {
                     room_id: room_id.to_string(),

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use super::{Create, Joined, Kind, MemberChange, Outcome, Removal, Removed, Switched};
 use crate::domain::{Ban, DetachReason, Member, Role, Room, RoomId, UnixMicros};
 use crate::error::{Error, Result};
-use crate::rooms::moderation::{Action, Standing, judge};
+use crate::rooms::authority::{Action, Standing, judge};
 use crate::rooms::not_found;
 
 /// A `(room, user)` key of a member row.
@@ -237,7 +237,7 @@ fn check_not_banned(
     match banned.get(&key(room_id, user)) {
         Some(&expires_at) => Err(Error::Banned {
             room_id: room_id.to_string(),
-            expires_at,
+            expires_at_us: expires_at.map(|t| t.0),
         }),
         None => Ok(()),
     }
