@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's grpcurl walkthrough as a script, checking each answer: rooms created,
 # joined, entered, read, listed, updated, switched, left and deleted; roles given and
-# the room handed over and back; a user banned, let in and kicked; errors with
+# the room handed over and back; a user banned, let in and kicked; slow mode; errors with
 # their reasons; health; then a Subscribe stream that attaches with history, sends
 # and pings. Runs against a server in `--auth header` mode (the default):
 #
@@ -83,6 +83,15 @@ refused NOT_A_MODERATOR bob ListBans "{\"room_id\": \"$lobby\"}"
 as alice UnbanMember "{\"room_id\": \"$lobby\", \"user_id\": \"troll\"}" >/dev/null
 as troll JoinRoom "{\"room_id\": \"$lobby\"}" >/dev/null
 has '"userId": "troll"' "$(as alice KickMember "{\"room_id\": \"$lobby\", \"user_id\": \"troll\"}")"
+
+# Slow mode: alice sets one CHAT per minute; bob's second is refused SLOW_MODE, alice
+# (the owner) is exempt; then she turns it off again.
+has '"slowModeInterval": "60s"' "$(as alice UpdateRoom "{\"room_id\": \"$lobby\", \"settings\": {\"max_members\": 100, \"destroy_when_empty_after\": \"300s\", \"slow_mode_interval\": \"60s\"}}")"
+as bob SendMessage "{\"room_id\": \"$lobby\", \"text\": \"first\"}" >/dev/null
+refused SLOW_MODE bob SendMessage "{\"room_id\": \"$lobby\", \"text\": \"second\"}"
+as alice SendMessage "{\"room_id\": \"$lobby\", \"text\": \"owners are exempt\"}" >/dev/null
+as alice SendMessage "{\"room_id\": \"$lobby\", \"text\": \"twice\"}" >/dev/null
+as alice UpdateRoom "{\"room_id\": \"$lobby\", \"settings\": {\"max_members\": 100, \"destroy_when_empty_after\": \"300s\"}}" >/dev/null
 
 # Bob moves from games to the lobby in one step (he is in both: a move is still fine),
 # leaves (idempotent), and carol deletes games.

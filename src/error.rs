@@ -59,6 +59,12 @@ pub enum Error {
         room_id: String,
         expires_at_us: Option<i64>,
     },
+    /// Slow mode: the caller may send a CHAT to the room again after `retry_after`.
+    #[error("slow mode in room {room_id:?}: retry in {} ms", retry_after.as_millis())]
+    SlowMode {
+        room_id: String,
+        retry_after: std::time::Duration,
+    },
     /// The user an action is aimed at is not a member of the room.
     #[error("{user_id:?} is not a member of room {room_id:?}")]
     MemberNotFound { room_id: String, user_id: String },
@@ -110,7 +116,9 @@ impl Error {
     /// How long the caller should wait before trying again, where the error says.
     pub fn retry_after(&self) -> Option<std::time::Duration> {
         match self {
-            Error::RateLimited { retry_after } => Some(*retry_after),
+            Error::RateLimited { retry_after } | Error::SlowMode { retry_after, .. } => {
+                Some(*retry_after)
+            }
             _ => None,
         }
     }

@@ -32,6 +32,7 @@ impl Error {
             Error::NotAModerator { .. } => (Code::PermissionDenied, "NOT_A_MODERATOR"),
             Error::Outranked { .. } => (Code::PermissionDenied, "OUTRANKED"),
             Error::Banned { .. } => (Code::PermissionDenied, "BANNED"),
+            Error::SlowMode { .. } => (Code::ResourceExhausted, "SLOW_MODE"),
             Error::MemberNotFound { .. } => (Code::NotFound, "MEMBER_NOT_FOUND"),
             Error::VersionConflict { .. } => (Code::Aborted, "VERSION_CONFLICT"),
             Error::AlreadyAttached { .. } => (Code::FailedPrecondition, "ALREADY_ATTACHED"),
@@ -97,6 +98,13 @@ impl Error {
             } => vec![
                 ("room_id", room_id.clone()),
                 ("expires_at", until(*expires_at_us)),
+            ],
+            Error::SlowMode {
+                room_id,
+                retry_after,
+            } => vec![
+                ("room_id", room_id.clone()),
+                ("retry_after_ms", retry_after.as_millis().to_string()),
             ],
             Error::MemberNotFound { room_id, user_id } | Error::Outranked { room_id, user_id } => {
                 vec![("room_id", room_id.clone()), ("user_id", user_id.clone())]

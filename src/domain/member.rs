@@ -42,5 +42,16 @@ pub enum SanctionKind {
     Ban,
 }
 
+/// A sender as the message writer reads them, in the transaction that stores their
+/// message: their member row, and what slow mode needs.
+#[derive(Clone, Debug)]
+pub struct Speaker {
+    pub member: Member,
+    /// The room's `slow_mode_interval`.
+    pub slow_mode_interval: Option<std::time::Duration>,
+    /// Their last CHAT that slow mode counted.
+    pub last_chat_at: Option<UnixMicros>,
+}
+
 /// A user kept out of a room (BanMember).
 pub type Ban = Sanction;

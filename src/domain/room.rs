@@ -75,6 +75,9 @@ pub struct RoomSettings {
     /// Remove a member with no attached stream for this long; `None` (or zero on the
     /// wire) means membership lasts until LeaveRoom.
     pub presence_timeout: Option<Duration>,
+    /// A plain member sends at most one CHAT per this long; `None` (or zero on the
+    /// wire): no limit.
+    pub slow_mode_interval: Option<Duration>,
 }
 
 /// A room as stored, with live presence counts filled in by [`crate::rooms::Rooms`].

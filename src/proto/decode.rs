@@ -126,11 +126,17 @@ pub fn room_settings(field: &str, settings: Option<pb::RoomSettings>) -> Result<
         .map(|d| duration(&format!("{field}.presence_timeout"), d))
         .transpose()?
         .filter(|d| !d.is_zero());
+    let slow_mode = s
+        .slow_mode_interval
+        .map(|d| duration(&format!("{field}.slow_mode_interval"), d))
+        .transpose()?
+        .filter(|d| !d.is_zero());
     Ok(RoomSettings {
         max_members: s.max_members,
         member_events,
         destroy_when_empty_after: destroy,
         presence_timeout: presence,
+        slow_mode_interval: slow_mode,
     })
 }
 

@@ -44,6 +44,7 @@ impl From<RoomSettings> for pb::RoomSettings {
             } as i32,
             destroy_when_empty_after: s.destroy_when_empty_after.map(proto_duration),
             presence_timeout: s.presence_timeout.map(proto_duration),
+            slow_mode_interval: s.slow_mode_interval.map(proto_duration),
         }
     }
 }

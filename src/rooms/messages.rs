@@ -60,6 +60,10 @@ impl Sent {
                     Appended::NotAMember => Error::NotAMember {
                         room_id: room_id.to_string(),
                     },
+                    Appended::SlowMode { retry_after } => Error::SlowMode {
+                        room_id: room_id.to_string(),
+                        retry_after,
+                    },
                 };
                 refund.rates.refund_send(&refund.user, MessageKind::Chat);
                 Err(refused)

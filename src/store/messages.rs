@@ -14,6 +14,30 @@ impl Tx {
         rows.into_iter().map(Message::try_from).collect()
     }
 
+    /// The senders among `(room, user)` keys who are members, with what slow mode
+    /// needs, and their rooms' ids.
+    pub async fn speakers_among(
+        &mut self,
+        keys: &[(&str, &str)],
+    ) -> Result<Vec<(String, Speaker)>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = by_dialect!(self, speakers_among(keys))?;
+        rows.into_iter()
+            .map(|r| Ok((r.room_id.clone(), Speaker::try_from(r)?)))
+            .collect()
+    }
+
+    /// Records each `(room, user, at)` as the user's last CHAT there (slow mode's
+    /// turns; their rooms locked by the caller).
+    pub async fn set_last_chats(&mut self, turns: &[(&str, &str, UnixMicros)]) -> Result<()> {
+        if turns.is_empty() {
+            return Ok(());
+        }
+        by_dialect!(self, set_last_chats(turns))
+    }
+
     /// Reserves `n` seqs in each room (given in id order); returns each existing
     /// room's new `last_seq`. Rooms are locked in id order, which orders concurrent
     /// batches and room changes without deadlocks.

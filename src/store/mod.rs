@@ -37,7 +37,7 @@ use crate::error::{Error, Result};
 use std::collections::HashMap;
 
 use crate::domain::{
-    Dialect, HistoryRange, Member, Message, NewRoom, Room, RoomFilter, RoomId, UnixMicros,
+    Dialect, HistoryRange, Member, Message, NewRoom, Room, RoomFilter, RoomId, Speaker, UnixMicros,
 };
 use rows::{MemberRow, MessageRow, PagedMessageRow, RoomAndNameRow, RoomRow};
 
@@ -60,7 +60,17 @@ const SQLITE_READERS: u32 = 4;
 macro_rules! room_columns {
     () => {
         "room_id, name, attributes, owner_id, max_members, member_events, destroy_after_ms, \
-         presence_timeout_ms, member_count, last_seq, version, created_at_us, updated_at_us"
+         presence_timeout_ms, slow_mode_ms, member_count, last_seq, version, created_at_us, \
+         updated_at_us"
+    };
+}
+
+/// A sender's columns, in `SpeakerRow` order, over `members m` joined with its room
+/// `r`.
+macro_rules! speaker_columns {
+    () => {
+        "m.room_id, m.user_id, m.display_name, m.role, m.joined_at_us, r.slow_mode_ms, \
+         m.last_chat_us"
     };
 }
 

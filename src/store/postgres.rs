@@ -7,7 +7,7 @@
 
 use sqlx::PgConnection;
 
-use super::rows::{self, KeyedMemberRow, KeyedSanctionRow, MessageRow, RoomRow};
+use super::rows::{self, KeyedMemberRow, KeyedSanctionRow, MessageRow, RoomRow, SpeakerRow};
 use super::to_i64;
 use crate::domain::{Member, Message, RoomId, UnixMicros};
 
@@ -51,6 +51,46 @@ pub(super) async fn members_among(
     .bind(users)
     .fetch_all(c)
     .await
+}
+
+/// The members among `(room, user)` keys, with their rooms' slow mode.
+pub(super) async fn speakers_among(
+    c: &mut PgConnection,
+    keys: &[(&str, &str)],
+) -> Result<Vec<SpeakerRow>> {
+    let (rooms, users): (Vec<&str>, Vec<&str>) = keys.iter().copied().unzip();
+    sqlx::query_as(concat!(
+        "SELECT ",
+        speaker_columns!(),
+        " FROM members m JOIN UNNEST($1::text[], $2::text[]) AS k(r, u) \
+          ON m.room_id = k.r AND m.user_id = k.u \
+          JOIN rooms r ON r.room_id = m.room_id"
+    ))
+    .bind(rooms)
+    .bind(users)
+    .fetch_all(c)
+    .await
+}
+
+/// Sets members' last CHAT times, `(room, user, at)` (distinct keys).
+pub(super) async fn set_last_chats(
+    c: &mut PgConnection,
+    turns: &[(&str, &str, UnixMicros)],
+) -> Result<()> {
+    let rooms: Vec<&str> = turns.iter().map(|t| t.0).collect();
+    let users: Vec<&str> = turns.iter().map(|t| t.1).collect();
+    let ats: Vec<i64> = turns.iter().map(|t| t.2.0).collect();
+    sqlx::query(
+        "UPDATE members m SET last_chat_us = k.at \
+         FROM UNNEST($1::text[], $2::text[], $3::int8[]) AS k(r, u, at) \
+         WHERE m.room_id = k.r AND m.user_id = k.u",
+    )
+    .bind(rooms)
+    .bind(users)
+    .bind(ats)
+    .execute(c)
+    .await
+    .map(drop)
 }
 
 /// The sanctions of `kind` in force at `now` among `(room, user)` keys.

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::domain::{
     Attributes, Member, MemberEvents, Message, MessageKind, Role, Room, RoomId, RoomSettings,
-    Sanction, UnixMicros,
+    Sanction, Speaker, UnixMicros,
 };
 use crate::error::{Error, Result};
 
@@ -18,6 +18,7 @@ pub(super) struct RoomRow {
     member_events: i64,
     destroy_after_ms: Option<i64>,
     presence_timeout_ms: Option<i64>,
+    slow_mode_ms: Option<i64>,
     member_count: i64,
     last_seq: i64,
     version: i64,
@@ -44,6 +45,7 @@ impl TryFrom<RoomRow> for Room {
                 },
                 destroy_when_empty_after: row.destroy_after_ms.map(millis),
                 presence_timeout: row.presence_timeout_ms.map(millis),
+                slow_mode_interval: row.slow_mode_ms.map(millis),
             },
             member_count: to_u32("rooms.member_count", row.member_count)?,
             online_count: 0,
@@ -106,6 +108,28 @@ pub(super) struct KeyedSanctionRow {
     pub room_id: String,
     #[sqlx(flatten)]
     pub sanction: SanctionRow,
+}
+
+/// What the message writer reads of a sender (`speaker_columns!`).
+#[derive(sqlx::FromRow)]
+pub(super) struct SpeakerRow {
+    pub room_id: String,
+    #[sqlx(flatten)]
+    member: MemberRow,
+    slow_mode_ms: Option<i64>,
+    last_chat_us: Option<i64>,
+}
+
+impl TryFrom<SpeakerRow> for Speaker {
+    type Error = Error;
+
+    fn try_from(row: SpeakerRow) -> Result<Speaker> {
+        Ok(Speaker {
+            member: Member::try_from(row.member)?,
+            slow_mode_interval: row.slow_mode_ms.map(millis),
+            last_chat_at: row.last_chat_us.map(UnixMicros),
+        })
+    }
 }
 
 /// A member row with its room's id.
@@ -197,6 +221,7 @@ pub(super) struct SettingsColumns {
     pub member_events: i64,
     pub destroy_after_ms: Option<i64>,
     pub presence_timeout_ms: Option<i64>,
+    pub slow_mode_ms: Option<i64>,
 }
 
 impl From<&RoomSettings> for SettingsColumns {
@@ -210,6 +235,7 @@ impl From<&RoomSettings> for SettingsColumns {
             },
             destroy_after_ms: s.destroy_when_empty_after.map(ms),
             presence_timeout_ms: s.presence_timeout.map(ms),
+            slow_mode_ms: s.slow_mode_interval.map(ms),
         }
     }
 }

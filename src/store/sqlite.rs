@@ -9,7 +9,7 @@
 use sqlx::SqliteConnection;
 
 use super::rows::{
-    self, KeyedMemberRow, KeyedSanctionRow, MemberRow, MessageRow, RoomRow, SanctionRow,
+    self, KeyedMemberRow, KeyedSanctionRow, MemberRow, MessageRow, RoomRow, SanctionRow, SpeakerRow,
 };
 use super::to_i64;
 use crate::domain::{Member, Message, RoomId, UnixMicros};
@@ -63,6 +63,44 @@ pub(super) async fn members_among(
         }));
     }
     Ok(rows)
+}
+
+/// The members among `(room, user)` keys, with their rooms' slow mode.
+pub(super) async fn speakers_among(
+    c: &mut SqliteConnection,
+    keys: &[(&str, &str)],
+) -> Result<Vec<SpeakerRow>> {
+    let mut rows = Vec::new();
+    for (room, user) in keys {
+        let row: Option<SpeakerRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            speaker_columns!(),
+            " FROM members m JOIN rooms r ON r.room_id = m.room_id \
+              WHERE m.room_id = $1 AND m.user_id = $2"
+        ))
+        .bind(room)
+        .bind(user)
+        .fetch_optional(&mut *c)
+        .await?;
+        rows.extend(row);
+    }
+    Ok(rows)
+}
+
+/// Sets members' last CHAT times, `(room, user, at)`.
+pub(super) async fn set_last_chats(
+    c: &mut SqliteConnection,
+    turns: &[(&str, &str, UnixMicros)],
+) -> Result<()> {
+    for (room, user, at) in turns {
+        sqlx::query("UPDATE members SET last_chat_us = $3 WHERE room_id = $1 AND user_id = $2")
+            .bind(room)
+            .bind(user)
+            .bind(at.0)
+            .execute(&mut *c)
+            .await?;
+    }
+    Ok(())
 }
 
 /// The sanctions of `kind` in force at `now` among `(room, user)` keys.

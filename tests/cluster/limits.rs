@@ -101,3 +101,46 @@ async fn a_cluster_needs_postgres() {
         "nothing was created before the refusal"
     );
 }
+
+/// Slow mode holds for one member's CHATs sent through two nodes at once: of ten
+/// sent together, half through each node, one is stored; the rest are refused
+/// SLOW_MODE (each node's writer reads the last CHAT time under the room's lock).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_mode_holds_for_sends_through_two_nodes() {
+    let cluster = Cluster::start(500).await;
+    let (a, b) = (&cluster.a, &cluster.b);
+    let mut owner = a.client("owner").await;
+    owner
+        .create_room(pb::CreateRoomRequest {
+            settings: Some(pb::RoomSettings {
+                slow_mode_interval: Some(prost_types::Duration {
+                    seconds: 3600,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            }),
+            ..create("slow")
+        })
+        .await
+        .unwrap();
+    b.client("bob").await.join_room(join("slow")).await.unwrap();
+    let mut sends = tokio::task::JoinSet::new();
+    for i in 0..10 {
+        let through = if i % 2 == 0 { a } else { b };
+        let mut client = through.client("bob").await;
+        sends.spawn(async move { client.send_message(chat("slow", &format!("m{i}"))).await });
+    }
+    let mut stored = 0;
+    while let Some(sent) = sends.join_next().await {
+        match sent.unwrap() {
+            Ok(_) => stored += 1,
+            Err(status) => {
+                common::assert_error(&status, tonic::Code::ResourceExhausted, "SLOW_MODE")
+            }
+        }
+    }
+    assert_eq!(stored, 1);
+    assert_eq!(common::history(&mut owner, "slow").await.len(), 1);
+
+    cluster.stop().await;
+}

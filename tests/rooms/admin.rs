@@ -355,6 +355,7 @@ async fn everything_survives_a_restart(backend: Backend) {
                     nanos: 0,
                 }),
                 presence_timeout: None,
+                slow_mode_interval: None,
             }),
             display_name: "Alice".into(),
             ..create("keep")

@@ -34,6 +34,10 @@ async fn create_room_makes_the_caller_owner(backend: Backend) {
             seconds: 5,
             nanos: 500_000_000,
         }),
+        slow_mode_interval: Some(prost_types::Duration {
+            seconds: 2,
+            nanos: 0,
+        }),
     };
     let room = app
         .create_room_with(
@@ -159,6 +163,19 @@ async fn bad_input_is_rejected_before_anything_is_written(backend: Backend) {
                 ..create("ok-id")
             },
             "settings.destroy_when_empty_after",
+        ),
+        (
+            pb::CreateRoomRequest {
+                settings: Some(pb::RoomSettings {
+                    slow_mode_interval: Some(prost_types::Duration {
+                        seconds: -1,
+                        nanos: 0,
+                    }),
+                    ..Default::default()
+                }),
+                ..create("ok-id")
+            },
+            "settings.slow_mode_interval",
         ),
     ];
     for (request, field) in cases {

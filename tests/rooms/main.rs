@@ -11,6 +11,7 @@ mod creating;
 mod joining;
 mod moderation;
 mod sanctions;
+mod slow_mode;
 
 use chatroom::pb;
 use common::create;

@@ -3,9 +3,11 @@
 //! The store executes the reads and writes it is handed.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::time::Duration;
 
-use crate::domain::{Message, RoomId};
+use crate::domain::{Message, RoomId, Speaker, UnixMicros};
 use crate::error::Result;
+use crate::rooms::authority::Standing;
 use crate::rooms::sender_name;
 use crate::store::{Store, Tx};
 
@@ -27,7 +29,13 @@ pub enum Appended {
     RoomGone,
     /// The sender is not a member of the room.
     NotAMember,
+    /// Slow mode: the sender's last CHAT there was too recent; they may send again
+    /// after `retry_after`.
+    SlowMode { retry_after: Duration },
 }
+
+/// A sender in a room: `(room, user)`.
+type SenderKey = (String, String);
 
 /// An idempotency key: `(room, sender, client_msg_id)`.
 type Key = (String, String, String);
@@ -53,17 +61,24 @@ pub(super) async fn append(store: &Store, batch: &mut [Submission]) -> Result<Ve
     let mut answers: Vec<Option<Appended>> = vec![None; batch.len()];
     let mut tx = store.begin().await?;
     // 1. Who may send, and under which name: members, and admins.
-    check_senders(&mut tx, batch, &mut answers).await?;
+    let speakers = check_senders(&mut tx, batch, &mut answers).await?;
     // 2. Idempotency: keys seen before (stored, or earlier in this batch).
     let copies = find_copies(&mut tx, batch, &mut answers).await?;
-    // 3. Seqs: each room's next ones, in arrival order, rooms in id order.
+    // 3. Slow mode: one CHAT per interval per plain member.
+    let turns = check_slow_mode(&mut tx, batch, &mut answers, &copies, speakers).await?;
+    // 4. Seqs: each room's next ones, in arrival order, rooms in id order.
     let new_rows = take_seqs(&mut tx, batch, &mut answers, &copies).await?;
 
-    // 4. The rows, together.
+    // 5. The rows, together, and slow mode's turns taken.
     if !new_rows.is_empty() {
         let rows: Vec<&Message> = new_rows.iter().map(|&i| &batch[i].message).collect();
         tx.insert_messages(&rows).await?;
     }
+    let turns: Vec<(&str, &str, UnixMicros)> = turns
+        .iter()
+        .map(|((room, user), at)| (room.as_str(), user.as_str(), *at))
+        .collect();
+    tx.set_last_chats(&turns).await?;
     tx.commit().await?;
 
     for &i in &new_rows {
@@ -84,28 +99,25 @@ pub(super) async fn append(store: &Store, batch: &mut [Submission]) -> Result<Ve
 
 /// Fills in each sender's display name from their member row; a sender who is neither
 /// a member nor an admin is answered NotAMember (RoomGone where the room is gone).
+/// Returns the member rows read, by sender.
 async fn check_senders(
     tx: &mut Tx,
     batch: &mut [Submission],
     answers: &mut [Option<Appended>],
-) -> Result<()> {
+) -> Result<HashMap<SenderKey, Speaker>> {
     let pairs: Vec<(&str, &str)> = batch
         .iter()
         .map(|s| (s.message.room_id.as_str(), s.message.sender_id.as_str()))
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    let names: HashMap<(String, String), String> = tx
-        .members_among(&pairs)
-        .await?
-        .into_iter()
-        .map(|(room, m)| ((room, m.user_id), m.display_name))
-        .collect();
+    let speakers = read_speakers(tx, &pairs).await?;
     let mut refused_rooms = BTreeSet::new();
     for (i, s) in batch.iter_mut().enumerate() {
         let m = &mut s.message;
-        let name = names.get(&(m.room_id.to_string(), m.sender_id.clone()));
-        match sender_name(s.admin, &m.sender_id, name.map(String::as_str)) {
+        let speaker = speakers.get(&(m.room_id.to_string(), m.sender_id.clone()));
+        let name = speaker.map(|sp| sp.member.display_name.as_str());
+        match sender_name(s.admin, &m.sender_id, name) {
             Some(name) => m.sender_name = name,
             None => {
                 answers[i] = Some(Appended::NotAMember);
@@ -123,7 +135,85 @@ async fn check_senders(
             }
         }
     }
-    Ok(())
+    Ok(speakers)
+}
+
+/// The member rows among `(room, user)` keys, by key.
+async fn read_speakers(tx: &mut Tx, pairs: &[(&str, &str)]) -> Result<HashMap<SenderKey, Speaker>> {
+    Ok(tx
+        .speakers_among(pairs)
+        .await?
+        .into_iter()
+        .map(|(room, sp)| ((room, sp.member.user_id.clone()), sp))
+        .collect())
+}
+
+/// Slow mode: answers SlowMode to each CHAT (still unanswered, not a copy) of a plain
+/// member whose last one in a slow-mode room is more recent than its interval — the
+/// last stored, or one earlier in this batch. Returns the turns taken, by sender.
+///
+/// Last CHAT times are read again with the batch's rooms locked (in id order, as
+/// every writer locks rooms), so two nodes' writers cannot both let one member's
+/// message through; batches with no one in slow mode lock nothing here.
+async fn check_slow_mode(
+    tx: &mut Tx,
+    batch: &[Submission],
+    answers: &mut [Option<Appended>],
+    copies: &[(usize, usize)],
+    mut speakers: HashMap<SenderKey, Speaker>,
+) -> Result<HashMap<SenderKey, UnixMicros>> {
+    let is_copy: HashSet<usize> = copies.iter().map(|&(i, _)| i).collect();
+    let slowed = |s: &Submission, speakers: &HashMap<SenderKey, Speaker>| {
+        let k = (s.message.room_id.to_string(), s.message.sender_id.clone());
+        let speaker = speakers.get(&k)?;
+        let exempt =
+            s.admin || Standing::of(false, Some(speaker.member.role)) >= Standing::Moderator;
+        let interval = speaker.slow_mode_interval.filter(|_| !exempt)?;
+        Some((k, interval))
+    };
+    let candidates: Vec<usize> = (0..batch.len())
+        .filter(|&i| answers[i].is_none() && !is_copy.contains(&i))
+        .filter(|&i| slowed(&batch[i], &speakers).is_some())
+        .collect();
+    let mut turns: HashMap<SenderKey, UnixMicros> = HashMap::new();
+    if candidates.is_empty() {
+        return Ok(turns);
+    }
+    let rooms: Vec<&RoomId> = batch.iter().map(|s| &s.message.room_id).collect();
+    tx.lock_rooms(&rooms).await?;
+    let pairs: Vec<(&str, &str)> = candidates
+        .iter()
+        .map(|&i| {
+            (
+                batch[i].message.room_id.as_str(),
+                batch[i].message.sender_id.as_str(),
+            )
+        })
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    speakers = read_speakers(tx, &pairs).await?;
+    for i in candidates {
+        let Some((k, interval)) = slowed(&batch[i], &speakers) else {
+            continue;
+        };
+        let now = batch[i].message.sent_at;
+        let last = turns.get(&k).copied().or(speakers[&k].last_chat_at);
+        match last
+            .map(|last| last.plus(interval))
+            .filter(|&next| next > now)
+        {
+            Some(next) => {
+                answers[i] = Some(Appended::SlowMode {
+                    retry_after: next.since(now),
+                });
+            }
+            None => {
+                turns.insert(k, now);
+            }
+        }
+    }
+    Ok(turns)
 }
 
 /// Answers the messages whose idempotency key is stored already; returns the copies
