@@ -10,8 +10,9 @@
 //! leave, switch), [`admin::Admin`] (read, list, update, delete rooms, list members),
 //! [`moderation::Moderation`] (roles, ownership, kicks and bans, judged by the one
 //! table of who may do what to members in [`authority`]), [`messages::Messages`]
-//! (send, read history, catch up), [`streams::Streams`] (stream slots and access for Subscribe), [`expiry::Expiry`] (presence timeouts and
-//! empty rooms, applied by its task). They share [`presence::Online`] (who is
+//! (send, read history, catch up), [`streams::Streams`] (stream slots and access for
+//! Subscribe), [`expiry::Expiry`] (presence timeouts and empty rooms, applied by its
+//! task). They share [`presence::Online`] (who is
 //! online, here and in the ledger), [`readers::Readers`] (who may receive a room) and
 //! [`rates`]; the two writers every change goes through, [`roster`] (membership) and
 //! [`sequencer`] (messages), on the handle they share ([`writer`]); [`retention`]

@@ -19,8 +19,7 @@
 //! and [`membership`] the batch statements of the two writers' transactions;
 //! [`rooms`] room rows within a transaction; [`presence`] last-seen times and
 //! deadlines; [`history`] where kept history starts and its pruning; [`sanctions`]
-//! bans; [`postgres`] and
-//! [`sqlite`] each dialect's batch statements; `reach.rs` failing fast while
+//! bans; [`postgres`] and [`sqlite`] each dialect's batch statements; `reach.rs` failing fast while
 //! PostgreSQL is unreachable; `rows.rs` rows and their conversion to domain values.
 
 mod rows;
@@ -65,15 +64,6 @@ macro_rules! room_columns {
     };
 }
 
-/// A sender's columns, in `SpeakerRow` order, over `members m` joined with its room
-/// `r`.
-macro_rules! speaker_columns {
-    () => {
-        "m.room_id, m.user_id, m.display_name, m.role, m.joined_at_us, r.slow_mode_ms, \
-         m.last_chat_us"
-    };
-}
-
 /// The member columns, in [`MemberRow`] order.
 macro_rules! member_columns {
     () => {
@@ -81,10 +71,35 @@ macro_rules! member_columns {
     };
 }
 
-/// The ban columns, in `SanctionRow` order.
+/// A sender's columns, in `SpeakerRow` order, over `members m` joined with its room
+/// `r` (which has none of the member columns' names).
+macro_rules! speaker_columns {
+    () => {
+        concat!(
+            "m.room_id, ",
+            member_columns!(),
+            ", r.slow_mode_ms, m.last_chat_us"
+        )
+    };
+}
+
+/// The sanction columns, in `SanctionRow` order.
 macro_rules! sanction_columns {
     () => {
         "user_id, by_user, at_us, until_us"
+    };
+}
+
+/// The query reading one user's sanction of a kind in a room, if in force
+/// (`$1` room, `$2` kind, `$3` user, `$4` now).
+macro_rules! sanction_by_key {
+    () => {
+        concat!(
+            "SELECT ",
+            sanction_columns!(),
+            " FROM sanctions WHERE room_id = $1 AND kind = $2 AND user_id = $3 \
+              AND (until_us IS NULL OR until_us > $4)"
+        )
     };
 }
 

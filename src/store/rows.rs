@@ -102,7 +102,7 @@ impl From<SanctionRow> for Sanction {
     }
 }
 
-/// A ban row with its room's id.
+/// A sanction row with its room's id.
 #[derive(sqlx::FromRow)]
 pub(super) struct KeyedSanctionRow {
     pub room_id: String,

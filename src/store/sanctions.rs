@@ -102,11 +102,7 @@ impl Store {
         now: UnixMicros,
     ) -> Result<Option<Sanction>> {
         let row: Option<SanctionRow> = on_pool!(self, pool => {
-            sqlx::query_as(concat!(
-                "SELECT ", sanction_columns!(), " FROM sanctions \
-                 WHERE room_id = $1 AND kind = $2 AND user_id = $3 \
-                   AND (until_us IS NULL OR until_us > $4)"
-            ))
+            sqlx::query_as(sanction_by_key!())
             .bind(room_id.as_str())
             .bind(stored(kind))
             .bind(user_id)

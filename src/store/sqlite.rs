@@ -112,18 +112,13 @@ pub(super) async fn sanctions_among(
 ) -> Result<Vec<KeyedSanctionRow>> {
     let mut rows = Vec::new();
     for (room, user) in keys {
-        let row: Option<SanctionRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            sanction_columns!(),
-            " FROM sanctions WHERE room_id = $1 AND kind = $2 AND user_id = $3 \
-              AND (until_us IS NULL OR until_us > $4)"
-        ))
-        .bind(room)
-        .bind(kind)
-        .bind(user)
-        .bind(now.0)
-        .fetch_optional(&mut *c)
-        .await?;
+        let row: Option<SanctionRow> = sqlx::query_as(sanction_by_key!())
+            .bind(room)
+            .bind(kind)
+            .bind(user)
+            .bind(now.0)
+            .fetch_optional(&mut *c)
+            .await?;
         rows.extend(row.map(|sanction| KeyedSanctionRow {
             room_id: room.to_string(),
             sanction,

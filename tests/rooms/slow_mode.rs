@@ -73,28 +73,16 @@ async fn slow_mode_spaces_a_plain_members_chats(backend: Backend) {
 
     // bob's first CHAT goes; the second within the interval is refused, with how long
     // to wait.
-    let first = send(
-        &mut bob,
-        pb::SendMessageRequest {
-            client_msg_id: "first".into(),
-            ..chat("r", "one")
-        },
-    )
-    .await
-    .unwrap();
+    let keyed = pb::SendMessageRequest {
+        client_msg_id: "first".into(),
+        ..chat("r", "one")
+    };
+    let first = send(&mut bob, keyed.clone()).await.unwrap();
     clock.advance(Duration::from_secs(3));
     let err = send(&mut bob, chat("r", "too soon")).await.unwrap_err();
     assert_eq!(retry_delay(&err), Duration::from_secs(7));
     // A retry of the first (its idempotency key) is answered with it, not refused.
-    let again = send(
-        &mut bob,
-        pb::SendMessageRequest {
-            client_msg_id: "first".into(),
-            ..chat("r", "one")
-        },
-    )
-    .await
-    .unwrap();
+    let again = send(&mut bob, keyed).await.unwrap();
     assert_eq!(again.seq, first.seq);
     // Other kinds are not counted.
     send(

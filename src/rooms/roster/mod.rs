@@ -4,8 +4,8 @@
 //! hand their change to [`Roster`] and wait; so do the expiry task's presence-timeout
 //! removals and destroy-when-empty deletions. No other code adds or removes member
 //! rows, or writes member counts, users' room counts or bans (a member's role changes
-//! under its room's lock in `moderation`). The task takes every change that is waiting (up to
-//! [`MAX_BATCH`]) and applies them in one transaction, in the order they arrived
+//! under its room's lock in `moderation`). The task takes every change that is
+//! waiting (up to [`MAX_BATCH`]) and applies them in one transaction, in the order they arrived
 //! ([`apply`], [`rules`]): it creates the rooms CreateRoom and EnterRoom ask for, locks every
 //! room of the batch (in id order, as every transaction locks rooms), checks the rules
 //! against what it read, and writes the whole batch with a few statements — the new

@@ -204,14 +204,12 @@ impl<'a> Rules<'a> {
                 room_id: from.to_string(),
             });
         };
-        if !self.members.contains_key(&key(to, user)) {
-            check_not_banned(&self.banned, to, user)?;
-        }
         let joined = if self.members.contains_key(&key(to, user)) {
             // A member of `to` already: the move frees the slot `from` held.
             self.plan.released.push(user);
             None
         } else {
+            check_not_banned(&self.banned, to, user)?;
             // The user's slot moves with it: no claim, so no per-user limit.
             let member = admit(to_room, user, display_name, self.now)?;
             self.plan.add(to, &member);

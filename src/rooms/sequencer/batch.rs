@@ -64,10 +64,11 @@ pub(super) async fn append(store: &Store, batch: &mut [Submission]) -> Result<Ve
     let speakers = check_senders(&mut tx, batch, &mut answers).await?;
     // 2. Idempotency: keys seen before (stored, or earlier in this batch).
     let copies = find_copies(&mut tx, batch, &mut answers).await?;
+    let is_copy: HashSet<usize> = copies.iter().map(|&(i, _)| i).collect();
     // 3. Slow mode: one CHAT per interval per plain member.
-    let turns = check_slow_mode(&mut tx, batch, &mut answers, &copies, speakers).await?;
+    let turns = check_slow_mode(&mut tx, batch, &mut answers, &is_copy, speakers).await?;
     // 4. Seqs: each room's next ones, in arrival order, rooms in id order.
-    let new_rows = take_seqs(&mut tx, batch, &mut answers, &copies).await?;
+    let new_rows = take_seqs(&mut tx, batch, &mut answers, &is_copy).await?;
 
     // 5. The rows, together, and slow mode's turns taken.
     if !new_rows.is_empty() {
@@ -159,10 +160,9 @@ async fn check_slow_mode(
     tx: &mut Tx,
     batch: &[Submission],
     answers: &mut [Option<Appended>],
-    copies: &[(usize, usize)],
+    is_copy: &HashSet<usize>,
     mut speakers: HashMap<SenderKey, Speaker>,
 ) -> Result<HashMap<SenderKey, UnixMicros>> {
-    let is_copy: HashSet<usize> = copies.iter().map(|&(i, _)| i).collect();
     let slowed = |s: &Submission, speakers: &HashMap<SenderKey, Speaker>| {
         let k = (s.message.room_id.to_string(), s.message.sender_id.clone());
         let speaker = speakers.get(&k)?;
@@ -254,9 +254,8 @@ async fn take_seqs(
     tx: &mut Tx,
     batch: &mut [Submission],
     answers: &mut [Option<Appended>],
-    copies: &[(usize, usize)],
+    is_copy: &HashSet<usize>,
 ) -> Result<Vec<usize>> {
-    let is_copy: HashSet<usize> = copies.iter().map(|&(i, _)| i).collect();
     let mut by_room: BTreeMap<RoomId, Vec<usize>> = BTreeMap::new();
     for (i, s) in batch.iter().enumerate() {
         if answers[i].is_none() && !is_copy.contains(&i) {
