@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The README's grpcurl walkthrough as a script, checking each answer: rooms created,
 # joined, entered, read, listed, updated, switched, left and deleted; roles given and
-# the room handed over and back; a user banned, let in and kicked; slow mode; errors with
-# their reasons; health; then a Subscribe stream that attaches with history, sends
-# and pings. Runs against a server in `--auth header` mode (the default):
+# the room handed over and back; a user banned, let in and kicked; slow mode; a user
+# muted and unmuted, the room muted and unmuted; errors with their reasons; health;
+# then a Subscribe stream that attaches with history, sends and pings. Runs against a server in `--auth header` mode (the default):
 #
 #   CHATROOM_ADDR=127.0.0.1:50051 examples/grpcurl.sh
 #
@@ -91,6 +91,21 @@ as bob SendMessage "{\"room_id\": \"$lobby\", \"text\": \"first\"}" >/dev/null
 refused SLOW_MODE bob SendMessage "{\"room_id\": \"$lobby\", \"text\": \"second\"}"
 as alice SendMessage "{\"room_id\": \"$lobby\", \"text\": \"owners are exempt\"}" >/dev/null
 as alice SendMessage "{\"room_id\": \"$lobby\", \"text\": \"twice\"}" >/dev/null
+as alice UpdateRoom "{\"room_id\": \"$lobby\", \"settings\": {\"max_members\": 100, \"destroy_when_empty_after\": \"300s\"}}" >/dev/null
+
+# Mutes: alice mutes bob for ten minutes (every kind he sends is refused MUTED, and he
+# may not lift it), then lifts it; then she mutes the whole room, in which only the
+# owner, moderators and admins speak, and unmutes it.
+has '"userId": "bob"' "$(as alice MuteMember "{\"room_id\": \"$lobby\", \"user_id\": \"bob\", \"duration\": \"600s\"}")"
+refused MUTED bob SendMessage "{\"room_id\": \"$lobby\", \"text\": \"hello?\"}"
+refused MUTED bob SendMessage "{\"room_id\": \"$lobby\", \"text\": \"hello?\", \"kind\": \"MESSAGE_KIND_BARRAGE\"}"
+refused NOT_A_MODERATOR bob UnmuteMember "{\"room_id\": \"$lobby\", \"user_id\": \"bob\"}"
+has '"userId": "bob"' "$(as alice ListMutes "{\"room_id\": \"$lobby\"}")"
+as alice UnmuteMember "{\"room_id\": \"$lobby\", \"user_id\": \"bob\"}" >/dev/null
+as bob SendMessage "{\"room_id\": \"$lobby\", \"text\": \"unmuted\"}" >/dev/null
+has '"muted": true' "$(as alice UpdateRoom "{\"room_id\": \"$lobby\", \"settings\": {\"max_members\": 100, \"destroy_when_empty_after\": \"300s\", \"muted\": true}}")"
+refused MUTED bob SendMessage "{\"room_id\": \"$lobby\", \"text\": \"hello?\"}"
+as alice SendMessage "{\"room_id\": \"$lobby\", \"text\": \"the owner speaks\"}" >/dev/null
 as alice UpdateRoom "{\"room_id\": \"$lobby\", \"settings\": {\"max_members\": 100, \"destroy_when_empty_after\": \"300s\"}}" >/dev/null
 
 # Bob moves from games to the lobby in one step (he is in both: a move is still fine),

@@ -59,6 +59,15 @@ pub enum Error {
         room_id: String,
         expires_at_us: Option<i64>,
     },
+    /// The caller may not send to the room: muted there until `expires_at_us` (as
+    /// `Banned`'s; `None`: until lifted), or, with `room_wide`, the room is muted for
+    /// all but its owner, moderators and admins.
+    #[error("{}", muted_text(room_id, *room_wide))]
+    Muted {
+        room_id: String,
+        room_wide: bool,
+        expires_at_us: Option<i64>,
+    },
     /// Slow mode: the caller may send a CHAT to the room again after `retry_after`.
     #[error("slow mode in room {room_id:?}: retry in {} ms", retry_after.as_millis())]
     SlowMode {
@@ -143,3 +152,12 @@ impl Error {
 
 /// Result with the domain error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What a MUTED refusal says.
+fn muted_text(room_id: &str, room_wide: bool) -> String {
+    if room_wide {
+        format!("room {room_id:?} is muted: only its owner, moderators and admins may send")
+    } else {
+        format!("muted in room {room_id:?}")
+    }
+}

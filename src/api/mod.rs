@@ -412,7 +412,8 @@ impl ChatRoomService for ChatRoomApi {
         request: Request<pb::BanMemberRequest>,
     ) -> Result<Response<pb::BanMemberResponse>, Status> {
         let caller = self.caller(request.metadata()).await?;
-        let (room_id, user_id, length) = decode::ban(request.into_inner())?;
+        let req = request.into_inner();
+        let (room_id, user_id, length) = decode::sanction(req.room_id, req.user_id, req.duration)?;
         in_room(&room_id);
         let moderation = &self.sessions.rooms.moderation;
         let ban = moderation.ban(&caller, &room_id, &user_id, length).await?;
@@ -447,6 +448,51 @@ impl ChatRoomService for ChatRoomApi {
         let page = moderation.bans(&caller, &room_id, page).await?;
         Ok(Response::new(pb::ListBansResponse {
             bans: page.items.into_iter().map(Into::into).collect(),
+            next_page_token: encode::page_token(page.next_after),
+        }))
+    }
+
+    async fn mute_member(
+        &self,
+        request: Request<pb::MuteMemberRequest>,
+    ) -> Result<Response<pb::MuteMemberResponse>, Status> {
+        let caller = self.caller(request.metadata()).await?;
+        let req = request.into_inner();
+        let (room_id, user_id, length) = decode::sanction(req.room_id, req.user_id, req.duration)?;
+        in_room(&room_id);
+        let moderation = &self.sessions.rooms.moderation;
+        let mute = moderation.mute(&caller, &room_id, &user_id, length).await?;
+        Ok(Response::new(pb::MuteMemberResponse {
+            mute: Some(mute.into()),
+        }))
+    }
+
+    async fn unmute_member(
+        &self,
+        request: Request<pb::UnmuteMemberRequest>,
+    ) -> Result<Response<pb::UnmuteMemberResponse>, Status> {
+        let caller = self.caller(request.metadata()).await?;
+        let req = request.into_inner();
+        let (room_id, user_id) = decode::room_member(req.room_id, req.user_id)?;
+        in_room(&room_id);
+        let moderation = &self.sessions.rooms.moderation;
+        moderation.unmute(&caller, &room_id, &user_id).await?;
+        Ok(Response::new(pb::UnmuteMemberResponse {}))
+    }
+
+    async fn list_mutes(
+        &self,
+        request: Request<pb::ListMutesRequest>,
+    ) -> Result<Response<pb::ListMutesResponse>, Status> {
+        let caller = self.caller(request.metadata()).await?;
+        let req = request.into_inner();
+        let room_id = decode::room_id("room_id", req.room_id)?;
+        in_room(&room_id);
+        let page = PageRequest::new(req.page_size, decode::page_token(&req.page_token)?);
+        let moderation = &self.sessions.rooms.moderation;
+        let page = moderation.mutes(&caller, &room_id, page).await?;
+        Ok(Response::new(pb::ListMutesResponse {
+            mutes: page.items.into_iter().map(Into::into).collect(),
             next_page_token: encode::page_token(page.next_after),
         }))
     }

@@ -32,6 +32,7 @@ impl Error {
             Error::NotAModerator { .. } => (Code::PermissionDenied, "NOT_A_MODERATOR"),
             Error::Outranked { .. } => (Code::PermissionDenied, "OUTRANKED"),
             Error::Banned { .. } => (Code::PermissionDenied, "BANNED"),
+            Error::Muted { .. } => (Code::PermissionDenied, "MUTED"),
             Error::SlowMode { .. } => (Code::ResourceExhausted, "SLOW_MODE"),
             Error::MemberNotFound { .. } => (Code::NotFound, "MEMBER_NOT_FOUND"),
             Error::VersionConflict { .. } => (Code::Aborted, "VERSION_CONFLICT"),
@@ -97,6 +98,20 @@ impl Error {
                 expires_at_us,
             } => vec![
                 ("room_id", room_id.clone()),
+                ("expires_at", until(*expires_at_us)),
+            ],
+            Error::Muted {
+                room_id,
+                room_wide: true,
+                ..
+            } => vec![("room_id", room_id.clone()), ("scope", "room".into())],
+            Error::Muted {
+                room_id,
+                room_wide: false,
+                expires_at_us,
+            } => vec![
+                ("room_id", room_id.clone()),
+                ("scope", "member".into()),
                 ("expires_at", until(*expires_at_us)),
             ],
             Error::SlowMode {

@@ -107,6 +107,7 @@ impl Joined {
             memory: memory.clone(),
             store: store.clone(),
             cluster: self.store,
+            clock: config.clock.clone(),
         };
         let repair_every = Duration::from_millis(config.cluster_repair_interval_ms);
         let engine = bus::start(

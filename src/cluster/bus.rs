@@ -29,7 +29,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 
 use super::relay::Queue;
-use crate::domain::RoomId;
+use crate::domain::{MutedUntil, RoomId, UnixMicros};
 use crate::error::{Error, Result};
 use crate::live::{Hubs, Relayed, RoomEvent};
 use crate::proto::{Frame, decode, pb};
@@ -55,7 +55,7 @@ struct Envelope {
     node: String,
     #[prost(string, tag = "2")]
     room: String,
-    #[prost(oneof = "Event", tags = "3, 4, 5, 6, 7")]
+    #[prost(oneof = "Event", tags = "3, 4, 5, 6, 7, 8")]
     event: Option<Event>,
 }
 
@@ -72,6 +72,8 @@ enum Event {
     Detach(Detach),
     #[prost(message, tag = "7")]
     Deleted(Deleted),
+    #[prost(message, tag = "8")]
+    MuteChanged(MuteChanged),
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -99,6 +101,20 @@ struct Updated {
     presence_timeout: bool,
     #[prost(bytes = "bytes", tag = "3")]
     frame: Bytes,
+    #[prost(bool, tag = "4")]
+    muted: bool,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct MuteChanged {
+    #[prost(string, tag = "1")]
+    user: String,
+    /// False: the mute was lifted.
+    #[prost(bool, tag = "2")]
+    muted: bool,
+    /// When a mute ends; absent: when lifted.
+    #[prost(int64, optional, tag = "3")]
+    until_us: Option<i64>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -331,11 +347,18 @@ fn encode(node: &str, deployment: &Deployment, relayed: Relayed) -> Bytes {
         RoomEvent::Updated {
             version,
             presence_timeout,
+            muted,
             frame,
         } => Event::Updated(Updated {
             version,
             presence_timeout,
             frame: frame.into_wire(),
+            muted,
+        }),
+        RoomEvent::MuteChanged { user, mute } => Event::MuteChanged(MuteChanged {
+            user,
+            muted: mute.is_some(),
+            until_us: mute.and_then(|m| m.0).map(|t| t.0),
         }),
         RoomEvent::Detach {
             user,
@@ -402,7 +425,12 @@ fn parse(node: &str, envelope: Bytes) -> Option<Relayed> {
         Event::Updated(u) => RoomEvent::Updated {
             version: u.version,
             presence_timeout: u.presence_timeout,
+            muted: u.muted,
             frame: Frame::from_wire(u.frame)?,
+        },
+        Event::MuteChanged(m) => RoomEvent::MuteChanged {
+            user: m.user,
+            mute: m.muted.then_some(MutedUntil(m.until_us.map(UnixMicros))),
         },
         Event::Detach(d) => RoomEvent::Detach {
             user: d.user,
@@ -453,7 +481,20 @@ mod tests {
             relayed(RoomEvent::Updated {
                 version: 3,
                 presence_timeout: true,
+                muted: true,
                 frame: frame.clone(),
+            }),
+            relayed(RoomEvent::MuteChanged {
+                user: "m".into(),
+                mute: Some(MutedUntil(Some(UnixMicros(1_700_000_000_000_000)))),
+            }),
+            relayed(RoomEvent::MuteChanged {
+                user: "m".into(),
+                mute: Some(MutedUntil(None)),
+            }),
+            relayed(RoomEvent::MuteChanged {
+                user: "m".into(),
+                mute: None,
             }),
             relayed(RoomEvent::Detach {
                 user: "user\twith tab".into(),

@@ -16,8 +16,11 @@
 //! elsewhere is deleted here, a room updated elsewhere is updated here, and the
 //! streams of users who are no longer members are detached, but not those a caller
 //! who is an admin (by `--admin-users` or by a token's `roles`) opened — so a
-//! detach or a deletion the bus lost still happens, within that long. These repairs
-//! are this node's own: they are not relayed.
+//! detach or a deletion the bus lost still happens, within that long; and the mutes
+//! in force on attached users are told to their hubs again, so a mute the bus lost
+//! holds on this node's streams within that long too. (Only mutes are told: a lost
+//! unmute leaves a hub thinking a user muted, whose sends then ask the store, which
+//! knows better.) These repairs are this node's own: they are not relayed.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -28,7 +31,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::store::{ClusterStore, RoomHead};
-use crate::domain::RoomId;
+use crate::domain::{Clock, MutedUntil, RoomId, SanctionKind};
 use crate::error::Result;
 use crate::live::{Hubs, Presence};
 use crate::store::Store;
@@ -40,6 +43,8 @@ pub struct Repair {
     pub memory: Arc<Presence>,
     pub store: Store,
     pub cluster: ClusterStore,
+    /// Which mutes are in force.
+    pub clock: Clock,
 }
 
 /// Every how many repair intervals the streams are checked against membership.
@@ -92,7 +97,7 @@ pub fn start(
 
 impl Repair {
     /// Brings this node's streams of the `live` rooms in line with the store, whose
-    /// `heads` of them were just read: two statements for all of them, and one more
+    /// `heads` of them were just read: three statements for all of them, and one more
     /// per room updated elsewhere.
     async fn converge(&self, live: &[RoomId], heads: &[RoomHead]) -> Result<()> {
         let hubs = &self.hubs;
@@ -124,6 +129,17 @@ impl Repair {
             let key = (room_id.to_string(), user.clone());
             if !members.contains(&key) {
                 hubs.detach_non_member_here(room_id, user);
+            }
+        }
+        let mut tx = self.store.begin().await?;
+        let mutes = tx
+            .sanctions_among(SanctionKind::Mute, &pairs, self.clock.now())
+            .await?;
+        tx.commit().await?;
+        for (room, mute) in mutes {
+            if let Ok(room_id) = RoomId::parse(room) {
+                let until = Some(MutedUntil(mute.expires_at));
+                hubs.member_muted_here(&room_id, &mute.user_id, until);
             }
         }
         Ok(())

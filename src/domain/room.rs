@@ -78,6 +78,8 @@ pub struct RoomSettings {
     /// A plain member sends at most one CHAT per this long; `None` (or zero on the
     /// wire): no limit.
     pub slow_mode_interval: Option<Duration>,
+    /// Only the owner, moderators and admins may send.
+    pub muted: bool,
 }
 
 /// A room as stored, with live presence counts filled in by [`crate::rooms::Rooms`].

@@ -6,7 +6,7 @@
 
 use tokio::sync::watch;
 
-use crate::domain::{DetachReason, RoomId};
+use crate::domain::{DetachReason, MutedUntil, RoomId};
 use crate::proto::Frame;
 
 /// What the hubs publish through besides delivering to this node's streams.
@@ -58,7 +58,13 @@ pub enum RoomEvent {
     Updated {
         version: u64,
         presence_timeout: bool,
+        muted: bool,
         frame: Frame,
+    },
+    /// `user` was muted until `mute` says, or (`None`) no longer is.
+    MuteChanged {
+        user: String,
+        mute: Option<MutedUntil>,
     },
     /// `user` left (or was removed, or switched to `switched_to` — committed — from
     /// its seq on): the user's streams stop receiving the room.
@@ -79,7 +85,7 @@ impl Relayed {
                 frame.wire().len() + targets.iter().flatten().map(String::len).sum::<usize>()
             }
             RoomEvent::Broadcast(frame) | RoomEvent::Updated { frame, .. } => frame.wire().len(),
-            RoomEvent::Detach { user, .. } => user.len(),
+            RoomEvent::Detach { user, .. } | RoomEvent::MuteChanged { user, .. } => user.len(),
             RoomEvent::Deleted => 0,
         }
     }

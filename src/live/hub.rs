@@ -22,6 +22,11 @@
 //! - a room update is one shared value per room ([`RoomState`]): the ring only says
 //!   that the room changed, and a stream sends the latest state once, however many
 //!   updates it missed. One copy of the room exists, not one per stream and update.
+//!
+//! A hub also keeps what it heard of mutes ([`MuteNews`]): the room's own `muted`
+//! setting, in its state, and each user's latest mute or unmute since the hub began,
+//! told as they happen rather than through the ring, so a stream that reads its ring
+//! late still sends under the latest word.
 
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
@@ -37,7 +42,7 @@ use tokio_util::task::TaskTracker;
 
 use super::broker::{Alone, Broker, Relayed, RoomEvent};
 use super::members::{MemberChange, MemberChanges, coalesce, frames};
-use crate::domain::{DetachReason, Member, MemberEvents, Message, Room, RoomId};
+use crate::domain::{DetachReason, Member, MemberEvents, Message, MutedUntil, Room, RoomId};
 use crate::proto::Frame;
 use crate::proto::encode::event;
 
@@ -81,7 +86,18 @@ pub struct Switch {
 pub struct RoomState {
     pub version: u64,
     pub presence_timeout: bool,
+    /// The room's `muted` setting.
+    pub muted: bool,
     pub frame: Frame,
+}
+
+/// What a hub heard of the mutes on one user: the room's latest state (`None`: not
+/// updated since the hub began) and the user's latest mute (`Some(None)`: lifted;
+/// `None`: nothing heard since the hub began).
+#[derive(Debug, Default)]
+pub struct MuteNews {
+    pub room: Option<Arc<RoomState>>,
+    pub member: Option<Option<MutedUntil>>,
 }
 
 /// One event in a room's ring: what a stream needs to route it, and its encoded frame.
@@ -120,6 +136,9 @@ struct Hub {
     state: Mutex<Option<Arc<RoomState>>>,
     /// The highest seq published here (or known to be stored, see [`Hubs::behind`]).
     highest: std::sync::atomic::AtomicU64,
+    /// Each user's latest mute (`None`: lifted) heard since the hub began. Bounded
+    /// by the mutes moderators make while the room is live (rate limited).
+    mutes: Mutex<HashMap<String, Option<MutedUntil>>>,
 }
 
 #[derive(Default)]
@@ -212,6 +231,7 @@ impl Hubs {
                     retained: Mutex::new(Retained::default()),
                     state: Mutex::new(None),
                     highest: Default::default(),
+                    mutes: Mutex::default(),
                 })
             });
             hub.sender.subscribe()
@@ -228,6 +248,37 @@ impl Hubs {
         let hub = self.hub(room)?;
         let state = hub.state.lock().expect("room state lock");
         state.clone()
+    }
+
+    /// What this node heard of the mutes on `user` in a room since its hub began.
+    pub fn mute_news(&self, room: &RoomId, user: &str) -> MuteNews {
+        let Some(hub) = self.hub(room) else {
+            return MuteNews::default();
+        };
+        let state = hub.state.lock().expect("room state lock").clone();
+        let member = hub.mutes.lock().expect("mutes lock").get(user).copied();
+        MuteNews {
+            room: state,
+            member,
+        }
+    }
+
+    /// Tells every node's streams that `user` was muted in a room until `mute` says
+    /// (`None`: the mute was lifted).
+    pub fn member_muted(&self, room: &RoomId, user: &str, mute: Option<MutedUntil>) {
+        self.broker.publish(room, &mut || RoomEvent::MuteChanged {
+            user: user.to_string(),
+            mute,
+        });
+        self.member_muted_here(room, user, mute);
+    }
+
+    /// Tells this node's streams that `user` was muted in a room (or no longer is).
+    pub fn member_muted_here(&self, room: &RoomId, user: &str, mute: Option<MutedUntil>) {
+        if let Some(hub) = self.hub(room) {
+            let mut mutes = hub.mutes.lock().expect("mutes lock");
+            mutes.insert(user.to_string(), mute);
+        }
     }
 
     /// Forgets a room's hub once its last receiver is gone (call after dropping one).
@@ -305,15 +356,20 @@ impl Hubs {
                     RoomEvent::Updated {
                         version,
                         presence_timeout,
+                        muted,
                         frame,
                     } => update(
                         &hub,
                         RoomState {
                             version,
                             presence_timeout,
+                            muted,
                             frame,
                         },
                     ),
+                    RoomEvent::MuteChanged { user, mute } => {
+                        self.member_muted_here(room, &user, mute);
+                    }
                     RoomEvent::Deleted | RoomEvent::Detach { .. } => {}
                 }
             }
@@ -389,6 +445,7 @@ impl Hubs {
             RoomEvent::Updated {
                 version: state.version,
                 presence_timeout: state.presence_timeout,
+                muted: state.muted,
                 frame: state.frame.clone(),
             }
         });
@@ -532,6 +589,7 @@ impl RoomState {
         RoomState {
             version: room.version,
             presence_timeout: room.settings.presence_timeout.is_some(),
+            muted: room.settings.muted,
             frame: Frame::event(event::room_updated(room)),
         }
     }

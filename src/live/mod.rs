@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 pub use broker::{Alone, Broker, Relayed, RoomEvent};
-pub use hub::{Event, Hubs};
+pub use hub::{Event, Hubs, MuteNews};
 pub use ledger::PresenceLedger;
 
 use crate::domain::RoomId;

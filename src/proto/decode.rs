@@ -49,11 +49,15 @@ pub fn room_member(room: String, user_id: String) -> Result<(RoomId, UserId)> {
     Ok((room_id("room_id", room)?, UserId::parse(user_id)?))
 }
 
-/// A BanMember request: the room, the user, and how long (`None`: until lifted;
-/// whole milliseconds, at most 10 years, as settings durations).
-pub fn ban(req: pb::BanMemberRequest) -> Result<(RoomId, UserId, Option<Duration>)> {
-    let (room_id, user_id) = room_member(req.room_id, req.user_id)?;
-    let length = match req.duration {
+/// A BanMember or MuteMember request: the room, the user, and how long (`None`:
+/// until lifted; whole milliseconds, at most 10 years, as settings durations).
+pub fn sanction(
+    room: String,
+    user_id: String,
+    length: Option<prost_types::Duration>,
+) -> Result<(RoomId, UserId, Option<Duration>)> {
+    let (room_id, user_id) = room_member(room, user_id)?;
+    let length = match length {
         Some(d) => Some(duration("duration", d)?).filter(|d| !d.is_zero()),
         None => None,
     };
@@ -137,6 +141,7 @@ pub fn room_settings(field: &str, settings: Option<pb::RoomSettings>) -> Result<
         destroy_when_empty_after: destroy,
         presence_timeout: presence,
         slow_mode_interval: slow_mode,
+        muted: s.muted,
     })
 }
 

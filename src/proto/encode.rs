@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::pb;
 use crate::domain::{
-    Ban, DetachReason, Member, MemberEvents, Message, MessageKind, Role, Room, RoomId,
+    Ban, DetachReason, Member, MemberEvents, Message, MessageKind, Mute, Role, Room, RoomId,
     RoomSettings, UnixMicros,
 };
 
@@ -45,6 +45,7 @@ impl From<RoomSettings> for pb::RoomSettings {
             destroy_when_empty_after: s.destroy_when_empty_after.map(proto_duration),
             presence_timeout: s.presence_timeout.map(proto_duration),
             slow_mode_interval: s.slow_mode_interval.map(proto_duration),
+            muted: s.muted,
         }
     }
 }
@@ -119,6 +120,17 @@ impl From<Ban> for pb::Ban {
             banned_by: b.by,
             banned_at: Some(timestamp(b.at)),
             expires_at: b.expires_at.map(timestamp),
+        }
+    }
+}
+
+impl From<Mute> for pb::Mute {
+    fn from(m: Mute) -> Self {
+        pb::Mute {
+            user_id: m.user_id,
+            muted_by: m.by,
+            muted_at: Some(timestamp(m.at)),
+            expires_at: m.expires_at.map(timestamp),
         }
     }
 }

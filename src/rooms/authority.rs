@@ -1,10 +1,11 @@
 //! Who may do what to a room's members, decided once: the table [`may`] and the
-//! ranks of [`Standing`], applied by [`judge`]. Pure — it reads nothing and knows
+//! ranks of [`Standing`], applied by [`judge`]; and who may send where mutes hold
+//! ([`check_voice`]). Pure — it reads nothing and knows
 //! neither the store nor the roster — so the moderation handle and the membership
 //! writer (which judges kicks and bans against the rows its batch locked) both
 //! import it, and neither imports the other for it.
 
-use crate::domain::{Role, RoomId};
+use crate::domain::{MutedUntil, Role, RoomId, UnixMicros};
 use crate::error::{Error, Result};
 
 /// Where a caller stands in a room, weakest first: each outranks those before it.
@@ -48,12 +49,18 @@ pub enum Action {
     Unban,
     /// Read who is banned.
     ListBans,
+    /// Keep a user (a member or not) from sending.
+    Mute,
+    /// Let a muted user send again.
+    Unmute,
+    /// Read who is muted.
+    ListMutes,
 }
 
 impl Action {
     /// Whether the action is done to someone, who must rank below the doer.
     fn aims_at_a_member(self) -> bool {
-        matches!(self, Action::Kick | Action::Ban)
+        matches!(self, Action::Kick | Action::Ban | Action::Mute)
     }
 }
 
@@ -63,7 +70,7 @@ pub fn may(standing: Standing, action: Action) -> bool {
     use Standing::*;
     match (standing, action) {
         (Admin | Owner, _) => true,
-        (Moderator, Kick | Ban | Unban | ListBans) => true,
+        (Moderator, Kick | Ban | Unban | ListBans | Mute | Unmute | ListMutes) => true,
         (Moderator, SetRole | TransferOwnership) => false,
         (Member | Outsider, _) => false,
     }
@@ -97,6 +104,37 @@ pub fn judge(
     Ok(())
 }
 
+/// Whether a sender standing `standing` in a room may send there at `now`, the room
+/// muted as a whole or not, under their own `mute` if any (expired or not): admins
+/// always; the owner and moderators unless muted themselves; anyone else only while
+/// neither holds. Refused PERMISSION_DENIED MUTED, saying which mute.
+pub fn check_voice(
+    standing: Standing,
+    room_muted: bool,
+    mute: Option<MutedUntil>,
+    now: UnixMicros,
+    room_id: &RoomId,
+) -> Result<()> {
+    if standing == Standing::Admin {
+        return Ok(());
+    }
+    if let Some(mute) = mute.filter(|m| m.holds_at(now)) {
+        return Err(Error::Muted {
+            room_id: room_id.to_string(),
+            room_wide: false,
+            expires_at_us: mute.0.map(|t| t.0),
+        });
+    }
+    if room_muted && standing < Standing::Moderator {
+        return Err(Error::Muted {
+            room_id: room_id.to_string(),
+            room_wide: true,
+            expires_at_us: None,
+        });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,6 +149,56 @@ mod tests {
             Err(Error::Outranked { .. }) => "OUTRANKED",
             Err(other) => panic!("unexpected: {other}"),
         }
+    }
+
+    /// Mutes: the table and the ranks as kicks'; admins always speak, the owner and
+    /// moderators through a room-wide mute but not their own.
+    #[test]
+    fn mutes_reach_down_and_hold_by_standing() {
+        use Role::*;
+        assert_eq!(
+            judged(Standing::Moderator, Action::Mute, Some(Member)),
+            "ok"
+        );
+        assert_eq!(
+            judged(Standing::Moderator, Action::Mute, Some(Moderator)),
+            "OUTRANKED"
+        );
+        assert_eq!(judged(Standing::Owner, Action::Mute, Some(Moderator)), "ok");
+        assert_eq!(
+            judged(Standing::Member, Action::Unmute, None),
+            "NOT_A_MODERATOR"
+        );
+        assert_eq!(judged(Standing::Moderator, Action::ListMutes, None), "ok");
+
+        let room = RoomId::parse("r").unwrap();
+        let now = UnixMicros(1_000);
+        let lifted = Some(MutedUntil(None));
+        let expired = Some(MutedUntil(Some(UnixMicros(1_000))));
+        let voice = |standing, room_muted, mute| match check_voice(
+            standing, room_muted, mute, now, &room,
+        ) {
+            Ok(()) => "ok",
+            Err(Error::Muted {
+                room_wide: true, ..
+            }) => "room",
+            Err(Error::Muted {
+                room_wide: false,
+                expires_at_us: None,
+                ..
+            }) => "member",
+            Err(other) => panic!("unexpected: {other}"),
+        };
+        assert_eq!(voice(Standing::Member, false, None), "ok");
+        assert_eq!(voice(Standing::Member, false, expired), "ok");
+        assert_eq!(voice(Standing::Member, false, lifted), "member");
+        assert_eq!(voice(Standing::Member, true, None), "room");
+        assert_eq!(voice(Standing::Outsider, true, None), "room");
+        assert_eq!(voice(Standing::Moderator, true, None), "ok");
+        assert_eq!(voice(Standing::Owner, true, None), "ok");
+        assert_eq!(voice(Standing::Moderator, true, lifted), "member");
+        assert_eq!(voice(Standing::Owner, false, lifted), "member");
+        assert_eq!(voice(Standing::Admin, true, lifted), "ok");
     }
 
     /// The table: only the owner and admins manage roles and ownership.

@@ -60,6 +60,14 @@ impl Sent {
                     Appended::NotAMember => Error::NotAMember {
                         room_id: room_id.to_string(),
                     },
+                    Appended::Muted {
+                        room_wide,
+                        expires_at_us,
+                    } => Error::Muted {
+                        room_id: room_id.to_string(),
+                        room_wide,
+                        expires_at_us,
+                    },
                     Appended::SlowMode { retry_after } => Error::SlowMode {
                         room_id: room_id.to_string(),
                         retry_after,
@@ -75,7 +83,10 @@ impl Sent {
 /// Whether a send was refused for its room (missing, or the sender may not send
 /// there) — before anything was stored or published, so its rate token goes back.
 fn refused_for_its_room(error: &Error) -> bool {
-    matches!(error, Error::RoomNotFound { .. } | Error::NotAMember { .. })
+    matches!(
+        error,
+        Error::RoomNotFound { .. } | Error::NotAMember { .. } | Error::Muted { .. }
+    )
 }
 
 /// A page of a stream's catch-up.
@@ -105,9 +116,10 @@ impl Messages {
     /// sender's rate allows it (`RATE_LIMITED` otherwise, before anything is
     /// stored or published). Messages one
     /// caller submits one after another are sequenced in that order. `sender_name` is
-    /// the caller's display name when it already proved membership (an attached
-    /// stream); otherwise membership is checked: for CHAT by the writer, in the
-    /// transaction that stores the message; for the other kinds here.
+    /// the caller's display name when it already proved membership and knows of no
+    /// mute that may hold (an attached stream); otherwise membership and mutes are
+    /// checked here. CHAT is checked by the writer either way, in the transaction
+    /// that stores the message.
     pub async fn submit(
         &self,
         caller: &Caller,
@@ -133,10 +145,18 @@ impl Messages {
                 },
             });
         }
+        let now = self.clock.now();
         let name = match sender_name {
             Some(name) => name.to_string(),
-            None => match self.readers.readable(caller, &draft.room_id).await {
-                Ok((_, name, _)) => name,
+            None => match self
+                .readers
+                .readable(caller, &draft.room_id)
+                .await
+                .and_then(|reading| {
+                    reading.check_voice(now)?;
+                    Ok(reading.sender_name)
+                }) {
+                Ok(name) => name,
                 Err(error) => {
                     if refused_for_its_room(&error) {
                         self.rates.refund_send(user, kind);
@@ -145,7 +165,7 @@ impl Messages {
                 }
             },
         };
-        let message = Message::accept(draft, caller.user_id.as_str(), &name, self.clock.now());
+        let message = Message::accept(draft, caller.user_id.as_str(), &name, now);
         self.hubs
             .publish_messages(&message.room_id, std::iter::once(&message));
         Ok(Sent::Published(Box::new(message)))

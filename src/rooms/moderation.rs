@@ -1,12 +1,19 @@
 //! Keeping order in a room: the actions — SetMemberRole, TransferOwnership,
-//! KickMember, BanMember, UnbanMember, ListBans — each judged by the one rule of who
-//! may do what to members ([`super::authority`]).
+//! KickMember, BanMember, UnbanMember, ListBans, MuteMember, UnmuteMember, ListMutes
+//! — each judged by the one rule of who may do what to members
+//! ([`super::authority`]).
 //!
 //! A caller's [`Standing`] in a room is read under the room's lock, in the same
 //! transaction as the action, so a role changed or an ownership moved concurrently
 //! is seen by one action or the other, never half. Kicks and bans change
 //! membership, so they go through the roster, whose batch judges them against the
 //! rows it locked (`roster::rules`); the rest run their own transaction here.
+//!
+//! A mute is stored (a sanction, kept by user: leaving and joining again does not
+//! end it) and then announced to the room's hubs on every node, whose attached
+//! streams send without a store read only while they know of no mute on their user
+//! (see `live::Hubs::member_muted`); CHAT is judged in the message writer's
+//! transaction either way.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +24,8 @@ use super::rates::Rates;
 use super::roster::{Removal, Removed, Roster};
 use super::{check_in_token, lock_existing};
 use crate::domain::{
-    Ban, Caller, Clock, Member, Page, PageRequest, Role, Room, RoomId, SanctionKind, UserId,
+    Ban, Caller, Clock, Member, Mute, MutedUntil, Page, PageRequest, Role, Room, RoomId, Sanction,
+    SanctionKind, UserId,
 };
 use crate::error::{Error, Result};
 use crate::live::Hubs;
@@ -53,7 +61,7 @@ impl Moderation {
                 "a room's owner changes with TransferOwnership",
             ));
         }
-        let (mut tx, room) = self.begin(caller, room_id, Action::SetRole).await?;
+        let (mut tx, room, _) = self.begin(caller, room_id, Action::SetRole).await?;
         if room.owner_id == user_id.as_str() {
             return Err(Error::invalid(
                 "user_id",
@@ -76,7 +84,7 @@ impl Moderation {
         room_id: &RoomId,
         user_id: &UserId,
     ) -> Result<Room> {
-        let (mut tx, room) = self
+        let (mut tx, room, _) = self
             .begin(caller, room_id, Action::TransferOwnership)
             .await?;
         if room.owner_id == user_id.as_str() {
@@ -157,7 +165,7 @@ impl Moderation {
 
     /// Lifts a user's ban from a room (UnbanMember); lifting none is no error.
     pub async fn unban(&self, caller: &Caller, room_id: &RoomId, user_id: &UserId) -> Result<()> {
-        let (mut tx, _) = self.begin(caller, room_id, Action::Unban).await?;
+        let (mut tx, ..) = self.begin(caller, room_id, Action::Unban).await?;
         tx.lift_sanction(SanctionKind::Ban, room_id, user_id.as_str())
             .await?;
         tx.commit().await?;
@@ -171,31 +179,110 @@ impl Moderation {
         room_id: &RoomId,
         page: PageRequest,
     ) -> Result<Page<Ban>> {
+        self.sanctions(caller, room_id, page, SanctionKind::Ban, Action::ListBans)
+            .await
+    }
+
+    /// Keeps `user_id` (a member or not) from sending to a room for `length`
+    /// (`None`: until lifted) (MuteMember): the same ranks as a kick. Every node's
+    /// streams are told.
+    pub async fn mute(
+        &self,
+        caller: &Caller,
+        room_id: &RoomId,
+        user_id: &UserId,
+        length: Option<Duration>,
+    ) -> Result<Mute> {
+        if caller.user_id == *user_id {
+            return Err(Error::invalid("user_id", "is the caller"));
+        }
+        let (mut tx, _, actor) = self.begin(caller, room_id, Action::Mute).await?;
+        let target = tx.member(room_id, user_id.as_str()).await?.map(|m| m.role);
+        judge(actor, Action::Mute, target, room_id, user_id.as_str())?;
+        let now = self.clock.now();
+        let mute = Sanction {
+            user_id: user_id.to_string(),
+            by: caller.user_id.to_string(),
+            at: now,
+            expires_at: length.map(|l| now.plus(l)),
+        };
+        tx.put_sanctions(SanctionKind::Mute, &[(room_id, &mute)], now)
+            .await?;
+        tx.commit().await?;
+        let until = MutedUntil(mute.expires_at);
+        self.hubs
+            .member_muted(room_id, user_id.as_str(), Some(until));
+        Ok(mute)
+    }
+
+    /// Lifts a user's mute in a room (UnmuteMember); lifting none is no error. Every
+    /// node's streams are told.
+    pub async fn unmute(&self, caller: &Caller, room_id: &RoomId, user_id: &UserId) -> Result<()> {
+        let (mut tx, ..) = self.begin(caller, room_id, Action::Unmute).await?;
+        let lifted = tx
+            .lift_sanction(SanctionKind::Mute, room_id, user_id.as_str())
+            .await?;
+        tx.commit().await?;
+        if lifted {
+            self.hubs.member_muted(room_id, user_id.as_str(), None);
+        }
+        Ok(())
+    }
+
+    /// A page of the mutes in force in a room, by user id (ListMutes).
+    pub async fn mutes(
+        &self,
+        caller: &Caller,
+        room_id: &RoomId,
+        page: PageRequest,
+    ) -> Result<Page<Mute>> {
+        self.sanctions(caller, room_id, page, SanctionKind::Mute, Action::ListMutes)
+            .await
+    }
+
+    /// A page of the sanctions of `kind` in force in a room, by user id, for a caller
+    /// who may `list` them.
+    async fn sanctions(
+        &self,
+        caller: &Caller,
+        room_id: &RoomId,
+        page: PageRequest,
+        kind: SanctionKind,
+        list: Action,
+    ) -> Result<Page<Sanction>> {
         check_in_token(caller, room_id)?;
         if self.store.room(room_id).await?.is_none() {
             return Err(super::not_found(room_id));
         }
         let member = self.store.member(room_id, caller.user_id.as_str()).await?;
         let actor = Standing::of(caller.admin, member.map(|m| m.role));
-        judge(actor, Action::ListBans, None, room_id, "")?;
-        let bans = self
+        judge(actor, list, None, room_id, "")?;
+        let sanctions = self
             .store
             .sanctions(
-                SanctionKind::Ban,
+                kind,
                 room_id,
                 page.after.as_deref(),
                 page.size + 1,
                 self.clock.now(),
             )
             .await?;
-        Ok(Page::from_overfetch(bans, page.size, |b: &Ban| {
-            b.user_id.clone()
-        }))
+        Ok(Page::from_overfetch(
+            sanctions,
+            page.size,
+            |s: &Sanction| s.user_id.clone(),
+        ))
     }
 
     /// Opens the transaction of an `action` in a room: the room locked, the caller's
-    /// standing in it read and judged.
-    async fn begin(&self, caller: &Caller, room_id: &RoomId, action: Action) -> Result<(Tx, Room)> {
+    /// standing in it read, judged and returned (an action aimed at a member is
+    /// judged again against them by the caller).
+    async fn begin(
+        &self,
+        caller: &Caller,
+        room_id: &RoomId,
+        action: Action,
+    ) -> Result<(Tx, Room, Standing)> {
         check_in_token(caller, room_id)?;
         self.rates.check_change(caller.user_id.as_str())?;
         let mut tx = self.store.begin().await?;
@@ -203,7 +290,7 @@ impl Moderation {
         let member = tx.member(&room.id, caller.user_id.as_str()).await?;
         let actor = Standing::of(caller.admin, member.map(|m| m.role));
         judge(actor, action, None, room_id, "")?;
-        Ok((tx, room))
+        Ok((tx, room, actor))
     }
 }
 

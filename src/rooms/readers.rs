@@ -3,8 +3,9 @@
 //! admin, under their user id. Anyone else is refused NOT_A_MEMBER, or BANNED if a
 //! ban keeps them out.
 
+use super::authority::{Standing, check_voice};
 use super::{check_in_token, not_found, sender_name};
-use crate::domain::{Caller, Clock, Room, RoomId, SanctionKind};
+use crate::domain::{Caller, Clock, MutedUntil, Room, RoomId, SanctionKind};
 use crate::error::{Error, Result};
 use crate::store::Store;
 
@@ -16,14 +17,33 @@ pub struct Readers {
     pub(super) clock: Clock,
 }
 
+/// What a caller who may receive a room reads of it in one statement.
+#[derive(Clone, Debug)]
+pub struct Reading {
+    pub room: Room,
+    /// The name the caller goes by there.
+    pub sender_name: String,
+    /// The seq the room's kept history starts from.
+    pub history_from: u64,
+    /// The caller's standing there.
+    pub standing: Standing,
+    /// The caller's mute there, expired or not.
+    pub mute: Option<MutedUntil>,
+}
+
+impl Reading {
+    /// Fails MUTED if a mute keeps the caller from sending to the room now.
+    pub fn check_voice(&self, now: crate::domain::UnixMicros) -> Result<()> {
+        let room = &self.room;
+        check_voice(self.standing, room.settings.muted, self.mute, now, &room.id)
+    }
+}
+
 impl Readers {
-    /// The room, if the caller may receive it (a member or an admin), the name the
-    /// caller goes by there, and the seq its kept history starts from.
-    pub(super) async fn readable(
-        &self,
-        caller: &Caller,
-        room_id: &RoomId,
-    ) -> Result<(Room, String, u64)> {
+    /// The room, if the caller may receive it (a member or an admin), with the name
+    /// the caller goes by there, the seq its kept history starts from and what the
+    /// mutes need.
+    pub(super) async fn readable(&self, caller: &Caller, room_id: &RoomId) -> Result<Reading> {
         let user = caller.user_id.as_str();
         let found = self
             .store
@@ -49,7 +69,13 @@ impl Readers {
                 },
             });
         };
-        Ok((found.room, sender_name, found.kept_from))
+        Ok(Reading {
+            room: found.room,
+            sender_name,
+            history_from: found.kept_from,
+            standing: Standing::of(caller.admin, found.role),
+            mute: found.mute,
+        })
     }
 
     /// Fails unless the caller's token reaches the room, the room exists, and the

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use super::check_in_token;
 use super::presence::Online;
 use super::readers::Readers;
-use crate::domain::{Caller, Room, RoomId};
+use crate::domain::{Caller, MutedUntil, Room, RoomId};
 use crate::error::{Error, Result};
 
 /// The streams handle.
@@ -32,6 +32,8 @@ pub struct Access {
     /// The seq of the oldest message still stored (`last_seq + 1` when none is): a
     /// stream resuming from before it missed history that retention deleted.
     pub history_from: u64,
+    /// The caller's mute in the room when attached, expired or not.
+    pub mute: Option<MutedUntil>,
 }
 
 impl Access {
@@ -104,16 +106,17 @@ impl Streams {
     /// in its token) and returns it, as stored, with the caller's name there.
     pub async fn access(&self, caller: &Caller, room_id: &RoomId) -> Result<Access> {
         check_in_token(caller, room_id)?;
-        let (room, sender_name, history_from) = self.readers.readable(caller, room_id).await?;
+        let reading = self.readers.readable(caller, room_id).await?;
         let user = caller.user_id.as_str();
         // In a cluster the count is the database's, read now; on one node it is
         // read from memory once the stream has registered (see `presence_at_attach`).
         let online = self.online.count_at_attach(room_id, user).await?;
         Ok(Access {
-            room,
-            sender_name,
+            room: reading.room,
+            sender_name: reading.sender_name,
             online,
-            history_from,
+            history_from: reading.history_from,
+            mute: reading.mute,
         })
     }
 

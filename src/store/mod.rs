@@ -36,7 +36,8 @@ use crate::error::{Error, Result};
 use std::collections::HashMap;
 
 use crate::domain::{
-    Dialect, HistoryRange, Member, Message, NewRoom, Room, RoomFilter, RoomId, Speaker, UnixMicros,
+    Dialect, HistoryRange, Member, Message, MutedUntil, NewRoom, Role, Room, RoomFilter, RoomId,
+    Speaker, UnixMicros,
 };
 use rows::{MemberRow, MessageRow, PagedMessageRow, RoomAndNameRow, RoomRow};
 
@@ -59,7 +60,7 @@ const SQLITE_READERS: u32 = 4;
 macro_rules! room_columns {
     () => {
         "room_id, name, attributes, owner_id, max_members, member_events, destroy_after_ms, \
-         presence_timeout_ms, slow_mode_ms, member_count, last_seq, version, created_at_us, \
+         presence_timeout_ms, slow_mode_ms, muted, member_count, last_seq, version, created_at_us, \
          updated_at_us"
     };
 }
@@ -72,13 +73,18 @@ macro_rules! member_columns {
 }
 
 /// A sender's columns, in `SpeakerRow` order, over `members m` joined with its room
-/// `r` (which has none of the member columns' names).
+/// `r` (which has none of the member columns' names). Their mute (a sanction of kind
+/// 2, expired or not) is read by a subquery, `mute_until_us` being NULL when there is
+/// none and -1 when it lasts until lifted.
 macro_rules! speaker_columns {
     () => {
         concat!(
             "m.room_id, ",
             member_columns!(),
-            ", r.slow_mode_ms, m.last_chat_us"
+            ", r.slow_mode_ms, m.last_chat_us, r.muted AS room_muted, \
+             (SELECT COALESCE(s.until_us, -1) FROM sanctions s \
+               WHERE s.room_id = m.room_id AND s.kind = 2 AND s.user_id = m.user_id) \
+               AS mute_until_us"
         )
     };
 }

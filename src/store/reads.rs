@@ -8,6 +8,10 @@ pub struct ForReader {
     pub room: Room,
     /// The reader's display name there; `None`: not a member.
     pub display_name: Option<String>,
+    /// The reader's role there; `None`: not a member.
+    pub role: Option<Role>,
+    /// The reader's mute there, expired or not; `None`: none stored.
+    pub mute: Option<MutedUntil>,
     /// The seq of the oldest message still stored (`last_seq + 1` when none is):
     /// earlier ones were deleted by history retention.
     pub kept_from: u64,
@@ -26,8 +30,9 @@ impl Store {
     }
 
     /// Reads a room and, in the same statement, what a reader of it needs: the
-    /// display name `user_id` has in it and where its kept history starts. What
-    /// attaching a stream needs, in one round trip.
+    /// display name and role `user_id` has in it, their mute there, and where its
+    /// kept history starts. What attaching a stream (or sending outside one) needs,
+    /// in one round trip.
     pub async fn room_for_reader(
         &self,
         room_id: &RoomId,
@@ -38,6 +43,9 @@ impl Store {
                 "SELECT ", room_columns!(), ", \
                    (SELECT display_name FROM members WHERE room_id = $1 AND user_id = $2) \
                      AS display_name, \
+                   (SELECT role FROM members WHERE room_id = $1 AND user_id = $2) AS role, \
+                   (SELECT COALESCE(until_us, -1) FROM sanctions \
+                     WHERE room_id = $1 AND kind = 2 AND user_id = $2) AS mute_until_us, \
                    (SELECT seq FROM messages WHERE room_id = $1 ORDER BY seq LIMIT 1) \
                      AS first_seq \
                  FROM rooms WHERE room_id = $1"
@@ -56,6 +64,8 @@ impl Store {
             Ok(ForReader {
                 room,
                 display_name: r.display_name,
+                role: r.role.map(rows::role_of),
+                mute: rows::mute_of(r.mute_until_us),
                 kept_from,
             })
         })

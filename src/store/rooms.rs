@@ -31,9 +31,9 @@ impl Tx {
         let inserted: Option<(String,)> = on_tx!(self, c => {
             sqlx::query_as(
                 "INSERT INTO rooms (room_id, name, attributes, owner_id, max_members, member_events, \
-                     destroy_after_ms, presence_timeout_ms, slow_mode_ms, member_count, \
+                     destroy_after_ms, presence_timeout_ms, slow_mode_ms, muted, member_count, \
                      last_seq, version, created_at_us, updated_at_us, empty_since_us) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $10, 0, 0, 1, $9, $9, $9) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $10, $11, 0, 0, 1, $9, $9, $9) \
                  ON CONFLICT (room_id) DO NOTHING RETURNING room_id",
             )
             .bind(room.id.as_str())
@@ -46,6 +46,7 @@ impl Tx {
             .bind(settings.presence_timeout_ms)
             .bind(now.0)
             .bind(settings.slow_mode_ms)
+            .bind(settings.muted)
             .fetch_optional(c)
             .await
         })?;
@@ -61,7 +62,7 @@ impl Tx {
             sqlx::query_as(concat!(
                 "UPDATE rooms SET name = $2, attributes = $3, max_members = $4, member_events = $5, \
                      destroy_after_ms = $6, presence_timeout_ms = $7, slow_mode_ms = $9, \
-                     version = version + 1, updated_at_us = $8 \
+                     muted = $10, version = version + 1, updated_at_us = $8 \
                  WHERE room_id = $1 RETURNING ",
                 room_columns!()
             ))
@@ -74,6 +75,7 @@ impl Tx {
             .bind(settings.presence_timeout_ms)
             .bind(now.0)
             .bind(settings.slow_mode_ms)
+            .bind(settings.muted)
             .fetch_one(c)
             .await
         })?;

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use crate::domain::{
-    Attributes, Member, MemberEvents, Message, MessageKind, Role, Room, RoomId, RoomSettings,
-    Sanction, Speaker, UnixMicros,
+    Attributes, Member, MemberEvents, Message, MessageKind, MutedUntil, Role, Room, RoomId,
+    RoomSettings, Sanction, Speaker, UnixMicros,
 };
 use crate::error::{Error, Result};
 
@@ -19,6 +19,7 @@ pub(super) struct RoomRow {
     destroy_after_ms: Option<i64>,
     presence_timeout_ms: Option<i64>,
     slow_mode_ms: Option<i64>,
+    muted: bool,
     member_count: i64,
     last_seq: i64,
     version: i64,
@@ -46,6 +47,7 @@ impl TryFrom<RoomRow> for Room {
                 destroy_when_empty_after: row.destroy_after_ms.map(millis),
                 presence_timeout: row.presence_timeout_ms.map(millis),
                 slow_mode_interval: row.slow_mode_ms.map(millis),
+                muted: row.muted,
             },
             member_count: to_u32("rooms.member_count", row.member_count)?,
             online_count: 0,
@@ -65,13 +67,21 @@ pub(super) struct MemberRow {
     joined_at_us: i64,
 }
 
-/// A room row with the display name of one user in it, if a member.
+/// A room row with the display name and role of one user in it, if a member, and
+/// their mute there, if any (`mute_until_us` as in `speaker_columns!`).
 #[derive(sqlx::FromRow)]
 pub(super) struct RoomAndNameRow {
     #[sqlx(flatten)]
     pub room: RoomRow,
     pub display_name: Option<String>,
+    pub role: Option<i64>,
+    pub mute_until_us: Option<i64>,
     pub first_seq: Option<i64>,
+}
+
+/// A mute as `mute_until_us` holds it (see `speaker_columns!`).
+pub(super) fn mute_of(mute_until_us: Option<i64>) -> Option<MutedUntil> {
+    mute_until_us.map(|until| MutedUntil((until >= 0).then_some(UnixMicros(until))))
 }
 
 /// A message row of a catch-up page, with how many rows the page had before it was
@@ -118,6 +128,9 @@ pub(super) struct SpeakerRow {
     member: MemberRow,
     slow_mode_ms: Option<i64>,
     last_chat_us: Option<i64>,
+    room_muted: bool,
+    /// -1: until lifted (see `speaker_columns!`).
+    mute_until_us: Option<i64>,
 }
 
 impl TryFrom<SpeakerRow> for Speaker {
@@ -128,6 +141,8 @@ impl TryFrom<SpeakerRow> for Speaker {
             member: Member::try_from(row.member)?,
             slow_mode_interval: row.slow_mode_ms.map(millis),
             last_chat_at: row.last_chat_us.map(UnixMicros),
+            room_muted: row.room_muted,
+            mute: mute_of(row.mute_until_us),
         })
     }
 }
@@ -147,11 +162,7 @@ impl TryFrom<MemberRow> for Member {
         Ok(Member {
             user_id: row.user_id,
             display_name: row.display_name,
-            role: match row.role {
-                1 => Role::Owner,
-                3 => Role::Moderator,
-                _ => Role::Member,
-            },
+            role: role_of(row.role),
             online: false,
             joined_at: UnixMicros(row.joined_at_us),
         })
@@ -199,6 +210,15 @@ impl TryFrom<MessageRow> for Message {
 }
 
 /// A role as the `members.role` column holds it.
+/// A role as the `role` column holds it.
+pub(super) fn role_of(column: i64) -> Role {
+    match column {
+        1 => Role::Owner,
+        3 => Role::Moderator,
+        _ => Role::Member,
+    }
+}
+
 pub(super) fn role_column(role: Role) -> i64 {
     match role {
         Role::Owner => 1,
@@ -222,6 +242,7 @@ pub(super) struct SettingsColumns {
     pub destroy_after_ms: Option<i64>,
     pub presence_timeout_ms: Option<i64>,
     pub slow_mode_ms: Option<i64>,
+    pub muted: bool,
 }
 
 impl From<&RoomSettings> for SettingsColumns {
@@ -236,6 +257,7 @@ impl From<&RoomSettings> for SettingsColumns {
             destroy_after_ms: s.destroy_when_empty_after.map(ms),
             presence_timeout_ms: s.presence_timeout.map(ms),
             slow_mode_ms: s.slow_mode_interval.map(ms),
+            muted: s.muted,
         }
     }
 }

@@ -1,6 +1,7 @@
-//! Sanctions: users kept out of a room (bans; kind 1), each until a time or until
-//! lifted. Every read takes only those in force at the `now` it
-//! is given; expired rows are deleted when their room gets its next sanction.
+//! Sanctions: users kept out of a room (bans; kind 1) or kept from sending to it
+//! (mutes; kind 2), each until a time or until lifted. Every read takes only those
+//! in force at the `now` it is given; expired rows are deleted when their room gets
+//! its next sanction.
 
 use super::*;
 use crate::domain::{Sanction, SanctionKind};
@@ -10,6 +11,8 @@ use rows::SanctionRow;
 fn stored(kind: SanctionKind) -> i64 {
     match kind {
         SanctionKind::Ban => 1,
+        // Also written in `speaker_columns!` and `Store::room_for_reader`.
+        SanctionKind::Mute => 2,
     }
 }
 

@@ -44,9 +44,12 @@ enum Op {
     BanMember,
     UnbanMember,
     ListBans,
+    MuteMember,
+    UnmuteMember,
+    ListMutes,
 }
 
-const OPS: [Op; 23] = [
+const OPS: [Op; 26] = [
     Op::GetRoom,
     Op::ListRooms,
     Op::JoinRoom,
@@ -70,6 +73,9 @@ const OPS: [Op; 23] = [
     Op::BanMember,
     Op::UnbanMember,
     Op::ListBans,
+    Op::MuteMember,
+    Op::UnmuteMember,
+    Op::ListMutes,
 ];
 
 /// What the rules say: `None` allowed, else the refusal's reason.
@@ -100,12 +106,14 @@ fn expected(who: Who, op: Op) -> Option<&'static str> {
             (false, false) => Some("NOT_A_MEMBER"),
         },
         DeleteRoom => (!owner).then_some("NOT_ROOM_OWNER"),
-        // Moderators too (kicks and bans aim at `target`, a plain member).
-        KickMember | BanMember | UnbanMember | ListBans => match who {
-            Who::Owner | Who::Moderator | Who::Admin => None,
-            Who::Member => Some("NOT_A_MODERATOR"),
-            Who::Outsider => Some("NOT_A_MEMBER"),
-        },
+        // Moderators too (kicks, bans and mutes aim at `target`, a plain member).
+        KickMember | BanMember | UnbanMember | ListBans | MuteMember | UnmuteMember | ListMutes => {
+            match who {
+                Who::Owner | Who::Moderator | Who::Admin => None,
+                Who::Member => Some("NOT_A_MODERATOR"),
+                Who::Outsider => Some("NOT_A_MEMBER"),
+            }
+        }
     }
 }
 
@@ -238,6 +246,28 @@ async fn run(client: &mut Client, op: Op, room: &str) -> Result<(), String> {
             })
             .await
             .map(drop),
+        Op::MuteMember => client
+            .mute_member(pb::MuteMemberRequest {
+                room_id: id,
+                user_id: "target".into(),
+                duration: None,
+            })
+            .await
+            .map(drop),
+        Op::UnmuteMember => client
+            .unmute_member(pb::UnmuteMemberRequest {
+                room_id: id,
+                user_id: "target".into(),
+            })
+            .await
+            .map(drop),
+        Op::ListMutes => client
+            .list_mutes(pb::ListMutesRequest {
+                room_id: id,
+                ..Default::default()
+            })
+            .await
+            .map(drop),
         Op::StreamAttach | Op::StreamSend | Op::StreamDetach | Op::StreamPing => {
             return stream_op(client, op, room).await;
         }
@@ -337,7 +367,7 @@ async fn every_rpc_and_frame_by_every_kind_of_caller(by: Identity) {
             (Who::Admin, &mut admin),
         ] {
             // A fresh room for each case: owner, moderator, member and target (whom
-            // kicks and bans aim at) are in it, the others not (the admin neither: it
+            // kicks, bans and mutes aim at) are in it, the others not (the admin neither: it
             // acts by its role).
             let room = format!("m{n}-{who:?}").to_lowercase();
             let mut owner_of = caller(server, by, "owner").await;

@@ -1,5 +1,5 @@
-//! Room events across nodes: joins, updates, handovers, leaves, kicks, bans, switches
-//! and deletes, also when the bus loses them.
+//! Room events across nodes: joins, updates, handovers, leaves, kicks, bans, mutes,
+//! switches and deletes, also when the bus loses them.
 
 use std::time::{Duration, Instant};
 
@@ -254,6 +254,125 @@ async fn detaches_the_bus_lost_happen_anyway() {
     // Ten intervals of 200 ms, and a round of reads.
     let took = changed.elapsed();
     assert!(took <= Duration::from_secs(5), "converged after {took:?}");
+
+    cluster.stop().await;
+}
+
+/// What a stream's BARRAGE send (the kind no writer checks) is answered: `None` sent,
+/// else the refusal's reason.
+async fn barrage_refusal(sub: &mut Sub, text: &str) -> Option<String> {
+    let request = pb::SendMessageRequest {
+        kind: pb::MessageKind::Barrage as i32,
+        ..chat("r", text)
+    };
+    match sub.send(request).await {
+        Ev::SendAck(_) => None,
+        Ev::Error(e) => Some(e.reason),
+        other => panic!("expected an answer to the send, got {other:?}"),
+    }
+}
+
+/// Sends BARRAGE on `sub` until its answer is `refusal` (`None`: sent), within `limit`;
+/// how long it took.
+async fn until_barrage_answered(sub: &mut Sub, refusal: Option<&str>, limit: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let got = barrage_refusal(sub, "try").await;
+        if got.as_deref() == refusal {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "still {got:?} after {limit:?}, expected {refusal:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A member's mute and a room-wide mute made through A hold on bob's stream attached
+/// on B — its BARRAGE refused once the bus brings the news, and its CHAT at once (the
+/// message writer reads mutes in its transaction, through any node) — and end there
+/// when lifted through A.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutes_made_on_one_node_hold_on_another() {
+    let cluster = Cluster::start(500).await;
+    let (a, b) = (&cluster.a, &cluster.b);
+    let mut owner_on_a = a.client("owner").await;
+    owner_on_a.create_room(create("r")).await.unwrap();
+    let mut bob_on_b = attached(b, "bob").await;
+    assert_eq!(barrage_refusal(&mut bob_on_b, "before").await, None);
+
+    owner_on_a
+        .mute_member(pb::MuteMemberRequest {
+            room_id: "r".into(),
+            user_id: "bob".into(),
+            duration: None,
+        })
+        .await
+        .unwrap();
+    match bob_on_b.send(chat("r", "no")).await {
+        Ev::Error(e) => assert_eq!(e.reason, "MUTED"),
+        other => panic!("expected MUTED, got {other:?}"),
+    }
+    let took = until_barrage_answered(&mut bob_on_b, Some("MUTED"), Duration::from_secs(2)).await;
+    assert!(
+        took < Duration::from_secs(1),
+        "the bus told B after {took:?}"
+    );
+    owner_on_a
+        .unmute_member(pb::UnmuteMemberRequest {
+            room_id: "r".into(),
+            user_id: "bob".into(),
+        })
+        .await
+        .unwrap();
+    until_barrage_answered(&mut bob_on_b, None, Duration::from_secs(2)).await;
+
+    // The whole room, through A.
+    let muted = |muted| pb::UpdateRoomRequest {
+        room_id: "r".into(),
+        settings: Some(pb::RoomSettings {
+            muted,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    owner_on_a.update_room(muted(true)).await.unwrap();
+    until_barrage_answered(&mut bob_on_b, Some("MUTED"), Duration::from_secs(2)).await;
+    let err = b
+        .client("bob")
+        .await
+        .send_message(chat("r", "no"))
+        .await
+        .unwrap_err();
+    assert_error(&err, Code::PermissionDenied, "MUTED");
+    owner_on_a.update_room(muted(false)).await.unwrap();
+    until_barrage_answered(&mut bob_on_b, None, Duration::from_secs(2)).await;
+
+    cluster.stop().await;
+}
+
+/// With the bus down, a mute made through A still holds on a stream attached on B:
+/// each node tells its hubs the mutes in force every ten repair intervals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutes_the_bus_lost_hold_anyway() {
+    let mut cluster = Cluster::start(200).await;
+    let (a, b) = (&cluster.a, &cluster.b);
+    let mut owner = a.client("owner").await;
+    owner.create_room(create("r")).await.unwrap();
+    let mut bob_on_b = attached(b, "bob").await;
+
+    cluster.nats.stop();
+    owner
+        .mute_member(pb::MuteMemberRequest {
+            room_id: "r".into(),
+            user_id: "bob".into(),
+            duration: None,
+        })
+        .await
+        .unwrap();
+    // Ten intervals of 200 ms, and a round of reads.
+    until_barrage_answered(&mut bob_on_b, Some("MUTED"), Duration::from_secs(5)).await;
 
     cluster.stop().await;
 }

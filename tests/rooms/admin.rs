@@ -356,6 +356,7 @@ async fn everything_survives_a_restart(backend: Backend) {
                 }),
                 presence_timeout: None,
                 slow_mode_interval: None,
+                muted: true,
             }),
             display_name: "Alice".into(),
             ..create("keep")

@@ -38,6 +38,7 @@ async fn create_room_makes_the_caller_owner(backend: Backend) {
             seconds: 2,
             nanos: 0,
         }),
+        muted: true,
     };
     let room = app
         .create_room_with(

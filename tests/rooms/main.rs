@@ -10,6 +10,7 @@ mod concurrency;
 mod creating;
 mod joining;
 mod moderation;
+mod mutes;
 mod sanctions;
 mod slow_mode;
 

@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use tokio_stream::StreamMap;
 
-use crate::domain::RoomId;
+use crate::domain::{MutedUntil, RoomId, UnixMicros};
+use crate::live::MuteNews;
 use crate::live::hub::Subscription;
 use crate::rooms::{Access, Rooms};
 
@@ -18,6 +19,25 @@ pub(super) struct AttachedRoom {
     pub(super) version: u64,
     /// Whether the room had a presence timeout at that version.
     pub(super) presence_timeout: bool,
+    /// Whether the room was muted (`settings.muted`) at that version.
+    pub(super) room_muted: bool,
+    /// The user's mute in the room when attached, expired or not.
+    pub(super) mute: Option<MutedUntil>,
+}
+
+impl AttachedRoom {
+    /// Whether a mute may keep this stream's user from sending here at `now`, by what
+    /// the stream read when it attached and what the room's hub heard since (`news`,
+    /// newer): if so, a send of a kind the writer does not check asks the store.
+    pub(super) fn may_be_muted(&self, news: &MuteNews, now: UnixMicros) -> bool {
+        let room_muted = news
+            .room
+            .as_ref()
+            .filter(|state| state.version > self.version)
+            .map_or(self.room_muted, |state| state.muted);
+        let mute = news.member.unwrap_or(self.mute);
+        room_muted || mute.is_some_and(|m| m.holds_at(now))
+    }
 }
 
 /// The rooms a stream receives: a handful at most (`--max-rooms-per-stream`), so a
@@ -115,6 +135,8 @@ impl StreamRooms {
             delivered,
             version: room.version,
             presence_timeout: room.settings.presence_timeout.is_some(),
+            room_muted: room.settings.muted,
+            mute: attachment.mute,
         });
     }
 }

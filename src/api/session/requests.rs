@@ -106,14 +106,22 @@ impl Session {
             Ok(draft) => draft,
             Err(error) => return Some(error_frame(request_id, error)),
         };
+        let rooms = &self.state.rooms;
+        // Attached: the stream's name for the room, unless a mute may hold on an
+        // unstored kind (CHAT is judged by the writer, whose transaction reads mutes).
         let name = self
             .state
             .attached
             .get(&draft.room_id)
+            .filter(|a| {
+                draft.kind.is_stored() || {
+                    let news = rooms.hubs().mute_news(&draft.room_id, &self.state.user);
+                    !a.may_be_muted(&news, rooms.clock().now())
+                }
+            })
             .map(|a| a.sender_name.clone());
-        let rooms = &self.state.rooms;
         if name.is_none() && !draft.kind.is_stored() {
-            // Membership is read from the store: on a task of its own.
+            // Membership and mutes are read from the store: on a task of its own.
             let rooms = rooms.clone();
             let caller = self.caller.clone();
             let task = self

@@ -148,6 +148,7 @@ fn updated(
         // Online all along: a presence timeout starts when the stream goes away.
         routed.now_present = timeout && !a.presence_timeout;
         a.presence_timeout = timeout;
+        a.room_muted = latest.muted;
         a.version = latest.version;
         outbox.push_back(latest.frame.clone());
     }
@@ -177,6 +178,8 @@ mod tests {
             delivered: 5,
             version: 1,
             presence_timeout: false,
+            room_muted: false,
+            mute: None,
         });
         rooms
     }
@@ -280,6 +283,7 @@ mod tests {
         Arc::new(RoomState {
             version,
             presence_timeout: timeout,
+            muted: false,
             frame,
         })
     }

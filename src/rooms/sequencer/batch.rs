@@ -6,8 +6,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use crate::domain::{Message, RoomId, Speaker, UnixMicros};
+use crate::error::Error;
 use crate::error::Result;
-use crate::rooms::authority::Standing;
+use crate::rooms::authority::{Standing, check_voice};
 use crate::rooms::sender_name;
 use crate::store::{Store, Tx};
 
@@ -29,6 +30,12 @@ pub enum Appended {
     RoomGone,
     /// The sender is not a member of the room.
     NotAMember,
+    /// The sender may not send there now: muted until `expires_at_us` (`None`: until
+    /// lifted), or the room is muted (`room_wide`).
+    Muted {
+        room_wide: bool,
+        expires_at_us: Option<i64>,
+    },
     /// Slow mode: the sender's last CHAT there was too recent; they may send again
     /// after `retry_after`.
     SlowMode { retry_after: Duration },
@@ -65,12 +72,15 @@ pub(super) async fn append(store: &Store, batch: &mut [Submission]) -> Result<Ve
     // 2. Idempotency: keys seen before (stored, or earlier in this batch).
     let copies = find_copies(&mut tx, batch, &mut answers).await?;
     let is_copy: HashSet<usize> = copies.iter().map(|&(i, _)| i).collect();
-    // 3. Slow mode: one CHAT per interval per plain member.
+    // 3. Mutes, the member's own and the room's (a retry of a message stored before
+    //    a mute is answered with it, as above).
+    check_voices(batch, &mut answers, &is_copy, &speakers);
+    // 4. Slow mode: one CHAT per interval per plain member.
     let turns = check_slow_mode(&mut tx, batch, &mut answers, &is_copy, speakers).await?;
-    // 4. Seqs: each room's next ones, in arrival order, rooms in id order.
+    // 5. Seqs: each room's next ones, in arrival order, rooms in id order.
     let new_rows = take_seqs(&mut tx, batch, &mut answers, &is_copy).await?;
 
-    // 5. The rows, together, and slow mode's turns taken.
+    // 6. The rows, together, and slow mode's turns taken.
     if !new_rows.is_empty() {
         let rows: Vec<&Message> = new_rows.iter().map(|&i| &batch[i].message).collect();
         tx.insert_messages(&rows).await?;
@@ -137,6 +147,44 @@ async fn check_senders(
         }
     }
     Ok(speakers)
+}
+
+/// Answers Muted to each message (still unanswered, not a copy) whose sender a mute
+/// keeps quiet at its time: their own, or the room's (see [`check_voice`]).
+fn check_voices(
+    batch: &[Submission],
+    answers: &mut [Option<Appended>],
+    is_copy: &HashSet<usize>,
+    speakers: &HashMap<SenderKey, Speaker>,
+) {
+    // Most batches have no mute in them: no lookup per message.
+    if !speakers
+        .values()
+        .any(|sp| sp.room_muted || sp.mute.is_some())
+    {
+        return;
+    }
+    for (i, s) in batch.iter().enumerate() {
+        if answers[i].is_some() || is_copy.contains(&i) {
+            continue;
+        }
+        let m = &s.message;
+        let Some(sp) = speakers.get(&(m.room_id.to_string(), m.sender_id.clone())) else {
+            continue; // an admin who is not a member
+        };
+        let standing = Standing::of(s.admin, Some(sp.member.role));
+        if let Err(Error::Muted {
+            room_wide,
+            expires_at_us,
+            ..
+        }) = check_voice(standing, sp.room_muted, sp.mute, m.sent_at, &m.room_id)
+        {
+            answers[i] = Some(Appended::Muted {
+                room_wide,
+                expires_at_us,
+            });
+        }
+    }
 }
 
 /// The member rows among `(room, user)` keys, by key.
