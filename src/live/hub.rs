@@ -126,6 +126,42 @@ pub enum Event {
     Behind { seq: u64 },
 }
 
+/// Most users whose mutes a hub remembers; past it the hub forgets them and answers
+/// for everyone that a mute may hold (see `MuteLog`).
+pub const MUTE_LOG_USERS: usize = 4096;
+
+/// Each user's latest mute (`None`: lifted) heard since a hub began. Bounded: a
+/// moderator may mute users without end (rate limited only when `--room-change-rate`
+/// is set), and every live hub would remember them all. Past [`MUTE_LOG_USERS`] it
+/// forgets them and says of every user that a mute may hold, so their streams ask
+/// the store before each send of a kind no writer checks: slower, never wrong.
+#[derive(Debug, Default)]
+struct MuteLog {
+    latest: HashMap<String, Option<MutedUntil>>,
+    overflowed: bool,
+}
+
+impl MuteLog {
+    fn record(&mut self, user: &str, mute: Option<MutedUntil>) {
+        if self.overflowed {
+            return;
+        }
+        if self.latest.len() >= MUTE_LOG_USERS && !self.latest.contains_key(user) {
+            self.latest = HashMap::new();
+            self.overflowed = true;
+            return;
+        }
+        self.latest.insert(user.to_string(), mute);
+    }
+
+    fn latest(&self, user: &str) -> Option<Option<MutedUntil>> {
+        if self.overflowed {
+            return Some(Some(MutedUntil(None)));
+        }
+        self.latest.get(user).copied()
+    }
+}
+
 struct Hub {
     sender: broadcast::Sender<Arc<Event>>,
     /// Member changes waiting for the coalescing window to close.
@@ -136,9 +172,8 @@ struct Hub {
     state: Mutex<Option<Arc<RoomState>>>,
     /// The highest seq published here (or known to be stored, see [`Hubs::behind`]).
     highest: std::sync::atomic::AtomicU64,
-    /// Each user's latest mute (`None`: lifted) heard since the hub began. Bounded
-    /// by the mutes moderators make while the room is live (rate limited).
-    mutes: Mutex<HashMap<String, Option<MutedUntil>>>,
+    /// What the hub heard of mutes since it began.
+    mutes: Mutex<MuteLog>,
 }
 
 #[derive(Default)]
@@ -256,7 +291,7 @@ impl Hubs {
             return MuteNews::default();
         };
         let state = hub.state.lock().expect("room state lock").clone();
-        let member = hub.mutes.lock().expect("mutes lock").get(user).copied();
+        let member = hub.mutes.lock().expect("mutes lock").latest(user);
         MuteNews {
             room: state,
             member,
@@ -276,8 +311,7 @@ impl Hubs {
     /// Tells this node's streams that `user` was muted in a room (or no longer is).
     pub fn member_muted_here(&self, room: &RoomId, user: &str, mute: Option<MutedUntil>) {
         if let Some(hub) = self.hub(room) {
-            let mut mutes = hub.mutes.lock().expect("mutes lock");
-            mutes.insert(user.to_string(), mute);
+            hub.mutes.lock().expect("mutes lock").record(user, mute);
         }
     }
 
@@ -620,5 +654,35 @@ fn flush(room_id: &RoomId, hub: &Hub, broker: &dyn Broker) {
     for frame in frames(room_id, coalesce(changes)) {
         broker.publish(room_id, &mut || RoomEvent::Broadcast(frame.clone()));
         let _ = hub.sender.send(Arc::new(Event::Broadcast(frame)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::UnixMicros;
+
+    /// The mute log keeps each user's latest word up to its bound; past it, it
+    /// forgets them all and says of everyone that a mute may hold.
+    #[test]
+    fn the_mute_log_is_bounded_and_errs_towards_asking_the_store() {
+        let mut log = MuteLog::default();
+        let until = Some(MutedUntil(Some(UnixMicros(5))));
+        log.record("bob", until);
+        assert_eq!(log.latest("bob"), Some(until));
+        log.record("bob", None);
+        assert_eq!(log.latest("bob"), Some(None));
+        assert_eq!(log.latest("carol"), None);
+        for i in 1..MUTE_LOG_USERS {
+            log.record(&format!("user{i}"), None);
+        }
+        assert_eq!(log.latest.len(), MUTE_LOG_USERS);
+        log.record("bob", until);
+        assert!(!log.overflowed, "a user already there takes no room");
+        log.record("one-too-many", None);
+        assert!(log.overflowed && log.latest.is_empty());
+        for user in ["bob", "carol", "one-too-many"] {
+            assert_eq!(log.latest(user), Some(Some(MutedUntil(None))), "{user}");
+        }
     }
 }

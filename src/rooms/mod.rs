@@ -8,15 +8,15 @@
 //! [`Rooms`] is a set of handles, one per group of operations, each in its own file
 //! and each listing what it holds: [`membership::Membership`] (create, join, enter,
 //! leave, switch), [`admin::Admin`] (read, list, update, delete rooms, list members),
-//! [`moderation::Moderation`] (roles, ownership, kicks and bans, judged by the one
-//! table of who may do what to members in [`authority`]), [`messages::Messages`]
+//! [`moderation::Moderation`] (roles, ownership, kicks, bans and mutes, judged by the
+//! one table of who may do what to members in [`authority`]), [`messages::Messages`]
 //! (send, read history, catch up), [`streams::Streams`] (stream slots and access for
 //! Subscribe), [`expiry::Expiry`] (presence timeouts and empty rooms, applied by its
-//! task). They share [`presence::Online`] (who is
-//! online, here and in the ledger), [`readers::Readers`] (who may receive a room) and
-//! [`rates`]; the two writers every change goes through, [`roster`] (membership) and
-//! [`sequencer`] (messages), on the handle they share ([`writer`]); [`retention`]
-//! deletes history past its age or count. Whether this is one node or a node of a
+//! task). They share [`presence::Online`] (who is online, here and in the ledger),
+//! [`readers::Readers`] (who may receive a room) and [`rates`]; the two writers every
+//! change goes through, [`roster`] (membership) and [`sequencer`] (messages), on the
+//! handle they share ([`writer`]); [`retention`] deletes history past its age or
+//! count. Whether this is one node or a node of a
 //! cluster is not asked here: the rules publish through the hubs' broker and write
 //! presence through the ledger they are given ([`Parts`]).
 //!

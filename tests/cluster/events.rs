@@ -258,6 +258,15 @@ async fn detaches_the_bus_lost_happen_anyway() {
     cluster.stop().await;
 }
 
+/// Mutes bob in "r" until lifted.
+fn mute_bob() -> pb::MuteMemberRequest {
+    pb::MuteMemberRequest {
+        room_id: "r".into(),
+        user_id: "bob".into(),
+        duration: None,
+    }
+}
+
 /// What a stream's BARRAGE send (the kind no writer checks) is answered: `None` sent,
 /// else the refusal's reason.
 async fn barrage_refusal(sub: &mut Sub, text: &str) -> Option<String> {
@@ -302,14 +311,7 @@ async fn mutes_made_on_one_node_hold_on_another() {
     let mut bob_on_b = attached(b, "bob").await;
     assert_eq!(barrage_refusal(&mut bob_on_b, "before").await, None);
 
-    owner_on_a
-        .mute_member(pb::MuteMemberRequest {
-            room_id: "r".into(),
-            user_id: "bob".into(),
-            duration: None,
-        })
-        .await
-        .unwrap();
+    owner_on_a.mute_member(mute_bob()).await.unwrap();
     match bob_on_b.send(chat("r", "no")).await {
         Ev::Error(e) => assert_eq!(e.reason, "MUTED"),
         other => panic!("expected MUTED, got {other:?}"),
@@ -363,14 +365,7 @@ async fn mutes_the_bus_lost_hold_anyway() {
     let mut bob_on_b = attached(b, "bob").await;
 
     cluster.nats.stop();
-    owner
-        .mute_member(pb::MuteMemberRequest {
-            room_id: "r".into(),
-            user_id: "bob".into(),
-            duration: None,
-        })
-        .await
-        .unwrap();
+    owner.mute_member(mute_bob()).await.unwrap();
     // Ten intervals of 200 ms, and a round of reads.
     until_barrage_answered(&mut bob_on_b, Some("MUTED"), Duration::from_secs(5)).await;
 

@@ -28,6 +28,15 @@ fn limited(room_id: &str, max_members: u32) -> pb::CreateRoomRequest {
     }
 }
 
+/// Makes `user` a moderator of `room` (as its owner or an admin).
+fn moderator(room: &str, user: &str) -> pb::SetMemberRoleRequest {
+    pb::SetMemberRoleRequest {
+        room_id: room.into(),
+        user_id: user.into(),
+        role: pb::Role::Moderator as i32,
+    }
+}
+
 fn switch(from: &str, to: &str) -> pb::SwitchRoomRequest {
     pb::SwitchRoomRequest {
         from_room_id: from.into(),

@@ -11,7 +11,7 @@ use tonic_types::StatusExt;
 use crate::common::{
     Backend, Client, Ev, TestApp, assert_bad_request, assert_error, chat, history, test_clock,
 };
-use crate::on_both_stores;
+use crate::{moderator, on_both_stores};
 use chatroom::pb;
 
 on_both_stores!(
@@ -32,14 +32,6 @@ fn unmute(room: &str, user: &str) -> pb::UnmuteMemberRequest {
     pb::UnmuteMemberRequest {
         room_id: room.into(),
         user_id: user.into(),
-    }
-}
-
-fn moderator(room: &str, user: &str) -> pb::SetMemberRoleRequest {
-    pb::SetMemberRoleRequest {
-        room_id: room.into(),
-        user_id: user.into(),
-        role: pb::Role::Moderator as i32,
     }
 }
 

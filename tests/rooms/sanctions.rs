@@ -11,7 +11,7 @@ use crate::common::{
     self, Backend, Ev, TestApp, assert_bad_request, assert_error, enter, join, member_ids,
     test_clock,
 };
-use crate::{on_both_stores, switch};
+use crate::{moderator, on_both_stores, switch};
 use chatroom::pb;
 
 on_both_stores!(
@@ -41,14 +41,6 @@ fn unban(room: &str, user: &str) -> pb::UnbanMemberRequest {
     pb::UnbanMemberRequest {
         room_id: room.into(),
         user_id: user.into(),
-    }
-}
-
-fn moderator(room: &str, user: &str) -> pb::SetMemberRoleRequest {
-    pb::SetMemberRoleRequest {
-        room_id: room.into(),
-        user_id: user.into(),
-        role: pb::Role::Moderator as i32,
     }
 }
 
