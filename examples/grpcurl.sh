@@ -53,10 +53,12 @@ has '"created": true' "$(as carol EnterRoom "{\"room_id\": \"$games\", \"name\":
 out=$(as bob EnterRoom "{\"room_id\": \"$games\"}")
 grep -q '"created": true' <<<"$out" && fail "bob's enter created the room again"
 
-# Anyone reads a room or lists rooms; members list members, others may not.
+# Anyone reads a room or lists rooms; members list members, others may not; bob
+# lists the rooms he is in.
 has '"memberCount": 2' "$(as dave GetRoom "{\"room_id\": \"$lobby\"}")"
 has "\"roomId\": \"$lobby\"" "$(as dave ListRooms "{\"name_prefix\": \"The Lobby $run\"}")"
 has '"userId": "alice"' "$(as bob ListMembers "{\"room_id\": \"$lobby\"}")"
+has "\"roomId\": \"$games\"" "$(as bob ListMyRooms '{"page_size": 100}')"
 refused NOT_A_MEMBER dave ListMembers "{\"room_id\": \"$lobby\"}"
 
 # Members change attributes (compare-and-set with expected_version); only the owner

@@ -305,6 +305,20 @@ impl ChatRoomService for ChatRoomApi {
         }))
     }
 
+    async fn list_my_rooms(
+        &self,
+        request: Request<pb::ListMyRoomsRequest>,
+    ) -> Result<Response<pb::ListMyRoomsResponse>, Status> {
+        let caller = self.caller(request.metadata()).await?;
+        let req = request.into_inner();
+        let page = PageRequest::new(req.page_size, decode::page_token(&req.page_token)?);
+        let page = self.sessions.rooms.admin.mine(&caller, page).await?;
+        Ok(Response::new(pb::ListMyRoomsResponse {
+            rooms: page.items.into_iter().map(Into::into).collect(),
+            next_page_token: encode::page_token(page.next_after),
+        }))
+    }
+
     async fn update_room(
         &self,
         request: Request<pb::UpdateRoomRequest>,

@@ -55,6 +55,23 @@ impl Admin {
         }))
     }
 
+    /// Lists the caller's rooms by id (ListMyRooms): those its token reaches.
+    pub async fn mine(&self, caller: &Caller, page: PageRequest) -> Result<Page<Room>> {
+        let rooms = self
+            .store
+            .rooms_of(
+                caller.user_id.as_str(),
+                page.after.as_deref(),
+                page.size + 1,
+            )
+            .await?;
+        // The page ends where the read did, whatever the token leaves out of it.
+        let mut page = Page::from_overfetch(rooms, page.size, |r: &Room| r.id.to_string());
+        page.items.retain(|room| caller.may_enter(&room.id));
+        page.items = self.online.with_presence_all(page.items).await;
+        Ok(page)
+    }
+
     /// Changes a room's name, settings (owner or admin) or attributes (any member).
     pub async fn update(
         &self,

@@ -97,6 +97,30 @@ impl Store {
         rows.into_iter().map(Room::try_from).collect()
     }
 
+    /// Reads up to `limit` of the rooms `user_id` is a member of with ids above
+    /// `after`, by id.
+    pub async fn rooms_of(
+        &self,
+        user_id: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Room>> {
+        let rows: Vec<RoomRow> = on_pool!(self, pool => {
+            sqlx::query_as(concat!(
+                "SELECT ", room_columns!(), " FROM rooms \
+                 WHERE room_id IN \
+                   (SELECT room_id FROM members WHERE user_id = $1 AND room_id > $2) \
+                 ORDER BY room_id LIMIT $3"
+            ))
+            .bind(user_id)
+            .bind(after.unwrap_or(""))
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await
+        })?;
+        rows.into_iter().map(Room::try_from).collect()
+    }
+
     /// Reads one member of a room.
     pub async fn member(&self, room_id: &RoomId, user_id: &str) -> Result<Option<Member>> {
         let row: Option<MemberRow> = on_pool!(self, pool => {

@@ -23,6 +23,7 @@ enum Who {
 enum Op {
     GetRoom,
     ListRooms,
+    ListMyRooms,
     JoinRoom,
     EnterRoom,
     LeaveRoom,
@@ -49,9 +50,10 @@ enum Op {
     ListMutes,
 }
 
-const OPS: [Op; 26] = [
+const OPS: [Op; 27] = [
     Op::GetRoom,
     Op::ListRooms,
+    Op::ListMyRooms,
     Op::JoinRoom,
     Op::EnterRoom,
     Op::LeaveRoom,
@@ -86,7 +88,7 @@ fn expected(who: Who, op: Op) -> Option<&'static str> {
     match op {
         // Open to everyone: rooms are public to read and to join; leaving is
         // idempotent; a stream and its pings need no room.
-        GetRoom | ListRooms | JoinRoom | EnterRoom | LeaveRoom | StreamPing => None,
+        GetRoom | ListRooms | ListMyRooms | JoinRoom | EnterRoom | LeaveRoom | StreamPing => None,
         // Moving out of a room needs being in it: an admin acts anywhere, but is in
         // no room it did not join.
         SwitchRoom => {
@@ -134,6 +136,10 @@ async fn run(client: &mut Client, op: Op, room: &str) -> Result<(), String> {
             .map(drop),
         Op::ListRooms => client
             .list_rooms(pb::ListRoomsRequest::default())
+            .await
+            .map(drop),
+        Op::ListMyRooms => client
+            .list_my_rooms(pb::ListMyRoomsRequest::default())
             .await
             .map(drop),
         Op::JoinRoom => client.join_room(join(room)).await.map(drop),

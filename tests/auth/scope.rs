@@ -1,6 +1,7 @@
 //! The `rooms` claim: a token limited to some rooms reaches only those, whatever the
 //! call — create, join, enter, switch, leave, read, list members and history, send,
-//! update, delete, attach, send on a stream — and whoever holds it, admins included
+//! update, delete, attach, send on a stream, and which of the user's rooms it lists
+//! — and whoever holds it, admins included
 //! (others: PERMISSION_DENIED `ROOM_NOT_IN_TOKEN`, nothing written). A room joined
 //! earlier with a broader token is outside a narrower one too.
 
@@ -126,6 +127,14 @@ async fn a_narrow_token_reaches_no_room_outside_it_even_one_joined_before(backen
     };
 
     refused(common::get_room(&mut narrow, "old-room").await.unwrap_err());
+    // The user's rooms, as this token sees them: the old room is not among them.
+    let mine = narrow
+        .list_my_rooms(pb::ListMyRoomsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let ids: Vec<&str> = mine.rooms.iter().map(|r| r.room_id.as_str()).collect();
+    assert_eq!(ids, ["live-42"]);
     refused(
         narrow
             .list_members(pb::ListMembersRequest {

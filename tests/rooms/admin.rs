@@ -14,6 +14,7 @@ use chatroom::pb;
 on_both_stores!(
     get_room_is_open_to_every_user,
     list_rooms_pages_and_filters,
+    list_my_rooms_pages_through_the_callers_rooms,
     update_room_permissions_and_versions,
     delete_room_permissions_and_cleanup,
     list_members_permissions_and_pages,
@@ -386,4 +387,73 @@ async fn everything_survives_a_restart(backend: Backend) {
     // The per-user room count survived too: alice is still in two rooms.
     let err = alice.create_room(create("third")).await.unwrap_err();
     assert_error(&err, Code::ResourceExhausted, "TOO_MANY_ROOMS");
+}
+
+async fn list_my_rooms_pages_through_the_callers_rooms(backend: Backend) {
+    let app = TestApp::start(backend).await;
+    for room in ["e", "b", "a", "d"] {
+        app.create_room("alice", room).await;
+    }
+    app.create_room("bob", "c").await;
+    app.create_room("bob", "not-hers").await;
+    app.join("alice", "c").await;
+    app.join("carol", "b").await;
+    let _watching = app.attached("alice", "a").await;
+    let mut alice = app.client("alice").await;
+    let mut pages = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = alice
+            .list_my_rooms(pb::ListMyRoomsRequest {
+                page_size: 2,
+                page_token,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        pages.push(page.rooms);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    let ids: Vec<Vec<&str>> = pages
+        .iter()
+        .map(|p| p.iter().map(|r| r.room_id.as_str()).collect())
+        .collect();
+    assert_eq!(ids, [vec!["a", "b"], vec!["c", "d"], vec!["e"]]);
+    // Rooms as GetRoom shows them: counts, online included.
+    let (a, b) = (&pages[0][0], &pages[0][1]);
+    assert_eq!((a.member_count, a.online_count), (1, 1));
+    assert_eq!((b.member_count, b.online_count), (2, 0));
+    assert_eq!(pages[1][0].owner_id, "bob");
+
+    // A room left is no longer listed; a user in none lists nothing.
+    app.leave("alice", "c").await;
+    let mine = alice
+        .list_my_rooms(pb::ListMyRoomsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let ids: Vec<&str> = mine.rooms.iter().map(|r| r.room_id.as_str()).collect();
+    assert_eq!(
+        (ids, mine.next_page_token.as_str()),
+        (vec!["a", "b", "d", "e"], "")
+    );
+    let none = app
+        .client("nobody")
+        .await
+        .list_my_rooms(pb::ListMyRoomsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(none.rooms.is_empty());
+    let err = alice
+        .list_my_rooms(pb::ListMyRoomsRequest {
+            page_token: "not a token".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_bad_request(&err, "page_token");
 }
