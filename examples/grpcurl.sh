@@ -2,8 +2,10 @@
 # The README's grpcurl walkthrough as a script, checking each answer: rooms created,
 # joined, entered, read, listed, updated, switched, left and deleted; roles given and
 # the room handed over and back; a user banned, let in and kicked; slow mode; a user
-# muted and unmuted, the room muted and unmuted; errors with their reasons; health;
-# then a Subscribe stream that attaches with history, sends and pings. Runs against a server in `--auth header` mode (the default):
+# muted and unmuted, the room muted and unmuted; a message edited and recalled;
+# errors with their reasons; health; then a Subscribe stream that attaches with
+# history, sends and pings. Runs against a server in `--auth header` mode (the
+# default):
 #
 #   CHATROOM_ADDR=127.0.0.1:50051 examples/grpcurl.sh
 #
@@ -109,6 +111,17 @@ has '"muted": true' "$(as alice UpdateRoom "{\"room_id\": \"$lobby\", \"settings
 refused MUTED bob SendMessage "{\"room_id\": \"$lobby\", \"text\": \"hello?\"}"
 as alice SendMessage "{\"room_id\": \"$lobby\", \"text\": \"the owner speaks\"}" >/dev/null
 as alice UpdateRoom "{\"room_id\": \"$lobby\", \"settings\": {\"max_members\": 100, \"destroy_when_empty_after\": \"300s\"}}" >/dev/null
+
+# Recall and edit: bob corrects a message and then takes it back (entries of the log
+# naming it); alice, the owner, may amend anyone's, dave, no member, nobody's.
+seq=$(as bob SendMessage "{\"room_id\": \"$lobby\", \"text\": \"a tpyo\"}" | sed -n 's/.*"seq": "\([0-9]*\)".*/\1/p' | head -1)
+[ -n "$seq" ] || fail "SendMessage answered no seq"
+has '"kind": "MESSAGE_KIND_EDIT"' "$(as bob EditMessage "{\"room_id\": \"$lobby\", \"seq\": $seq, \"text\": \"a typo\"}")"
+has '"editedAt"' "$(as bob ListMessages "{\"room_id\": \"$lobby\", \"after_seq\": $((seq - 1)), \"limit\": 1}")"
+refused NOT_A_MEMBER dave RecallMessage "{\"room_id\": \"$lobby\", \"seq\": $seq}"
+has '"kind": "MESSAGE_KIND_RECALL"' "$(as bob RecallMessage "{\"room_id\": \"$lobby\", \"seq\": $seq}")"
+has '"recalled": true' "$(as bob ListMessages "{\"room_id\": \"$lobby\", \"after_seq\": $((seq - 1)), \"limit\": 1}")"
+refused MESSAGE_RECALLED alice EditMessage "{\"room_id\": \"$lobby\", \"seq\": $seq, \"text\": \"back\"}"
 
 # Bob moves from games to the lobby in one step (he is in both: a move is still fine),
 # leaves (idempotent), and carol deletes games.

@@ -99,6 +99,12 @@ pub struct Config {
     #[arg(long, env = "CHATROOM_MAX_TEXT_BYTES", default_value_t = 16 * 1024)]
     pub max_text_bytes: usize,
 
+    /// How long after sending a message its sender may still recall or edit it
+    /// (RecallMessage, EditMessage; `humantime` syntax, e.g. `2m`, `1h`); `0s`: never
+    /// by the sender. The owner, moderators and admins may at any time.
+    #[arg(long, value_name = "DURATION", env = "CHATROOM_RECALL_WINDOW", default_value = "2m", value_parser = humantime::parse_duration)]
+    pub recall_window: std::time::Duration,
+
     /// Largest message `payload`, in bytes.
     #[arg(long, env = "CHATROOM_MAX_PAYLOAD_BYTES", default_value_t = 64 * 1024)]
     pub max_payload_bytes: usize,

@@ -4,7 +4,7 @@
 //! `BadRequest` field); `store` converts database errors into it.
 
 /// Why a request failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum Error {
     /// A request field is malformed or out of bounds. Nothing was written.
     #[error("invalid {field}: {description}")]
@@ -67,6 +67,19 @@ pub enum Error {
         room_id: String,
         room_wide: bool,
         expires_at_us: Option<i64>,
+    },
+    /// No CHAT message at `seq` in the room (never, or deleted by history retention).
+    #[error("no message {seq} in room {room_id:?}")]
+    MessageNotFound { room_id: String, seq: u64 },
+    /// The message at `seq` was recalled: it cannot be recalled or edited again.
+    #[error("message {seq} in room {room_id:?} was recalled")]
+    MessageRecalled { room_id: String, seq: u64 },
+    /// The sender may recall or edit a message only within `window` of sending it.
+    #[error("message {seq} in room {room_id:?} was sent more than {} s ago", window.as_secs())]
+    RecallWindowPassed {
+        room_id: String,
+        seq: u64,
+        window: std::time::Duration,
     },
     /// Slow mode: the caller may send a CHAT to the room again after `retry_after`.
     #[error("slow mode in room {room_id:?}: retry in {} ms", retry_after.as_millis())]

@@ -529,6 +529,38 @@ impl ChatRoomService for ChatRoomApi {
         }))
     }
 
+    async fn recall_message(
+        &self,
+        request: Request<pb::RecallMessageRequest>,
+    ) -> Result<Response<pb::RecallMessageResponse>, Status> {
+        let caller = self.caller(request.metadata()).await?;
+        let req = request.into_inner();
+        let (room_id, seq) = decode::amended(req.room_id, req.seq)?;
+        in_room(&room_id);
+        let messages = &self.sessions.rooms.messages;
+        let entry = messages.amend(&caller, &room_id, seq, None).await?;
+        Ok(Response::new(pb::RecallMessageResponse {
+            message: Some((&entry).into()),
+        }))
+    }
+
+    async fn edit_message(
+        &self,
+        request: Request<pb::EditMessageRequest>,
+    ) -> Result<Response<pb::EditMessageResponse>, Status> {
+        let caller = self.caller(request.metadata()).await?;
+        let limits = self.sessions.rooms.message_limits();
+        let (room_id, seq, text, payload) = decode::edit(request.into_inner(), limits)?;
+        in_room(&room_id);
+        let messages = &self.sessions.rooms.messages;
+        let entry = messages
+            .amend(&caller, &room_id, seq, Some((text, payload)))
+            .await?;
+        Ok(Response::new(pb::EditMessageResponse {
+            message: Some((&entry).into()),
+        }))
+    }
+
     async fn list_messages(
         &self,
         request: Request<pb::ListMessagesRequest>,

@@ -35,6 +35,9 @@ impl Error {
             Error::Muted { .. } => (Code::PermissionDenied, "MUTED"),
             Error::SlowMode { .. } => (Code::ResourceExhausted, "SLOW_MODE"),
             Error::MemberNotFound { .. } => (Code::NotFound, "MEMBER_NOT_FOUND"),
+            Error::MessageNotFound { .. } => (Code::NotFound, "MESSAGE_NOT_FOUND"),
+            Error::MessageRecalled { .. } => (Code::FailedPrecondition, "MESSAGE_RECALLED"),
+            Error::RecallWindowPassed { .. } => (Code::PermissionDenied, "RECALL_WINDOW_PASSED"),
             Error::VersionConflict { .. } => (Code::Aborted, "VERSION_CONFLICT"),
             Error::AlreadyAttached { .. } => (Code::FailedPrecondition, "ALREADY_ATTACHED"),
             Error::NotAttached { .. } => (Code::FailedPrecondition, "NOT_ATTACHED"),
@@ -120,6 +123,18 @@ impl Error {
             } => vec![
                 ("room_id", room_id.clone()),
                 ("retry_after_ms", retry_after.as_millis().to_string()),
+            ],
+            Error::MessageNotFound { room_id, seq } | Error::MessageRecalled { room_id, seq } => {
+                vec![("room_id", room_id.clone()), ("seq", seq.to_string())]
+            }
+            Error::RecallWindowPassed {
+                room_id,
+                seq,
+                window,
+            } => vec![
+                ("room_id", room_id.clone()),
+                ("seq", seq.to_string()),
+                ("window_ms", window.as_millis().to_string()),
             ],
             Error::MemberNotFound { room_id, user_id } | Error::Outranked { room_id, user_id } => {
                 vec![("room_id", room_id.clone()), ("user_id", user_id.clone())]

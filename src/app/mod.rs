@@ -145,7 +145,8 @@ impl App {
         ledger: Arc<dyn live::PresenceLedger>,
         short: &TaskTracker,
     ) -> (rooms::Rooms, Vec<(&'static str, JoinHandle<()>)>) {
-        let (sequencer, message_writer) = rooms::Sequencer::start(store.clone(), hubs.clone());
+        let (sequencer, message_writer) =
+            rooms::Sequencer::start(store.clone(), hubs.clone(), config.recall_window);
         let parts = rooms::Parts {
             hubs: hubs.clone(),
             presence: memory.clone(),

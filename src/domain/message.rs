@@ -22,11 +22,24 @@ pub enum MessageKind {
     Barrage,
     /// Not stored, delivered only to its targets.
     Command,
+    /// A log entry taking back the CHAT message at its `target_seq` (RecallMessage).
+    Recall,
+    /// A log entry correcting the CHAT message at its `target_seq` (EditMessage).
+    Edit,
 }
 
 impl MessageKind {
+    /// Stored with a seq by the message writer: CHAT and the entries that amend it.
     pub fn is_stored(self) -> bool {
-        self == MessageKind::Chat
+        matches!(
+            self,
+            MessageKind::Chat | MessageKind::Recall | MessageKind::Edit
+        )
+    }
+
+    /// An entry that amends an earlier message.
+    pub fn is_amendment(self) -> bool {
+        matches!(self, MessageKind::Recall | MessageKind::Edit)
     }
 }
 
@@ -117,6 +130,12 @@ pub struct Message {
     pub to_user_ids: Vec<String>,
     pub client_msg_id: String,
     pub sent_at: UnixMicros,
+    /// For RECALL and EDIT entries, the seq they amend; 0 otherwise.
+    pub target_seq: u64,
+    /// As stored: taken back (its text and payload are gone).
+    pub recalled: bool,
+    /// As stored: when last edited.
+    pub edited_at: Option<UnixMicros>,
 }
 
 impl Message {
@@ -141,6 +160,39 @@ impl Message {
             to_user_ids: draft.to_user_ids,
             client_msg_id: draft.client_msg_id,
             sent_at,
+            target_seq: 0,
+            recalled: false,
+            edited_at: None,
+        }
+    }
+
+    /// An entry of `kind` (RECALL or EDIT) by `sender_id`, amending the message at
+    /// `target_seq` in `room_id`; an edit carries the new `text` and `payload`.
+    pub fn amendment(
+        room_id: RoomId,
+        kind: MessageKind,
+        target_seq: u64,
+        text: String,
+        payload: Vec<u8>,
+        sender_id: &str,
+        sent_at: UnixMicros,
+    ) -> Message {
+        Message {
+            room_id,
+            seq: 0,
+            message_id: uuid::Uuid::now_v7().to_string(),
+            sender_id: sender_id.to_string(),
+            sender_name: String::new(),
+            kind,
+            text,
+            payload,
+            content_type: String::new(),
+            to_user_ids: Vec::new(),
+            client_msg_id: String::new(),
+            sent_at,
+            target_seq,
+            recalled: false,
+            edited_at: None,
         }
     }
 }

@@ -208,6 +208,12 @@ pub fn draft(req: pb::SendMessageRequest, limits: &MessageLimits) -> Result<Draf
         Ok(pb::MessageKind::Unspecified | pb::MessageKind::Chat) => MessageKind::Chat,
         Ok(pb::MessageKind::Barrage) => MessageKind::Barrage,
         Ok(pb::MessageKind::Command) => MessageKind::Command,
+        Ok(pb::MessageKind::Recall | pb::MessageKind::Edit) => {
+            return Err(Error::invalid(
+                "kind",
+                "RECALL and EDIT entries are made by RecallMessage and EditMessage",
+            ));
+        }
         Err(_) => {
             return Err(Error::invalid(
                 "kind",
@@ -226,6 +232,38 @@ pub fn draft(req: pb::SendMessageRequest, limits: &MessageLimits) -> Result<Draf
     };
     draft.check(limits)?;
     Ok(draft)
+}
+
+/// What a RecallMessage or EditMessage request names: the room and the seq of the
+/// message (1 or more).
+pub fn amended(room: String, seq: u64) -> Result<(RoomId, u64)> {
+    let room_id = room_id("room_id", room)?;
+    if seq == 0 {
+        return Err(Error::invalid(
+            "seq",
+            "must be a stored message's seq (1 or more)",
+        ));
+    }
+    Ok((room_id, seq))
+}
+
+/// An EditMessage's new contents, within SendMessage's limits.
+pub fn edit(
+    req: pb::EditMessageRequest,
+    limits: &MessageLimits,
+) -> Result<(RoomId, u64, String, Vec<u8>)> {
+    let (room_id, seq) = amended(req.room_id, req.seq)?;
+    let draft = Draft {
+        room_id,
+        kind: MessageKind::Edit,
+        text: req.text,
+        payload: req.payload,
+        content_type: String::new(),
+        to_user_ids: Vec::new(),
+        client_msg_id: String::new(),
+    };
+    draft.check(limits)?;
+    Ok((draft.room_id, seq, draft.text, draft.payload))
 }
 
 /// ListMessages' range and limit.

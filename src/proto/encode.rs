@@ -90,6 +90,8 @@ impl From<MessageKind> for pb::MessageKind {
             MessageKind::Chat => pb::MessageKind::Chat,
             MessageKind::Barrage => pb::MessageKind::Barrage,
             MessageKind::Command => pb::MessageKind::Command,
+            MessageKind::Recall => pb::MessageKind::Recall,
+            MessageKind::Edit => pb::MessageKind::Edit,
         }
     }
 }
@@ -109,6 +111,9 @@ impl From<&Message> for pb::Message {
             to_user_ids: m.to_user_ids.clone(),
             client_msg_id: m.client_msg_id.clone(),
             sent_at: Some(timestamp(m.sent_at)),
+            target_seq: m.target_seq,
+            recalled: m.recalled,
+            edited_at: m.edited_at.map(timestamp),
         }
     }
 }

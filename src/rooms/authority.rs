@@ -135,6 +135,37 @@ pub fn check_voice(
     Ok(())
 }
 
+/// Whether a caller standing `standing` in a room may recall or edit the message
+/// at `seq` there, sent at `sent_at` by them (`own`) or by someone else, at `now`:
+/// the owner, moderators and admins always; its sender within `window` of sending
+/// it (RECALL_WINDOW_PASSED after); no one else (NOT_A_MODERATOR).
+pub fn check_amend(
+    standing: Standing,
+    own: bool,
+    sent_at: UnixMicros,
+    now: UnixMicros,
+    window: std::time::Duration,
+    room_id: &RoomId,
+    seq: u64,
+) -> Result<()> {
+    if standing >= Standing::Moderator {
+        return Ok(());
+    }
+    if !own {
+        return Err(Error::NotAModerator {
+            room_id: room_id.to_string(),
+        });
+    }
+    if now < sent_at.plus(window) {
+        return Ok(());
+    }
+    Err(Error::RecallWindowPassed {
+        room_id: room_id.to_string(),
+        seq,
+        window,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,6 +230,46 @@ mod tests {
         assert_eq!(voice(Standing::Moderator, true, lifted), "member");
         assert_eq!(voice(Standing::Owner, false, lifted), "member");
         assert_eq!(voice(Standing::Admin, true, lifted), "ok");
+    }
+
+    /// Recall and edit: moderators and up always, the sender within the window.
+    #[test]
+    fn amendments_by_standing_and_window() {
+        let room = RoomId::parse("r").unwrap();
+        let window = std::time::Duration::from_secs(120);
+        let sent = UnixMicros(0);
+        let amend = |standing, own, now_s: i64| match check_amend(
+            standing,
+            own,
+            sent,
+            UnixMicros(now_s * 1_000_000),
+            window,
+            &room,
+            7,
+        ) {
+            Ok(()) => "ok",
+            Err(Error::NotAModerator { .. }) => "NOT_A_MODERATOR",
+            Err(Error::RecallWindowPassed { .. }) => "RECALL_WINDOW_PASSED",
+            Err(other) => panic!("unexpected: {other}"),
+        };
+        assert_eq!(amend(Standing::Member, true, 119), "ok");
+        assert_eq!(amend(Standing::Member, true, 120), "RECALL_WINDOW_PASSED");
+        assert_eq!(amend(Standing::Member, false, 1), "NOT_A_MODERATOR");
+        assert_eq!(amend(Standing::Outsider, false, 1), "NOT_A_MODERATOR");
+        for standing in [Standing::Moderator, Standing::Owner, Standing::Admin] {
+            assert_eq!(amend(standing, false, 10_000), "ok");
+            assert_eq!(amend(standing, true, 10_000), "ok");
+        }
+        let never = check_amend(
+            Standing::Member,
+            true,
+            sent,
+            sent,
+            std::time::Duration::ZERO,
+            &room,
+            7,
+        );
+        assert!(matches!(never, Err(Error::RecallWindowPassed { .. })));
     }
 
     /// The table: only the owner and admins manage roles and ownership.

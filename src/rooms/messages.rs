@@ -68,6 +68,7 @@ impl Sent {
                         room_wide,
                         expires_at_us,
                     },
+                    Appended::Refused(error) => error,
                     Appended::SlowMode { retry_after } => Error::SlowMode {
                         room_id: room_id.to_string(),
                         retry_after,
@@ -169,6 +170,40 @@ impl Messages {
         self.hubs
             .publish_messages(&message.room_id, std::iter::once(&message));
         Ok(Sent::Published(Box::new(message)))
+    }
+
+    /// Recalls (`edit` `None`) or edits (with the new text and payload) the CHAT
+    /// message at `seq`: a RECALL or EDIT entry naming it, stored by the writer with
+    /// the room's next seq — which judges it ([`super::authority::check_amend`])
+    /// against the message as stored, in the same transaction — and published like
+    /// any message. The entry is the answer.
+    pub async fn amend(
+        &self,
+        caller: &Caller,
+        room_id: &RoomId,
+        seq: u64,
+        edit: Option<(String, Vec<u8>)>,
+    ) -> Result<Message> {
+        check_in_token(caller, room_id)?;
+        let (kind, text, payload) = match edit {
+            Some((text, payload)) => (MessageKind::Edit, text, payload),
+            None => (MessageKind::Recall, String::new(), Vec::new()),
+        };
+        let user = caller.user_id.as_str();
+        self.rates.check_send(user, kind)?;
+        let now = self.clock.now();
+        let entry = Message::amendment(room_id.clone(), kind, seq, text, payload, user, now);
+        let answer = self.sequencer.submit(entry, caller.admin).await?;
+        Sent::Stored {
+            room_id: room_id.clone(),
+            answer,
+            refund: Refund {
+                rates: self.rates.clone(),
+                user: user.into(),
+            },
+        }
+        .answer()
+        .await
     }
 
     /// Reads stored history (members and admins only); true when there is more.

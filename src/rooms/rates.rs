@@ -102,7 +102,9 @@ impl Bucket {
     fn of(kind: MessageKind) -> Bucket {
         match kind {
             MessageKind::Barrage => Bucket::Barrage,
-            MessageKind::Chat | MessageKind::Command => Bucket::Chat,
+            MessageKind::Chat | MessageKind::Command | MessageKind::Recall | MessageKind::Edit => {
+                Bucket::Chat
+            }
         }
     }
 }

@@ -52,6 +52,77 @@ impl Tx {
         Ok(rows.into_iter().collect())
     }
 
+    /// The stored messages at `(room, seq)` keys (few: what a batch's amendments
+    /// name), a statement each.
+    pub async fn messages_at(&mut self, keys: &[(&str, u64)]) -> Result<Vec<Message>> {
+        let mut found = Vec::with_capacity(keys.len());
+        for &(room, seq) in keys {
+            let row: Option<MessageRow> = on_tx!(self, c => {
+                sqlx::query_as(concat!(
+                    "SELECT ", message_columns!(), " FROM messages WHERE room_id = $1 AND seq = $2"
+                ))
+                .bind(room)
+                .bind(to_i64(seq))
+                .fetch_optional(c)
+                .await
+            })?;
+            found.extend(row.map(Message::try_from).transpose()?);
+        }
+        Ok(found)
+    }
+
+    /// Applies RECALL and EDIT entries to the messages they name: a recall empties
+    /// the target's text and payload, and those of the EDIT entries naming it, and
+    /// marks it recalled; an edit gives it the entry's text and payload and its time
+    /// as `edited_at`. A statement or two each (amendments are few).
+    pub async fn apply_amendments(&mut self, amendments: &[&Message]) -> Result<()> {
+        for m in amendments {
+            let (room, target) = (m.room_id.as_str(), to_i64(m.target_seq));
+            if m.kind == MessageKind::Recall {
+                on_tx!(self, c => {
+                    sqlx::query(
+                        "UPDATE messages SET body = '', payload = $3, recalled = true \
+                         WHERE room_id = $1 AND seq = $2",
+                    )
+                    .bind(room)
+                    .bind(target)
+                    .bind(Vec::<u8>::new())
+                    .execute(c)
+                    .await
+                    .map(drop)
+                })?;
+                on_tx!(self, c => {
+                    sqlx::query(
+                        "UPDATE messages SET body = '', payload = $3 \
+                         WHERE room_id = $1 AND target_seq = $2",
+                    )
+                    .bind(room)
+                    .bind(target)
+                    .bind(Vec::<u8>::new())
+                    .execute(c)
+                    .await
+                    .map(drop)
+                })?;
+            } else {
+                on_tx!(self, c => {
+                    sqlx::query(
+                        "UPDATE messages SET body = $3, payload = $4, edited_at_us = $5 \
+                         WHERE room_id = $1 AND seq = $2",
+                    )
+                    .bind(room)
+                    .bind(target)
+                    .bind(&m.text)
+                    .bind(&m.payload)
+                    .bind(m.sent_at.0)
+                    .execute(c)
+                    .await
+                    .map(drop)
+                })?;
+            }
+        }
+        Ok(())
+    }
+
     /// Inserts messages: on PostgreSQL one statement over arrays (the same text for
     /// every batch size, so it is prepared once); on SQLite multi-row VALUES in chunks.
     pub async fn insert_messages(&mut self, messages: &[&Message]) -> Result<()> {

@@ -36,8 +36,8 @@ use crate::error::{Error, Result};
 use std::collections::HashMap;
 
 use crate::domain::{
-    Dialect, HistoryRange, Member, Message, MutedUntil, NewRoom, Role, Room, RoomFilter, RoomId,
-    Speaker, UnixMicros,
+    Dialect, HistoryRange, Member, Message, MessageKind, MutedUntil, NewRoom, Role, Room,
+    RoomFilter, RoomId, Speaker, UnixMicros,
 };
 use rows::{MemberRow, MessageRow, PagedMessageRow, RoomAndNameRow, RoomRow};
 
@@ -131,7 +131,7 @@ macro_rules! member_by_key {
 macro_rules! message_columns {
     () => {
         "room_id, seq, message_id, sender_id, sender_name, kind, body, payload, content_type, \
-         client_msg_id, sent_at_us"
+         client_msg_id, sent_at_us, target_seq, recalled, edited_at_us"
     };
 }
 

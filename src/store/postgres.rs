@@ -270,8 +270,9 @@ pub(super) async fn insert_messages(c: &mut PgConnection, messages: &[&Message])
         "INSERT INTO messages (",
         message_columns!(),
         ") \
-         SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], \
-           $6::bigint[], $7::text[], $8::bytea[], $9::text[], $10::text[], $11::bigint[])"
+         SELECT *, false, NULL::bigint FROM UNNEST($1::text[], $2::bigint[], $3::text[], \
+           $4::text[], $5::text[], $6::bigint[], $7::text[], $8::bytea[], $9::text[], \
+           $10::text[], $11::bigint[], $12::bigint[])"
     ))
     .bind(col(|m| m.room_id.as_str()))
     .bind(messages.iter().map(|m| to_i64(m.seq)).collect::<Vec<_>>())
@@ -299,6 +300,12 @@ pub(super) async fn insert_messages(c: &mut PgConnection, messages: &[&Message])
             .collect::<Vec<_>>(),
     )
     .bind(messages.iter().map(|m| m.sent_at.0).collect::<Vec<_>>())
+    .bind(
+        messages
+            .iter()
+            .map(|m| (m.target_seq > 0).then(|| to_i64(m.target_seq)))
+            .collect::<Vec<_>>(),
+    )
     .execute(c)
     .await?;
     Ok(())

@@ -182,6 +182,9 @@ pub(super) struct MessageRow {
     content_type: String,
     client_msg_id: Option<String>,
     sent_at_us: i64,
+    target_seq: Option<i64>,
+    recalled: bool,
+    edited_at_us: Option<i64>,
 }
 
 impl TryFrom<MessageRow> for Message {
@@ -197,6 +200,8 @@ impl TryFrom<MessageRow> for Message {
             kind: match row.kind {
                 2 => MessageKind::Barrage,
                 3 => MessageKind::Command,
+                4 => MessageKind::Recall,
+                5 => MessageKind::Edit,
                 _ => MessageKind::Chat,
             },
             text: row.body,
@@ -205,11 +210,15 @@ impl TryFrom<MessageRow> for Message {
             to_user_ids: Vec::new(),
             client_msg_id: row.client_msg_id.unwrap_or_default(),
             sent_at: UnixMicros(row.sent_at_us),
+            target_seq: row
+                .target_seq
+                .map_or(Ok(0), |seq| to_u64("messages.target_seq", seq))?,
+            recalled: row.recalled,
+            edited_at: row.edited_at_us.map(UnixMicros),
         })
     }
 }
 
-/// A role as the `members.role` column holds it.
 /// A role as the `role` column holds it.
 pub(super) fn role_of(column: i64) -> Role {
     match column {
@@ -232,6 +241,8 @@ pub(super) fn kind_column(kind: MessageKind) -> i64 {
         MessageKind::Chat => 1,
         MessageKind::Barrage => 2,
         MessageKind::Command => 3,
+        MessageKind::Recall => 4,
+        MessageKind::Edit => 5,
     }
 }
 

@@ -18,7 +18,7 @@ use crate::domain::{Member, Message, RoomId, UnixMicros};
 /// database is reachable).
 type Result<T> = std::result::Result<T, sqlx::Error>;
 
-/// Rows per multi-row INSERT (11 parameters each: within SQLite's limit).
+/// Rows per multi-row INSERT (14 parameters each: within SQLite's limit of 32,766).
 const INSERT_CHUNK: usize = 1000;
 
 /// Reads rooms (ids sorted and distinct).
@@ -283,7 +283,10 @@ pub(super) async fn insert_messages(c: &mut SqliteConnection, messages: &[&Messa
                 .push_bind(m.payload.as_slice())
                 .push_bind(m.content_type.as_str())
                 .push_bind((!m.client_msg_id.is_empty()).then_some(m.client_msg_id.as_str()))
-                .push_bind(m.sent_at.0);
+                .push_bind(m.sent_at.0)
+                .push_bind((m.target_seq > 0).then(|| to_i64(m.target_seq)))
+                .push_bind(false)
+                .push_bind(None::<i64>);
         });
         insert.build().execute(&mut *c).await?;
     }

@@ -197,6 +197,30 @@ impl TestDb {
         }
     }
 
+    /// Runs `sql`, a query of one integer (`SELECT COUNT(*) …`), on the database
+    /// directly: what is stored, not what the server answers.
+    pub async fn count(&self, sql: &str) -> i64 {
+        let sql = sqlx::AssertSqlSafe(sql.to_string());
+        match self.backend {
+            Backend::Postgres => {
+                let mut connection = PgConnection::connect(&self.url).await.expect("connect");
+                sqlx::query_scalar(sql)
+                    .fetch_one(&mut connection)
+                    .await
+                    .expect("count")
+            }
+            Backend::Sqlite => {
+                let mut connection = sqlx::SqliteConnection::connect(&self.url)
+                    .await
+                    .expect("connect");
+                sqlx::query_scalar(sql)
+                    .fetch_one(&mut connection)
+                    .await
+                    .expect("count")
+            }
+        }
+    }
+
     /// Drops a PostgreSQL test database now; nothing is left for `Drop` to do.
     pub async fn remove_now(&mut self) {
         if let Some(name) = self.pg_name.take() {

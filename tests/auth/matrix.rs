@@ -35,6 +35,8 @@ enum Op {
     ListMembers,
     SendMessage,
     ListMessages,
+    RecallMessage,
+    EditMessage,
     StreamAttach,
     StreamSend,
     StreamDetach,
@@ -50,7 +52,7 @@ enum Op {
     ListMutes,
 }
 
-const OPS: [Op; 27] = [
+const OPS: [Op; 29] = [
     Op::GetRoom,
     Op::ListRooms,
     Op::ListMyRooms,
@@ -65,6 +67,8 @@ const OPS: [Op; 27] = [
     Op::ListMembers,
     Op::SendMessage,
     Op::ListMessages,
+    Op::RecallMessage,
+    Op::EditMessage,
     Op::StreamAttach,
     Op::StreamSend,
     Op::StreamDetach,
@@ -108,14 +112,14 @@ fn expected(who: Who, op: Op) -> Option<&'static str> {
             (false, false) => Some("NOT_A_MEMBER"),
         },
         DeleteRoom => (!owner).then_some("NOT_ROOM_OWNER"),
-        // Moderators too (kicks, bans and mutes aim at `target`, a plain member).
-        KickMember | BanMember | UnbanMember | ListBans | MuteMember | UnmuteMember | ListMutes => {
-            match who {
-                Who::Owner | Who::Moderator | Who::Admin => None,
-                Who::Member => Some("NOT_A_MODERATOR"),
-                Who::Outsider => Some("NOT_A_MEMBER"),
-            }
-        }
+        // Moderators too (kicks, bans and mutes aim at `target`, a plain member, and
+        // recalls and edits at its message).
+        RecallMessage | EditMessage | KickMember | BanMember | UnbanMember | ListBans
+        | MuteMember | UnmuteMember | ListMutes => match who {
+            Who::Owner | Who::Moderator | Who::Admin => None,
+            Who::Member => Some("NOT_A_MODERATOR"),
+            Who::Outsider => Some("NOT_A_MEMBER"),
+        },
     }
 }
 
@@ -205,6 +209,22 @@ async fn run(client: &mut Client, op: Op, room: &str) -> Result<(), String> {
             .list_messages(pb::ListMessagesRequest {
                 room_id: id,
                 ..Default::default()
+            })
+            .await
+            .map(drop),
+        Op::RecallMessage => client
+            .recall_message(pb::RecallMessageRequest {
+                room_id: id,
+                seq: 1,
+            })
+            .await
+            .map(drop),
+        Op::EditMessage => client
+            .edit_message(pb::EditMessageRequest {
+                room_id: id,
+                seq: 1,
+                text: "edited".into(),
+                payload: Vec::new(),
             })
             .await
             .map(drop),
@@ -381,6 +401,9 @@ async fn every_rpc_and_frame_by_every_kind_of_caller(by: Identity) {
             for user in ["moderator", "member", "target"] {
                 let mut joining = caller(server, by, user).await;
                 joining.join_room(join(&room)).await.unwrap();
+                if user == "target" && matches!(op, Op::RecallMessage | Op::EditMessage) {
+                    joining.send_message(chat(&room, "mine")).await.unwrap();
+                }
             }
             owner_of
                 .set_member_role(pb::SetMemberRoleRequest {

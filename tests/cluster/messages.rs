@@ -219,3 +219,68 @@ async fn publishers(
     }
     publishers
 }
+
+/// A recall and an edit made through node A reach a stream on node B as entries of
+/// the room's log, in seq order, once; a resume on B shows the same room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recalls_and_edits_through_one_node_reach_another_in_order() {
+    let cluster = Cluster::start(500).await;
+    let (a, b) = (&cluster.a, &cluster.b);
+    let mut owner = a.client("owner").await;
+    owner.create_room(create("r")).await.unwrap();
+    let mut on_b = attached(b, "watcher").await;
+    let mut bob = a.client("bob").await;
+    bob.join_room(join("r")).await.unwrap();
+    for text in ["first", "second"] {
+        bob.send_message(chat("r", text)).await.unwrap();
+    }
+    bob.recall_message(pb::RecallMessageRequest {
+        room_id: "r".into(),
+        seq: 1,
+    })
+    .await
+    .unwrap();
+    bob.edit_message(pb::EditMessageRequest {
+        room_id: "r".into(),
+        seq: 2,
+        text: "second, edited".into(),
+        payload: Vec::new(),
+    })
+    .await
+    .unwrap();
+
+    let mut live = Vec::new();
+    while live.len() < 4 {
+        if let Ev::Message(m) = on_b.event().await {
+            live.push((m.seq, m.kind(), m.target_seq, m.text));
+        }
+    }
+    assert_eq!(
+        live,
+        [
+            (1, pb::MessageKind::Chat, 0, "first".to_string()),
+            (2, pb::MessageKind::Chat, 0, "second".to_string()),
+            (3, pb::MessageKind::Recall, 1, String::new()),
+            (4, pb::MessageKind::Edit, 2, "second, edited".to_string()),
+        ]
+    );
+    // Resumed on B from the start: the targets as they stand now, then the entries.
+    let mut client = b.client("watcher").await;
+    let mut resumed = Sub::open(&mut client).await;
+    resumed.attached("r", Some(0)).await;
+    let mut stored = Vec::new();
+    while stored.len() < 2 {
+        if let Ev::Message(m) = resumed.event().await {
+            stored.push((m.seq, m.recalled, m.text));
+        }
+    }
+    assert_eq!(
+        stored,
+        [
+            (1, true, String::new()),
+            (2, false, "second, edited".to_string())
+        ]
+    );
+
+    cluster.stop().await;
+}

@@ -113,7 +113,8 @@ async fn the_writer_isolates_an_entry_the_database_refuses(backend: Backend) {
         Duration::from_millis(10),
         tokio_util::task::TaskTracker::new(),
     ));
-    let (sequencer, writer) = chatroom::rooms::Sequencer::start(store.clone(), hubs);
+    let window = std::time::Duration::from_secs(120);
+    let (sequencer, writer) = chatroom::rooms::Sequencer::start(store.clone(), hubs, window);
     let draft = |text: &str| Draft {
         room_id: RoomId::parse("r").unwrap(),
         kind: MessageKind::Chat,

@@ -5,10 +5,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
-use crate::domain::{Message, RoomId, Speaker, UnixMicros};
+use crate::domain::{Message, MessageKind, RoomId, Speaker, UnixMicros};
 use crate::error::Error;
 use crate::error::Result;
-use crate::rooms::authority::{Standing, check_voice};
+use crate::rooms::authority::{Standing, check_amend, check_voice};
 use crate::rooms::sender_name;
 use crate::store::{Store, Tx};
 
@@ -39,6 +39,8 @@ pub enum Appended {
     /// Slow mode: the sender's last CHAT there was too recent; they may send again
     /// after `retry_after`.
     SlowMode { retry_after: Duration },
+    /// Refused by a rule of amending (RECALL, EDIT): the error says which.
+    Refused(Error),
 }
 
 /// A sender in a room: `(room, user)`.
@@ -64,7 +66,11 @@ fn key(m: &Message) -> Key {
 /// batch — is not stored again: its answer is the first one. One answer per message,
 /// in order. On `Err` nothing was stored and the batch may be tried again (its
 /// messages' names and seqs are filled in afresh).
-pub(super) async fn append(store: &Store, batch: &mut [Submission]) -> Result<Vec<Appended>> {
+pub(super) async fn append(
+    store: &Store,
+    batch: &mut [Submission],
+    recall_window: Duration,
+) -> Result<Vec<Appended>> {
     let mut answers: Vec<Option<Appended>> = vec![None; batch.len()];
     let mut tx = store.begin().await?;
     // 1. Who may send, and under which name: members, and admins.
@@ -72,18 +78,26 @@ pub(super) async fn append(store: &Store, batch: &mut [Submission]) -> Result<Ve
     // 2. Idempotency: keys seen before (stored, or earlier in this batch).
     let copies = find_copies(&mut tx, batch, &mut answers).await?;
     let is_copy: HashSet<usize> = copies.iter().map(|&(i, _)| i).collect();
-    // 3. Mutes, the member's own and the room's (a retry of a message stored before
+    // 3. Recalls and edits: who may, of which message.
+    check_amendments(&mut tx, batch, &mut answers, &speakers, recall_window).await?;
+    // 4. Mutes, the member's own and the room's (a retry of a message stored before
     //    a mute is answered with it, as above).
     check_voices(batch, &mut answers, &is_copy, &speakers);
-    // 4. Slow mode: one CHAT per interval per plain member.
+    // 5. Slow mode: one CHAT per interval per plain member.
     let turns = check_slow_mode(&mut tx, batch, &mut answers, &is_copy, speakers).await?;
-    // 5. Seqs: each room's next ones, in arrival order, rooms in id order.
+    // 6. Seqs: each room's next ones, in arrival order, rooms in id order.
     let new_rows = take_seqs(&mut tx, batch, &mut answers, &is_copy).await?;
 
-    // 6. The rows, together, and slow mode's turns taken.
+    // 7. The rows, together, the amendments applied to what they name, and slow
+    //    mode's turns taken.
     if !new_rows.is_empty() {
         let rows: Vec<&Message> = new_rows.iter().map(|&i| &batch[i].message).collect();
         tx.insert_messages(&rows).await?;
+        let amendments: Vec<&Message> =
+            rows.into_iter().filter(|m| m.kind.is_amendment()).collect();
+        if !amendments.is_empty() {
+            tx.apply_amendments(&amendments).await?;
+        }
     }
     let turns: Vec<(&str, &str, UnixMicros)> = turns
         .iter()
@@ -149,6 +163,75 @@ async fn check_senders(
     Ok(speakers)
 }
 
+/// Judges each RECALL and EDIT entry (still unanswered) against the message it
+/// names, read in this transaction: a CHAT message (MESSAGE_NOT_FOUND otherwise) not
+/// recalled, before or earlier in this batch (MESSAGE_RECALLED), which the sender may
+/// amend ([`check_amend`]). An edit takes its target's content type.
+async fn check_amendments(
+    tx: &mut Tx,
+    batch: &mut [Submission],
+    answers: &mut [Option<Appended>],
+    speakers: &HashMap<SenderKey, Speaker>,
+    window: Duration,
+) -> Result<()> {
+    let amending: Vec<usize> = (0..batch.len())
+        .filter(|&i| answers[i].is_none() && batch[i].message.kind.is_amendment())
+        .collect();
+    if amending.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<(&str, u64)> = amending
+        .iter()
+        .map(|&i| {
+            (
+                batch[i].message.room_id.as_str(),
+                batch[i].message.target_seq,
+            )
+        })
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let targets: HashMap<(String, u64), Message> = tx
+        .messages_at(&keys)
+        .await?
+        .into_iter()
+        .map(|m| ((m.room_id.to_string(), m.seq), m))
+        .collect();
+    let mut recalled: HashSet<(String, u64)> = HashSet::new();
+    for i in amending {
+        let (admin, m) = (batch[i].admin, &mut batch[i].message);
+        let (room_id, seq) = (m.room_id.to_string(), m.target_seq);
+        let key = (room_id.clone(), seq);
+        let target = targets.get(&key).filter(|t| t.kind == MessageKind::Chat);
+        let verdict = match target {
+            None => Err(Error::MessageNotFound { room_id, seq }),
+            Some(t) if t.recalled || recalled.contains(&key) => {
+                Err(Error::MessageRecalled { room_id, seq })
+            }
+            Some(t) => {
+                let role = speakers
+                    .get(&(room_id, m.sender_id.clone()))
+                    .map(|sp| sp.member.role);
+                let own = t.sender_id == m.sender_id;
+                let standing = Standing::of(admin, role);
+                check_amend(standing, own, t.sent_at, m.sent_at, window, &m.room_id, seq)
+                    .map(|()| t.content_type.clone())
+            }
+        };
+        match verdict {
+            Ok(content_type) => {
+                if m.kind == MessageKind::Recall {
+                    recalled.insert(key);
+                } else {
+                    m.content_type = content_type;
+                }
+            }
+            Err(error) => answers[i] = Some(Appended::Refused(error)),
+        }
+    }
+    Ok(())
+}
+
 /// Answers Muted to each message (still unanswered, not a copy) whose sender a mute
 /// keeps quiet at its time: their own, or the room's (see [`check_voice`]).
 fn check_voices(
@@ -165,7 +248,8 @@ fn check_voices(
         return;
     }
     for (i, s) in batch.iter().enumerate() {
-        if answers[i].is_some() || is_copy.contains(&i) {
+        // Taking a message back is not speaking.
+        if answers[i].is_some() || is_copy.contains(&i) || s.message.kind == MessageKind::Recall {
             continue;
         }
         let m = &s.message;
@@ -221,6 +305,7 @@ async fn check_slow_mode(
     };
     let candidates: Vec<usize> = (0..batch.len())
         .filter(|&i| answers[i].is_none() && !is_copy.contains(&i))
+        .filter(|&i| batch[i].message.kind == MessageKind::Chat)
         .filter(|&i| slowed(&batch[i], &speakers).is_some())
         .collect();
     let mut turns: HashMap<SenderKey, UnixMicros> = HashMap::new();

@@ -10,6 +10,7 @@
 mod batch;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -39,9 +40,13 @@ pub struct Sequencer(Writer<Submission, Appended>);
 
 impl Sequencer {
     /// Starts the writer task (returned, for its supervision).
-    pub fn start(store: Store, hubs: Arc<Hubs>) -> (Sequencer, JoinHandle<()>) {
+    pub fn start(
+        store: Store,
+        hubs: Arc<Hubs>,
+        recall_window: Duration,
+    ) -> (Sequencer, JoinHandle<()>) {
         let (writer, task) = Writer::start("message writer", QUEUE, |queue| {
-            write_batches(store, hubs, queue)
+            write_batches(store, hubs, recall_window, queue)
         });
         (Sequencer(writer), task)
     }
@@ -55,14 +60,19 @@ impl Sequencer {
     }
 }
 
-async fn write_batches(store: Store, hubs: Arc<Hubs>, mut queue: mpsc::Receiver<Job>) {
+async fn write_batches(
+    store: Store,
+    hubs: Arc<Hubs>,
+    recall_window: Duration,
+    mut queue: mpsc::Receiver<Job>,
+) {
     let mut jobs = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut jobs, MAX_BATCH).await > 0 {
         // The messages move into the batch; only the answer channels stay behind.
         let (batch, answers): (Vec<Submission>, Vec<_>) =
             jobs.drain(..).map(|j| (j.change, j.answer)).unzip();
         let (size, started) = (batch.len(), std::time::Instant::now());
-        let stored = store_batch(&store, &hubs, batch).await;
+        let stored = store_batch(&store, &hubs, recall_window, batch).await;
         crate::telemetry::batch("messages", size, started.elapsed());
         crate::telemetry::messages_stored(
             stored
@@ -86,16 +96,17 @@ async fn write_batches(store: Store, hubs: Arc<Hubs>, mut queue: mpsc::Receiver<
 async fn store_batch(
     store: &Store,
     hubs: &Hubs,
+    window: Duration,
     mut batch: Vec<Submission>,
 ) -> Vec<Result<Appended>> {
     let size = batch.len();
-    match batch::append(store, &mut batch).await {
+    match batch::append(store, &mut batch, window).await {
         Ok(appended) => published(hubs, appended),
         Err(error) if size > 1 && !matches!(error, Error::Unavailable(_)) => {
             tracing::warn!(%error, batch = size, "a batch of messages failed; storing it in parts");
             let second = batch.split_off(size / 2);
-            let mut answers = Box::pin(store_batch(store, hubs, batch)).await;
-            answers.extend(Box::pin(store_batch(store, hubs, second)).await);
+            let mut answers = Box::pin(store_batch(store, hubs, window, batch)).await;
+            answers.extend(Box::pin(store_batch(store, hubs, window, second)).await);
             answers
         }
         Err(error) if !matches!(error, Error::Unavailable(_)) => {
@@ -103,7 +114,7 @@ async fn store_batch(
             // same idempotency key between this transaction's read of the keys and
             // its insert (the unique index refused it); the second try finds the key
             // and answers with the stored message.
-            match batch::append(store, &mut batch).await {
+            match batch::append(store, &mut batch, window).await {
                 Ok(appended) => published(hubs, appended),
                 Err(error) => failed(error, size),
             }
