@@ -2,11 +2,12 @@
 # The README's grpcurl walkthrough as a script, checking each answer: rooms created,
 # joined, entered, read, listed, updated, switched, left and deleted; roles given and
 # the room handed over and back; a user banned, let in and kicked; slow mode; a user
-# muted and unmuted, the room muted and unmuted; a message edited and recalled;
-# errors with their reasons; health; then a Subscribe stream that attaches with
-# history, sends and pings. Runs against a server in `--auth header` mode (the
-# default):
+# muted and unmuted, the room muted and unmuted; a message edited and recalled; a
+# broadcast by a backend; errors with their reasons; health; then a Subscribe stream
+# that attaches with history, sends and pings. Runs against a server in `--auth
+# header` mode (the default) that makes `ops` an admin:
 #
+#   chatroom --admin-users ops &
 #   CHATROOM_ADDR=127.0.0.1:50051 examples/grpcurl.sh
 #
 # Room ids carry a per-run suffix, so it can run again against the same server.
@@ -122,6 +123,13 @@ refused NOT_A_MEMBER dave RecallMessage "{\"room_id\": \"$lobby\", \"seq\": $seq
 has '"kind": "MESSAGE_KIND_RECALL"' "$(as bob RecallMessage "{\"room_id\": \"$lobby\", \"seq\": $seq}")"
 has '"recalled": true' "$(as bob ListMessages "{\"room_id\": \"$lobby\", \"after_seq\": $((seq - 1)), \"limit\": 1}")"
 refused MESSAGE_RECALLED alice EditMessage "{\"room_id\": \"$lobby\", \"seq\": $seq, \"text\": \"back\"}"
+
+# A backend (ops, an admin by --admin-users) broadcasts into rooms it is not in:
+# each room answers with its message, or why not; bob, no admin, may not.
+out=$(as ops BroadcastMessage "{\"room_ids\": [\"$lobby\", \"$games\", \"nowhere-$run\"], \"text\": \"maintenance at noon\"}")
+has '"senderId": "ops"' "$out"
+has '"reason": "ROOM_NOT_FOUND"' "$out"
+refused NOT_AN_ADMIN bob BroadcastMessage "{\"room_ids\": [\"$lobby\"], \"text\": \"me too\"}"
 
 # Bob moves from games to the lobby in one step (he is in both: a move is still fine),
 # leaves (idempotent), and carol deletes games.

@@ -173,7 +173,8 @@ step "security from outside: PyJWT tokens, openssl certificates, grpcurl (TLS, m
 step "the README's grpcurl walkthrough as a script (examples/grpcurl.sh)"
 walk_dir=$(mktemp -d)
 walk_port=$(free_port)
-target/debug/chatroom --listen "127.0.0.1:$walk_port" --database-url "sqlite://$walk_dir/walk.db" --log warn &
+target/debug/chatroom --listen "127.0.0.1:$walk_port" --database-url "sqlite://$walk_dir/walk.db" --log warn \
+    --admin-users ops &
 walk_pid=$!
 walk_status=0
 for _ in $(seq 100); do port_answers 127.0.0.1 "$walk_port" && break; sleep 0.1; done

@@ -45,6 +45,9 @@ pub enum Error {
     /// The caller must own the room (or be an admin).
     #[error("only the owner of room {room_id:?} may do this")]
     NotRoomOwner { room_id: String },
+    /// The call is for admins only (a backend's).
+    #[error("only admins may do this")]
+    NotAnAdmin,
     /// The caller must be a moderator of the room, its owner, or an admin.
     #[error("only the owner, moderators and admins of room {room_id:?} may do this")]
     NotAModerator { room_id: String },

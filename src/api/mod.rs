@@ -34,6 +34,7 @@ use crate::rooms::Rooms;
 use crate::rooms::streams::StreamSlot;
 use server::chat_room_service_server::ChatRoomService;
 pub use session::{SessionLimits, Sessions};
+use status::stream_error;
 use tonic::metadata::MetadataMap;
 
 /// The generated server of the unary calls (`build.rs`; the streaming ones are
@@ -559,6 +560,33 @@ impl ChatRoomService for ChatRoomApi {
         Ok(Response::new(pb::EditMessageResponse {
             message: Some((&entry).into()),
         }))
+    }
+
+    async fn broadcast_message(
+        &self,
+        request: Request<pb::BroadcastMessageRequest>,
+    ) -> Result<Response<pb::BroadcastMessageResponse>, Status> {
+        let caller = self.caller(request.metadata()).await?;
+        let limits = self.sessions.rooms.message_limits();
+        let (rooms, draft) = decode::broadcast(request.into_inner(), limits)?;
+        let messages = &self.sessions.rooms.messages;
+        let sent = messages.broadcast(&caller, rooms, draft).await?;
+        let results = sent
+            .into_iter()
+            .map(|(room_id, sent)| match sent {
+                Ok(message) => pb::BroadcastResult {
+                    room_id: room_id.to_string(),
+                    message: Some((&message).into()),
+                    error: None,
+                },
+                Err(error) => pb::BroadcastResult {
+                    room_id: room_id.to_string(),
+                    message: None,
+                    error: Some(stream_error(&error)),
+                },
+            })
+            .collect();
+        Ok(Response::new(pb::BroadcastMessageResponse { results }))
     }
 
     async fn list_messages(

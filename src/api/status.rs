@@ -30,6 +30,7 @@ impl Error {
             Error::NotAMember { .. } => (Code::PermissionDenied, "NOT_A_MEMBER"),
             Error::NotRoomOwner { .. } => (Code::PermissionDenied, "NOT_ROOM_OWNER"),
             Error::NotAModerator { .. } => (Code::PermissionDenied, "NOT_A_MODERATOR"),
+            Error::NotAnAdmin => (Code::PermissionDenied, "NOT_AN_ADMIN"),
             Error::Outranked { .. } => (Code::PermissionDenied, "OUTRANKED"),
             Error::Banned { .. } => (Code::PermissionDenied, "BANNED"),
             Error::Muted { .. } => (Code::PermissionDenied, "MUTED"),
@@ -149,6 +150,7 @@ impl Error {
                 ("actual_version", actual.to_string()),
             ],
             Error::Unauthenticated(_)
+            | Error::NotAnAdmin
             | Error::TokenRefused { .. }
             | Error::Unavailable(_)
             | Error::Internal(_) => vec![],
@@ -190,6 +192,20 @@ pub(super) fn too_large(status: Status, limit: usize) -> Status {
         Status::from(Error::RequestTooLarge { limit })
     } else {
         status
+    }
+}
+
+/// An error as a `StreamError`: what a stream frame, or one room of a broadcast, that
+/// failed is answered with — the code, reason and message a unary call would carry.
+pub(super) fn stream_error(error: &Error) -> crate::proto::pb::StreamError {
+    let (code, reason) = error.code_and_reason();
+    crate::proto::pb::StreamError {
+        code: code as i32,
+        reason: reason.to_string(),
+        message: error.public_message(),
+        retry_after: error
+            .retry_after()
+            .and_then(|d| prost_types::Duration::try_from(d).ok()),
     }
 }
 

@@ -266,6 +266,45 @@ pub fn edit(
     Ok((draft.room_id, seq, draft.text, draft.payload))
 }
 
+/// Most rooms one BroadcastMessage reaches.
+pub const MAX_BROADCAST_ROOMS: usize = 1000;
+
+/// A BroadcastMessage request: its rooms (1 to 1,000, each once, in order) and the
+/// message, checked as SendMessage checks one (its room the first of them).
+pub fn broadcast(
+    req: pb::BroadcastMessageRequest,
+    limits: &MessageLimits,
+) -> Result<(Vec<RoomId>, Draft)> {
+    if req.room_ids.is_empty() || req.room_ids.len() > MAX_BROADCAST_ROOMS {
+        return Err(Error::invalid(
+            "room_ids",
+            format!("name 1 to {MAX_BROADCAST_ROOMS} rooms"),
+        ));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(req.room_ids.len());
+    let mut rooms = Vec::with_capacity(req.room_ids.len());
+    for id in req.room_ids {
+        let room = room_id("room_ids", id)?;
+        if !seen.insert(room.clone()) {
+            return Err(Error::invalid("room_ids", format!("{room} is named twice")));
+        }
+        rooms.push(room);
+    }
+    let draft = draft(
+        pb::SendMessageRequest {
+            room_id: rooms[0].to_string(),
+            kind: req.kind,
+            text: req.text,
+            payload: req.payload,
+            content_type: req.content_type,
+            to_user_ids: Vec::new(),
+            client_msg_id: String::new(),
+        },
+        limits,
+    )?;
+    Ok((rooms, draft))
+}
+
 /// ListMessages' range and limit.
 pub fn history(req: &pb::ListMessagesRequest) -> Result<(HistoryRange, u32)> {
     let range = match (req.after_seq, req.before_seq) {

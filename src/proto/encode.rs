@@ -238,18 +238,8 @@ pub mod event {
 
     /// A client frame failed (the stream goes on): the gRPC code, the reason and the
     /// message a unary call would carry, and when to retry a rate-limited one.
-    pub fn stream_error(
-        code: i32,
-        reason: &str,
-        message: String,
-        retry_after: Option<Duration>,
-    ) -> Event {
-        Event::Error(pb::StreamError {
-            code,
-            reason: reason.to_string(),
-            message,
-            retry_after: retry_after.and_then(|d| prost_types::Duration::try_from(d).ok()),
-        })
+    pub fn stream_error(error: pb::StreamError) -> Event {
+        Event::Error(error)
     }
 
     /// The answer to a ping.

@@ -54,31 +54,39 @@ impl Sent {
                 answer,
                 refund,
             } => {
-                let refused = match answer.await? {
-                    Appended::New(m) | Appended::Existing(m) => return Ok(m),
-                    Appended::RoomGone => not_found(&room_id),
-                    Appended::NotAMember => Error::NotAMember {
-                        room_id: room_id.to_string(),
-                    },
-                    Appended::Muted {
-                        room_wide,
-                        expires_at_us,
-                    } => Error::Muted {
-                        room_id: room_id.to_string(),
-                        room_wide,
-                        expires_at_us,
-                    },
-                    Appended::Refused(error) => error,
-                    Appended::SlowMode { retry_after } => Error::SlowMode {
-                        room_id: room_id.to_string(),
-                        retry_after,
-                    },
-                };
-                refund.rates.refund_send(&refund.user, MessageKind::Chat);
-                Err(refused)
+                let stored = stored(&room_id, answer.await?);
+                if stored.is_err() {
+                    refund.rates.refund_send(&refund.user, MessageKind::Chat);
+                }
+                stored
             }
         }
     }
+}
+
+/// The message the writer stored (or had stored) for a send to `room_id`, or why it
+/// refused it.
+fn stored(room_id: &RoomId, appended: Appended) -> Result<Message> {
+    Err(match appended {
+        Appended::New(m) | Appended::Existing(m) => return Ok(m),
+        Appended::RoomGone => not_found(room_id),
+        Appended::NotAMember => Error::NotAMember {
+            room_id: room_id.to_string(),
+        },
+        Appended::Muted {
+            room_wide,
+            expires_at_us,
+        } => Error::Muted {
+            room_id: room_id.to_string(),
+            room_wide,
+            expires_at_us,
+        },
+        Appended::Refused(error) => error,
+        Appended::SlowMode { retry_after } => Error::SlowMode {
+            room_id: room_id.to_string(),
+            retry_after,
+        },
+    })
 }
 
 /// Whether a send was refused for its room (missing, or the sender may not send
@@ -204,6 +212,69 @@ impl Messages {
         }
         .answer()
         .await
+    }
+
+    /// Sends `draft` into each of `rooms` as the calling admin (BroadcastMessage),
+    /// one rate token for the call: CHAT handed to the writer back to back (one
+    /// batch, each room its next seq), other kinds published to each room that
+    /// exists. Each room's message or refusal, in order.
+    pub async fn broadcast(
+        &self,
+        caller: &Caller,
+        rooms: Vec<RoomId>,
+        draft: Draft,
+    ) -> Result<Vec<(RoomId, Result<Message>)>> {
+        if !caller.admin {
+            return Err(Error::NotAnAdmin);
+        }
+        let user = caller.user_id.as_str();
+        self.rates.check_send(user, draft.kind)?;
+        let now = self.clock.now();
+        let message_to = |room_id: &RoomId| {
+            let draft = Draft {
+                room_id: room_id.clone(),
+                ..draft.clone()
+            };
+            Message::accept(draft, user, "", now)
+        };
+        let mut results: Vec<(RoomId, Option<Result<Message>>)> = rooms
+            .into_iter()
+            .map(|room_id| {
+                let refused = check_in_token(caller, &room_id).err().map(Err);
+                (room_id, refused)
+            })
+            .collect();
+        let open: Vec<usize> = (0..results.len())
+            .filter(|&i| results[i].1.is_none())
+            .collect();
+        if draft.kind.is_stored() {
+            let messages = open.iter().map(|&i| message_to(&results[i].0)).collect();
+            let answers = self.sequencer.submit_all(messages).await?;
+            for (i, answer) in open.into_iter().zip(answers) {
+                let answered = answer.await.and_then(|a| stored(&results[i].0, a));
+                results[i].1 = Some(answered);
+            }
+        } else {
+            for i in open {
+                let room_id = &results[i].0;
+                let sent = match self.store.room(room_id).await {
+                    Ok(Some(room)) => {
+                        let mut message = message_to(room_id);
+                        message.sender_name = user.to_string();
+                        self.hubs
+                            .publish_messages(&room.id, std::iter::once(&message));
+                        Ok(message)
+                    }
+                    Ok(None) => Err(not_found(room_id)),
+                    Err(error) => Err(error),
+                };
+                results[i].1 = Some(sent);
+            }
+        }
+        Ok(results
+            .into_iter()
+            .map(|(room_id, sent)| (room_id, sent.expect("every room answered")))
+            .collect())
     }
 
     /// Reads stored history (members and admins only); true when there is more.

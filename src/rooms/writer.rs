@@ -56,6 +56,28 @@ impl<C: Send + 'static, A: Send + 'static> Writer<C, A> {
     /// Hands a change over, in the order of calls; the returned [`Answer`] resolves
     /// once the writer applied it. Fails with UNAVAILABLE once the writer is gone
     /// (the server is shutting down).
+    /// Hands over several changes back to back, so that the writer finds them
+    /// together (one batch, while they fit in one); an answer each, in order.
+    pub async fn hand_over_all(&self, changes: Vec<C>) -> Result<Vec<Answer<A>>> {
+        let closed = || Error::Unavailable("the server is shutting down".into());
+        let permits = self
+            .jobs
+            .reserve_many(changes.len())
+            .await
+            .map_err(|_| closed())?;
+        Ok(permits
+            .zip(changes)
+            .map(|(permit, change)| {
+                let (answer, answered) = oneshot::channel();
+                permit.send(Job { change, answer });
+                Answer {
+                    name: self.name,
+                    answered,
+                }
+            })
+            .collect())
+    }
+
     pub async fn hand_over(&self, change: C) -> Result<Answer<A>> {
         let (answer, answered) = oneshot::channel();
         self.jobs

@@ -37,6 +37,7 @@ enum Op {
     ListMessages,
     RecallMessage,
     EditMessage,
+    BroadcastMessage,
     StreamAttach,
     StreamSend,
     StreamDetach,
@@ -52,7 +53,7 @@ enum Op {
     ListMutes,
 }
 
-const OPS: [Op; 29] = [
+const OPS: [Op; 30] = [
     Op::GetRoom,
     Op::ListRooms,
     Op::ListMyRooms,
@@ -69,6 +70,7 @@ const OPS: [Op; 29] = [
     Op::ListMessages,
     Op::RecallMessage,
     Op::EditMessage,
+    Op::BroadcastMessage,
     Op::StreamAttach,
     Op::StreamSend,
     Op::StreamDetach,
@@ -112,6 +114,8 @@ fn expected(who: Who, op: Op) -> Option<&'static str> {
             (false, false) => Some("NOT_A_MEMBER"),
         },
         DeleteRoom => (!owner).then_some("NOT_ROOM_OWNER"),
+        // Admins only, whatever their standing in the rooms.
+        BroadcastMessage => (who != Who::Admin).then_some("NOT_AN_ADMIN"),
         // Moderators too (kicks, bans and mutes aim at `target`, a plain member, and
         // recalls and edits at its message).
         RecallMessage | EditMessage | KickMember | BanMember | UnbanMember | ListBans
@@ -225,6 +229,14 @@ async fn run(client: &mut Client, op: Op, room: &str) -> Result<(), String> {
                 seq: 1,
                 text: "edited".into(),
                 payload: Vec::new(),
+            })
+            .await
+            .map(drop),
+        Op::BroadcastMessage => client
+            .broadcast_message(pb::BroadcastMessageRequest {
+                room_ids: vec![id],
+                text: "to all".into(),
+                ..Default::default()
             })
             .await
             .map(drop),

@@ -247,6 +247,22 @@ async fn an_admin_token_limited_to_some_rooms_administers_only_those(backend: Ba
             .await
             .unwrap_err(),
     );
+    // A broadcast reaches the rooms in the token; the others refuse it, each.
+    let results = moderator
+        .broadcast_message(pb::BroadcastMessageRequest {
+            room_ids: vec!["public-1".into(), "private-1".into()],
+            text: "to both".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(results[0].message.as_ref().map(|m| m.seq), Some(1));
+    assert_eq!(
+        results[1].error.as_ref().map(|e| e.reason.as_str()),
+        Some("ROOM_NOT_IN_TOKEN")
+    );
     refused(
         moderator
             .update_room(pb::UpdateRoomRequest {

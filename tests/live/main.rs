@@ -6,6 +6,7 @@ use chatroom_testkit as common;
 use chatroom_testkit::on_both_stores;
 
 mod amendments;
+mod broadcast;
 mod listen;
 mod messages;
 mod presence;

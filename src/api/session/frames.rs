@@ -30,10 +30,6 @@ pub(super) fn send_answer(request_id: String, result: Result<Message>) -> Frame 
 /// A failed client frame, as a `StreamError` event (the stream goes on). Clients get
 /// the code, the reason and the same message a unary call would carry.
 pub(super) fn error_frame(request_id: String, error: Error) -> Frame {
-    let (code, reason) = error.code_and_reason();
-    let retry_after = error.retry_after();
-    Frame::reply(
-        request_id,
-        event::stream_error(code as i32, reason, error.public_message(), retry_after),
-    )
+    let error = crate::api::status::stream_error(&error);
+    Frame::reply(request_id, event::stream_error(error))
 }

@@ -58,6 +58,19 @@ impl Sequencer {
     pub async fn submit(&self, message: Message, admin: bool) -> Result<Answer> {
         self.0.hand_over(Submission { message, admin }).await
     }
+
+    /// Hands over messages of an admin (a broadcast) back to back: the writer takes
+    /// them in one batch while they fit.
+    pub async fn submit_all(&self, messages: Vec<Message>) -> Result<Vec<Answer>> {
+        let submissions = messages
+            .into_iter()
+            .map(|message| Submission {
+                message,
+                admin: true,
+            })
+            .collect();
+        self.0.hand_over_all(submissions).await
+    }
 }
 
 async fn write_batches(
