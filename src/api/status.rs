@@ -97,46 +97,12 @@ impl Error {
             Error::RateLimited { retry_after } => {
                 vec![("retry_after_ms", retry_after.as_millis().to_string())]
             }
-            Error::Banned {
-                room_id,
-                expires_at_us,
-            } => vec![
-                ("room_id", room_id.clone()),
-                ("expires_at", until(*expires_at_us)),
-            ],
-            Error::Muted {
-                room_id,
-                room_wide: true,
-                ..
-            } => vec![("room_id", room_id.clone()), ("scope", "room".into())],
-            Error::Muted {
-                room_id,
-                room_wide: false,
-                expires_at_us,
-            } => vec![
-                ("room_id", room_id.clone()),
-                ("scope", "member".into()),
-                ("expires_at", until(*expires_at_us)),
-            ],
-            Error::SlowMode {
-                room_id,
-                retry_after,
-            } => vec![
-                ("room_id", room_id.clone()),
-                ("retry_after_ms", retry_after.as_millis().to_string()),
-            ],
-            Error::MessageNotFound { room_id, seq } | Error::MessageRecalled { room_id, seq } => {
-                vec![("room_id", room_id.clone()), ("seq", seq.to_string())]
-            }
-            Error::RecallWindowPassed {
-                room_id,
-                seq,
-                window,
-            } => vec![
-                ("room_id", room_id.clone()),
-                ("seq", seq.to_string()),
-                ("window_ms", window.as_millis().to_string()),
-            ],
+            Error::Banned { .. }
+            | Error::Muted { .. }
+            | Error::SlowMode { .. }
+            | Error::MessageNotFound { .. }
+            | Error::MessageRecalled { .. }
+            | Error::RecallWindowPassed { .. } => self.room_rule_metadata(),
             Error::MemberNotFound { room_id, user_id } | Error::Outranked { room_id, user_id } => {
                 vec![("room_id", room_id.clone()), ("user_id", user_id.clone())]
             }
@@ -156,6 +122,51 @@ impl Error {
             | Error::Internal(_) => vec![],
         };
         pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+    }
+
+    /// What a refusal by one of a room's rules (bans, mutes, slow mode, recall and
+    /// edit) tells: the room, and the fact of the rule the client can act on.
+    fn room_rule_metadata(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Error::Banned {
+                room_id,
+                expires_at_us,
+            } => vec![
+                ("room_id", room_id.clone()),
+                ("expires_at", until(*expires_at_us)),
+            ],
+            Error::Muted {
+                room_id,
+                room_wide,
+                expires_at_us,
+            } => {
+                let scope = if *room_wide { "room" } else { "member" };
+                let mut pairs = vec![("room_id", room_id.clone()), ("scope", scope.into())];
+                // A room's mute has no end; a member's says when.
+                pairs.extend((!room_wide).then(|| ("expires_at", until(*expires_at_us))));
+                pairs
+            }
+            Error::SlowMode {
+                room_id,
+                retry_after,
+            } => vec![
+                ("room_id", room_id.clone()),
+                ("retry_after_ms", retry_after.as_millis().to_string()),
+            ],
+            Error::MessageNotFound { room_id, seq } | Error::MessageRecalled { room_id, seq } => {
+                vec![("room_id", room_id.clone()), ("seq", seq.to_string())]
+            }
+            Error::RecallWindowPassed {
+                room_id,
+                seq,
+                window,
+            } => vec![
+                ("room_id", room_id.clone()),
+                ("seq", seq.to_string()),
+                ("window_ms", window.as_millis().to_string()),
+            ],
+            _ => vec![],
+        }
     }
 }
 

@@ -74,27 +74,16 @@ impl Tx {
     /// Applies RECALL and EDIT entries to the messages they name: a recall empties
     /// the target's text and payload, and those of the EDIT entries naming it, and
     /// marks it recalled; an edit gives it the entry's text and payload and its time
-    /// as `edited_at`. A statement or two each (amendments are few).
+    /// as `edited_at`. A statement each (amendments are few).
     pub async fn apply_amendments(&mut self, amendments: &[&Message]) -> Result<()> {
         for m in amendments {
             let (room, target) = (m.room_id.as_str(), to_i64(m.target_seq));
             if m.kind == MessageKind::Recall {
+                // The target and the entries naming it (its edits, and this recall).
                 on_tx!(self, c => {
                     sqlx::query(
-                        "UPDATE messages SET body = '', payload = $3, recalled = true \
-                         WHERE room_id = $1 AND seq = $2",
-                    )
-                    .bind(room)
-                    .bind(target)
-                    .bind(Vec::<u8>::new())
-                    .execute(c)
-                    .await
-                    .map(drop)
-                })?;
-                on_tx!(self, c => {
-                    sqlx::query(
-                        "UPDATE messages SET body = '', payload = $3 \
-                         WHERE room_id = $1 AND target_seq = $2",
+                        "UPDATE messages SET body = '', payload = $3, recalled = (seq = $2) \
+                         WHERE room_id = $1 AND (seq = $2 OR target_seq = $2)",
                     )
                     .bind(room)
                     .bind(target)

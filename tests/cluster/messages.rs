@@ -284,3 +284,51 @@ async fn recalls_and_edits_through_one_node_reach_another_in_order() {
 
     cluster.stop().await;
 }
+
+/// A broadcast through node A reaches streams on node B: CHAT with each room's next
+/// seq, BARRAGE as it is published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broadcast_through_one_node_reaches_streams_on_another() {
+    let cluster = Cluster::start_with(500, |c| c.admin_users = vec!["ops".into()]).await;
+    let (a, b) = (&cluster.a, &cluster.b);
+    let mut owner = a.client("owner").await;
+    owner.create_room(create("r")).await.unwrap();
+    owner.create_room(create("other")).await.unwrap();
+    owner.send_message(chat("other", "before")).await.unwrap();
+    let mut on_b = attached(b, "watcher").await;
+    let mut ops = a.client("ops").await;
+    for kind in [pb::MessageKind::Chat, pb::MessageKind::Barrage] {
+        let results = ops
+            .broadcast_message(pb::BroadcastMessageRequest {
+                room_ids: vec!["r".into(), "other".into()],
+                kind: kind as i32,
+                text: "notice".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .results;
+        let seqs: Vec<u64> = results
+            .iter()
+            .map(|r| r.message.as_ref().unwrap().seq)
+            .collect();
+        let expected = if kind == pb::MessageKind::Chat {
+            [1, 2]
+        } else {
+            [0, 0]
+        };
+        assert_eq!(seqs, expected);
+        loop {
+            if let Ev::Message(m) = on_b.event().await {
+                assert_eq!(
+                    (m.seq, m.kind(), m.sender_id.as_str()),
+                    (expected[0], kind, "ops")
+                );
+                break;
+            }
+        }
+    }
+
+    cluster.stop().await;
+}
