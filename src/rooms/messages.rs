@@ -73,19 +73,7 @@ fn stored(room_id: &RoomId, appended: Appended) -> Result<Message> {
         Appended::NotAMember => Error::NotAMember {
             room_id: room_id.to_string(),
         },
-        Appended::Muted {
-            room_wide,
-            expires_at_us,
-        } => Error::Muted {
-            room_id: room_id.to_string(),
-            room_wide,
-            expires_at_us,
-        },
         Appended::Refused(error) => error,
-        Appended::SlowMode { retry_after } => Error::SlowMode {
-            room_id: room_id.to_string(),
-            retry_after,
-        },
     })
 }
 

@@ -20,7 +20,8 @@
 //! [`rooms`] room rows within a transaction; [`presence`] last-seen times and
 //! deadlines; [`history`] where kept history starts and its pruning; [`sanctions`]
 //! bans and mutes; [`postgres`] and [`sqlite`] each dialect's batch statements;
-//! `reach.rs` failing fast while PostgreSQL is unreachable; `rows.rs` rows and their conversion to domain values.
+//! `reach.rs` failing fast while PostgreSQL is unreachable; `rows.rs` rows and their
+//! conversion to domain values.
 
 mod rows;
 

@@ -6,8 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use crate::domain::{Message, MessageKind, RoomId, Speaker, UnixMicros};
-use crate::error::Error;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::rooms::authority::{Standing, check_amend, check_voice};
 use crate::rooms::sender_name;
 use crate::store::{Store, Tx};
@@ -30,16 +29,8 @@ pub enum Appended {
     RoomGone,
     /// The sender is not a member of the room.
     NotAMember,
-    /// The sender may not send there now: muted until `expires_at_us` (`None`: until
-    /// lifted), or the room is muted (`room_wide`).
-    Muted {
-        room_wide: bool,
-        expires_at_us: Option<i64>,
-    },
-    /// Slow mode: the sender's last CHAT there was too recent; they may send again
-    /// after `retry_after`.
-    SlowMode { retry_after: Duration },
-    /// Refused by a rule of amending (RECALL, EDIT): the error says which.
+    /// Refused by a rule of sending — a mute, slow mode, who may recall or edit
+    /// which message — as the error says, for the sender's answer.
     Refused(Error),
 }
 
@@ -232,7 +223,7 @@ async fn check_amendments(
     Ok(())
 }
 
-/// Answers Muted to each message (still unanswered, not a copy) whose sender a mute
+/// Refuses MUTED each message (still unanswered, not a copy) whose sender a mute
 /// keeps quiet at its time: their own, or the room's (see [`check_voice`]).
 fn check_voices(
     batch: &[Submission],
@@ -257,16 +248,8 @@ fn check_voices(
             continue; // an admin who is not a member
         };
         let standing = Standing::of(s.admin, Some(sp.member.role));
-        if let Err(Error::Muted {
-            room_wide,
-            expires_at_us,
-            ..
-        }) = check_voice(standing, sp.room_muted, sp.mute, m.sent_at, &m.room_id)
-        {
-            answers[i] = Some(Appended::Muted {
-                room_wide,
-                expires_at_us,
-            });
+        if let Err(muted) = check_voice(standing, sp.room_muted, sp.mute, m.sent_at, &m.room_id) {
+            answers[i] = Some(Appended::Refused(muted));
         }
     }
 }
@@ -281,7 +264,7 @@ async fn read_speakers(tx: &mut Tx, pairs: &[(&str, &str)]) -> Result<HashMap<Se
         .collect())
 }
 
-/// Slow mode: answers SlowMode to each CHAT (still unanswered, not a copy) of a plain
+/// Slow mode: refuses SLOW_MODE each CHAT (still unanswered, not a copy) of a plain
 /// member whose last one in a slow-mode room is more recent than its interval — the
 /// last stored, or one earlier in this batch. Returns the turns taken, by sender.
 ///
@@ -337,9 +320,10 @@ async fn check_slow_mode(
             .filter(|&next| next > now)
         {
             Some(next) => {
-                answers[i] = Some(Appended::SlowMode {
+                answers[i] = Some(Appended::Refused(Error::SlowMode {
+                    room_id: batch[i].message.room_id.to_string(),
                     retry_after: next.since(now),
-                });
+                }));
             }
             None => {
                 turns.insert(k, now);
