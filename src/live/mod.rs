@@ -18,6 +18,7 @@ pub mod broker;
 pub mod hub;
 pub mod ledger;
 mod members;
+mod mutes;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
