@@ -23,16 +23,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(false)
         .compile_fds(fds.clone())?;
 
-    // Pass 2: the server alone, reusing pass 1's messages, for the unary calls only.
-    // The two streaming calls (Subscribe, Listen) write frames encoded once and shared
+    // Pass 2: the server alone, reusing pass 1's messages, for every call but the two
+    // client streams. Those (Subscribe, Listen) write frames encoded once and shared
     // by every subscriber, which tonic's generated handler cannot: `api::streams`
-    // answers them, and is their only definition.
+    // answers them, and is their only definition. (WatchRooms, a backend's stream of
+    // its own, is an ordinary generated server stream.)
     let mut unary = fds;
     for file in &mut unary.file {
         for service in &mut file.service {
             service
                 .method
-                .retain(|m| !m.client_streaming() && !m.server_streaming());
+                .retain(|m| !matches!(m.name(), "Subscribe" | "Listen"));
         }
     }
     let server_dir = out_dir.join("server");

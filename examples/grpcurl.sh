@@ -3,7 +3,8 @@
 # joined, entered, read, listed, updated, switched, left and deleted; roles given and
 # the room handed over and back; a user banned, let in and kicked; slow mode; a user
 # muted and unmuted, the room muted and unmuted; a message edited and recalled; a
-# broadcast by a backend; errors with their reasons; health; then a Subscribe stream
+# broadcast by a backend, and its watch of every room's lifecycle, resumed from a
+# position; errors with their reasons; health; then a Subscribe stream
 # that attaches with history, sends and pings. Runs against a server in `--auth
 # header` mode (the default) that makes `ops` an admin:
 #
@@ -131,6 +132,15 @@ has '"senderId": "ops"' "$out"
 has '"reason": "ROOM_NOT_FOUND"' "$out"
 refused NOT_AN_ADMIN bob BroadcastMessage "{\"room_ids\": [\"$lobby\"], \"text\": \"me too\"}"
 
+# The backend watches every room's lifecycle (WatchRooms, admins only): the first
+# answer says where the feed stands, and a watch resumed after that position gets what
+# happened since (a watch streams until cancelled: -max-time ends these).
+watch() { "$G" -plaintext -H 'x-user-id: ops' -max-time "$2" -d "$1" "$S" "$svc/WatchRooms" 2>/dev/null || true; }
+pos=$(watch '{}' 1 | sed -n 's/.*"position": "\([0-9]*\)".*/\1/p' | head -1)
+[ -n "$pos" ] || fail "WatchRooms answered no position"
+refused NOT_AN_ADMIN bob WatchRooms '{}'
+refused POSITION_AHEAD ops WatchRooms "{\"after_position\": \"$((pos + 1000000))\"}"
+
 # Bob moves from games to the lobby in one step (he is in both: a move is still fine),
 # leaves (idempotent), and carol deletes games.
 as bob SwitchRoom "{\"from_room_id\": \"$games\", \"to_room_id\": \"$lobby\"}" >/dev/null
@@ -138,6 +148,11 @@ as bob LeaveRoom "{\"room_id\": \"$lobby\"}" >/dev/null
 as bob LeaveRoom "{\"room_id\": \"$lobby\"}" >/dev/null
 as carol DeleteRoom "{\"room_id\": \"$games\"}" >/dev/null
 refused ROOM_NOT_FOUND dave GetRoom "{\"room_id\": \"$games\"}"
+# What the watch, resumed, saw of it: bob left both rooms, games was deleted by carol.
+out=$(watch "{\"after_position\": \"$pos\"}" 2)
+has '"kind": "ROOM_FEED_EVENT_KIND_MEMBER_LEFT"' "$out"
+has '"kind": "ROOM_FEED_EVENT_KIND_DELETED"' "$out"
+has '"byUserId": "carol"' "$out"
 
 # Errors come with details: a bad id, no identity at all.
 refused INVALID_ARGUMENT bob JoinRoom '{"room_id": "bad id"}'

@@ -164,6 +164,12 @@ pub struct Config {
     #[arg(long, value_name = "COUNT", env = "CHATROOM_HISTORY_MAX_PER_ROOM", value_parser = clap::value_parser!(u64).range(1..))]
     pub history_max_per_room: Option<u64>,
 
+    /// How long the room feed (WatchRooms) keeps its events: a backend whose watch
+    /// was down for longer than this resumes with POSITION_EXPIRED and reads the
+    /// rooms afresh. Older events are deleted in the background.
+    #[arg(long, value_name = "DURATION", env = "CHATROOM_ROOM_FEED_RETENTION", default_value = "24h", value_parser = parse_retention)]
+    pub room_feed_retention: std::time::Duration,
+
     /// NATS server URL (`nats://HOST:4222`) that makes this process one node of a
     /// cluster: nodes sharing one PostgreSQL database and one NATS deliver every
     /// room's messages to each other's streams. Needs a postgres:// `--database-url`.

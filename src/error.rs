@@ -90,6 +90,15 @@ pub enum Error {
         room_id: String,
         retry_after: std::time::Duration,
     },
+    /// WatchRooms: the feed no longer keeps the events right after the position
+    /// asked for (retention deleted them); `oldest` is the oldest it keeps.
+    #[error(
+        "the room feed no longer keeps the events after this position; the oldest kept is {oldest}"
+    )]
+    PositionExpired { oldest: u64 },
+    /// WatchRooms: the position asked for is past the feed's `last`.
+    #[error("the room feed has not reached this position; its last is {last}")]
+    PositionAhead { last: u64 },
     /// The user an action is aimed at is not a member of the room.
     #[error("{user_id:?} is not a member of room {room_id:?}")]
     MemberNotFound { room_id: String, user_id: String },

@@ -180,6 +180,10 @@ fn describe() {
         "Stored messages deleted by history retention"
     );
     describe_counter!(
+        "chatroom_room_feed_pruned_total",
+        "Room feed events deleted by --room-feed-retention"
+    );
+    describe_counter!(
         "chatroom_bus_messages_total",
         "Events to (out) and from (in) the other nodes; dropped when the relay queue was full; refused when their MAC did not verify"
     );
@@ -247,6 +251,11 @@ pub fn db_wait(elapsed: Duration) {
 /// History retention deleted `count` messages.
 pub fn history_pruned(count: u64) {
     counter!("chatroom_history_pruned_total").increment(count);
+}
+
+/// The room feed's retention deleted `count` events.
+pub fn feed_pruned(count: u64) {
+    counter!("chatroom_room_feed_pruned_total").increment(count);
 }
 
 /// An event to or from the other nodes: `direction` is `out`, `in` or `dropped`.

@@ -5,7 +5,7 @@
 //! rules, encode) and who the caller is; [`routes`] is the service as served (the
 //! streaming calls to [`streams`], the rest to the generated server), under
 //! [`metered`] (a span and metrics for every call); [`streams`] opens Subscribe and
-//! Listen, [`session`] runs one, [`body`] writes its frames, [`work`] runs its
+//! Listen, [`session`] runs one, [`watch_rooms`] serves WatchRooms, [`body`] writes its frames, [`work`] runs its
 //! database work; [`status`] maps every error to its gRPC status; [`codec`] is the
 //! prost codec with small buffers.
 
@@ -16,6 +16,7 @@ pub mod routes;
 pub mod session;
 pub mod status;
 pub mod streams;
+pub mod watch_rooms;
 pub mod work;
 
 use std::sync::Arc;
@@ -37,8 +38,8 @@ pub use session::{SessionLimits, Sessions};
 use status::stream_error;
 use tonic::metadata::MetadataMap;
 
-/// The generated server of the unary calls (`build.rs`; the streaming ones are
-/// [`streams`]).
+/// The generated server of every call but Subscribe and Listen (`build.rs`; those
+/// are [`streams`]).
 pub mod server {
     #![allow(missing_docs, clippy::all)]
     include!(concat!(env!("OUT_DIR"), "/server/chatroom.v1.rs"));
@@ -587,6 +588,19 @@ impl ChatRoomService for ChatRoomApi {
             })
             .collect();
         Ok(Response::new(pb::BroadcastMessageResponse { results }))
+    }
+
+    type WatchRoomsStream = watch_rooms::Watch;
+
+    async fn watch_rooms(
+        &self,
+        request: Request<pb::WatchRoomsRequest>,
+    ) -> Result<Response<watch_rooms::Watch>, Status> {
+        let caller = self.caller(request.metadata()).await?;
+        let after = request.into_inner().after_position;
+        let (caller, slot) = self.stream_slot(caller)?;
+        let watch = watch_rooms::open(&self.sessions, caller, slot, after).await?;
+        Ok(Response::new(watch))
     }
 
     async fn list_messages(

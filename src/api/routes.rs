@@ -1,6 +1,6 @@
-//! The ChatRoomService as it is served: the two streaming calls go to
-//! [`super::streams`], every unary call to the generated server (which `build.rs`
-//! generates for the unary calls alone).
+//! The ChatRoomService as it is served: the two client-streaming calls go to
+//! [`super::streams`], every other call to the generated server (which `build.rs`
+//! generates without those two).
 
 use std::convert::Infallible;
 use std::pin::Pin;

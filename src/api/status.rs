@@ -39,6 +39,8 @@ impl Error {
             Error::MessageNotFound { .. } => (Code::NotFound, "MESSAGE_NOT_FOUND"),
             Error::MessageRecalled { .. } => (Code::FailedPrecondition, "MESSAGE_RECALLED"),
             Error::RecallWindowPassed { .. } => (Code::PermissionDenied, "RECALL_WINDOW_PASSED"),
+            Error::PositionExpired { .. } => (Code::OutOfRange, "POSITION_EXPIRED"),
+            Error::PositionAhead { .. } => (Code::OutOfRange, "POSITION_AHEAD"),
             Error::VersionConflict { .. } => (Code::Aborted, "VERSION_CONFLICT"),
             Error::AlreadyAttached { .. } => (Code::FailedPrecondition, "ALREADY_ATTACHED"),
             Error::NotAttached { .. } => (Code::FailedPrecondition, "NOT_ATTACHED"),
@@ -94,6 +96,8 @@ impl Error {
             | Error::TooManyPendingFrames { limit }
             | Error::TooManyStreams { limit } => vec![("limit", limit.to_string())],
             Error::RequestTooLarge { limit } => vec![("limit", limit.to_string())],
+            Error::PositionExpired { oldest } => vec![("oldest_position", oldest.to_string())],
+            Error::PositionAhead { last } => vec![("last_position", last.to_string())],
             Error::RateLimited { retry_after } => {
                 vec![("retry_after_ms", retry_after.as_millis().to_string())]
             }
@@ -197,9 +201,10 @@ fn until(expires_at_us: Option<i64>) -> String {
 /// A request refused by its size is RESOURCE_EXHAUSTED `REQUEST_TOO_LARGE` with its
 /// `ErrorInfo`, as every other refusal: tonic's decoder says OUT_OF_RANGE, with no
 /// details, and gRPC's own table of codes gives RESOURCE_EXHAUSTED to a message over
-/// the receiver's limit. Nothing of this service answers OUT_OF_RANGE otherwise.
+/// the receiver's limit. The service's own OUT_OF_RANGE (WatchRooms' positions)
+/// always carries its `ErrorInfo`, so a status with details is left as it is.
 pub(super) fn too_large(status: Status, limit: usize) -> Status {
-    if status.code() == Code::OutOfRange {
+    if status.code() == Code::OutOfRange && status.details().is_empty() {
         Status::from(Error::RequestTooLarge { limit })
     } else {
         status

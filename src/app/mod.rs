@@ -221,8 +221,8 @@ impl App {
         }
     }
 
-    /// The tasks every server runs besides its writers: expiry, retention, and
-    /// gauge sampling where metrics are served.
+    /// The tasks every server runs besides its writers: expiry, history and feed
+    /// retention, and gauge sampling where metrics are served.
     fn background(
         config: &Config,
         store: &store::Store,
@@ -236,6 +236,12 @@ impl App {
                 max_age: config.history_retention,
                 max_per_room: config.history_max_per_room,
             },
+            config.clock.clone(),
+            stop.clone(),
+        ));
+        tasks.push(rooms::feed::start_pruning(
+            store.clone(),
+            config.room_feed_retention,
             config.clock.clone(),
             stop.clone(),
         ));

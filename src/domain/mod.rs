@@ -2,6 +2,7 @@
 //! parsed into these once, at the edge (`api/`), so everything inward can trust them;
 //! the store reads rows back into them. Nothing here knows gRPC or SQL.
 //!
+//! - [`feed`] — the room feed's events (WatchRooms);
 //! - [`ids`] — `RoomId`, `UserId`, `Caller`;
 //! - [`room`] — `Room`, its settings, attributes and changes, `DetachReason`;
 //! - [`member`] — `Member`, `Role`;
@@ -12,6 +13,7 @@
 //! - [`dialect`] — which database a `--database-url` names.
 
 pub mod dialect;
+pub mod feed;
 pub mod ids;
 pub mod member;
 pub mod message;
@@ -21,6 +23,7 @@ pub mod text;
 pub mod time;
 
 pub use dialect::Dialect;
+pub use feed::{FeedEntry, FeedEvent, FeedKind};
 pub use ids::*;
 pub use member::*;
 pub use message::*;

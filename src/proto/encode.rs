@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use super::pb;
 use crate::domain::{
-    Ban, DetachReason, Member, MemberEvents, Message, MessageKind, Mute, Role, Room, RoomId,
-    RoomSettings, UnixMicros,
+    Ban, DetachReason, FeedEntry, FeedEvent, FeedKind, Member, MemberEvents, Message, MessageKind,
+    Mute, Role, Room, RoomId, RoomSettings, UnixMicros,
 };
 
 /// What every page token starts with, once base64 is taken off (a version: tokens
@@ -73,13 +73,55 @@ impl From<Member> for pb::Member {
         pb::Member {
             user_id: m.user_id,
             display_name: m.display_name,
-            role: match m.role {
-                Role::Owner => pb::Role::Owner,
-                Role::Member => pb::Role::Member,
-                Role::Moderator => pb::Role::Moderator,
-            } as i32,
+            role: role(m.role) as i32,
             online: m.online,
             joined_at: Some(timestamp(m.joined_at)),
+        }
+    }
+}
+
+fn role(role: Role) -> pb::Role {
+    match role {
+        Role::Owner => pb::Role::Owner,
+        Role::Member => pb::Role::Member,
+        Role::Moderator => pb::Role::Moderator,
+    }
+}
+
+impl From<FeedKind> for pb::RoomFeedEventKind {
+    fn from(kind: FeedKind) -> Self {
+        match kind {
+            FeedKind::Created => pb::RoomFeedEventKind::Created,
+            FeedKind::Updated => pb::RoomFeedEventKind::Updated,
+            FeedKind::Deleted => pb::RoomFeedEventKind::Deleted,
+            FeedKind::Occupied => pb::RoomFeedEventKind::Occupied,
+            FeedKind::Empty => pb::RoomFeedEventKind::Empty,
+            FeedKind::MemberJoined => pb::RoomFeedEventKind::MemberJoined,
+            FeedKind::MemberLeft => pb::RoomFeedEventKind::MemberLeft,
+            FeedKind::MemberKicked => pb::RoomFeedEventKind::MemberKicked,
+            FeedKind::MemberBanned => pb::RoomFeedEventKind::MemberBanned,
+            FeedKind::RoleChanged => pb::RoomFeedEventKind::MemberRoleChanged,
+        }
+    }
+}
+
+impl From<FeedEvent> for pb::RoomFeedEvent {
+    fn from(event: FeedEvent) -> Self {
+        let FeedEntry {
+            room_id,
+            kind,
+            user_id,
+            by,
+            role: member_role,
+        } = event.entry;
+        pb::RoomFeedEvent {
+            position: event.position,
+            kind: pb::RoomFeedEventKind::from(kind) as i32,
+            room_id: room_id.to_string(),
+            user_id,
+            by_user_id: by,
+            role: member_role.map_or(pb::Role::Unspecified, role) as i32,
+            at: Some(timestamp(event.at)),
         }
     }
 }
@@ -268,5 +310,14 @@ mod tests {
         let t = timestamp(UnixMicros(1_700_000_000_123_456));
         assert_eq!(t.seconds, 1_700_000_000);
         assert_eq!(t.nanos, 123_456_000);
+    }
+
+    /// The feed's kinds are stored by number: the contract numbers them the same, so
+    /// a number read from the database means what its name says on the wire.
+    #[test]
+    fn feed_kinds_keep_their_numbers_on_the_wire() {
+        for kind in FeedKind::ALL {
+            assert_eq!(pb::RoomFeedEventKind::from(kind) as i32, kind.number());
+        }
     }
 }

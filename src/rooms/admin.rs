@@ -5,12 +5,15 @@ use std::sync::Arc;
 
 use tokio::sync::Notify;
 
+use super::feed::FeedNews;
 use super::presence::Online;
 use super::rates::Rates;
 use super::readers::Readers;
 use super::{check_in_token, lock_existing, not_found};
 use crate::domain::Clock;
-use crate::domain::{Caller, Member, Page, PageRequest, Room, RoomFilter, RoomId, RoomPatch};
+use crate::domain::{
+    Caller, FeedEntry, FeedKind, Member, Page, PageRequest, Room, RoomFilter, RoomId, RoomPatch,
+};
 use crate::error::{Error, Result};
 use crate::live::Hubs;
 use crate::store::Store;
@@ -29,6 +32,8 @@ pub struct Admin {
     pub(super) deadlines_changed: Arc<Notify>,
     /// When a presence timeout starts.
     pub(super) clock: Clock,
+    /// Where the room feed's watches hear of updates and deletions.
+    pub(super) news: Arc<FeedNews>,
 }
 
 impl Admin {
@@ -118,7 +123,11 @@ impl Admin {
                 tx.offline_since(room_id, now).await?;
             }
             room = tx.update_room(&room, now).await?;
+            let by = caller.user_id.as_str();
+            let updated = FeedEntry::room(room_id, FeedKind::Updated, by);
+            let feed = tx.append_feed(&[updated], now).await?;
             tx.commit().await?;
+            self.news.committed(feed);
             room = self.online.with_presence(room).await;
             self.hubs.room_updated(&room);
             // A new or shorter presence timeout may be due sooner.
@@ -140,7 +149,10 @@ impl Admin {
             });
         }
         tx.delete_room(room_id).await?;
+        let deleted = FeedEntry::room(room_id, FeedKind::Deleted, caller.user_id.as_str());
+        let feed = tx.append_feed(&[deleted], self.clock.now()).await?;
         tx.commit().await?;
+        self.news.committed(feed);
         self.hubs.room_deleted(room_id);
         Ok(())
     }

@@ -12,7 +12,8 @@
 //! one table of who may do what to members in [`authority`]), [`messages::Messages`]
 //! (send, read history, catch up), [`streams::Streams`] (stream slots and access for
 //! Subscribe), [`expiry::Expiry`] (presence timeouts and empty rooms, applied by its
-//! task). They share [`presence::Online`] (who is online, here and in the ledger),
+//! task), [`feed::RoomFeed`] (WatchRooms: the stored feed of every room's lifecycle,
+//! which the writing handles append to in their transactions). They share [`presence::Online`] (who is online, here and in the ledger),
 //! [`readers::Readers`] (who may receive a room) and [`rates`]; the two writers every
 //! change goes through, [`roster`] (membership) and [`sequencer`] (messages), on the
 //! handle they share ([`writer`]); [`retention`] deletes history past its age or
@@ -25,6 +26,7 @@
 pub mod admin;
 pub mod authority;
 pub mod expiry;
+pub mod feed;
 pub mod membership;
 pub mod messages;
 pub mod moderation;
@@ -50,6 +52,7 @@ use crate::live::{Hubs, Presence, PresenceLedger};
 use crate::store::{Store, Tx};
 use admin::Admin;
 use expiry::Expiry;
+use feed::{FeedNews, RoomFeed};
 use membership::Membership;
 pub use messages::{CatchUp, Messages, Sent};
 use moderation::Moderation;
@@ -103,6 +106,7 @@ pub struct Handles {
     pub messages: Messages,
     pub streams: Streams,
     pub expiry: Expiry,
+    pub feed: RoomFeed,
     /// The fan-out hubs (the Subscribe session receives from them).
     hubs: Arc<Hubs>,
     message_limits: MessageLimits,
@@ -131,12 +135,14 @@ impl Rooms {
         admins: impl IntoIterator<Item = String>,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let deadlines_changed = Arc::new(Notify::new());
+        let news = Arc::new(FeedNews::default());
         let (roster, writer) = Roster::start(
             store.clone(),
             live.hubs.clone(),
             deadlines_changed.clone(),
             limits.max_rooms_per_user,
             live.clock.clone(),
+            news.clone(),
         );
         let rates = Arc::new(rates::Rates::new(
             limits.sends,
@@ -166,6 +172,7 @@ impl Rooms {
                 hubs: live.hubs.clone(),
                 online: online.clone(),
                 clock: live.clock.clone(),
+                news: news.clone(),
             },
             admin: Admin {
                 store: store.clone(),
@@ -175,6 +182,7 @@ impl Rooms {
                 readers: readers.clone(),
                 deadlines_changed: deadlines_changed.clone(),
                 clock: live.clock.clone(),
+                news: news.clone(),
             },
             messages: Messages {
                 store: store.clone(),
@@ -188,6 +196,10 @@ impl Rooms {
                 open: Arc::new(streams::OpenStreams::new(limits.max_streams_per_user)),
                 readers,
                 online: online.clone(),
+            },
+            feed: RoomFeed {
+                store: store.clone(),
+                news,
             },
             expiry: Expiry {
                 store,

@@ -19,13 +19,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::authority::{Action, Standing, judge};
+use super::feed::FeedNews;
 use super::presence::Online;
 use super::rates::Rates;
 use super::roster::{Removal, Removed, Roster};
 use super::{check_in_token, lock_existing};
 use crate::domain::{
-    Ban, Caller, Clock, Member, Mute, MutedUntil, Page, PageRequest, Role, Room, RoomId, Sanction,
-    SanctionKind, UserId,
+    Ban, Caller, Clock, FeedEntry, FeedKind, Member, Mute, MutedUntil, Page, PageRequest, Role,
+    Room, RoomId, Sanction, SanctionKind, UserId,
 };
 use crate::error::{Error, Result};
 use crate::live::Hubs;
@@ -44,6 +45,8 @@ pub struct Moderation {
     pub(super) online: Online,
     /// When a room changed, when a ban was made and when it ends.
     pub(super) clock: Clock,
+    /// Where the room feed's watches hear of role and ownership changes.
+    pub(super) news: Arc<FeedNews>,
 }
 
 impl Moderation {
@@ -68,11 +71,15 @@ impl Moderation {
                 "the owner's role changes only with TransferOwnership",
             ));
         }
+        let before = tx.member(room_id, user_id.as_str()).await?.map(|m| m.role);
         let member = tx
             .set_member_role(room_id, user_id.as_str(), role)
             .await?
             .ok_or_else(|| member_not_found(room_id, user_id))?;
+        let changed = (before != Some(role)).then(|| role_changed(room_id, &member, caller));
+        let feed = tx.append_feed(changed.as_slice(), self.clock.now()).await?;
         tx.commit().await?;
+        self.news.committed(feed);
         Ok(member)
     }
 
@@ -90,15 +97,25 @@ impl Moderation {
         if room.owner_id == user_id.as_str() {
             return Ok(room);
         }
-        tx.set_member_role(room_id, user_id.as_str(), Role::Owner)
+        let owner = tx
+            .set_member_role(room_id, user_id.as_str(), Role::Owner)
             .await?
             .ok_or_else(|| member_not_found(room_id, user_id))?;
-        tx.set_member_role(room_id, &room.owner_id, Role::Member)
+        let was_owner = tx
+            .set_member_role(room_id, &room.owner_id, Role::Member)
             .await?;
-        let room = tx
-            .set_owner(room_id, user_id.as_str(), self.clock.now())
-            .await?;
+        let now = self.clock.now();
+        let room = tx.set_owner(room_id, user_id.as_str(), now).await?;
+        let mut feed = vec![role_changed(room_id, &owner, caller)];
+        feed.extend(was_owner.map(|m| role_changed(room_id, &m, caller)));
+        feed.push(FeedEntry::room(
+            room_id,
+            FeedKind::Updated,
+            caller.user_id.as_str(),
+        ));
+        let feed = tx.append_feed(&feed, now).await?;
         tx.commit().await?;
+        self.news.committed(feed);
         let room = self.online.with_presence(room).await;
         self.hubs.room_updated(&room);
         Ok(room)
@@ -299,4 +316,15 @@ fn member_not_found(room_id: &RoomId, user_id: &UserId) -> Error {
         room_id: room_id.to_string(),
         user_id: user_id.to_string(),
     }
+}
+
+/// The feed's event of `member`'s role, as `caller` just set it.
+fn role_changed(room_id: &RoomId, member: &Member, caller: &Caller) -> FeedEntry {
+    FeedEntry::member(
+        room_id,
+        FeedKind::RoleChanged,
+        &member.user_id,
+        caller.user_id.as_str(),
+    )
+    .with_role(member.role)
 }

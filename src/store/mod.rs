@@ -19,7 +19,8 @@
 //! and [`membership`] the batch statements of the two writers' transactions;
 //! [`rooms`] room rows within a transaction; [`presence`] last-seen times and
 //! deadlines; [`history`] where kept history starts and its pruning; [`sanctions`]
-//! bans and mutes; [`postgres`] and [`sqlite`] each dialect's batch statements;
+//! bans and mutes; [`feed`] the room feed WatchRooms reads; [`postgres`] and
+//! [`sqlite`] each dialect's batch statements;
 //! `reach.rs` failing fast while PostgreSQL is unreachable; `rows.rs` rows and their
 //! conversion to domain values.
 
@@ -230,6 +231,7 @@ mod postgres;
 mod reach;
 mod sqlite;
 
+pub mod feed;
 pub mod history;
 pub mod membership;
 pub mod messages;

@@ -310,3 +310,35 @@ pub(super) async fn insert_messages(c: &mut PgConnection, messages: &[&Message])
     .await?;
     Ok(())
 }
+
+/// Appends feed events after the head, moving it on; the last position written.
+/// One statement: the head row's update (which holds it until the commit) and the
+/// insert of every event under the positions it freed.
+pub(super) async fn append_feed(
+    c: &mut PgConnection,
+    entries: &[super::feed::FeedColumns<'_>],
+    at: UnixMicros,
+) -> Result<i64> {
+    let count = i64::try_from(entries.len()).unwrap_or(i64::MAX);
+    let (last,): (i64,) = sqlx::query_as(
+        "WITH head AS ( \
+           UPDATE room_feed_head SET position = position + $1 WHERE id = 1 RETURNING position \
+         ), added AS ( \
+           INSERT INTO room_feed (position, at_us, room_id, kind, user_id, by_user, role) \
+           SELECT head.position - $1 + e.n, $2, e.room_id, e.kind, e.user_id, e.by_user, e.role \
+           FROM head, UNNEST($3::text[], $4::bigint[], $5::text[], $6::text[], $7::bigint[]) \
+             WITH ORDINALITY AS e(room_id, kind, user_id, by_user, role, n) \
+         ) \
+         SELECT position FROM head",
+    )
+    .bind(count)
+    .bind(at.0)
+    .bind(entries.iter().map(|e| e.room_id).collect::<Vec<_>>())
+    .bind(entries.iter().map(|e| e.kind).collect::<Vec<_>>())
+    .bind(entries.iter().map(|e| e.user_id).collect::<Vec<_>>())
+    .bind(entries.iter().map(|e| e.by_user).collect::<Vec<_>>())
+    .bind(entries.iter().map(|e| e.role).collect::<Vec<_>>())
+    .fetch_one(c)
+    .await?;
+    Ok(last)
+}

@@ -292,3 +292,34 @@ pub(super) async fn insert_messages(c: &mut SqliteConnection, messages: &[&Messa
     }
     Ok(())
 }
+
+/// Appends feed events after the head, moving it on; the last position written.
+pub(super) async fn append_feed(
+    c: &mut SqliteConnection,
+    entries: &[super::feed::FeedColumns<'_>],
+    at: UnixMicros,
+) -> Result<i64> {
+    let count = i64::try_from(entries.len()).unwrap_or(i64::MAX);
+    let (last,): (i64,) = sqlx::query_as(
+        "UPDATE room_feed_head SET position = position + $1 WHERE id = 1 RETURNING position",
+    )
+    .bind(count)
+    .fetch_one(&mut *c)
+    .await?;
+    for (position, e) in (last - count + 1..).zip(entries) {
+        sqlx::query(
+            "INSERT INTO room_feed (position, at_us, room_id, kind, user_id, by_user, role) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(position)
+        .bind(at.0)
+        .bind(e.room_id)
+        .bind(e.kind)
+        .bind(e.user_id)
+        .bind(e.by_user)
+        .bind(e.role)
+        .execute(&mut *c)
+        .await?;
+    }
+    Ok(last)
+}

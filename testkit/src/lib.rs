@@ -15,10 +15,12 @@ pub mod calls;
 pub mod certs;
 pub mod pg_cluster;
 pub mod sub;
+pub mod watch;
 
 pub use app::TestApp;
 pub use calls::*;
 pub use sub::{Ev, Sub};
+pub use watch::{Seen, Watch, seen, seen_all};
 
 use std::str::FromStr;
 use std::time::Duration;

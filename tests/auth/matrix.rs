@@ -38,6 +38,7 @@ enum Op {
     RecallMessage,
     EditMessage,
     BroadcastMessage,
+    WatchRooms,
     StreamAttach,
     StreamSend,
     StreamDetach,
@@ -53,7 +54,7 @@ enum Op {
     ListMutes,
 }
 
-const OPS: [Op; 30] = [
+const OPS: [Op; 31] = [
     Op::GetRoom,
     Op::ListRooms,
     Op::ListMyRooms,
@@ -71,6 +72,7 @@ const OPS: [Op; 30] = [
     Op::RecallMessage,
     Op::EditMessage,
     Op::BroadcastMessage,
+    Op::WatchRooms,
     Op::StreamAttach,
     Op::StreamSend,
     Op::StreamDetach,
@@ -115,7 +117,7 @@ fn expected(who: Who, op: Op) -> Option<&'static str> {
         },
         DeleteRoom => (!owner).then_some("NOT_ROOM_OWNER"),
         // Admins only, whatever their standing in the rooms.
-        BroadcastMessage => (who != Who::Admin).then_some("NOT_AN_ADMIN"),
+        BroadcastMessage | WatchRooms => (who != Who::Admin).then_some("NOT_AN_ADMIN"),
         // Moderators too (kicks, bans and mutes aim at `target`, a plain member, and
         // recalls and edits at its message).
         RecallMessage | EditMessage | KickMember | BanMember | UnbanMember | ListBans
@@ -240,6 +242,16 @@ async fn run(client: &mut Client, op: Op, room: &str) -> Result<(), String> {
             })
             .await
             .map(drop),
+        // Opened: its first response says where it starts.
+        Op::WatchRooms => match client
+            .watch_rooms(pb::WatchRoomsRequest {
+                after_position: None,
+            })
+            .await
+        {
+            Ok(watch) => watch.into_inner().message().await.map(drop),
+            Err(status) => Err(status),
+        },
         Op::SetMemberRole => client
             .set_member_role(pb::SetMemberRoleRequest {
                 room_id: id,

@@ -1,7 +1,8 @@
 //! The `rooms` claim: a token limited to some rooms reaches only those, whatever the
 //! call — create, join, enter, switch, leave, read, list members and history, send,
 //! update, delete, attach, send on a stream, and which of the user's rooms it lists
-//! — and whoever holds it, admins included
+//! — and whoever holds it, admins included (an admin's WatchRooms leaves the other
+//! rooms' events out)
 //! (others: PERMISSION_DENIED `ROOM_NOT_IN_TOKEN`, nothing written). A room joined
 //! earlier with a broader token is outside a narrower one too.
 
@@ -237,6 +238,8 @@ async fn an_admin_token_limited_to_some_rooms_administers_only_those(backend: Ba
         json!({"roles": ["admin"], "rooms": ["public-*"]}),
     );
     let mut moderator = server.token_client(&token(&scoped));
+    // Its watch of the room feed, from the start, sees its rooms alone.
+    let mut watch = common::Watch::open(&moderator, Some(0)).await.unwrap();
     let refused = |status: tonic::Status| {
         assert_error(&status, Code::PermissionDenied, "ROOM_NOT_IN_TOKEN");
     };
@@ -322,4 +325,31 @@ async fn an_admin_token_limited_to_some_rooms_administers_only_those(backend: Ba
         .unwrap();
     let gone = common::get_room(&mut owner, "public-1").await.unwrap_err();
     assert_eq!(gone.code(), Code::NotFound);
+
+    use pb::RoomFeedEventKind as K;
+    let mut seen = Vec::new();
+    while seen.len() < 5 {
+        let response = watch.next().await.unwrap();
+        seen.extend(
+            response
+                .events
+                .iter()
+                .map(|e| (e.kind(), e.room_id.clone())),
+        );
+    }
+    let public = |kind| (kind, "public-1".to_string());
+    assert_eq!(
+        seen,
+        [
+            public(K::Created),
+            public(K::MemberJoined),
+            public(K::Occupied),
+            public(K::Updated),
+            public(K::Deleted)
+        ],
+        "private-1's events are left out"
+    );
+    watch
+        .says_nothing_for(std::time::Duration::from_millis(300))
+        .await;
 }

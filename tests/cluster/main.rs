@@ -10,6 +10,7 @@ use chatroom_testkit as common;
 mod admins;
 mod bus;
 mod events;
+mod feed;
 mod hang;
 mod limits;
 mod messages;

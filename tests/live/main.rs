@@ -13,3 +13,4 @@ mod presence;
 mod retention;
 mod room_events;
 mod stream;
+mod watch;

@@ -296,7 +296,7 @@ pub fn run(
                 while let Some(sent) = s.sends.next().await {
                     yield Ok(sent);
                 }
-                yield Err(Status::unavailable("the server is shutting down; reconnect and resume"));
+                yield Err(shutting_down());
                 break;
             }
             if s.work.is_none() {
@@ -393,10 +393,9 @@ impl Session {
             Step::Expired => {
                 // Unary calls with this token are refused from now on; so is the
                 // stream. A client refreshes before `exp` to go on.
-                return Next::End(Some(Status::from(Error::TokenRefused {
-                    reason: "TOKEN_EXPIRED",
-                    description: "the stream's token expired: send refresh_token before its exp, or open a new stream with a fresh token".into(),
-                })));
+                return Next::End(Some(token_expired(
+                    "send refresh_token before its exp, or open a new stream with a fresh token",
+                )));
             }
             Step::Worked(done) => {
                 let work = self.work.take().expect("work in progress");
@@ -442,7 +441,7 @@ impl Session {
 /// with the token is refused (`exp` plus the leeway every check allows is still
 /// accepted, in whole seconds).
 /// The timer runs on the rules' clock.
-fn expiry_timer(caller: &Caller, clock: &Clock) -> Option<Timer> {
+pub(super) fn expiry_timer(caller: &Caller, clock: &Clock) -> Option<Timer> {
     let expires_at = caller.expires_at?;
     let refused_from = expires_at.saturating_add(crate::auth::LEEWAY_SECS + 1);
     let refused_from = UnixMicros(
@@ -456,14 +455,27 @@ fn expiry_timer(caller: &Caller, clock: &Clock) -> Option<Timer> {
 }
 
 /// A token's expiry timer.
-type Timer = Pin<Box<dyn Future<Output = ()> + Send>>;
+pub(super) type Timer = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Resolves when the token's timer fires (pending forever without one).
-async fn expired(expiry: &mut Option<Timer>) {
+pub(super) async fn expired(expiry: &mut Option<Timer>) {
     match expiry {
         Some(timer) => timer.as_mut().await,
         None => std::future::pending().await,
     }
+}
+
+/// How a stream whose token expired ends (`what_to_do`: how the client goes on).
+pub(super) fn token_expired(what_to_do: &str) -> Status {
+    Status::from(Error::TokenRefused {
+        reason: "TOKEN_EXPIRED",
+        description: format!("the stream's token expired: {what_to_do}"),
+    })
+}
+
+/// How a stream ends when the server stops.
+pub(super) fn shutting_down() -> Status {
+    Status::unavailable("the server is shutting down; reconnect and resume")
 }
 
 /// The result of the work in progress (pending forever when there is none: `select!`

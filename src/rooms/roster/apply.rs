@@ -14,10 +14,13 @@ use tokio::sync::{Notify, watch};
 
 use super::rules::{Key, Plan, Rules, key};
 use super::{Change, Create, Job, Joined, Kind, MemberChange, Outcome, Removed, Switched};
-use crate::domain::{Clock, DetachReason, Member, Room, RoomId, SanctionKind, UnixMicros};
+use crate::domain::{
+    Clock, DetachReason, FeedEntry, FeedKind, Member, Room, RoomId, SanctionKind, UnixMicros,
+};
 use crate::error::{Error, Result};
 use crate::live::Hubs;
 use crate::live::hub::Switch;
+use crate::rooms::feed::FeedNews;
 use crate::store::{Store, Tx};
 
 /// What applying a batch needs.
@@ -28,6 +31,8 @@ pub(super) struct Batches {
     pub max_rooms_per_user: u32,
     /// The time of a batch: when members joined, left, went offline.
     pub clock: Clock,
+    /// Where the room feed's watches hear of a batch's events.
+    pub news: Arc<FeedNews>,
 }
 
 /// Writes a batch's plan: a statement each for the whole batch.
@@ -278,6 +283,10 @@ impl Batches {
             .filter(|u| claimed.contains(**u) && !plan.admitted.contains(**u));
         plan.released.extend(unused);
         write(&plan, &mut tx, &rooms, now).await?;
+        // Last before the commit: from here on every other feed writer waits.
+        let feed = tx
+            .append_feed(&super::feed::entries(&outcomes), now)
+            .await?;
 
         // The leavers' streams stop receiving before the commit: the message writer
         // cannot commit into these rooms while this transaction holds them, so every
@@ -289,6 +298,7 @@ impl Batches {
         let result = tx.commit().await;
         let _ = committed.send(Some(result.is_ok()));
         result?;
+        self.news.committed(feed);
         Ok(outcomes)
     }
 
@@ -348,6 +358,7 @@ impl Batches {
             .collect();
         let mut rooms = lock_by_id(&mut tx, &ids).await?;
         let mut outcomes = Vec::with_capacity(changes.len());
+        let mut deleted = Vec::new();
         for change in changes {
             let Change::Destroy { room_id, now } = change else {
                 return Err(Error::Internal("a member change among deletions".into()));
@@ -363,10 +374,13 @@ impl Batches {
             if destroy {
                 tx.delete_room(room_id).await?;
                 rooms.remove(room_id);
+                deleted.push(FeedEntry::room(room_id, FeedKind::Deleted, ""));
             }
             outcomes.push(Ok(Outcome::Destroyed(destroy)));
         }
+        let feed = tx.append_feed(&deleted, self.clock.now()).await?;
         tx.commit().await?;
+        self.news.committed(feed);
         for (change, outcome) in changes.iter().zip(&outcomes) {
             if let (Change::Destroy { room_id, .. }, Ok(Outcome::Destroyed(true))) =
                 (change, outcome)

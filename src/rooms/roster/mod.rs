@@ -9,9 +9,9 @@
 //! ([`apply`], [`rules`]): it creates the rooms CreateRoom and EnterRoom ask for, locks every
 //! room of the batch (in id order, as every transaction locks rooms), checks the rules
 //! against what it read, and writes the whole batch with a few statements — the new
-//! member rows, the removed ones, the users' room counts, and each room's member count
-//! once. After the commit it announces the changes in that same order, and only then
-//! answers.
+//! member rows, the removed ones, the users' room counts, each room's member count
+//! once, and last the batch's events of the room feed ([`feed`]). After the commit
+//! it announces the changes in that same order, and only then answers.
 //!
 //! Why: a join changes its room's row (the member count). With one transaction per
 //! join, each held that row from its update through its commit, so joins into one busy
@@ -25,6 +25,7 @@
 //! so that nothing handed over after one is applied before it.
 
 mod apply;
+mod feed;
 mod rules;
 
 use std::collections::{HashSet, VecDeque};
@@ -157,6 +158,7 @@ impl Roster {
         deadlines_changed: Arc<Notify>,
         max_rooms_per_user: u32,
         clock: Clock,
+        news: Arc<crate::rooms::feed::FeedNews>,
     ) -> (Roster, tokio::task::JoinHandle<()>) {
         let batches = apply::Batches {
             store,
@@ -164,6 +166,7 @@ impl Roster {
             deadlines_changed,
             max_rooms_per_user,
             clock,
+            news,
         };
         let (writer, task) = Writer::start("membership writer", QUEUE, |queue| run(batches, queue));
         (Roster(writer), task)
