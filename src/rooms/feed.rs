@@ -12,6 +12,7 @@
 //! reads next is always the position after the last it read, so it never skips or
 //! repeats one, and a position retention deleted shows as a gap it reports.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -68,11 +69,19 @@ pub struct FeedPage {
 /// The feed's handle.
 #[derive(Clone)]
 pub struct RoomFeed {
-    pub(super) store: Store,
-    pub(super) news: std::sync::Arc<FeedNews>,
+    store: Store,
+    news: Arc<FeedNews>,
 }
 
 impl RoomFeed {
+    /// The feed over `store`, its watches woken by `news`.
+    pub(super) fn new(store: &Store, news: Arc<FeedNews>) -> RoomFeed {
+        RoomFeed {
+            store: store.clone(),
+            news,
+        }
+    }
+
     /// A watch of the feed for `caller` (an admin), from after `after` (`None`: from
     /// the feed's last position now). Refused before anything is sent when `after`
     /// is no longer kept (POSITION_EXPIRED) or not reached yet (POSITION_AHEAD). The

@@ -138,10 +138,9 @@ impl Rooms {
         let news = Arc::new(FeedNews::default());
         let (roster, writer) = Roster::start(
             store.clone(),
-            live.hubs.clone(),
+            &live,
             deadlines_changed.clone(),
             limits.max_rooms_per_user,
-            live.clock.clone(),
             news.clone(),
         );
         let rates = Arc::new(rates::Rates::new(
@@ -155,10 +154,7 @@ impl Rooms {
             tasks: live.tasks,
             deadlines_changed: deadlines_changed.clone(),
         };
-        let readers = Readers {
-            store: store.clone(),
-            clock: live.clock.clone(),
-        };
+        let readers = Readers::new(&store, &live.clock);
         let handles = Handles {
             membership: Membership {
                 roster: roster.clone(),
@@ -197,10 +193,7 @@ impl Rooms {
                 readers,
                 online: online.clone(),
             },
-            feed: RoomFeed {
-                store: store.clone(),
-                news,
-            },
+            feed: RoomFeed::new(&store, news),
             expiry: Expiry {
                 store,
                 roster,

@@ -17,6 +17,15 @@ pub struct Readers {
     pub(super) clock: Clock,
 }
 
+impl Readers {
+    pub(super) fn new(store: &Store, clock: &Clock) -> Readers {
+        Readers {
+            store: store.clone(),
+            clock: clock.clone(),
+        }
+    }
+}
+
 /// What a caller who may receive a room reads of it in one statement.
 #[derive(Clone, Debug)]
 pub struct Reading {

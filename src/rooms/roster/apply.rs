@@ -283,10 +283,20 @@ impl Batches {
             .filter(|u| claimed.contains(**u) && !plan.admitted.contains(**u));
         plan.released.extend(unused);
         write(&plan, &mut tx, &rooms, now).await?;
+        self.commit(tx, &outcomes, now).await?;
+        Ok(outcomes)
+    }
+
+    /// Writes the batch's events to the room feed, detaches the leavers' streams and
+    /// commits.
+    async fn commit(
+        &self,
+        mut tx: Tx,
+        outcomes: &[Result<Outcome>],
+        now: UnixMicros,
+    ) -> Result<()> {
         // Last before the commit: from here on every other feed writer waits.
-        let feed = tx
-            .append_feed(&super::feed::entries(&outcomes), now)
-            .await?;
+        let feed = tx.append_feed(&super::feed::entries(outcomes), now).await?;
 
         // The leavers' streams stop receiving before the commit: the message writer
         // cannot commit into these rooms while this transaction holds them, so every
@@ -294,12 +304,12 @@ impl Batches {
         // commit fail, the streams were detached from a room their user is still in;
         // they may attach again. A switch's streams are told, and stay where they are.)
         let (committed, commit_outcome) = watch::channel(None);
-        self.detach_leavers(&outcomes, &commit_outcome);
+        self.detach_leavers(outcomes, &commit_outcome);
         let result = tx.commit().await;
         let _ = committed.send(Some(result.is_ok()));
         result?;
         self.news.committed(feed);
-        Ok(outcomes)
+        Ok(())
     }
 
     /// Stops the streams of the batch's leavers (a switch's with the room they go to,

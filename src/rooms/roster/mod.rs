@@ -34,11 +34,8 @@ use std::sync::Arc;
 use tokio::sync::{Notify, mpsc};
 
 use super::writer::{self, Writer};
-use crate::domain::{
-    Ban, Clock, DetachReason, Member, NewRoom, Room, RoomId, RoomMove, UnixMicros,
-};
+use crate::domain::{Ban, DetachReason, Member, NewRoom, Room, RoomId, RoomMove, UnixMicros};
 use crate::error::{Error, Result};
-use crate::live::Hubs;
 use crate::store::Store;
 
 /// Most changes applied by one transaction.
@@ -150,22 +147,22 @@ type Job = writer::Job<Change, Outcome>;
 pub struct Roster(Writer<Change, Outcome>);
 
 impl Roster {
-    /// Starts the writer task (returned, for its supervision). Leaves that empty a
-    /// room wake `deadlines_changed` (a destroy-when-empty delay may start).
+    /// Starts the writer task (returned, for its supervision), announcing through
+    /// `live`'s hubs on its clock. Leaves that empty a room wake `deadlines_changed`
+    /// (a destroy-when-empty delay may start); the feed's watches hear from `news`.
     pub fn start(
         store: Store,
-        hubs: Arc<Hubs>,
+        live: &crate::rooms::Parts,
         deadlines_changed: Arc<Notify>,
         max_rooms_per_user: u32,
-        clock: Clock,
         news: Arc<crate::rooms::feed::FeedNews>,
     ) -> (Roster, tokio::task::JoinHandle<()>) {
         let batches = apply::Batches {
             store,
-            hubs,
+            hubs: live.hubs.clone(),
             deadlines_changed,
             max_rooms_per_user,
-            clock,
+            clock: live.clock.clone(),
             news,
         };
         let (writer, task) = Writer::start("membership writer", QUEUE, |queue| run(batches, queue));
