@@ -5,8 +5,8 @@
 //! rules, encode) and who the caller is; [`routes`] is the service as served (the
 //! streaming calls to [`streams`], the rest to the generated server), under
 //! [`metered`] (a span and metrics for every call); [`streams`] opens Subscribe and
-//! Listen, [`session`] runs one, [`watch_rooms`] serves WatchRooms, [`body`] writes its frames, [`work`] runs its
-//! database work; [`status`] maps every error to its gRPC status; [`codec`] is the
+//! Listen, [`session`] runs one, [`watch_rooms`] serves WatchRooms, [`body`] writes
+//! a stream's frames, [`work`] runs its database work; [`status`] maps every error to its gRPC status; [`codec`] is the
 //! prost codec with small buffers.
 
 pub mod body;

@@ -125,9 +125,7 @@ impl Admin {
             room = tx.update_room(&room, now).await?;
             let by = caller.user_id.as_str();
             let updated = FeedEntry::room(room_id, FeedKind::Updated, by);
-            let feed = tx.append_feed(&[updated], now).await?;
-            tx.commit().await?;
-            self.news.committed(feed);
+            self.news.commit(tx, &[updated], now).await?;
             room = self.online.with_presence(room).await;
             self.hubs.room_updated(&room);
             // A new or shorter presence timeout may be due sooner.
@@ -150,9 +148,7 @@ impl Admin {
         }
         tx.delete_room(room_id).await?;
         let deleted = FeedEntry::room(room_id, FeedKind::Deleted, caller.user_id.as_str());
-        let feed = tx.append_feed(&[deleted], self.clock.now()).await?;
-        tx.commit().await?;
-        self.news.committed(feed);
+        self.news.commit(tx, &[deleted], self.clock.now()).await?;
         self.hubs.room_deleted(room_id);
         Ok(())
     }

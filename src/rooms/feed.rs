@@ -19,9 +19,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::Stream;
 
-use crate::domain::{Caller, Clock, FeedEvent};
+use crate::domain::{Caller, Clock, FeedEntry, FeedEvent, UnixMicros};
 use crate::error::{Error, Result};
-use crate::store::Store;
+use crate::store::{Store, Tx};
 
 /// Most events read (and sent) at once.
 const PAGE: u32 = 256;
@@ -46,8 +46,19 @@ impl Default for FeedNews {
 }
 
 impl FeedNews {
-    /// Tells the watches that the feed reached `last` (a commit's `append_feed`).
-    pub fn committed(&self, last: Option<u64>) {
+    /// Commits `tx` with `events` (none: just commits), made at `at`: they are
+    /// appended to the feed as its last statement, as the feed's order requires (see
+    /// `store::feed`), and this node's watches are told once the commit holds. Every
+    /// transaction that writes feed events commits through here.
+    pub async fn commit(&self, mut tx: Tx, events: &[FeedEntry], at: UnixMicros) -> Result<()> {
+        let last = tx.append_feed(events, at).await?;
+        tx.commit().await?;
+        self.committed(last);
+        Ok(())
+    }
+
+    /// Tells the watches that the feed reached `last`.
+    fn committed(&self, last: Option<u64>) {
         if let Some(last) = last {
             self.0.send_if_modified(|head| {
                 let newer = last > *head;

@@ -13,13 +13,14 @@
 //! (send, read history, catch up), [`streams::Streams`] (stream slots and access for
 //! Subscribe), [`expiry::Expiry`] (presence timeouts and empty rooms, applied by its
 //! task), [`feed::RoomFeed`] (WatchRooms: the stored feed of every room's lifecycle,
-//! which the writing handles append to in their transactions). They share [`presence::Online`] (who is online, here and in the ledger),
+//! which the writing handles append to as they commit, through [`feed::FeedNews`]).
+//! They share [`presence::Online`] (who is online, here and in the ledger),
 //! [`readers::Readers`] (who may receive a room) and [`rates`]; the two writers every
 //! change goes through, [`roster`] (membership) and [`sequencer`] (messages), on the
 //! handle they share ([`writer`]); [`retention`] deletes history past its age or
-//! count. Whether this is one node or a node of a
-//! cluster is not asked here: the rules publish through the hubs' broker and write
-//! presence through the ledger they are given ([`Parts`]).
+//! count. Whether this is one node or a node of a cluster is not asked here: the
+//! rules publish through the hubs' broker and write presence through the ledger they
+//! are given ([`Parts`]).
 //!
 //! It imports `domain`, `error`, `live`, `store`, `proto` and `telemetry`.
 

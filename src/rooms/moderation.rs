@@ -77,9 +77,9 @@ impl Moderation {
             .await?
             .ok_or_else(|| member_not_found(room_id, user_id))?;
         let changed = (before != Some(role)).then(|| role_changed(room_id, &member, caller));
-        let feed = tx.append_feed(changed.as_slice(), self.clock.now()).await?;
-        tx.commit().await?;
-        self.news.committed(feed);
+        self.news
+            .commit(tx, changed.as_slice(), self.clock.now())
+            .await?;
         Ok(member)
     }
 
@@ -113,9 +113,7 @@ impl Moderation {
             FeedKind::Updated,
             caller.user_id.as_str(),
         ));
-        let feed = tx.append_feed(&feed, now).await?;
-        tx.commit().await?;
-        self.news.committed(feed);
+        self.news.commit(tx, &feed, now).await?;
         let room = self.online.with_presence(room).await;
         self.hubs.room_updated(&room);
         Ok(room)

@@ -66,8 +66,8 @@ impl<'a> From<&'a FeedEntry> for FeedColumns<'a> {
 impl Tx {
     /// Appends events to the feed at `at`, after everything committed before; the
     /// feed's last position after them (`None`: no events, nothing written). Call it
-    /// last before the commit: from here to the commit, every other feed-writing
-    /// transaction waits.
+    /// last before the commit (`rooms::feed::FeedNews::commit` does): from here to the
+    /// commit, every other feed-writing transaction waits.
     pub async fn append_feed(
         &mut self,
         entries: &[FeedEntry],

@@ -287,17 +287,9 @@ impl Batches {
         Ok(outcomes)
     }
 
-    /// Writes the batch's events to the room feed, detaches the leavers' streams and
-    /// commits.
-    async fn commit(
-        &self,
-        mut tx: Tx,
-        outcomes: &[Result<Outcome>],
-        now: UnixMicros,
-    ) -> Result<()> {
-        // Last before the commit: from here on every other feed writer waits.
-        let feed = tx.append_feed(&super::feed::entries(outcomes), now).await?;
-
+    /// Detaches the leavers' streams, then commits with the batch's events of the
+    /// room feed.
+    async fn commit(&self, tx: Tx, outcomes: &[Result<Outcome>], now: UnixMicros) -> Result<()> {
         // The leavers' streams stop receiving before the commit: the message writer
         // cannot commit into these rooms while this transaction holds them, so every
         // message committed after a leave is published after its detach. (Should the
@@ -305,11 +297,12 @@ impl Batches {
         // they may attach again. A switch's streams are told, and stay where they are.)
         let (committed, commit_outcome) = watch::channel(None);
         self.detach_leavers(outcomes, &commit_outcome);
-        let result = tx.commit().await;
+        let result = self
+            .news
+            .commit(tx, &super::feed::entries(outcomes), now)
+            .await;
         let _ = committed.send(Some(result.is_ok()));
-        result?;
-        self.news.committed(feed);
-        Ok(())
+        result
     }
 
     /// Stops the streams of the batch's leavers (a switch's with the room they go to,
@@ -388,9 +381,7 @@ impl Batches {
             }
             outcomes.push(Ok(Outcome::Destroyed(destroy)));
         }
-        let feed = tx.append_feed(&deleted, self.clock.now()).await?;
-        tx.commit().await?;
-        self.news.committed(feed);
+        self.news.commit(tx, &deleted, self.clock.now()).await?;
         for (change, outcome) in changes.iter().zip(&outcomes) {
             if let (Change::Destroy { room_id, .. }, Ok(Outcome::Destroyed(true))) =
                 (change, outcome)
