@@ -55,6 +55,10 @@ trap '[ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null' EXIT
 start
 run fanout --subscribers 1000 --connections 10 --duration 10 --lead 128
 run fanout --subscribers 1000 --connections 10 --duration 10 --rate 50
+# The realistic rate: 40 messages/s to 1,000 streams (40k deliveries/s); what it
+# costs per delivery is the figure that matters here, not the peak.
+run fanout --subscribers 1000 --connections 10 --duration 10 --rate 40
+run fanout --subscribers 10000 --connections 100 --duration 10 --lead 13
 run ingest --rooms 100 --duration 10
 run ingest --rooms 100 --duration 10 --rate 5000
 run ingest --rooms 100 --duration 10 --unary
@@ -63,3 +67,7 @@ settle
 "$B" --target "$T" --json joins --users 5000 | tail -1 >>"$out"
 start  # idle memory is measured on a fresh process
 run idle --subscribers 10000 --connections 10
+start  # many small rooms, each on a fresh process: memory per live room and stream
+run rooms --rooms 10000 --streams-per-room 1 --connections 100 --rate 1
+start
+run rooms --rooms 1000 --streams-per-room 10 --connections 100 --rate 5

@@ -109,9 +109,9 @@ pub struct Config {
     #[arg(long, env = "CHATROOM_MAX_PAYLOAD_BYTES", default_value_t = 64 * 1024)]
     pub max_payload_bytes: usize,
 
-    /// Events each live room keeps for streams that read slower than it gets them; a
-    /// stream further behind catches up on CHAT from the database (and misses BARRAGE
-    /// and COMMAND).
+    /// Most events each live room keeps for streams that read slower than it gets them
+    /// (each only until every stream read it); a stream further behind catches up on
+    /// CHAT from the database (and misses BARRAGE and COMMAND).
     #[arg(long, env = "CHATROOM_ROOM_BUFFER", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub room_buffer: u32,
 

@@ -44,6 +44,7 @@ async fn every_bench_scenario_runs_clean(backend: Backend) {
     assert_eq!(fanout["delivered"].as_u64().unwrap(), published * 20);
     assert!(fanout["deliveries_per_sec"].as_f64().unwrap() > 0.0);
     assert!(fanout["latency_ms"]["p99"].as_f64().is_some());
+    assert!(fanout["server_cpu_us_per_delivery"].as_f64().unwrap() >= 0.0);
 
     let paced = bench(
         app.server(),
@@ -112,4 +113,44 @@ async fn every_bench_scenario_runs_clean(backend: Backend) {
     assert_eq!(idle["subscribers"].as_u64(), Some(20));
     assert!(idle["server_kib_per_stream"].as_f64().is_some());
     assert!(idle["server_kib_per_stream_after_burst"].as_f64().is_some());
+
+    // Many small rooms: every room's publisher reaches its own streams and no other.
+    let rooms = bench(
+        app.server(),
+        &[
+            "rooms",
+            "--rooms",
+            "5",
+            "--streams-per-room",
+            "3",
+            "--connections",
+            "2",
+            "--rate",
+            "10",
+            "--duration",
+            "1",
+            "--settle",
+            "0",
+            "--server-pid",
+            &pid,
+        ],
+    )
+    .await;
+    assert_eq!(rooms["scenario"], "rooms");
+    let published = rooms["published"].as_u64().unwrap();
+    assert!(
+        (25..=60).contains(&published),
+        "about 10 messages a second in each of 5 rooms, got {published}"
+    );
+    assert_eq!(rooms["delivered"].as_u64(), Some(published * 3));
+    assert_eq!(rooms["lost"].as_u64(), Some(0));
+    assert_eq!(rooms["out_of_order"].as_u64(), Some(0));
+    for figure in [
+        "server_kib_per_room",
+        "server_kib_per_stream",
+        "server_kib_per_room_after_traffic",
+        "server_cpu_us_per_delivery",
+    ] {
+        assert!(rooms[figure].as_f64().is_some(), "{figure} reported");
+    }
 }

@@ -1,7 +1,8 @@
 //! Per-room fan-out.
 //!
 //! Each live room (one with at least one attached stream) has a `Hub`: a
-//! `tokio::sync::broadcast` ring of recent events. Publishing encodes an event once
+//! [`Ring`] of recent events, which holds only what some stream has still to read
+//! (an idle room's ring is empty and holds no storage). Publishing encodes an event once
 //! and puts one shared copy in the ring; every attached stream reads the ring at its
 //! own pace with its own cursor. Nothing is queued per stream, so an idle subscriber
 //! costs a cursor, and a slow one cannot hold the room back: when it falls more than
@@ -34,15 +35,13 @@ use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::broadcast;
 use tokio_stream::Stream;
-use tokio_stream::wrappers::BroadcastStream;
-use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_util::task::TaskTracker;
 
 use super::broker::{Alone, Broker, Relayed, RoomEvent};
 use super::members::{MemberChange, MemberChanges, coalesce, frames};
 use super::mutes::MuteLog;
+use super::ring::{Lagged, Receiver, Ring};
 use crate::domain::{DetachReason, Member, MemberEvents, Message, MutedUntil, Room, RoomId};
 use crate::proto::Frame;
 use crate::proto::encode::event;
@@ -128,7 +127,7 @@ pub enum Event {
 }
 
 struct Hub {
-    sender: broadcast::Sender<Arc<Event>>,
+    sender: Ring<Arc<Event>>,
     /// Member changes waiting for the coalescing window to close.
     pending: Mutex<MemberChanges>,
     /// Large message frames the ring points at, oldest first, within the budget.
@@ -164,7 +163,7 @@ pub struct Hubs {
 /// nobody else receives it, so however a stream ends — or a half-done attach is
 /// abandoned — no hub is left behind.
 pub struct Subscription {
-    events: Option<BroadcastStream<Arc<Event>>>,
+    events: Option<Receiver<Arc<Event>>>,
     hubs: Arc<Hubs>,
     room: Arc<RoomId>,
 }
@@ -177,7 +176,7 @@ impl Subscription {
 }
 
 impl Stream for Subscription {
-    type Item = Result<Arc<Event>, BroadcastStreamRecvError>;
+    type Item = Result<Arc<Event>, Lagged>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         match self.events.as_mut() {
@@ -226,7 +225,7 @@ impl Hubs {
             let mut rooms = self.rooms.lock().expect("hubs lock");
             let hub = rooms.entry(room.clone()).or_insert_with(|| {
                 Arc::new(Hub {
-                    sender: broadcast::channel(self.capacity).0,
+                    sender: Ring::new(self.capacity),
                     pending: Mutex::new(MemberChanges::default()),
                     retained: Mutex::new(Retained::default()),
                     state: Mutex::new(None),
@@ -237,7 +236,7 @@ impl Hubs {
             hub.sender.subscribe()
         };
         Subscription {
-            events: Some(BroadcastStream::new(receiver)),
+            events: Some(receiver),
             hubs: Arc::clone(self),
             room: Arc::new(room.clone()),
         }
@@ -348,9 +347,8 @@ impl Hubs {
                         targets,
                     } => self.deliver(&hub, seq, frame, targets),
                     RoomEvent::Broadcast(frame) => {
-                        if let Ok(streams) = hub.sender.send(Arc::new(Event::Broadcast(frame))) {
-                            crate::telemetry::delivered(streams);
-                        }
+                        let streams = hub.sender.send(Arc::new(Event::Broadcast(frame)));
+                        crate::telemetry::delivered(streams);
                     }
                     RoomEvent::Updated {
                         version,
@@ -396,9 +394,8 @@ impl Hubs {
         };
         hub.highest
             .fetch_max(seq, std::sync::atomic::Ordering::Relaxed);
-        if let Ok(streams) = hub.sender.send(Arc::new(Event::Message { seq, held })) {
-            crate::telemetry::delivered(streams);
-        }
+        let streams = hub.sender.send(Arc::new(Event::Message { seq, held }));
+        crate::telemetry::delivered(streams);
     }
 
     /// How many rooms are live (have a stream attached here).
@@ -425,7 +422,7 @@ impl Hubs {
             .fetch_max(stored, std::sync::atomic::Ordering::Relaxed);
         if before < stored {
             crate::telemetry::bus_gap();
-            let _ = hub.sender.send(Arc::new(Event::Behind { seq: stored }));
+            hub.sender.send(Arc::new(Event::Behind { seq: stored }));
         }
     }
 
@@ -470,7 +467,7 @@ impl Hubs {
     pub fn delete_here(&self, room: &RoomId) {
         let hub = self.rooms.lock().expect("hubs lock").remove(room);
         if let Some(hub) = hub {
-            let _ = hub.sender.send(Arc::new(Event::Deleted));
+            hub.sender.send(Arc::new(Event::Deleted));
         }
     }
 
@@ -508,7 +505,7 @@ impl Hubs {
         switched_to: Option<Switch>,
     ) {
         let Some(hub) = self.hub(room) else { return };
-        let _ = hub.sender.send(Arc::new(Event::Detach {
+        hub.sender.send(Arc::new(Event::Detach {
             user: user.to_string(),
             reason,
             switched_to: switched_to.map(Box::new),
@@ -522,7 +519,7 @@ impl Hubs {
     /// `roles` claim included, and only the stream knows it).
     pub fn detach_non_member_here(&self, room: &RoomId, user: &str) {
         let Some(hub) = self.hub(room) else { return };
-        let _ = hub.sender.send(Arc::new(Event::Detach {
+        hub.sender.send(Arc::new(Event::Detach {
             user: user.to_string(),
             reason: DetachReason::Left,
             switched_to: None,
@@ -605,7 +602,7 @@ fn update(hub: &Hub, state: RoomState) {
         }
         *current = Some(Arc::new(state));
     }
-    let _ = hub.sender.send(Arc::new(Event::Updated { version }));
+    hub.sender.send(Arc::new(Event::Updated { version }));
 }
 
 /// Sends the pending member changes as one frame per run of joins or leaves, here
@@ -618,6 +615,6 @@ fn flush(room_id: &RoomId, hub: &Hub, broker: &dyn Broker) {
     };
     for frame in frames(room_id, coalesce(changes)) {
         broker.publish(room_id, &mut || RoomEvent::Broadcast(frame.clone()));
-        let _ = hub.sender.send(Arc::new(Event::Broadcast(frame)));
+        hub.sender.send(Arc::new(Event::Broadcast(frame)));
     }
 }

@@ -1,5 +1,6 @@
 //! In-memory live state only — no store, no rules: fan-out of events to attached
-//! streams ([`hub`]) of frames encoded once (`proto::Frame`), and presence — which
+//! streams ([`hub`], each room's events in a [`ring`]) of frames encoded once
+//! (`proto::Frame`), and presence — which
 //! users have streams attached to which rooms. Two interfaces face the rest of a
 //! node, each with a single-node and a cluster implementation that the composition
 //! root picks once: the [`Broker`] the hubs publish through besides their own streams,
@@ -19,6 +20,7 @@ pub mod hub;
 pub mod ledger;
 mod members;
 mod mutes;
+pub mod ring;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;

@@ -45,9 +45,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use crate::live::ring::Lagged;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::{Stream, StreamExt, StreamMap};
 use tonic::{Code, Status};
 
@@ -119,7 +119,7 @@ enum Step {
     Expired,
     Worked(std::result::Result<Done, tokio::task::JoinError>),
     Sent(Frame),
-    Room(Arc<RoomId>, Result<Arc<Event>, BroadcastStreamRecvError>),
+    Room(Arc<RoomId>, Result<Arc<Event>, Lagged>),
     Client(Option<std::result::Result<pb::SubscribeRequest, Status>>),
 }
 
@@ -426,7 +426,7 @@ impl Session {
                 );
                 self.follow(&room_id, routed);
             }
-            Step::Room(room_id, Err(BroadcastStreamRecvError::Lagged(missed))) => {
+            Step::Room(room_id, Err(Lagged(missed))) => {
                 crate::telemetry::lagged(missed);
                 // Fell behind the ring: read what it missed from the store, which
                 // also checks that it may still receive the room.

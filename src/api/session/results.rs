@@ -199,7 +199,7 @@ impl Session {
             let key = Arc::clone(key);
             let event = match Pin::new(subscription).poll_next(&mut cx) {
                 std::task::Poll::Ready(Some(Ok(event))) => event,
-                std::task::Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(_)))) => continue,
+                std::task::Poll::Ready(Some(Err(Lagged(_)))) => continue,
                 _ => return,
             };
             let rooms = &self.state.rooms;

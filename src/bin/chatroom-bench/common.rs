@@ -142,8 +142,13 @@ impl CpuMeter {
     }
 
     pub fn percent(&self) -> Option<f64> {
-        let used = cpu_time(self.pid)?.checked_sub(self.start?)?;
+        let used = self.used()?;
         Some(100.0 * used.as_secs_f64() / self.wall.elapsed().as_secs_f64())
+    }
+
+    /// CPU time used since the start.
+    pub fn used(&self) -> Option<Duration> {
+        cpu_time(self.pid)?.checked_sub(self.start?)
     }
 }
 
@@ -201,12 +206,20 @@ impl Report {
 /// server's session — alive after the responses are dropped.
 pub struct Listening {
     pub responses: tonic::Streaming<pb::SubscribeResponse>,
-    _sending: tokio::sync::mpsc::Sender<pb::SubscribeRequest>,
+    sending: tokio::sync::mpsc::Sender<pb::SubscribeRequest>,
 }
 
 impl Listening {
     pub async fn message(&mut self) -> Result<Option<pb::SubscribeResponse>, Status> {
         self.responses.message().await
+    }
+
+    /// Sends one more frame on the stream.
+    pub async fn send(&self, frame: pb::SubscribeRequest) -> Result<(), Error> {
+        self.sending
+            .send(frame)
+            .await
+            .map_err(|_| "the stream's request side is closed".into())
     }
 }
 
@@ -218,7 +231,7 @@ pub async fn listen(client: &mut Client, first: pb::SubscribeRequest) -> Result<
         tokio_stream::once(first).chain(tokio_stream::wrappers::ReceiverStream::new(outbound));
     Ok(Listening {
         responses: client.subscribe(outbound).await?.into_inner(),
-        _sending: sending,
+        sending,
     })
 }
 

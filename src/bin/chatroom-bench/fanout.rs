@@ -95,6 +95,7 @@ pub async fn run(target: &str, args: Fanout, report: &mut Report) -> Result<bool
     let client = common::client(&channels[0], &publisher);
     let (started, sent) = publish(&args, client, &room, &highest).await?;
     drain(&highest, sent, args.subscribers).await;
+    let server_cpu_time: Option<Duration> = server_cpu.iter().map(|m| m.used()).sum();
     let server_cpu: Vec<f64> = server_cpu.into_iter().filter_map(|m| m.percent()).collect();
     let client_cpu = client_cpu.percent();
     let _ = stop_tx.send(true);
@@ -117,6 +118,13 @@ pub async fn run(target: &str, args: Fanout, report: &mut Report) -> Result<bool
     totals.report(report, started, sent);
     if !server_cpu.is_empty() {
         report.set("server_cpu_percent", server_cpu.iter().sum::<f64>());
+    }
+    let measured = totals.received > 0 && !args.server_pids.is_empty();
+    if let Some(used) = server_cpu_time.filter(|_| measured) {
+        report.set(
+            "server_cpu_us_per_delivery",
+            used.as_secs_f64() * 1e6 / totals.received as f64,
+        );
     }
     if server_cpu.len() > 1 {
         report.set("server_cpu_percent_by_node", server_cpu);

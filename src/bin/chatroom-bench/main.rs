@@ -2,14 +2,17 @@
 //!
 //! Scenarios: `fanout` (one room, many streams, one publisher), `ingest` (stored
 //! messages/s over many rooms), `joins` (enter + attach + leave), `idle` (server memory
-//! per attached stream). A table by default; `--json` adds one JSON object as the last
-//! line. A fanout run that loses, duplicates or reorders a message exits non-zero.
+//! per attached stream), `rooms` (many small rooms: memory per live room and per
+//! stream, and the cost of a delivery at a realistic rate). A table by default;
+//! `--json` adds one JSON object as the last line. A fanout or rooms run that loses,
+//! duplicates or reorders a message exits non-zero.
 
 mod common;
 mod fanout;
 mod idle;
 mod ingest;
 mod joins;
+mod rooms;
 
 use clap::{Parser, Subcommand};
 
@@ -44,6 +47,9 @@ enum Scenario {
     Joins(joins::Joins),
     /// The server's resident memory per idle attached stream, and after a burst.
     Idle(idle::Idle),
+    /// R rooms × S streams, a publisher per room at M messages/s: server memory per
+    /// live room and per stream, deliveries/s, latency, server CPU per delivery.
+    Rooms(rooms::Rooms),
 }
 
 #[tokio::main]
@@ -58,6 +64,7 @@ async fn main() -> std::process::ExitCode {
         Scenario::Ingest(args) => ingest::run(&cli.target, args, &mut report).await,
         Scenario::Joins(args) => joins::run(&cli.target, args, &mut report).await,
         Scenario::Idle(args) => idle::run(&cli.target, args, &mut report).await,
+        Scenario::Rooms(args) => rooms::run(&cli.target, args, &mut report).await,
     };
     match outcome {
         Ok(clean) => {
