@@ -8,6 +8,7 @@ use chatroom::Config;
 
 fn main() -> std::process::ExitCode {
     return_large_blocks();
+    return_freed_pages();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -43,6 +44,37 @@ fn return_large_blocks() {
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn return_large_blocks() {}
+
+/// Gives the pages freed inside glibc's heaps back to the system every few seconds.
+///
+/// glibc returns memory only from the top of a heap: a page freed below a block still
+/// in use stays with the process. A burst (every stream sending a few hundred frames,
+/// ten thousand rooms each storing and delivering messages) leaves its freed blocks
+/// spread between the long-lived ones — streams, sessions, hubs — so every idle
+/// stream kept 3–4 KiB more after a burst than before it, and every idle room 6 KiB.
+/// `malloc_trim` walks the free lists of every arena and releases each whole free
+/// page; at most milliseconds every ten seconds, on a thread of its own.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn return_freed_pages() {
+    let trimming = std::thread::Builder::new()
+        .name("malloc-trim".into())
+        .spawn(|| {
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(10));
+                // SAFETY: malloc_trim takes the allocator's own locks; it is safe to
+                // call from any thread at any time.
+                unsafe {
+                    libc::malloc_trim(0);
+                }
+            }
+        });
+    if let Err(error) = trimming {
+        eprintln!("chatroom: freed memory will not be returned periodically: {error}");
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn return_freed_pages() {}
 
 async fn serve() -> std::process::ExitCode {
     match run().await {

@@ -131,6 +131,8 @@ async fn every_bench_scenario_runs_clean(backend: Backend) {
             "1",
             "--settle",
             "0",
+            "--idle-after",
+            "0",
             "--server-pid",
             &pid,
         ],

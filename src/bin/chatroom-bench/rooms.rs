@@ -6,8 +6,8 @@
 //! before any stream, with every stream open but attached to nothing, and with every
 //! stream attached to its room. `server_kib_per_stream` is the second step's growth
 //! per stream (transport and session), `server_kib_per_room` the third's per room
-//! (the room made live, its S attachments included). After the traffic and a
-//! settling pause the third is read again: what a room keeps once it is idle again.
+//! (the room made live, its S attachments included). After the traffic and
+//! `--idle-after` seconds the third is read again: what a room keeps once it is idle.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -43,6 +43,10 @@ pub struct Rooms {
     /// Seconds to wait after each step before reading the server's memory.
     #[arg(long, default_value_t = 3)]
     settle: u64,
+    /// Seconds to stay idle after the traffic before reading the server's memory
+    /// again (the server hands freed pages back to the system every 10 s).
+    #[arg(long, default_value_t = 12)]
+    idle_after: u64,
     /// The server's process id (its memory and CPU are read from /proc).
     #[arg(long)]
     server_pid: u32,
@@ -121,7 +125,7 @@ pub async fn run(target: &str, args: Rooms, report: &mut Report) -> Result<bool,
     let span = started.elapsed().as_secs_f64();
     let used = cpu.used().ok_or("cannot read the server's CPU time")?;
     let received = seen.received.load(Ordering::Relaxed);
-    pause().await;
+    tokio::time::sleep(Duration::from_secs(args.idle_after)).await;
     let after = rss()?;
     streams.abort_all();
 
