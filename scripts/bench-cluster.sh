@@ -6,7 +6,10 @@
 # Usage: scripts/bench-cluster.sh [OUT_FILE]. Uses $BENCH_PG_URL (default
 # postgres://postgres@127.0.0.1:5432), recreating the database chatroom_bench there,
 # and a nats-server of its own on port 50093. Each JSON line gets the CPU use of the
-# nats-server as "nats_cpu_percent" (the nodes' is in "server_cpu_percent_by_node").
+# nats-server as "nats_cpu_percent"; the nodes' is in "server_cpu_percent_by_node",
+# per delivery to each node's own streams in "server_cpu_us_per_delivery_by_node" and
+# per message in "server_cpu_us_per_message_by_node" (the first node stores each
+# message and relays it out, the second takes each in from the bus).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-/dev/stdout}

@@ -98,12 +98,17 @@ async fn the_fanout_bench_runs_clean_across_nodes() {
     .await;
     assert_eq!(report["nodes"], 2);
     assert_eq!(report["connections"], 4);
-    assert_eq!(
-        report["server_cpu_percent_by_node"]
-            .as_array()
-            .map(Vec::len),
-        Some(2)
-    );
+    for figure in [
+        "server_cpu_percent_by_node",
+        "server_cpu_us_per_delivery_by_node",
+        "server_cpu_us_per_message_by_node",
+    ] {
+        assert_eq!(
+            report[figure].as_array().map(Vec::len),
+            Some(2),
+            "{figure}: one figure per node"
+        );
+    }
     let published = report["published"].as_u64().unwrap();
     assert!(published > 0);
     assert_eq!(report["delivered"].as_u64(), Some(published * 20));

@@ -49,6 +49,8 @@ pub struct Fanout {
 
 /// What one subscriber saw.
 struct Seen {
+    /// Which node the stream was on (an index into the targets).
+    node: usize,
     received: u64,
     duplicated: u64,
     out_of_order: u64,
@@ -95,14 +97,17 @@ pub async fn run(target: &str, args: Fanout, report: &mut Report) -> Result<bool
     let client = common::client(&channels[0], &publisher);
     let (started, sent) = publish(&args, client, &room, &highest).await?;
     drain(&highest, sent, args.subscribers).await;
-    let server_cpu_time: Option<Duration> = server_cpu.iter().map(|m| m.used()).sum();
-    let server_cpu: Vec<f64> = server_cpu.into_iter().filter_map(|m| m.percent()).collect();
+    let server_cpu: Vec<(Duration, f64)> = server_cpu
+        .iter()
+        .filter_map(|m| Some((m.used()?, m.percent()?)))
+        .collect();
     let client_cpu = client_cpu.percent();
     let _ = stop_tx.send(true);
 
     let mut totals = Totals {
         latency: common::histogram(),
         received: 0,
+        received_by_node: vec![0; nodes.len()],
         duplicated: 0,
         out_of_order: 0,
         lost: 0,
@@ -116,23 +121,40 @@ pub async fn run(target: &str, args: Fanout, report: &mut Report) -> Result<bool
     report.set("nodes", nodes.len() as u64);
     report.set("connections", (args.connections * nodes.len()) as u64);
     totals.report(report, started, sent);
-    if !server_cpu.is_empty() {
-        report.set("server_cpu_percent", server_cpu.iter().sum::<f64>());
-    }
-    let measured = totals.received > 0 && !args.server_pids.is_empty();
-    if let Some(used) = server_cpu_time.filter(|_| measured) {
-        report.set(
-            "server_cpu_us_per_delivery",
-            used.as_secs_f64() * 1e6 / totals.received as f64,
-        );
-    }
-    if server_cpu.len() > 1 {
-        report.set("server_cpu_percent_by_node", server_cpu);
+    if server_cpu.len() == args.server_pids.len() && !server_cpu.is_empty() {
+        report_server_cpu(report, &server_cpu, &totals, sent);
     }
     if let Some(cpu) = client_cpu {
         report.set("client_cpu_percent", cpu);
     }
     Ok(totals.lost == 0 && totals.duplicated == 0 && totals.out_of_order == 0)
+}
+
+/// The servers' CPU use (each node's time and percentage of one core, in the order of
+/// the targets): in all, per delivery, and with several nodes each node's share —
+/// per delivery to its own streams, and per message published (the first node's
+/// stores each and relays it out; every other's takes each in from the bus).
+fn report_server_cpu(report: &mut Report, cpu: &[(Duration, f64)], totals: &Totals, sent: u64) {
+    let micros = |(used, _): &(Duration, f64)| used.as_secs_f64() * 1e6;
+    let per = |us: f64, n: u64| if n == 0 { 0.0 } else { us / n as f64 };
+    report.set(
+        "server_cpu_percent",
+        cpu.iter().map(|(_, percent)| percent).sum::<f64>(),
+    );
+    let total: f64 = cpu.iter().map(micros).sum();
+    report.set("server_cpu_us_per_delivery", per(total, totals.received));
+    if cpu.len() > 1 {
+        let percent: Vec<f64> = cpu.iter().map(|(_, percent)| *percent).collect();
+        report.set("server_cpu_percent_by_node", percent);
+        let by_delivery: Vec<f64> = cpu
+            .iter()
+            .zip(&totals.received_by_node)
+            .map(|(node, &received)| per(micros(node), received))
+            .collect();
+        report.set("server_cpu_us_per_delivery_by_node", by_delivery);
+        let by_message: Vec<f64> = cpu.iter().map(|node| per(micros(node), sent)).collect();
+        report.set("server_cpu_us_per_message_by_node", by_message);
+    }
 }
 
 /// A [`Subscriber`] for each user, spread over the nodes in turn (and over each
@@ -156,6 +178,7 @@ fn spawn_subscribers(
         attached.push(ready_rx);
         let subscriber = Subscriber {
             index: i,
+            node: i % nodes.len(),
             highest: highest.clone(),
             stop: stop.clone(),
             ready: Some(ready_tx),
@@ -168,6 +191,7 @@ fn spawn_subscribers(
 /// One attached stream, counting what it receives.
 struct Subscriber {
     index: usize,
+    node: usize,
     /// Every subscriber's highest seq; this one's at `index`.
     highest: Arc<Vec<AtomicU64>>,
     stop: tokio::sync::watch::Receiver<bool>,
@@ -185,6 +209,7 @@ impl Subscriber {
         let mut stream = common::listen(&mut client, attach).await?;
         let mut seen_bits: Vec<u64> = Vec::new();
         let mut seen = Seen {
+            node: self.node,
             received: 0,
             duplicated: 0,
             out_of_order: 0,
@@ -327,6 +352,8 @@ async fn drain(highest: &[AtomicU64], sent: u64, subscribers: usize) {
 struct Totals {
     latency: hdrhistogram::Histogram<u64>,
     received: u64,
+    /// What the streams on each node received.
+    received_by_node: Vec<u64>,
     duplicated: u64,
     out_of_order: u64,
     lost: u64,
@@ -354,6 +381,7 @@ impl Totals {
 
     fn add(&mut self, seen: Seen, sent: u64) -> Result<(), Error> {
         self.received += seen.received;
+        self.received_by_node[seen.node] += seen.received;
         self.duplicated += seen.duplicated;
         self.out_of_order += seen.out_of_order;
         self.lost += sent.saturating_sub(seen.received);
