@@ -262,9 +262,24 @@ pub async fn join_all(
     users: &[String],
     parallel: usize,
 ) -> Result<(), Error> {
+    enter_all(
+        channels,
+        users.iter().map(|user| (room, user.as_str())),
+        parallel,
+    )
+    .await
+}
+
+/// Enters each user into its room (creating the rooms), `parallel` at a time, the
+/// calls spread over `channels`.
+pub async fn enter_all<'a>(
+    channels: &[Channel],
+    memberships: impl Iterator<Item = (&'a str, &'a str)>,
+    parallel: usize,
+) -> Result<(), Error> {
     use futures_util::StreamExt;
-    let results: Vec<Result<(), Error>> = futures_util::stream::iter(users.iter().enumerate())
-        .map(|(i, user)| {
+    let results: Vec<Result<(), Error>> = futures_util::stream::iter(memberships.enumerate())
+        .map(|(i, (room, user))| {
             let mut c = client(&channels[i % channels.len()], user);
             let room = room.to_string();
             async move {

@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use futures_util::StreamExt;
 
 use crate::common::{self, Error, Report};
 use chatroom::pb;
@@ -52,6 +51,9 @@ pub struct Rooms {
     server_pid: u32,
 }
 
+/// One signal per stream.
+type Signals = Vec<tokio::sync::oneshot::Receiver<()>>;
+
 /// What every stream saw, together.
 #[derive(Default)]
 struct Seen {
@@ -68,7 +70,10 @@ pub async fn run(target: &str, args: Rooms, report: &mut Report) -> Result<bool,
         .flat_map(|r| (0..args.streams_per_room).map(move |s| (r, s)))
         .map(|(r, s)| (r, user(r, s)))
         .collect();
-    enter_all(&channels, &rooms, &members).await?;
+    let memberships = members
+        .iter()
+        .map(|(r, user)| (rooms[*r].as_str(), user.as_str()));
+    common::enter_all(&channels, memberships, 64).await?;
     let pause = || tokio::time::sleep(Duration::from_secs(args.settle));
     let rss = || common::rss_kib(args.server_pid).ok_or("cannot read the server's memory");
     pause().await;
@@ -77,22 +82,8 @@ pub async fn run(target: &str, args: Rooms, report: &mut Report) -> Result<bool,
     let seen = Arc::new(Seen::default());
     let latency = Arc::new(Mutex::new(common::histogram()));
     let (attach_tx, attach_rx) = tokio::sync::watch::channel(false);
-    let mut streams = tokio::task::JoinSet::new();
-    let mut ready = Vec::new();
-    for (i, (room, user)) in members.iter().enumerate() {
-        let stream = Stream {
-            room: rooms[*room].clone(),
-            seen: seen.clone(),
-            latency: latency.clone(),
-            attach: attach_rx.clone(),
-        };
-        let (open_tx, open_rx) = tokio::sync::oneshot::channel();
-        let (attached_tx, attached_rx) = tokio::sync::oneshot::channel();
-        ready.push((open_rx, attached_rx));
-        let client = common::client(&channels[i % channels.len()], user);
-        streams.spawn(stream.hold(client, open_tx, attached_tx));
-    }
-    let (opened, attached): (Vec<_>, Vec<_>) = ready.into_iter().unzip();
+    let (mut streams, opened, attached) =
+        open_streams(&channels, &rooms, &members, &seen, &latency, &attach_rx);
     wait_all(opened, "a stream failed to open").await?;
     pause().await;
     let open = rss()?;
@@ -124,69 +115,67 @@ pub async fn run(target: &str, args: Rooms, report: &mut Report) -> Result<bool,
     drain(&seen, expected).await;
     let span = started.elapsed().as_secs_f64();
     let used = cpu.used().ok_or("cannot read the server's CPU time")?;
-    let received = seen.received.load(Ordering::Relaxed);
     tokio::time::sleep(Duration::from_secs(args.idle_after)).await;
     let after = rss()?;
     streams.abort_all();
 
+    let received = seen.received.load(Ordering::Relaxed);
+    let out_of_order = seen.out_of_order.load(Ordering::Relaxed);
     report.set("published", sent);
     report.set("delivered", received);
     report.set("lost", expected.saturating_sub(received));
-    report.set("out_of_order", seen.out_of_order.load(Ordering::Relaxed));
+    report.set("out_of_order", out_of_order);
     report.set("deliveries_per_sec", received as f64 / span);
     report.set("server_cpu_percent", 100.0 * used.as_secs_f64() / span);
     if received > 0 {
-        report.set(
-            "server_cpu_us_per_delivery",
-            used.as_secs_f64() * 1e6 / received as f64,
-        );
+        let per_delivery = used.as_secs_f64() * 1e6 / received as f64;
+        report.set("server_cpu_us_per_delivery", per_delivery);
     }
-    report.set(
-        "latency_ms",
-        common::latency_ms(&latency.lock().expect("latency lock")),
-    );
+    let latency = common::latency_ms(&latency.lock().expect("latency lock"));
+    report.set("latency_ms", latency);
     report.set("server_rss_kib_after_traffic", after);
     report.set(
         "server_kib_per_room_after_traffic",
         kib(after, open) / rooms_n,
     );
-    Ok(received == expected && seen.out_of_order.load(Ordering::Relaxed) == 0)
+    Ok(received == expected && out_of_order == 0)
+}
+
+/// Spawns a [`Stream`] for each member, spread over the channels; each says on the
+/// first receivers once it is open and on the second once it attached (which it
+/// does when `attach` turns true).
+fn open_streams(
+    channels: &[tonic::transport::Channel],
+    rooms: &[String],
+    members: &[(usize, String)],
+    seen: &Arc<Seen>,
+    latency: &Arc<Mutex<hdrhistogram::Histogram<u64>>>,
+    attach: &tokio::sync::watch::Receiver<bool>,
+) -> (tokio::task::JoinSet<Result<(), Error>>, Signals, Signals) {
+    let mut streams = tokio::task::JoinSet::new();
+    let (mut opened, mut attached) = (Vec::new(), Vec::new());
+    for (i, (room, user)) in members.iter().enumerate() {
+        let stream = Stream {
+            room: rooms[*room].clone(),
+            seen: seen.clone(),
+            latency: latency.clone(),
+            attach: attach.clone(),
+        };
+        let (open_tx, open_rx) = tokio::sync::oneshot::channel();
+        let (attached_tx, attached_rx) = tokio::sync::oneshot::channel();
+        opened.push(open_rx);
+        attached.push(attached_rx);
+        let client = common::client(&channels[i % channels.len()], user);
+        streams.spawn(stream.hold(client, open_tx, attached_tx));
+    }
+    (streams, opened, attached)
 }
 
 fn kib(after: u64, before: u64) -> f64 {
     after as f64 - before as f64
 }
 
-/// Enters each member into its room (creating the rooms), 64 at a time.
-async fn enter_all(
-    channels: &[tonic::transport::Channel],
-    rooms: &[String],
-    members: &[(usize, String)],
-) -> Result<(), Error> {
-    let results: Vec<Result<(), Error>> = futures_util::stream::iter(members.iter().enumerate())
-        .map(|(i, (room, user))| {
-            let mut c = common::client(&channels[i % channels.len()], user);
-            let room = rooms[*room].clone();
-            async move {
-                c.enter_room(pb::EnterRoomRequest {
-                    room_id: room,
-                    name: "bench".into(),
-                    ..Default::default()
-                })
-                .await?;
-                Ok(())
-            }
-        })
-        .buffer_unordered(64)
-        .collect()
-        .await;
-    results.into_iter().collect()
-}
-
-async fn wait_all(
-    signals: Vec<tokio::sync::oneshot::Receiver<()>>,
-    failed: &'static str,
-) -> Result<(), Error> {
+async fn wait_all(signals: Signals, failed: &'static str) -> Result<(), Error> {
     for signal in signals {
         signal.await.map_err(|_| failed)?;
     }
