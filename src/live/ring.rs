@@ -22,6 +22,7 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
@@ -49,11 +50,19 @@ pub struct Receiver<T> {
     /// Where this receiver's waker is in the waiting list, and for which round of it
     /// (a send empties the list and starts a new round).
     waiting: Option<(u64, usize)>,
+    /// The waker registered there (to tell, without the lock, that it is current).
+    waker: Option<Waker>,
 }
 
 struct Shared<T> {
     state: Mutex<State<T>>,
     capacity: usize,
+    /// The position after the newest event, and the round of waiting, as of the
+    /// last send: a receiver that has read up to `tail` and is registered for
+    /// `round` has nothing to do, and knows it without taking the lock. Written
+    /// under the lock.
+    tail: AtomicU64,
+    round: AtomicU64,
 }
 
 struct State<T> {
@@ -87,6 +96,8 @@ impl<T: Clone> Ring<T> {
                     round: 0,
                 }),
                 capacity: capacity.max(1),
+                tail: AtomicU64::new(0),
+                round: AtomicU64::new(0),
             }),
         }
     }
@@ -99,6 +110,7 @@ impl<T: Clone> Ring<T> {
             shared: Arc::clone(&self.shared),
             next: state.first + state.events.len() as u64,
             waiting: None,
+            waker: None,
         }
     }
 
@@ -123,7 +135,11 @@ impl<T: Clone> Ring<T> {
             } else {
                 None
             };
-            (unread, state.wake_round(), evicted)
+            let tail = state.first + state.events.len() as u64;
+            self.shared.tail.store(tail, Ordering::Release);
+            let wakers = state.wake_round();
+            self.shared.round.store(state.round, Ordering::Release);
+            (unread, wakers, evicted)
         };
         drop(evicted);
         wakers.into_iter().for_each(Waker::wake);
@@ -136,7 +152,9 @@ impl<T> Drop for Ring<T> {
         let wakers = {
             let mut state = self.shared.lock();
             state.closed = true;
-            state.wake_round()
+            let wakers = state.wake_round();
+            self.shared.round.store(state.round, Ordering::Release);
+            wakers
         };
         wakers.into_iter().for_each(Waker::wake);
     }
@@ -174,7 +192,11 @@ impl<T: Clone> Stream for Receiver<T> {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        let mut state = this.shared.lock();
+        if this.waits_already(cx.waker()) {
+            return Poll::Pending;
+        }
+        let shared = Arc::clone(&this.shared);
+        let mut state = shared.lock();
         if this.next < state.first {
             let missed = state.first - this.next;
             this.next = state.first;
@@ -189,27 +211,53 @@ impl<T: Clone> Stream for Receiver<T> {
             if front_read {
                 state.pop_read();
             }
+            // Read up to the newest: wait for the next send now, under this lock,
+            // so that the poll that follows finds nothing new without taking it.
+            if this.next == state.first + state.events.len() as u64 && !state.closed {
+                this.register(&mut state, cx.waker());
+            }
             return Poll::Ready(Some(Ok(value)));
         }
         if state.closed {
             return Poll::Ready(None);
         }
-        // Wait for the next send, registered once per round: a stream polled again
-        // before anything came (a task polls all it waits on when any wakes it)
-        // updates its place instead of taking another.
+        this.register(&mut state, cx.waker());
+        Poll::Pending
+    }
+}
+
+impl<T> Receiver<T> {
+    /// Whether this receiver has read everything sent and `waker` is registered for
+    /// the next send, as far as can be told without the lock (a send under way is
+    /// either seen here or wakes `waker` once done).
+    fn waits_already(&self, waker: &Waker) -> bool {
+        let Some((round, _)) = self.waiting else {
+            return false;
+        };
+        self.shared.round.load(Ordering::Acquire) == round
+            && self.shared.tail.load(Ordering::Acquire) == self.next
+            && self.waker.as_ref().is_some_and(|w| w.will_wake(waker))
+    }
+
+    /// Waits for the next send, registered once per round: a stream polled again
+    /// before anything came (a task polls all it waits on when any wakes it)
+    /// updates its place instead of taking another.
+    fn register(&mut self, state: &mut State<T>, waker: &Waker) {
         let round = state.round;
-        match this.waiting {
+        match self.waiting {
             Some((r, at)) if r == round => {
-                if !state.waiting[at].will_wake(cx.waker()) {
-                    state.waiting[at] = cx.waker().clone();
+                if !state.waiting[at].will_wake(waker) {
+                    state.waiting[at] = waker.clone();
                 }
             }
             _ => {
-                this.waiting = Some((round, state.waiting.len()));
-                state.waiting.push(cx.waker().clone());
+                self.waiting = Some((round, state.waiting.len()));
+                state.waiting.push(waker.clone());
             }
         }
-        Poll::Pending
+        if !self.waker.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            self.waker = Some(waker.clone());
+        }
     }
 }
 
@@ -329,6 +377,25 @@ mod tests {
         assert_eq!(ring.receiver_count(), 1);
         drop(a);
         assert_eq!(ring.receiver_count(), 0);
+    }
+
+    /// Registered first from one context (an attach's check polls with a waker of
+    /// its own), then waited on by a task: the task's waker replaces the first, so
+    /// the send wakes the task.
+    #[tokio::test]
+    async fn a_receiver_polled_by_another_task_is_woken_there() {
+        let ring = Ring::new(4);
+        let mut a = ring.subscribe();
+        assert_eq!(
+            ready(&mut a),
+            None,
+            "registered with a waker that does nothing"
+        );
+        let reader = tokio::spawn(async move { a.next().await });
+        tokio::task::yield_now().await;
+        ring.send(9u32);
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), reader).await;
+        assert_eq!(got.expect("woken").expect("joined"), Some(Ok(9)));
     }
 
     #[tokio::test]
