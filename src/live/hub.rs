@@ -2,13 +2,14 @@
 //!
 //! Each live room (one with at least one attached stream) has a `Hub`: a
 //! [`Ring`] of recent events, which holds only what some stream has still to read
-//! (an idle room's ring is empty and holds no storage). Publishing encodes an event once
-//! and puts one shared copy in the ring; every attached stream reads the ring at its
-//! own pace with its own cursor. Nothing is queued per stream, so an idle subscriber
-//! costs a cursor, and a slow one cannot hold the room back: when it falls more than
-//! the ring's length behind, its next read reports how far it lagged, and the stream
-//! catches up on stored (CHAT) messages from the database by seq. Unstored kinds
-//! (BARRAGE, COMMAND) are simply gone for it — the first thing dropped under load.
+//! (an idle room's ring is empty and holds no storage). Publishing encodes an event
+//! once and puts one shared copy in the ring; every attached stream reads the ring at
+//! its own pace with its own cursor. Nothing is queued per stream, so an idle
+//! subscriber costs a cursor, and a slow one cannot hold the room back: when it falls
+//! more than the ring's length behind, its next read reports how far it lagged, and
+//! the stream catches up on stored (CHAT) messages from the database by seq. Unstored
+//! kinds (BARRAGE, COMMAND) are simply gone for it — the first thing dropped under
+//! load.
 //!
 //! Member join/leave events are coalesced ([`super::members`]): changes within
 //! `Hubs::coalesce_window` go out as one `MembersJoined`/`MembersLeft` frame per run

@@ -57,10 +57,10 @@ pub struct Receiver<T> {
 struct Shared<T> {
     state: Mutex<State<T>>,
     capacity: usize,
-    /// The position after the newest event, and the round of waiting, as of the
-    /// last send: a receiver that has read up to `tail` and is registered for
-    /// `round` has nothing to do, and knows it without taking the lock. Written
-    /// under the lock.
+    /// The position after the newest event, and the round of waiting (ended by each
+    /// send): a receiver that has read up to `tail` and is registered for `round`
+    /// has nothing to do, and knows it without taking the lock. Written only under
+    /// the lock, so read there they are exact.
     tail: AtomicU64,
     round: AtomicU64,
 }
@@ -73,7 +73,6 @@ struct State<T> {
     closed: bool,
     /// The wakers of receivers that read everything, in this round.
     waiting: Vec<Waker>,
-    round: u64,
 }
 
 struct Slot<T> {
@@ -93,7 +92,6 @@ impl<T: Clone> Ring<T> {
                     receivers: 0,
                     closed: false,
                     waiting: Vec::new(),
-                    round: 0,
                 }),
                 capacity: capacity.max(1),
                 tail: AtomicU64::new(0),
@@ -137,9 +135,7 @@ impl<T: Clone> Ring<T> {
             };
             let tail = state.first + state.events.len() as u64;
             self.shared.tail.store(tail, Ordering::Release);
-            let wakers = state.wake_round();
-            self.shared.round.store(state.round, Ordering::Release);
-            (unread, wakers, evicted)
+            (unread, self.shared.end_round(&mut state), evicted)
         };
         drop(evicted);
         wakers.into_iter().for_each(Waker::wake);
@@ -152,9 +148,7 @@ impl<T> Drop for Ring<T> {
         let wakers = {
             let mut state = self.shared.lock();
             state.closed = true;
-            let wakers = state.wake_round();
-            self.shared.round.store(state.round, Ordering::Release);
-            wakers
+            self.shared.end_round(&mut state)
         };
         wakers.into_iter().for_each(Waker::wake);
     }
@@ -164,16 +158,22 @@ impl<T> Shared<T> {
     fn lock(&self) -> std::sync::MutexGuard<'_, State<T>> {
         self.state.lock().expect("ring lock")
     }
+
+    /// The round of waiting now (call with the lock held).
+    fn round(&self) -> u64 {
+        self.round.load(Ordering::Relaxed)
+    }
+
+    /// Ends the round of waiting (with the lock held as `state`): returns its
+    /// wakers, to wake outside the lock.
+    fn end_round(&self, state: &mut State<T>) -> Vec<Waker> {
+        self.round.fetch_add(1, Ordering::Release);
+        let next = Vec::with_capacity(state.waiting.len());
+        std::mem::replace(&mut state.waiting, next)
+    }
 }
 
 impl<T> State<T> {
-    /// Ends the round of waiting: returns its wakers (to wake outside the lock).
-    fn wake_round(&mut self) -> Vec<Waker> {
-        self.round += 1;
-        let next = Vec::with_capacity(self.waiting.len());
-        std::mem::replace(&mut self.waiting, next)
-    }
-
     /// Drops the events at the front that every receiver read, and the storage once
     /// nothing is left.
     fn pop_read(&mut self) {
@@ -243,7 +243,7 @@ impl<T> Receiver<T> {
     /// before anything came (a task polls all it waits on when any wakes it)
     /// updates its place instead of taking another.
     fn register(&mut self, state: &mut State<T>, waker: &Waker) {
-        let round = state.round;
+        let round = self.shared.round();
         match self.waiting {
             Some((r, at)) if r == round => {
                 if !state.waiting[at].will_wake(waker) {
@@ -272,7 +272,7 @@ impl<T> Drop for Receiver<T> {
         state.pop_read();
         // Let go of the task this receiver would have woken.
         if let Some((round, at)) = self.waiting
-            && round == state.round
+            && round == self.shared.round()
         {
             state.waiting[at] = Waker::noop().clone();
         }

@@ -45,7 +45,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::live::ring::Lagged;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::{Stream, StreamExt, StreamMap};
@@ -57,6 +56,7 @@ use crate::domain::{Caller, Clock, RoomId, UnixMicros};
 use crate::error::{Error, Result};
 use crate::live::Event;
 use crate::live::hub::{Subscription, Switch};
+use crate::live::ring::Lagged;
 use crate::proto::Frame;
 use crate::proto::decode;
 use crate::proto::pb;

@@ -152,6 +152,31 @@ impl CpuMeter {
     }
 }
 
+/// Waits until `count` reaches `target`: at most `limit`, and no longer than `stall`
+/// without it moving (a run that lost messages ends its drain there).
+pub async fn wait_for_count(
+    count: impl Fn() -> u64,
+    target: u64,
+    limit: Duration,
+    stall: Duration,
+) {
+    let started = std::time::Instant::now();
+    let (mut last, mut last_progress) = (0, std::time::Instant::now());
+    while started.elapsed() < limit {
+        let now = count();
+        if now >= target {
+            return;
+        }
+        if now != last {
+            last = now;
+            last_progress = std::time::Instant::now();
+        } else if last_progress.elapsed() > stall {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A latency histogram in microseconds (1 µs to 1 h, 3 significant figures).
 pub fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds")

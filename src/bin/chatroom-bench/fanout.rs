@@ -327,25 +327,14 @@ async fn publish(
 /// Waits for every subscriber to see all `sent` messages: at most 5 s, ending after
 /// 1 s without progress.
 async fn drain(highest: &[AtomicU64], sent: u64, subscribers: usize) {
-    let drain_start = Instant::now();
-    let mut last_total = 0;
-    let mut last_progress = Instant::now();
-    while drain_start.elapsed() < Duration::from_secs(5) {
-        let total: u64 = highest
+    let seen = || {
+        highest
             .iter()
             .map(|h| h.load(Ordering::Relaxed).min(sent))
-            .sum();
-        if total == sent * subscribers as u64 {
-            break;
-        }
-        if total != last_total {
-            last_total = total;
-            last_progress = Instant::now();
-        } else if last_progress.elapsed() > Duration::from_secs(1) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+            .sum()
+    };
+    let all = sent * subscribers as u64;
+    common::wait_for_count(seen, all, Duration::from_secs(5), Duration::from_secs(1)).await;
 }
 
 /// What every subscriber saw, together.

@@ -65,10 +65,9 @@ pub async fn run(target: &str, args: Rooms, report: &mut Report) -> Result<bool,
     let id = common::run_id();
     let channels = common::connect(target, args.connections).await?;
     let rooms: Vec<String> = (0..args.rooms).map(|r| format!("r{id}-{r}")).collect();
-    let user = |room: usize, s: usize| format!("r{id}-{room}-{s}");
     let members: Vec<(usize, String)> = (0..args.rooms)
         .flat_map(|r| (0..args.streams_per_room).map(move |s| (r, s)))
-        .map(|(r, s)| (r, user(r, s)))
+        .map(|(r, s)| (r, member(&rooms[r], s)))
         .collect();
     let memberships = members
         .iter()
@@ -171,6 +170,11 @@ fn open_streams(
     (streams, opened, attached)
 }
 
+/// A room's `s`th member (the 0th publishes).
+fn member(room: &str, s: usize) -> String {
+    format!("{room}-{s}")
+}
+
 fn kib(after: u64, before: u64) -> f64 {
     after as f64 - before as f64
 }
@@ -252,8 +256,7 @@ async fn publish_all(
     let failed = Arc::new(AtomicBool::new(false));
     let mut publishers = tokio::task::JoinSet::new();
     for (r, room) in rooms.iter().enumerate() {
-        let user = format!("{room}-0");
-        let mut client = common::client(&channels[r % channels.len()], &user);
+        let mut client = common::client(&channels[r % channels.len()], &member(room, 0));
         let room = room.clone();
         let size = args.size;
         let offset = period.mul_f64(r as f64 / rooms.len() as f64);
@@ -285,20 +288,7 @@ async fn publish_all(
 /// Waits until the streams received `expected` messages: at most 10 s, ending after
 /// 2 s without progress.
 async fn drain(seen: &Seen, expected: u64) {
-    let started = Instant::now();
-    let mut last = 0;
-    let mut last_progress = Instant::now();
-    while started.elapsed() < Duration::from_secs(10) {
-        let received = seen.received.load(Ordering::Relaxed);
-        if received >= expected {
-            return;
-        }
-        if received != last {
-            last = received;
-            last_progress = Instant::now();
-        } else if last_progress.elapsed() > Duration::from_secs(2) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let received = || seen.received.load(Ordering::Relaxed);
+    let (limit, stall) = (Duration::from_secs(10), Duration::from_secs(2));
+    common::wait_for_count(received, expected, limit, stall).await;
 }
