@@ -30,8 +30,10 @@
 //!   OTLP with `--otlp-endpoint`) and Prometheus metrics, each metric named once.
 //! - [`web`]: what browsers need — gRPC-Web on the same port, CORS for
 //!   `--cors-origins` (pages receive with the server-streaming `Listen`).
-//! - [`transport`]: accepted connections, closed when one of their Subscribe streams
-//!   stays unread (`--stalled-stream-timeout`).
+//! - [`transport`]: the accept loop and one task per connection that runs all of its
+//!   streams, so a room event leaves each connection in one write; connections are
+//!   closed when one of their Subscribe streams stays unread
+//!   (`--stalled-stream-timeout`).
 //! - [`tls`]: TLS and mTLS on the listener — a handshake task per connection with a
 //!   deadline, certificates reloaded on SIGHUP.
 //! - [`api`]: the gRPC layer only — identity, the unary handlers, the service as

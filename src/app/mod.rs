@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 use tonic_health::ServingStatus;
 use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::HealthService;
+use tower_layer::Layer;
 
 use crate::config::Config;
 use crate::{api, auth, health, live, rooms, store, telemetry, tls, transport, web};
@@ -260,8 +261,8 @@ impl App {
     /// calls finish, stops every task and closes the database.
     ///
     /// Shutdown order: stop accepting and tell Subscribe streams to end (they answer
-    /// their sends in flight, then end with UNAVAILABLE); tonic waits for in-flight
-    /// calls; then the writers store what they were handed and the store closes.
+    /// their sends in flight, then end with UNAVAILABLE); `transport::serve` waits for
+    /// in-flight calls; then the writers store what they were handed and the store closes.
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -296,41 +297,32 @@ impl App {
         };
         // Browsers: gRPC-Web (HTTP/1.1 or HTTP/2) on the same port, translated to gRPC
         // before any service sees it, behind CORS for the pages of `--cors-origins`.
-        let router = server(&config)
-            .layer(cors)
-            .layer(tonic_web::GrpcWebLayer::new())
-            .add_service(health_service)
+        let routes = tonic::service::Routes::new(health_service)
             .add_service(reflection().build_v1()?)
             .add_service(reflection().build_v1alpha()?)
-            .add_service(service);
+            .add_service(service)
+            .prepare();
+        let service = cors.layer(tonic_web::GrpcWebLayer::new().layer(routes));
         // A live client that does not read a stream is not reaped by keepalive (its
         // HTTP/2 layer answers pings): `transport` closes its connection instead.
         let stall_after = (config.stalled_stream_timeout_secs > 0)
             .then(|| Duration::from_secs(config.stalled_stream_timeout_secs));
-        let served = match tls {
+        let settings = settings(&config);
+        match tls {
             None => {
-                router
-                    .serve_with_incoming_shutdown(
-                        transport::incoming(listener, stall_after),
-                        shutdown,
-                    )
-                    .await
+                let incoming = transport::incoming(listener, stall_after);
+                transport::serve(service, incoming, settings, shutdown).await;
             }
             Some(tls) => {
                 let reload = tls::reload_on_sighup(tls.clone(), stop_signal);
                 tasks.aborted.push(tokio::spawn(reload));
-                router
-                    .serve_with_incoming_shutdown(
-                        tls::incoming(listener, tls, stall_after),
-                        shutdown,
-                    )
-                    .await
+                let incoming = tls::incoming(listener, tls, stall_after);
+                transport::serve(service, incoming, settings, shutdown).await;
             }
-        };
+        }
         let essential = tasks.finish().await;
         store.close().await;
         tracing::info!("chatroom stopped");
-        served?;
         essential
     }
 }
@@ -355,14 +347,13 @@ impl Tasks {
 /// The gRPC server's HTTP/2 settings. Keepalive reaps connections whose client
 /// vanished without closing them (power loss, a NAT that forgot the mapping):
 /// nothing else would end their streams.
-fn server(config: &Config) -> tonic::transport::Server {
-    let keepalive = (config.keepalive_interval_secs > 0)
-        .then(|| Duration::from_secs(config.keepalive_interval_secs));
-    tonic::transport::Server::builder()
-        .accept_http1(true)
-        .max_concurrent_streams(Some(config.max_streams_per_connection))
-        .http2_keepalive_interval(keepalive)
-        .http2_keepalive_timeout(Some(Duration::from_secs(config.keepalive_timeout_secs)))
+fn settings(config: &Config) -> transport::Settings {
+    transport::Settings {
+        max_streams_per_connection: config.max_streams_per_connection,
+        keepalive_interval: (config.keepalive_interval_secs > 0)
+            .then(|| Duration::from_secs(config.keepalive_interval_secs)),
+        keepalive_timeout: Duration::from_secs(config.keepalive_timeout_secs),
+    }
 }
 
 /// Reflection over every served type: the contract, health, and `google.rpc` error

@@ -28,7 +28,6 @@ use std::time::{Duration, Instant};
 
 use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tonic::transport::server::Connected;
 
 /// One accepted connection's state: whether it was closed, and its streams' progress.
 pub struct Connection {
@@ -45,8 +44,8 @@ struct Streams {
     watched: bool,
 }
 
-/// The connection a request came on, as tonic hands it to the service (in the
-/// request's extensions).
+/// The connection a request came on, as [`super::serve`] hands it to the service (in
+/// the request's extensions).
 #[derive(Clone)]
 pub struct ConnectionInfo(pub Arc<Connection>);
 
@@ -253,17 +252,15 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Guarded<IO> {
     }
 }
 
-impl<IO> Connected for Guarded<IO> {
-    type ConnectInfo = ConnectionInfo;
-
-    fn connect_info(&self) -> ConnectionInfo {
+impl<IO> Guarded<IO> {
+    /// What the connection's requests carry in their extensions.
+    pub fn info(&self) -> ConnectionInfo {
         ConnectionInfo(self.connection.clone())
     }
 }
 
 /// Accepted connections with Nagle's algorithm off: acks and events are small frames
-/// that must leave at once, not wait for more bytes (tonic's own `tcp_nodelay` applies
-/// only to listeners it binds itself).
+/// that must leave at once, not wait for more bytes.
 pub fn incoming(
     listener: tokio::net::TcpListener,
     stall_after: Option<Duration>,
