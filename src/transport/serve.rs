@@ -55,16 +55,24 @@ pub struct Settings {
     pub keepalive_timeout: Duration,
 }
 
-/// Serves `service` on every connection `incoming` yields until `shutdown`
-/// completes; then stops accepting (the listener closes at once), asks every
-/// connection to finish gracefully (HTTP/2 GOAWAY: calls in flight finish, no new
-/// ones start) and returns once they all have.
-pub async fn serve<S, B, IO>(
-    service: S,
-    incoming: impl Stream<Item = io::Result<Guarded<IO>>>,
-    settings: Settings,
-    shutdown: impl Future<Output = ()>,
-) where
+/// The service every call goes to, as the connections serve it (one name for the
+/// bounds that [`serve`], each connection and [`Handlers`] share).
+pub trait Calls:
+    tower_service::Service<
+        http::Request<Body>,
+        Response = http::Response<Self::Answer>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+    /// The answer's body.
+    type Answer: http_body::Body<Data = bytes::Bytes, Error: Into<BoxError>> + Send + 'static;
+}
+
+impl<S, B> Calls for S
+where
     S: tower_service::Service<
             http::Request<Body>,
             Response = http::Response<B>,
@@ -75,6 +83,20 @@ pub async fn serve<S, B, IO>(
     S::Future: Send + 'static,
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
+{
+    type Answer = B;
+}
+
+/// Serves `service` on every connection `incoming` yields until `shutdown`
+/// completes; then stops accepting (the listener closes at once), asks every
+/// connection to finish gracefully (HTTP/2 GOAWAY: calls in flight finish, no new
+/// ones start) and returns once they all have.
+pub async fn serve<S: Calls, IO>(
+    service: S,
+    incoming: impl Stream<Item = io::Result<Guarded<IO>>>,
+    settings: Settings,
+    shutdown: impl Future<Output = ()>,
+) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     // Every connection holds a receiver: the sender's `closed` is "all have ended".
@@ -107,22 +129,12 @@ pub async fn serve<S, B, IO>(
 
 /// Serves one connection until it closes (or, after `stop` changes, until its calls
 /// in flight have finished).
-async fn connection<S, B, IO>(
+async fn connection<S: Calls, IO>(
     io: Guarded<IO>,
     service: S,
     settings: Settings,
     mut stop: watch::Receiver<()>,
 ) where
-    S: tower_service::Service<
-            http::Request<Body>,
-            Response = http::Response<B>,
-            Error = Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut streams = Streams::default();
@@ -328,21 +340,10 @@ struct Handlers<S> {
 /// hyper's own service trait, not tower's through `TowerToHyperService`: that keeps
 /// the service and the request inside each stream's future for as long as the
 /// stream lives (0.5 KiB per idle stream); here they move into the handler's task.
-impl<S, B> hyper::service::Service<http::Request<Incoming>> for Handlers<S>
-where
-    S: tower_service::Service<
-            http::Request<Body>,
-            Response = http::Response<B>,
-            Error = Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: Send + 'static,
-{
-    type Response = http::Response<B>;
+impl<S: Calls> hyper::service::Service<http::Request<Incoming>> for Handlers<S> {
+    type Response = http::Response<S::Answer>;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<http::Response<B>, BoxError>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
 
     fn call(&self, mut request: http::Request<Incoming>) -> Self::Future {
         request.extensions_mut().insert(self.connection.clone());
