@@ -40,7 +40,8 @@
 //!   served ([`api::routes`]) under one span-and-metrics layer ([`api::metered`]),
 //!   Subscribe and Listen opened once ([`api::streams`]), the session loop
 //!   ([`api::session`]), its body, which writes pre-encoded frames to HTTP/2
-//!   ([`api::body`]), the tasks a stream's database work runs on ([`api::work`]:
+//!   ([`api::body`]), polled only when something it waits on woke it (`api::gate`),
+//!   the tasks a stream's database work runs on ([`api::work`]:
 //!   never inside the session, which runs only while its client reads) and the
 //!   server's codec (which answers undecodable messages INVALID_ARGUMENT).
 //! - [`domain`]: the types every layer imports — ids, rooms, members, messages, pages —

@@ -17,6 +17,7 @@ use bytes::{Bytes, BytesMut};
 use tokio_stream::Stream;
 use tonic::Status;
 
+use super::gate::Gated;
 use crate::proto::Frame;
 use crate::transport::Progress;
 
@@ -25,7 +26,11 @@ const GATHER_LIMIT: usize = 16 * 1024;
 
 /// The response body: the session's frames, then its status as trailers.
 pub struct FrameBody<S: ?Sized> {
-    frames: Pin<Box<S>>,
+    /// Polled only when something the session waits on woke it: h2 wakes a stream's
+    /// task each time it takes one of its frames, and hyper polls the body again after
+    /// each frame on its own; both would otherwise run the whole session to find
+    /// nothing (two of its four polls per delivery at a low rate).
+    frames: Gated<Pin<Box<S>>>,
     /// How the stream ended, when that was learnt while gathering: sent as trailers
     /// after what was gathered.
     end: Option<Status>,
@@ -43,7 +48,7 @@ impl<S: ?Sized> FrameBody<S> {
     pub fn new(frames: Pin<Box<S>>, progress: Option<Arc<Progress>>, span: tracing::Span) -> Self {
         crate::telemetry::streams_open(1.0);
         FrameBody {
-            frames,
+            frames: Gated::new(frames),
             end: None,
             done: false,
             progress,
@@ -105,7 +110,7 @@ where
         if let Some(status) = self.end.take() {
             return Poll::Ready(Some(Ok(self.finish(&status))));
         }
-        let first = match ready!(self.frames.as_mut().poll_next(cx)) {
+        let first = match ready!(Pin::new(&mut self.frames).poll_next(cx)) {
             Some(Ok(frame)) => frame.into_wire(),
             Some(Err(status)) => return Poll::Ready(Some(Ok(self.finish(&status)))),
             None => return Poll::Ready(Some(Ok(self.finish(&Status::ok(""))))),
@@ -114,7 +119,7 @@ where
         // of one per message), in a buffer freed once written.
         let mut gathered: Option<BytesMut> = None;
         while gathered.as_ref().map_or(first.len(), BytesMut::len) < GATHER_LIMIT {
-            match self.frames.as_mut().poll_next(cx) {
+            match Pin::new(&mut self.frames).poll_next(cx) {
                 Poll::Ready(Some(Ok(next))) => {
                     let buf = gathered.get_or_insert_with(|| {
                         let mut buf = BytesMut::with_capacity(

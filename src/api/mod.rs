@@ -11,6 +11,7 @@
 
 pub mod body;
 pub mod codec;
+mod gate;
 pub mod metered;
 pub mod routes;
 pub mod session;
