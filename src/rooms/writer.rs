@@ -53,9 +53,6 @@ impl<C: Send + 'static, A: Send + 'static> Writer<C, A> {
         (Writer { name, jobs }, task)
     }
 
-    /// Hands a change over, in the order of calls; the returned [`Answer`] resolves
-    /// once the writer applied it. Fails with UNAVAILABLE once the writer is gone
-    /// (the server is shutting down).
     /// Hands over several changes back to back, so that the writer finds them
     /// together (one batch, while they fit in one); an answer each, in order.
     pub async fn hand_over_all(&self, changes: Vec<C>) -> Result<Vec<Answer<A>>> {
@@ -78,6 +75,9 @@ impl<C: Send + 'static, A: Send + 'static> Writer<C, A> {
             .collect())
     }
 
+    /// Hands a change over, in the order of calls; the returned [`Answer`] resolves
+    /// once the writer applied it. Fails with UNAVAILABLE once the writer is gone
+    /// (the server is shutting down).
     pub async fn hand_over(&self, change: C) -> Result<Answer<A>> {
         let (answer, answered) = oneshot::channel();
         self.jobs
