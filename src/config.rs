@@ -45,6 +45,13 @@ pub struct Config {
     #[arg(long, env = "CHATROOM_DB_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
     pub db_pool_size: u32,
 
+    /// PostgreSQL: message writers, each storing the messages of its share of the
+    /// rooms in its own transactions, so that one commits while the next is being
+    /// built (a room always has the same writer: its order holds). Capped at half the
+    /// pool; SQLite, which has one write connection, always uses one.
+    #[arg(long, env = "CHATROOM_MESSAGE_WRITERS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub message_writers: u32,
+
     /// How callers are identified.
     #[arg(long, value_enum, env = "CHATROOM_AUTH", default_value = "header")]
     pub auth: AuthMode,

@@ -146,8 +146,9 @@ impl App {
         ledger: Arc<dyn live::PresenceLedger>,
         short: &TaskTracker,
     ) -> (rooms::Rooms, Vec<(&'static str, JoinHandle<()>)>) {
-        let (sequencer, message_writer) =
-            rooms::Sequencer::start(store.clone(), hubs.clone(), config.recall_window);
+        let lanes = store.concurrent_writers(config.message_writers, config.db_pool_size);
+        let (sequencer, message_writers) =
+            rooms::Sequencer::start(store.clone(), hubs.clone(), config.recall_window, lanes);
         let parts = rooms::Parts {
             hubs: hubs.clone(),
             presence: memory.clone(),
@@ -162,10 +163,11 @@ impl App {
             parts::limits(config),
             config.admin_users.clone(),
         );
-        let essential = vec![
-            ("message writer", message_writer),
-            ("membership writer", membership_writer),
-        ];
+        let mut essential: Vec<_> = message_writers
+            .into_iter()
+            .map(|task| ("message writer", task))
+            .collect();
+        essential.push(("membership writer", membership_writer));
         (rooms, essential)
     }
 

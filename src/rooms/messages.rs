@@ -145,9 +145,9 @@ impl Messages {
         let now = self.clock.now();
         let name = match sender_name {
             Some(name) => name.to_string(),
-            None => match self
-                .readers
-                .readable(caller, &draft.room_id)
+            // Boxed: the read's future is kilobytes, and held inline it would make
+            // every send's future that large (a CHAT send never takes this path).
+            None => match Box::pin(self.readers.readable(caller, &draft.room_id))
                 .await
                 .and_then(|reading| {
                     reading.check_voice(now)?;

@@ -114,7 +114,7 @@ async fn the_writer_isolates_an_entry_the_database_refuses(backend: Backend) {
         tokio_util::task::TaskTracker::new(),
     ));
     let window = std::time::Duration::from_secs(120);
-    let (sequencer, writer) = chatroom::rooms::Sequencer::start(store.clone(), hubs, window);
+    let (sequencer, writers) = chatroom::rooms::Sequencer::start(store.clone(), hubs, window, 1);
     let draft = |text: &str| Draft {
         room_id: RoomId::parse("r").unwrap(),
         kind: MessageKind::Chat,
@@ -150,7 +150,9 @@ async fn the_writer_isolates_an_entry_the_database_refuses(backend: Backend) {
     assert_eq!(stored, if nul_storable { 40 } else { 39 });
     assert_eq!(refused, if nul_storable { 0 } else { 1 });
     drop(sequencer);
-    writer.await.unwrap();
+    for writer in writers {
+        writer.await.unwrap();
+    }
     store.close().await;
 }
 

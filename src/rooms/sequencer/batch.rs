@@ -56,10 +56,11 @@ fn key(m: &Message) -> Key {
 /// A message whose idempotency key is already stored — or appears earlier in the
 /// batch — is not stored again: its answer is the first one. One answer per message,
 /// in order. On `Err` nothing was stored and the batch may be tried again (its
-/// messages' names and seqs are filled in afresh).
+/// messages' names and seqs are filled in afresh); on `Ok` the stored messages have
+/// moved into their answers and `batch` is empty.
 pub(super) async fn append(
     store: &Store,
-    batch: &mut [Submission],
+    batch: &mut Vec<Submission>,
     recall_window: Duration,
 ) -> Result<Vec<Appended>> {
     let mut answers: Vec<Option<Appended>> = vec![None; batch.len()];
@@ -97,8 +98,13 @@ pub(super) async fn append(
     tx.set_last_chats(&turns).await?;
     tx.commit().await?;
 
+    // Committed: the stored messages move into their answers (no copy per message).
+    let mut messages: Vec<Option<Message>> = std::mem::take(batch)
+        .into_iter()
+        .map(|s| Some(s.message))
+        .collect();
     for &i in &new_rows {
-        answers[i] = Some(Appended::New(batch[i].message.clone()));
+        answers[i] = messages[i].take().map(Appended::New);
     }
     for (i, first) in copies {
         answers[i] = Some(match &answers[first] {

@@ -9,6 +9,7 @@
 
 mod batch;
 
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ use tokio::task::JoinHandle;
 
 use super::writer::{self, Writer};
 
-use crate::domain::Message;
+use crate::domain::{Message, RoomId};
 use crate::error::{Error, Result};
 use crate::live::Hubs;
 use crate::store::Store;
@@ -33,22 +34,44 @@ type Job = writer::Job<Submission, Appended>;
 /// The writer's answer for one message.
 pub type Answer = writer::Answer<Appended>;
 
-/// The handle senders use; cheap to clone. The writer task ends once every handle
+/// The handle senders use; cheap to clone. Each writer task ends once every handle
 /// is dropped and the messages already handed over are stored.
+///
+/// There may be several writers ("lanes"), each owning the rooms whose id hashes to
+/// it: one lane's transaction commits while the next lane's is being built, so the
+/// database and this process work at once instead of in turn. A room has one lane,
+/// so its seqs are still assigned and published in order; lanes lock disjoint rooms,
+/// so they never wait on each other.
 #[derive(Clone)]
-pub struct Sequencer(Writer<Submission, Appended>);
+pub struct Sequencer(Arc<[Writer<Submission, Appended>]>);
 
 impl Sequencer {
-    /// Starts the writer task (returned, for its supervision).
+    /// Starts `lanes` writer tasks (returned, for their supervision; at least one).
     pub fn start(
         store: Store,
         hubs: Arc<Hubs>,
         recall_window: Duration,
-    ) -> (Sequencer, JoinHandle<()>) {
-        let (writer, task) = Writer::start("message writer", QUEUE, |queue| {
-            write_batches(store, hubs, recall_window, queue)
-        });
-        (Sequencer(writer), task)
+        lanes: usize,
+    ) -> (Sequencer, Vec<JoinHandle<()>>) {
+        let (writers, tasks) = (0..lanes.max(1))
+            .map(|_| {
+                let (store, hubs) = (store.clone(), hubs.clone());
+                Writer::start("message writer", QUEUE, move |queue| {
+                    write_batches(store, hubs, recall_window, queue)
+                })
+            })
+            .unzip::<_, _, Vec<_>, Vec<_>>();
+        (Sequencer(writers.into()), tasks)
+    }
+
+    /// The lane that owns `room`.
+    fn lane(&self, room: &RoomId) -> usize {
+        if self.0.len() == 1 {
+            return 0;
+        }
+        let mut hasher = std::hash::DefaultHasher::new();
+        room.as_str().hash(&mut hasher);
+        (hasher.finish() % self.0.len() as u64) as usize
     }
 
     /// Hands a CHAT message to the writer, in the order of calls; the returned
@@ -56,20 +79,40 @@ impl Sequencer {
     /// The writer checks that the sender is a member (unless `admin`) in the same
     /// transaction, and fills in its display name.
     pub async fn submit(&self, message: Message, admin: bool) -> Result<Answer> {
-        self.0.hand_over(Submission { message, admin }).await
+        let lane = &self.0[self.lane(&message.room_id)];
+        lane.hand_over(Submission { message, admin }).await
     }
 
-    /// Hands over messages of an admin (a broadcast) back to back: the writer takes
-    /// them in one batch while they fit.
+    /// Hands over messages of an admin (a broadcast) back to back, each lane its
+    /// own: a lane takes them in one batch while they fit. An answer each, in order.
     pub async fn submit_all(&self, messages: Vec<Message>) -> Result<Vec<Answer>> {
-        let submissions = messages
-            .into_iter()
-            .map(|message| Submission {
+        let count = messages.len();
+        let mut by_lane: Vec<(Vec<usize>, Vec<Submission>)> =
+            (0..self.0.len()).map(|_| Default::default()).collect();
+        for (i, message) in messages.into_iter().enumerate() {
+            let (places, submissions) = &mut by_lane[self.lane(&message.room_id)];
+            places.push(i);
+            submissions.push(Submission {
                 message,
                 admin: true,
-            })
-            .collect();
-        self.0.hand_over_all(submissions).await
+            });
+        }
+        let mut answers: Vec<Option<Answer>> = (0..count).map(|_| None).collect();
+        for (lane, (places, submissions)) in self.0.iter().zip(by_lane) {
+            if submissions.is_empty() {
+                continue;
+            }
+            for (i, answer) in places
+                .into_iter()
+                .zip(lane.hand_over_all(submissions).await?)
+            {
+                answers[i] = Some(answer);
+            }
+        }
+        Ok(answers
+            .into_iter()
+            .map(|a| a.expect("every message was handed to its lane"))
+            .collect())
     }
 }
 
@@ -160,5 +203,71 @@ fn publish(hubs: &Hubs, answers: &[Appended]) {
     new.sort_by(|a, b| (&a.room_id, a.seq).cmp(&(&b.room_id, b.seq)));
     for room in new.chunk_by(|a, b| a.room_id == b.room_id) {
         hubs.publish_messages(&room[0].room_id, room.iter().copied());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Clock, Draft, MessageKind};
+
+    fn message(room: &str) -> Message {
+        let draft = Draft {
+            room_id: RoomId::parse(room).unwrap(),
+            kind: MessageKind::Chat,
+            text: "x".into(),
+            payload: Vec::new(),
+            content_type: String::new(),
+            to_user_ids: Vec::new(),
+            client_msg_id: String::new(),
+        };
+        Message::accept(draft, "admin", "", Clock::system().now())
+    }
+
+    /// Lanes that store nothing: each answers with the message, its seq set to the
+    /// lane's number, so that a test sees which lane took it.
+    fn echo_lanes(count: u64) -> Sequencer {
+        let writers: Vec<_> = (0..count)
+            .map(|lane| {
+                let (writer, _task) = Writer::start(
+                    "echo",
+                    64,
+                    move |mut queue: mpsc::Receiver<Job>| async move {
+                        while let Some(job) = queue.recv().await {
+                            let mut message = job.change.message;
+                            message.seq = lane;
+                            let _ = job.answer.send(Ok(Appended::New(message)));
+                        }
+                    },
+                );
+                writer
+            })
+            .collect();
+        Sequencer(writers.into())
+    }
+
+    #[tokio::test]
+    async fn a_room_keeps_its_lane_and_a_broadcast_is_answered_in_order() {
+        let sequencer = echo_lanes(4);
+        let rooms: Vec<String> = (0..40).map(|i| format!("room-{i}")).collect();
+        let answers = sequencer
+            .submit_all(rooms.iter().map(|r| message(r)).collect())
+            .await
+            .unwrap();
+        let mut lanes_used = std::collections::HashSet::new();
+        for (room, answer) in rooms.iter().zip(answers) {
+            let Appended::New(m) = answer.await.unwrap() else {
+                panic!("echoed")
+            };
+            assert_eq!(m.room_id.as_str(), room, "answers come back in order");
+            // Every message of a room goes to the lane its broadcast entry went to.
+            let again = sequencer.submit(message(room), false).await.unwrap();
+            let Appended::New(single) = again.await.unwrap() else {
+                panic!("echoed")
+            };
+            assert_eq!(single.seq, m.seq, "{room} has one lane");
+            lanes_used.insert(m.seq);
+        }
+        assert_eq!(lanes_used.len(), 4, "40 rooms spread over every lane");
     }
 }
