@@ -112,8 +112,8 @@ impl Tx {
         Ok(())
     }
 
-    /// Inserts messages: on PostgreSQL one statement over arrays (the same text for
-    /// every batch size, so it is prepared once); on SQLite multi-row VALUES in chunks.
+    /// Inserts messages: on PostgreSQL one binary `COPY`; on SQLite multi-row VALUES
+    /// in chunks.
     pub async fn insert_messages(&mut self, messages: &[&Message]) -> Result<()> {
         by_dialect!(self, insert_messages(messages))
     }
