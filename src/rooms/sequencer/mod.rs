@@ -1,11 +1,12 @@
-//! The one writer of CHAT messages: group commit across rooms.
+//! The writers of CHAT messages: group commit across rooms.
 //!
-//! Senders hand accepted messages to the [`Sequencer`] and wait. Its task takes every
-//! message that is waiting (up to [`MAX_BATCH`]), stores them in one transaction —
-//! which assigns each room its next seqs — publishes each room's new messages in seq
-//! order, and only then answers the senders. A thousand concurrent senders cost one
-//! commit, not a thousand; an answer always means the message is stored; and since one
-//! task publishes in commit order, every stream sees a room's seqs in order.
+//! Senders hand accepted messages to the [`Sequencer`] and wait. The writer task that
+//! owns the message's room takes every message waiting for it (up to [`MAX_BATCH`]),
+//! stores them in one transaction — which assigns each room its next seqs — publishes
+//! each room's new messages in seq order, and only then answers the senders. A
+//! thousand concurrent senders cost one commit, not a thousand; an answer always
+//! means the message is stored; and since a room has one writer, which publishes in
+//! commit order, every stream sees a room's seqs in order.
 
 mod batch;
 
