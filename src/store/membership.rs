@@ -2,9 +2,67 @@
 //! users' room counts, rooms' member counts. The statements themselves are each
 //! dialect's own ([`super::postgres`], [`super::sqlite`]).
 
+use std::collections::HashSet;
+
 use super::*;
 
+/// A batch's member writes, applied in this order: members added (to rooms that
+/// exist, which they are not members of yet), members removed, one room fewer
+/// counted for each of `released` (distinct), member counts moved.
+pub struct MemberWrites<'a> {
+    pub added: &'a [(&'a RoomId, &'a Member)],
+    pub removed: &'a [(&'a str, &'a str)],
+    pub released: &'a [&'a str],
+    pub counts: &'a [(&'a RoomId, i64)],
+}
+
+impl MemberWrites<'_> {
+    /// Whether one statement can apply them: it moves a count (so that it returns a
+    /// row to carry the deletions' count), and no key is both added and removed (that
+    /// must insert, then delete, and the parts of one statement all see the rows as
+    /// they were before it). The membership writer takes one change per user into a
+    /// batch, so its batches always fit; the check keeps the store right on its own.
+    fn fit_one_statement(&self) -> bool {
+        if self.counts.is_empty() {
+            return false;
+        }
+        let removed: HashSet<(&str, &str)> = self.removed.iter().copied().collect();
+        self.added
+            .iter()
+            .all(|(room, m)| !removed.contains(&(room.as_str(), m.user_id.as_str())))
+    }
+}
+
 impl Tx {
+    /// Applies a batch's member writes; returns how many member rows went, and the
+    /// rooms whose counts moved, after. On PostgreSQL one round trip where it can be
+    /// (a batch of joins and leaves spent four on these), otherwise a statement each.
+    pub async fn write_members(
+        &mut self,
+        writes: MemberWrites<'_>,
+        now: UnixMicros,
+    ) -> Result<(u64, Vec<Room>)> {
+        if let TxInner::Postgres(inner) = &mut self.inner
+            && writes.fit_one_statement()
+        {
+            let mut released = writes.released.to_vec();
+            released.sort_unstable();
+            let result = bounded(postgres::write_members(inner, &writes, &released, now)).await;
+            self.reach.observe(&result);
+            let (removed, rows) = result?;
+            let rooms = rows
+                .into_iter()
+                .map(Room::try_from)
+                .collect::<Result<_>>()?;
+            return Ok((removed, rooms));
+        }
+        self.insert_members(writes.added).await?;
+        let removed = self.delete_members(writes.removed).await?;
+        self.release_room_slots(writes.released).await?;
+        let rooms = self.add_member_counts(writes.counts, now).await?;
+        Ok((removed, rooms))
+    }
+
     /// The members among `(room, user)` keys, with their rooms' ids.
     pub async fn members_among(&mut self, keys: &[(&str, &str)]) -> Result<Vec<(String, Member)>> {
         if keys.is_empty() {
@@ -100,5 +158,41 @@ impl Tx {
             .await
         })?;
         row.map(Member::try_from).transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Role;
+
+    #[test]
+    fn one_statement_only_where_no_key_is_added_and_removed() {
+        let room = RoomId::parse("r").unwrap();
+        let member = |user: &str| Member {
+            user_id: user.into(),
+            display_name: user.into(),
+            role: Role::Member,
+            online: false,
+            joined_at: UnixMicros(1),
+        };
+        let a = member("a");
+        let added = [(&room, &a)];
+        let counts = [(&room, 0)];
+        let writes = |removed, counts| MemberWrites {
+            added: &added,
+            removed,
+            released: &[],
+            counts,
+        };
+        assert!(writes(&[("r", "b")], &counts).fit_one_statement());
+        assert!(
+            !writes(&[("r", "a")], &counts).fit_one_statement(),
+            "a is added and removed"
+        );
+        assert!(
+            !writes(&[], &[]).fit_one_statement(),
+            "no count moves: no row comes back"
+        );
     }
 }

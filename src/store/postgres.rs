@@ -151,17 +151,7 @@ pub(super) async fn insert_members(
     c: &mut PgConnection,
     members: &[(&RoomId, &Member)],
 ) -> Result<()> {
-    let rooms: Vec<&str> = members.iter().map(|(r, _)| r.as_str()).collect();
-    let users: Vec<&str> = members.iter().map(|(_, m)| m.user_id.as_str()).collect();
-    let names: Vec<&str> = members
-        .iter()
-        .map(|(_, m)| m.display_name.as_str())
-        .collect();
-    let roles: Vec<i64> = members
-        .iter()
-        .map(|(_, m)| rows::role_column(m.role))
-        .collect();
-    let joined: Vec<i64> = members.iter().map(|(_, m)| m.joined_at.0).collect();
+    let (rooms, users, names, roles, joined) = member_arrays(members);
     sqlx::query(
         "INSERT INTO members (room_id, user_id, display_name, role, joined_at_us, last_seen_us) \
          SELECT r, u, n, role, t, t \
@@ -176,6 +166,79 @@ pub(super) async fn insert_members(
     .execute(c)
     .await?;
     Ok(())
+}
+
+/// Members as the columns `insert_members` and `write_members` bind.
+type MemberArrays<'a> = (Vec<&'a str>, Vec<&'a str>, Vec<&'a str>, Vec<i64>, Vec<i64>);
+
+fn member_arrays<'a>(members: &[(&'a RoomId, &'a Member)]) -> MemberArrays<'a> {
+    let rooms = members.iter().map(|(r, _)| r.as_str()).collect();
+    let users = members.iter().map(|(_, m)| m.user_id.as_str()).collect();
+    let names = members
+        .iter()
+        .map(|(_, m)| m.display_name.as_str())
+        .collect();
+    let roles = members
+        .iter()
+        .map(|(_, m)| rows::role_column(m.role))
+        .collect();
+    let joined = members.iter().map(|(_, m)| m.joined_at.0).collect();
+    (rooms, users, names, roles, joined)
+}
+
+/// A batch's member writes in one statement (see `Tx::write_members`, which sends
+/// here only batches where no key is both added and removed: every part of one
+/// statement sees the rows as they were before it). Returns how many member rows
+/// went and the rooms after; one round trip where the parts in turn took four.
+pub(super) async fn write_members(
+    c: &mut PgConnection,
+    writes: &super::membership::MemberWrites<'_>,
+    released: &[&str],
+    now: UnixMicros,
+) -> Result<(u64, Vec<RoomRow>)> {
+    let (rooms, users, names, roles, joined) = member_arrays(writes.added);
+    let (gone_rooms, gone_users): (Vec<&str>, Vec<&str>) = writes.removed.iter().copied().unzip();
+    let counted: Vec<&str> = writes.counts.iter().map(|(r, _)| r.as_str()).collect();
+    let deltas: Vec<i64> = writes.counts.iter().map(|&(_, d)| d).collect();
+    let written: Vec<rows::WrittenRoomRow> = sqlx::query_as(concat!(
+        "WITH added AS ( \
+           INSERT INTO members (room_id, user_id, display_name, role, joined_at_us, last_seen_us) \
+           SELECT r, u, n, role, t, t \
+           FROM UNNEST($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[]) \
+             AS k(r, u, n, role, t) \
+         ), removed AS ( \
+           DELETE FROM members USING UNNEST($6::text[], $7::text[]) AS k(r, u) \
+           WHERE room_id = k.r AND user_id = k.u RETURNING 1 \
+         ), released AS ( \
+           UPDATE user_rooms SET room_count = room_count - 1 WHERE user_id = ANY($8) \
+         ), counted AS ( \
+           UPDATE rooms SET member_count = member_count + k.d, \
+             empty_since_us = CASE WHEN member_count + k.d = 0 THEN $11 ELSE NULL END \
+           FROM UNNEST($9::text[], $10::bigint[]) AS k(r, d) \
+           WHERE room_id = k.r RETURNING ",
+        room_columns!(),
+        " ) SELECT (SELECT count(*) FROM removed) AS removed, ",
+        room_columns!(),
+        " FROM counted"
+    ))
+    .bind(rooms)
+    .bind(users)
+    .bind(names)
+    .bind(roles)
+    .bind(joined)
+    .bind(gone_rooms)
+    .bind(gone_users)
+    .bind(released)
+    .bind(counted)
+    .bind(deltas)
+    .bind(now.0)
+    .fetch_all(c)
+    .await?;
+    let removed = written.first().map_or(0, |w| w.removed);
+    Ok((
+        u64::try_from(removed).unwrap_or(0),
+        written.into_iter().map(|w| w.room).collect(),
+    ))
 }
 
 /// Removes members by `(room, user)` key; returns how many rows went.

@@ -147,6 +147,15 @@ impl TryFrom<SpeakerRow> for Speaker {
     }
 }
 
+/// A room after a batch's member writes, with how many member rows the batch
+/// deleted (the same on every row).
+#[derive(sqlx::FromRow)]
+pub(super) struct WrittenRoomRow {
+    pub removed: i64,
+    #[sqlx(flatten)]
+    pub room: RoomRow,
+}
+
 /// A member row with its room's id.
 #[derive(sqlx::FromRow)]
 pub(super) struct KeyedMemberRow {

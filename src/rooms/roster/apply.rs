@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::live::Hubs;
 use crate::live::hub::Switch;
 use crate::rooms::feed::FeedNews;
+use crate::store::membership::MemberWrites;
 use crate::store::{Store, Tx};
 
 /// What applying a batch needs.
@@ -35,7 +36,8 @@ pub(super) struct Batches {
     pub news: Arc<FeedNews>,
 }
 
-/// Writes a batch's plan: a statement each for the whole batch.
+/// Writes a batch's plan: its member writes together (one statement on PostgreSQL
+/// where they can be), its bans.
 async fn write(
     plan: &Plan<'_>,
     tx: &mut Tx,
@@ -43,17 +45,22 @@ async fn write(
     now: UnixMicros,
 ) -> Result<()> {
     let added: Vec<(&RoomId, &Member)> = plan.added.iter().map(|(r, m)| (*r, m)).collect();
-    tx.insert_members(&added).await?;
-    if tx.delete_members(&plan.removed).await? != plan.removed.len() as u64 {
+    let counts: Vec<(&RoomId, i64)> = plan.counts.iter().map(|(r, d)| (*r, *d)).collect();
+    let writes = MemberWrites {
+        added: &added,
+        removed: &plan.removed,
+        released: &plan.released,
+        counts: &counts,
+    };
+    let (removed, stored_rooms) = tx.write_members(writes, now).await?;
+    if removed != plan.removed.len() as u64 {
         return Err(Error::Internal(
             "a member row vanished under its room's lock".into(),
         ));
     }
-    tx.release_room_slots(&plan.released).await?;
     tx.put_sanctions(SanctionKind::Ban, &plan.banned, now)
         .await?;
-    let counts: Vec<(&RoomId, i64)> = plan.counts.iter().map(|(r, d)| (*r, *d)).collect();
-    for stored in tx.add_member_counts(&counts, now).await? {
+    for stored in stored_rooms {
         // Every other writer of member counts locks the room first; a difference
         // would mean one does not, and the batch must not commit on it.
         if rooms.get(&stored.id).map(|r| r.member_count) != Some(stored.member_count) {
