@@ -49,8 +49,9 @@
 //!   from and every timer waits on (the system's; in a test, one the test moves).
 //! - [`rooms`]: the rules — membership, limits, permissions, sending — as handles,
 //!   one file each, that list what they hold ([`rooms::Rooms`] bundles them), and the
-//!   two writers that group-commit changes: every change of membership
-//!   ([`rooms::roster`]) and messages ([`rooms::sequencer`]); presence, on one node
+//!   writers that group-commit changes: every change of membership
+//!   ([`rooms::roster`]) and messages ([`rooms::sequencer`], a task per share of the
+//!   rooms); presence, on one node
 //!   or over a cluster ([`rooms::presence`]); the expiry of presence and empty rooms;
 //!   history retention ([`rooms::retention`]). No tonic, no SQL, and no
 //!   question whether it runs in a cluster.

@@ -16,7 +16,8 @@
 //! which the writing handles append to as they commit, through [`feed::FeedNews`]).
 //! They share [`presence::Online`] (who is online, here and in the ledger),
 //! [`readers::Readers`] (who may receive a room) and [`rates`]; the two writers every
-//! change goes through, [`roster`] (membership) and [`sequencer`] (messages), on the
+//! change goes through, [`roster`] (membership) and [`sequencer`] (messages, a task
+//! per share of the rooms), on the
 //! handle they share ([`writer`]); [`retention`] deletes history past its age or
 //! count. Whether this is one node or a node of a cluster is not asked here: the
 //! rules publish through the hubs' broker and write presence through the ledger they
