@@ -146,7 +146,7 @@ impl App {
         ledger: Arc<dyn live::PresenceLedger>,
         short: &TaskTracker,
     ) -> (rooms::Rooms, Vec<(&'static str, JoinHandle<()>)>) {
-        let lanes = store.concurrent_writers(config.message_writers, config.db_pool_size);
+        let lanes = store.concurrent_writers(config.message_writers);
         let (sequencer, message_writers) =
             rooms::Sequencer::start(store.clone(), hubs.clone(), config.recall_window, lanes);
         let parts = rooms::Parts {

@@ -313,10 +313,13 @@ impl Store {
 
     /// How many writers may hold a transaction at once, of the `wanted`: SQLite has
     /// one write connection (more would only queue for it); PostgreSQL at most half
-    /// of a pool of `pool_size`, so that reads and the other writers find connections.
-    pub fn concurrent_writers(&self, wanted: u32, pool_size: u32) -> usize {
-        match self.backend {
-            Backend::Postgres(_) => wanted.min(pool_size / 2).max(1) as usize,
+    /// of its pool, so that reads and the other writers find connections.
+    pub fn concurrent_writers(&self, wanted: u32) -> usize {
+        match &self.backend {
+            Backend::Postgres(pool) => {
+                let pool_size = pool.options().get_max_connections();
+                wanted.min(pool_size / 2).max(1) as usize
+            }
             Backend::Sqlite { .. } => 1,
         }
     }
