@@ -4,8 +4,8 @@
 //! default. Here both start empty and grow only while something is written or read;
 //! the yield threshold bounds how much one response may gather in an encode buffer
 //! before it is flushed. Subscribe and Listen responses skip the encode buffer
-//! altogether (see [`super::streams`]); their requests are decoded with
-//! [`LeanDecoder`].
+//! altogether (see [`super::streams`]); Listen's one request is decoded with
+//! [`LeanDecoder`], Subscribe's frames by a decoder of their own (`inbound.rs`).
 
 use std::marker::PhantomData;
 

@@ -13,6 +13,7 @@
 pub mod body;
 pub mod codec;
 mod gate;
+mod inbound;
 pub mod metered;
 pub mod routes;
 pub mod session;

@@ -7,13 +7,14 @@
 use std::pin::Pin;
 
 use http::header::{CONTENT_TYPE, HeaderValue};
-use tokio_stream::{Stream, StreamExt};
+use tokio_stream::Stream;
+use tonic::Status;
 use tonic::body::Body;
-use tonic::{Status, Streaming as Inbound};
 
 use super::ChatRoomApi;
 use super::body::FrameBody;
 use super::codec::LeanDecoder;
+use super::inbound::Inbound;
 use super::status::too_large;
 use crate::domain::Caller;
 use crate::proto::Frame;
@@ -101,7 +102,7 @@ async fn session(
 ) -> Result<Frames, Status> {
     match call {
         Streaming::Listen => {
-            let mut body = Inbound::new_request(
+            let mut body = tonic::Streaming::new_request(
                 LeanDecoder::<pb::ListenRequest>::default(),
                 body,
                 None,
@@ -120,13 +121,7 @@ async fn session(
             }
         }
         Streaming::Subscribe => {
-            let inbound = Inbound::new_request(
-                LeanDecoder::<pb::SubscribeRequest>::default(),
-                body,
-                None,
-                Some(max_request_bytes),
-            )
-            .map(move |frame| frame.map_err(|status| too_large(status, max_request_bytes)));
+            let inbound = Inbound::<pb::SubscribeRequest>::new(body, max_request_bytes);
             Ok(Box::pin(api.session(caller, slot, inbound)))
         }
     }

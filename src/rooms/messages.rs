@@ -1,12 +1,14 @@
 //! Sending and reading messages: SendMessage, ListMessages, and catch-up pages.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use super::rates::Rates;
 use super::readers::Readers;
 use super::sequencer::{self, Appended, Sequencer};
 use super::{check_in_token, not_found};
-use crate::domain::{Caller, Clock, Draft, HistoryRange, Message, MessageKind, RoomId};
+use crate::domain::{Caller, Clock, Draft, HistoryRange, Message, MessageKind, RoomId, UnixMicros};
 use crate::error::{Error, Result};
 use crate::live::Hubs;
 use crate::store::Store;
@@ -36,6 +38,13 @@ pub enum Sent {
         /// Gives the send's token back if the writer refuses it for its room.
         refund: Refund,
     },
+}
+
+/// A send [`Messages::hand_over`] took: done (handed over or refused), or waiting
+/// to be.
+pub enum Handing {
+    Done(Result<Sent>),
+    Waiting(Pin<Box<dyn Future<Output = Result<Sent>> + Send>>),
 }
 
 /// Where a refused CHAT send's rate token goes back to.
@@ -123,49 +132,88 @@ impl Messages {
         draft: Draft,
         sender_name: Option<&str>,
     ) -> Result<Sent> {
-        check_in_token(caller, &draft.room_id)?;
-        let (user, kind) = (caller.user_id.as_str(), draft.kind);
-        self.rates.check_send(user, kind)?;
-        let room_id = draft.room_id.clone();
-        if kind.is_stored() {
+        match self.hand_over(caller, draft, sender_name) {
+            Handing::Done(sent) => sent,
+            Handing::Waiting(sending) => sending.await,
+        }
+    }
+
+    /// [`Messages::submit`] without waiting where it need not: its checks run now, and
+    /// so does the hand-over to the writer while the writer's queue has room (it
+    /// holds thousands), or the publish of an unstored kind whose sender proved
+    /// membership. What must wait (a full queue, the membership read) is returned
+    /// as a future of its own, so that a stream holds no future for a send that was
+    /// taken at once.
+    pub fn hand_over(&self, caller: &Caller, draft: Draft, sender_name: Option<&str>) -> Handing {
+        if let Err(error) = check_in_token(caller, &draft.room_id)
+            .and_then(|()| self.rates.check_send(caller.user_id.as_str(), draft.kind))
+        {
+            return Handing::Done(Err(error));
+        }
+        let user = caller.user_id.as_str();
+        if draft.kind.is_stored() {
             // The writer checks membership and takes the display name in its own
             // transaction: one lookup per batch instead of reads per message.
+            let room_id = draft.room_id.clone();
             let name = sender_name.unwrap_or_default();
             let message = Message::accept(draft, user, name, self.clock.now());
-            let answer = self.sequencer.submit(message, caller.admin).await?;
-            return Ok(Sent::Stored {
+            let refund = Refund {
+                rates: self.rates.clone(),
+                user: user.into(),
+            };
+            let stored = move |answer| Sent::Stored {
                 room_id,
                 answer,
-                refund: Refund {
-                    rates: self.rates.clone(),
-                    user: user.into(),
-                },
-            });
-        }
-        let now = self.clock.now();
-        let name = match sender_name {
-            Some(name) => name.to_string(),
-            // Boxed: the read's future is kilobytes, and held inline it would make
-            // every send's future that large (a CHAT send never takes this path).
-            None => match Box::pin(self.readers.readable(caller, &draft.room_id))
-                .await
-                .and_then(|reading| {
-                    reading.check_voice(now)?;
-                    Ok(reading.sender_name)
-                }) {
-                Ok(name) => name,
-                Err(error) => {
-                    if refused_for_its_room(&error) {
-                        self.rates.refund_send(user, kind);
-                    }
-                    return Err(error);
+                refund,
+            };
+            return match self.sequencer.try_submit(message, caller.admin) {
+                Ok(Ok(answer)) => Handing::Done(Ok(stored(answer))),
+                // The writer's queue is full: wait for room, as every sender then does.
+                Ok(Err(message)) => {
+                    let (sequencer, admin) = (self.sequencer.clone(), caller.admin);
+                    Handing::Waiting(Box::pin(async move {
+                        sequencer.submit(message, admin).await.map(stored)
+                    }))
                 }
-            },
-        };
-        let message = Message::accept(draft, caller.user_id.as_str(), &name, now);
+                Err(error) => Handing::Done(Err(error)),
+            };
+        }
+        match sender_name {
+            Some(name) => Handing::Done(Ok(self.publish(draft, user, name, self.clock.now()))),
+            None => {
+                let (messages, caller) = (self.clone(), caller.clone());
+                Handing::Waiting(Box::pin(async move {
+                    messages.publish_as_member(&caller, draft).await
+                }))
+            }
+        }
+    }
+
+    /// Publishes an unstored kind from a sender whose membership (and name) is read
+    /// here first.
+    async fn publish_as_member(&self, caller: &Caller, draft: Draft) -> Result<Sent> {
+        let (user, kind, now) = (caller.user_id.as_str(), draft.kind, self.clock.now());
+        let read = self.readers.readable(caller, &draft.room_id).await;
+        match read.and_then(|reading| {
+            reading.check_voice(now)?;
+            Ok(reading.sender_name)
+        }) {
+            Ok(name) => Ok(self.publish(draft, user, &name, now)),
+            Err(error) => {
+                if refused_for_its_room(&error) {
+                    self.rates.refund_send(user, kind);
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Publishes an unstored kind at once.
+    fn publish(&self, draft: Draft, user: &str, name: &str, now: UnixMicros) -> Sent {
+        let message = Message::accept(draft, user, name, now);
         self.hubs
             .publish_messages(&message.room_id, std::iter::once(&message));
-        Ok(Sent::Published(Box::new(message)))
+        Sent::Published(Box::new(message))
     }
 
     /// Recalls (`edit` `None`) or edits (with the new text and payload) the CHAT

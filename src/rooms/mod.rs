@@ -56,7 +56,7 @@ use admin::Admin;
 use expiry::Expiry;
 use feed::{FeedNews, RoomFeed};
 use membership::Membership;
-pub use messages::{CatchUp, Messages, Sent};
+pub use messages::{CatchUp, Handing, Messages, Sent};
 use moderation::Moderation;
 use presence::Online;
 use readers::Readers;

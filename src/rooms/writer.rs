@@ -89,6 +89,22 @@ impl<C: Send + 'static, A: Send + 'static> Writer<C, A> {
             answered,
         })
     }
+
+    /// Hands a change over if the writer's queue has room for it now; gives it back
+    /// if not (then [`Writer::hand_over`] waits for room). Fails like `hand_over`.
+    pub fn try_hand_over(&self, change: C) -> Result<std::result::Result<Answer<A>, C>> {
+        let (answer, answered) = oneshot::channel();
+        match self.jobs.try_send(Job { change, answer }) {
+            Ok(()) => Ok(Ok(Answer {
+                name: self.name,
+                answered,
+            })),
+            Err(mpsc::error::TrySendError::Full(job)) => Ok(Err(job.change)),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                Err(Error::Unavailable("the server is shutting down".into()))
+            }
+        }
+    }
 }
 
 /// A writer's answer for one change.

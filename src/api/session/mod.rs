@@ -1,10 +1,11 @@
 //! One `Subscribe` stream: attach and detach rooms, send messages, ping — and deliver
 //! every attached room's events.
 //!
-//! The session is a single generator: it waits on the client's frames, its sends in
-//! flight, its rooms' hubs and its one piece of database work, puts the frames each
-//! produces in a small outbox, and yields them. Delivery of CHAT messages is tracked
-//! per room by seq:
+//! The session is one loop, polled by hand ([`SessionStream`]): it waits on the
+//! client's frames, its sends in flight, its rooms' hubs and its one piece of
+//! database work, puts the frames each produces in a small outbox, and hands them to
+//! the response body one at a time. Delivery of CHAT messages is tracked per room by
+//! seq:
 //!
 //! - attach subscribes to the hub *before* reading the room, so nothing committed in
 //!   between is missed; messages at or below the attach point are skipped;
@@ -17,7 +18,7 @@
 //!
 //! What a stream may make the server hold is bounded, whatever its client does:
 //! - database work runs on tasks of its own ([`super::work`]), never inside the
-//!   generator: the generator runs only while HTTP/2 lets it send, and a client that
+//!   session: the session runs only while HTTP/2 lets it send, and a client that
 //!   stops reading must not keep a pooled connection;
 //! - catch-up reads a page at a time (by count and bytes), and the next page only once
 //!   the last one is written;
@@ -44,6 +45,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -163,6 +165,12 @@ struct Work {
     subscription: Option<Subscription>,
 }
 
+/// A send waiting to be handed to its writer, and the frame it answers.
+struct HandOver {
+    request_id: String,
+    sending: Pin<Box<dyn Future<Output = Result<crate::rooms::Sent>> + Send>>,
+}
+
 /// What a piece of database work found.
 enum Done {
     Attach {
@@ -189,11 +197,10 @@ const OUTBOX_KEPT: usize = 8;
 
 /// What a stream keeps between frames.
 ///
-/// The generator in [`run`] holds this and little else across its yields: database
-/// work runs on tasks of its own and sends are boxed futures. A generator's state is
-/// as large as the most it holds at any await, for as long as the stream lives, so
-/// awaiting such work in place would make every idle stream cost what its busiest
-/// moment needed.
+/// A stream holds this and little else between polls: database work runs on tasks of
+/// its own, sends are boxed futures, and a send is handed to its writer without
+/// waiting unless the writer's queue is full. Every stream keeps this struct's size
+/// for its whole life, so what only a busy moment needs is boxed or made on demand.
 struct Session {
     caller: Caller,
     limits: SessionLimits,
@@ -207,9 +214,12 @@ struct Session {
     state: StreamRooms,
     sends: Sends,
     /// The one piece of database work in progress.
-    /// Boxed: most of a stream's life it has none, and the generator keeps this field's
+    /// Boxed: most of a stream's life it has none, and the stream keeps this field's
     /// size for all of it.
     work: Option<Box<Work>>,
+    /// A send waiting for room in its writer's queue (rare: the queue holds
+    /// thousands); boxed, like the work.
+    handing: Option<Box<HandOver>>,
     /// Rooms whose stored messages must be read before live ones, in order.
     catch_up: VecDeque<RoomId>,
     /// What waits for its turn (client frames, follows), in order.
@@ -229,6 +239,7 @@ impl Session {
             && self.sends.is_empty()
             && self.catch_up.is_empty()
             && self.work.is_none()
+            && self.handing.is_none()
             && self.queued.is_empty()
     }
 
@@ -261,48 +272,130 @@ impl Session {
 /// its side and no room is left attached, or the server stops (then sends in flight
 /// are answered and the stream ends with UNAVAILABLE, so clients reconnect and resume).
 /// A frame that is not a valid `SubscribeRequest` ends it with INVALID_ARGUMENT.
-pub fn run(
-    sessions: &Sessions,
-    caller: Caller,
-    slot: StreamSlot,
-    inbound: impl Stream<Item = std::result::Result<pb::SubscribeRequest, Status>>
-    + Send
-    + Unpin
-    + 'static,
-) -> impl Stream<Item = std::result::Result<Frame, Status>> + Send + 'static {
+pub fn run<I>(sessions: &Sessions, caller: Caller, slot: StreamSlot, inbound: I) -> SessionStream<I>
+where
+    I: Stream<Item = std::result::Result<pb::SubscribeRequest, Status>> + Send + Unpin + 'static,
+{
     let mut stop = sessions.stop.clone();
-    let mut s = Session::new(sessions, caller);
-    async_stream::stream! {
-        // Held for as long as the stream lives; dropping it frees the user's slot.
-        let _slot = slot;
-        // One future for the whole session: re-creating it on every turn of the loop
-        // registered and dropped a waiter each time (a tenth of the fan-out profile).
-        // Gated, like the client's frames below: a room's event wakes the stream, and
-        // polling the stop's `watch` and h2's inbound side again each time found
-        // nothing but cost a tenth of a delivery's instructions (BENCHMARKS.md).
-        let mut stopped = Gated::new(Box::pin(async move {
+    SessionStream(Some(Live {
+        session: Session::new(sessions, caller),
+        // One future for the whole session: re-creating it on every turn registered
+        // and dropped a waiter each time (a tenth of the fan-out profile). Gated, like
+        // the client's frames: a room's event wakes the stream, and polling the stop's
+        // `watch` and h2's inbound side again each time found nothing but cost a tenth
+        // of a delivery's instructions (BENCHMARKS.md).
+        stopped: Gated::new(Box::pin(async move {
             while !*stop.borrow_and_update() {
                 if stop.changed().await.is_err() {
                     return;
                 }
             }
-        }));
-        let mut inbound = Gated::new(inbound);
-        let mut stopping = false;
+        })),
+        inbound: Gated::new(inbound),
+        phase: Phase::Running,
+        _slot: slot,
+    }))
+}
+
+/// A Subscribe stream's frames: its session, polled by hand.
+///
+/// Not an `async` generator: a generator keeps room for everything any of its awaits
+/// holds, and its own machinery beside (≈ 1 KB a stream); this holds the session's
+/// state and its two gates, and each poll runs the session's loop ([`Live::turn`])
+/// until it has a frame or must wait.
+pub struct SessionStream<I>(Option<Live<I>>);
+
+/// The future that resolves when the server starts shutting down.
+type Stop = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A stream that has not ended: dropping it frees what the stream held (its rooms'
+/// subscriptions, the user's stream slot).
+struct Live<I> {
+    session: Session,
+    stopped: Gated<Stop>,
+    inbound: Gated<I>,
+    phase: Phase,
+    /// Dropping it frees the user's slot.
+    _slot: StreamSlot,
+}
+
+/// Where a stream is in its life.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Running,
+    /// The server is stopping: what is routed goes out, then the sends in flight.
+    Stopping,
+    /// Answering the sends in flight, then UNAVAILABLE.
+    Draining,
+}
+
+/// What a turn of the session's loop came to.
+enum Turn {
+    Frame(Frame),
+    Wait,
+    /// The stream ends, with this status (`None`: without one).
+    End(Option<Status>),
+}
+
+impl<I> Stream for SessionStream<I>
+where
+    I: Stream<Item = std::result::Result<pb::SubscribeRequest, Status>> + Unpin,
+{
+    type Item = std::result::Result<Frame, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        let Some(live) = this.0.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match live.turn(cx) {
+            Turn::Frame(frame) => Poll::Ready(Some(Ok(frame))),
+            Turn::Wait => Poll::Pending,
+            Turn::End(status) => {
+                this.0 = None;
+                Poll::Ready(status.map(Err))
+            }
+        }
+    }
+}
+
+impl<I> Live<I>
+where
+    I: Stream<Item = std::result::Result<pb::SubscribeRequest, Status>> + Unpin,
+{
+    /// Runs the session until it has a frame for the client, must wait, or ends.
+    fn turn(&mut self, cx: &mut Context<'_>) -> Turn {
+        let s = &mut self.session;
         loop {
-            while let Some(frame) = s.outbox.pop_front() {
-                yield Ok(frame);
+            if self.phase == Phase::Draining {
+                return match Pin::new(&mut s.sends).poll_next(cx) {
+                    Poll::Ready(Some(sent)) => Turn::Frame(sent),
+                    Poll::Ready(None) => Turn::End(Some(shutting_down())),
+                    Poll::Pending => Turn::Wait,
+                };
+            }
+            if let Some(frame) = s.outbox.pop_front() {
+                return Turn::Frame(frame);
+            }
+            // A send waiting for room in its writer's queue holds the stream's turn:
+            // its frames keep their order.
+            if let Some(handing) = &mut s.handing {
+                let Poll::Ready(sent) = handing.sending.as_mut().poll(cx) else {
+                    return Turn::Wait;
+                };
+                let HandOver { request_id, .. } = *s.handing.take().expect("a hand-over");
+                if let Some(frame) = s.sent(request_id, sent) {
+                    s.outbox.push_back(frame);
+                }
+                continue;
             }
             s.trim();
             if s.finished() {
-                break;
+                return Turn::End(None);
             }
-            if stopping {
-                while let Some(sent) = s.sends.next().await {
-                    yield Ok(sent);
-                }
-                yield Err(shutting_down());
-                break;
+            if self.phase == Phase::Stopping {
+                self.phase = Phase::Draining;
+                continue;
             }
             if s.work.is_none() {
                 // Catching up comes first, one page at a time, each once the last one
@@ -312,35 +405,69 @@ pub fn run(
                     continue;
                 }
                 if s.next_ready() {
-                    Box::pin(s.take_next()).await;
+                    s.take_next();
                     continue;
                 }
             }
-            let idle = s.work.is_none();
-            let step = tokio::select! {
-                biased;
-                () = &mut stopped => Step::Stop,
-                () = expired(&mut s.expiry) => Step::Expired,
-                done = work_done(&mut s.work), if !idle => Step::Worked(done),
-                Some(sent) = s.sends.next(), if !s.sends.is_empty() => Step::Sent(sent),
-                Some((room, event)) = s.state.events.next(), if idle && !s.state.events.is_empty() => Step::Room(room, event),
-                frame = inbound.next(), if !s.inbound_done => Step::Client(frame),
+            let Poll::Ready(step) = next_step(s, &mut self.stopped, &mut self.inbound, cx) else {
+                return Turn::Wait;
             };
             match s.take(step) {
                 Next::Go => {}
                 Next::Stopping => {
-                    stopping = true;
+                    self.phase = Phase::Stopping;
                     s.route_ready();
                 }
-                Next::End(status) => {
-                    if let Some(status) = status {
-                        yield Err(status);
-                    }
-                    break;
-                }
+                Next::End(status) => return Turn::End(status),
             }
         }
     }
+}
+
+/// What wakes the session next, in this order: the server's stop, the token's expiry,
+/// the work in progress, a send's answer, a room's event (not while work is in
+/// progress: its frames come first), a client frame. Each source polled and found
+/// pending has registered the stream to be woken.
+fn next_step<I>(
+    s: &mut Session,
+    stopped: &mut Gated<Stop>,
+    inbound: &mut Gated<I>,
+    cx: &mut Context<'_>,
+) -> Poll<Step>
+where
+    I: Stream<Item = std::result::Result<pb::SubscribeRequest, Status>> + Unpin,
+{
+    if Pin::new(stopped).poll(cx).is_ready() {
+        return Poll::Ready(Step::Stop);
+    }
+    if let Some(timer) = &mut s.expiry
+        && timer.as_mut().poll(cx).is_ready()
+    {
+        return Poll::Ready(Step::Expired);
+    }
+    let idle = s.work.is_none();
+    if let Some(work) = &mut s.work
+        && let Poll::Ready(done) = Pin::new(&mut work.task).poll(cx)
+    {
+        return Poll::Ready(Step::Worked(done));
+    }
+    if !s.sends.is_empty()
+        && let Poll::Ready(Some(sent)) = Pin::new(&mut s.sends).poll_next(cx)
+    {
+        return Poll::Ready(Step::Sent(sent));
+    }
+    if idle
+        && !s.state.events.is_empty()
+        && let Poll::Ready(Some((room, event))) = Pin::new(&mut s.state.events).poll_next(cx)
+    {
+        return Poll::Ready(Step::Room(room, event));
+    }
+    if !s.inbound_done
+        && let Poll::Ready(frame) = Pin::new(inbound).poll_next(cx)
+    {
+        return Poll::Ready(Step::Client(frame));
+    }
+    Poll::Pending
 }
 
 /// Whether a stream goes on after a step.
@@ -369,6 +496,7 @@ impl Session {
             tokens: sessions.tokens.clone(),
             sends: Sends::default(),
             work: None,
+            handing: None,
             catch_up: VecDeque::new(),
             queued: VecDeque::new(),
             queued_bytes: 0,
@@ -481,15 +609,4 @@ pub(super) fn token_expired(what_to_do: &str) -> Status {
 /// How a stream ends when the server stops.
 pub(super) fn shutting_down() -> Status {
     Status::unavailable("the server is shutting down; reconnect and resume")
-}
-
-/// The result of the work in progress (pending forever when there is none: `select!`
-/// makes every branch's future, also those it will not poll).
-async fn work_done(
-    work: &mut Option<Box<Work>>,
-) -> std::result::Result<Done, tokio::task::JoinError> {
-    match work {
-        Some(work) => (&mut work.task).await,
-        None => std::future::pending().await,
-    }
 }

@@ -3,8 +3,9 @@
 use super::frames::{detached_frame, error_frame, send_answer};
 use super::*;
 use crate::domain::DetachReason;
-use crate::error::Error;
+use crate::error::{Error, Result};
 use crate::proto::encode::event;
+use crate::rooms::{Handing, Sent};
 
 impl Session {
     /// Takes a client frame: queued for its turn, or refused when the queue is full.
@@ -33,13 +34,13 @@ impl Session {
     }
 
     /// Takes the next action off the queue: answers it, or starts its database work.
-    pub(super) async fn take_next(&mut self) {
+    pub(super) fn take_next(&mut self) {
         let Some(action) = self.queued.pop_front() else {
             return;
         };
         self.queued_bytes -= action.bytes();
         match action {
-            Action::Request(request) => self.handle_request(request).await,
+            Action::Request(request) => self.handle_request(request),
             Action::Follow(switch) => {
                 // Follow the user into the room it switched to, from now on.
                 if !self.state.attached.contains(&switch.to) {
@@ -51,7 +52,7 @@ impl Session {
     }
 
     /// Answers one client frame (or starts the work that will).
-    pub(super) async fn handle_request(&mut self, request: pb::SubscribeRequest) {
+    pub(super) fn handle_request(&mut self, request: pb::SubscribeRequest) {
         let request_id = request.request_id;
         let answer = match request.frame {
             Some(Request::Attach(attach)) => {
@@ -64,7 +65,7 @@ impl Session {
                 }
             }
             Some(Request::Detach(detach)) => Some(self.detach(request_id, detach.room_id)),
-            Some(Request::Send(send)) => self.send(request_id, send).await,
+            Some(Request::Send(send)) => self.send(request_id, send),
             Some(Request::Ping(_)) => Some(Frame::reply(request_id, event::pong())),
             Some(Request::RefreshToken(refresh)) => self.refresh(request_id, refresh.token),
             None => Some(error_frame(
@@ -101,7 +102,7 @@ impl Session {
 
     /// A `send` frame: handed over in frame order, answered when its answer comes
     /// (`None`: not yet).
-    async fn send(&mut self, request_id: String, send: pb::SendMessageRequest) -> Option<Frame> {
+    fn send(&mut self, request_id: String, send: pb::SendMessageRequest) -> Option<Frame> {
         let draft = match decode::draft(send, self.state.rooms.message_limits()) {
             Ok(draft) => draft,
             Err(error) => return Some(error_frame(request_id, error)),
@@ -136,8 +137,26 @@ impl Session {
             return None;
         }
         // Handed over here, in frame order; only the answers are awaited
-        // concurrently, so one stream's messages keep their order.
-        match Box::pin(rooms.messages.submit(&self.caller, draft, name.as_deref())).await {
+        // concurrently, so one stream's messages keep their order. Should the writer's
+        // queue be full, the stream takes nothing else until it has room.
+        match rooms
+            .messages
+            .hand_over(&self.caller, draft, name.as_deref())
+        {
+            Handing::Done(sent) => self.sent(request_id, sent),
+            Handing::Waiting(sending) => {
+                self.handing = Some(Box::new(HandOver {
+                    request_id,
+                    sending,
+                }));
+                None
+            }
+        }
+    }
+
+    /// A send handed over (its answer to come), or its error frame.
+    pub(super) fn sent(&mut self, request_id: String, sent: Result<Sent>) -> Option<Frame> {
+        match sent {
             Ok(sent) => {
                 self.sends.push(Box::pin(async move {
                     send_answer(request_id, sent.answer().await)

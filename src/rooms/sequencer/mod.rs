@@ -84,6 +84,18 @@ impl Sequencer {
         lane.hand_over(Submission { message, admin }).await
     }
 
+    /// Hands a CHAT message to its writer like [`Sequencer::submit`] if the writer's
+    /// queue has room now; gives the message back if not (`submit` then waits).
+    pub fn try_submit(
+        &self,
+        message: Message,
+        admin: bool,
+    ) -> Result<std::result::Result<Answer, Message>> {
+        let lane = &self.0[self.lane(&message.room_id)];
+        let handed = lane.try_hand_over(Submission { message, admin })?;
+        Ok(handed.map_err(|submission| submission.message))
+    }
+
     /// Hands over messages of an admin (a broadcast) back to back, each lane its
     /// own: a lane takes them in one batch while they fit. An answer each, in order.
     pub async fn submit_all(&self, messages: Vec<Message>) -> Result<Vec<Answer>> {
