@@ -36,6 +36,7 @@
 
 mod attached;
 mod frames;
+mod outbox;
 mod requests;
 mod results;
 mod route;
@@ -67,6 +68,7 @@ use crate::proto::pb::subscribe_request::Frame as Request;
 use crate::rooms::streams::StreamSlot;
 use crate::rooms::{Access, CatchUp, Rooms};
 use attached::{AttachedRooms, StreamRooms};
+use outbox::Outbox;
 use sends::Sends;
 
 /// Stored messages read per page while catching up, at most.
@@ -192,9 +194,6 @@ enum Done {
     },
 }
 
-/// Outbox capacity a stream keeps once drained; a larger one (a catch-up page) is freed.
-const OUTBOX_KEPT: usize = 8;
-
 /// What a stream keeps between frames.
 ///
 /// A stream holds this and little else between polls: database work runs on tasks of
@@ -226,7 +225,7 @@ struct Session {
     queued: VecDeque<Action>,
     queued_bytes: usize,
     /// Frames ready for the client, in order.
-    outbox: VecDeque<Frame>,
+    outbox: Outbox,
     /// The client half-closed: no more frames, but events go on until it cancels, the
     /// server stops, or no room is left.
     inbound_done: bool,
@@ -243,13 +242,11 @@ impl Session {
             && self.queued.is_empty()
     }
 
-    /// Frees a drained outbox that grew past [`OUTBOX_KEPT`], and a drained queue:
-    /// most streams send a few frames and then only listen, and a queue's slots are
-    /// a request's full size each.
+    /// Frees a drained outbox queue that grew past a turn's usual need, and a drained
+    /// frame queue: most streams send a few frames and then only listen, and a queue's
+    /// slots are a request's full size each.
     fn trim(&mut self) {
-        if self.outbox.is_empty() && self.outbox.capacity() > OUTBOX_KEPT {
-            self.outbox = VecDeque::new();
-        }
+        self.outbox.trim();
         if self.queued.is_empty() && self.queued.capacity() > 0 {
             self.queued = VecDeque::new();
         }
@@ -500,7 +497,7 @@ impl Session {
             catch_up: VecDeque::new(),
             queued: VecDeque::new(),
             queued_bytes: 0,
-            outbox: VecDeque::new(),
+            outbox: Outbox::default(),
             inbound_done: false,
         }
     }

@@ -1,11 +1,11 @@
 //! What one hub event means for one stream. Pure — it reads and updates the stream's
 //! delivery state and says what else must happen — so it is tested on its own.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 
 use super::attached::AttachedRooms;
 use super::frames::detached_frame;
+use super::outbox::Outbox;
 use crate::domain::{DetachReason, RoomId};
 use crate::live::Event;
 use crate::live::hub::{Delivery, Held, RoomState, Switch};
@@ -35,7 +35,7 @@ pub(super) fn route(
     room_id: &RoomId,
     event: &Event,
     latest: impl FnOnce() -> Option<Arc<RoomState>>,
-    outbox: &mut VecDeque<Frame>,
+    outbox: &mut Outbox,
 ) -> Routed {
     let mut routed = Routed::default();
     match event {
@@ -85,7 +85,7 @@ fn message(
     room_id: &RoomId,
     seq: u64,
     held: &Held,
-    outbox: &mut VecDeque<Frame>,
+    outbox: &mut Outbox,
     routed: &mut Routed,
 ) {
     let upgraded;
@@ -130,7 +130,7 @@ fn updated(
     room_id: &RoomId,
     version: u64,
     latest: impl FnOnce() -> Option<Arc<RoomState>>,
-    outbox: &mut VecDeque<Frame>,
+    outbox: &mut Outbox,
     routed: &mut Routed,
 ) {
     let Some(a) = attached.get_mut(room_id) else {
@@ -204,13 +204,13 @@ mod tests {
     }
 
     /// Routes `event` of "r" for bob's stream, with no room state to send.
-    fn to_bob(rooms: &mut AttachedRooms, event: &Event, outbox: &mut VecDeque<Frame>) -> Routed {
+    fn to_bob(rooms: &mut AttachedRooms, event: &Event, outbox: &mut Outbox) -> Routed {
         route(rooms, "bob", false, &room_id(), event, || None, outbox)
     }
 
     #[test]
     fn chat_is_delivered_in_seq_order_and_a_skip_is_a_gap() {
-        let (mut rooms, mut outbox) = (attached(), VecDeque::new());
+        let (mut rooms, mut outbox) = (attached(), Outbox::default());
         let next = to_bob(&mut rooms, &message(6, "six", None), &mut outbox);
         assert!(!next.gap);
         assert_eq!(outbox.len(), 1);
@@ -228,7 +228,7 @@ mod tests {
 
     #[test]
     fn a_room_behind_the_store_is_a_gap_for_streams_behind_it() {
-        let (mut rooms, mut outbox) = (attached(), VecDeque::new());
+        let (mut rooms, mut outbox) = (attached(), Outbox::default());
         assert!(!to_bob(&mut rooms, &Event::Behind { seq: 5 }, &mut outbox).gap);
         assert!(to_bob(&mut rooms, &Event::Behind { seq: 7 }, &mut outbox).gap);
         assert!(outbox.is_empty());
@@ -237,7 +237,7 @@ mod tests {
 
     #[test]
     fn targets_limit_who_receives_and_unstored_kinds_carry_no_seq() {
-        let (mut rooms, mut outbox) = (attached(), VecDeque::new());
+        let (mut rooms, mut outbox) = (attached(), Outbox::default());
         let to_carol = message(0, "psst", Some(vec!["carol".into()]));
         to_bob(&mut rooms, &to_carol, &mut outbox);
         assert!(outbox.is_empty());
@@ -249,7 +249,7 @@ mod tests {
 
     #[test]
     fn an_evicted_frame_is_a_gap_for_chat_and_gone_otherwise() {
-        let (mut rooms, mut outbox) = (attached(), VecDeque::new());
+        let (mut rooms, mut outbox) = (attached(), Outbox::default());
         let evicted = |seq| Event::Message {
             seq,
             held: Held::Weak(std::sync::Weak::new()),
@@ -290,7 +290,7 @@ mod tests {
 
     #[test]
     fn updates_send_the_latest_state_once() {
-        let (mut rooms, mut outbox) = (attached(), VecDeque::new());
+        let (mut rooms, mut outbox) = (attached(), Outbox::default());
         // Two updates missed: the first event sends the latest (v3), the second nothing.
         let latest = state(3, true);
         let first = route(
@@ -324,7 +324,7 @@ mod tests {
 
     #[test]
     fn a_detach_concerns_its_user_only_and_a_delete_everyone() {
-        let (mut rooms, mut outbox) = (attached(), VecDeque::new());
+        let (mut rooms, mut outbox) = (attached(), Outbox::default());
         let detach = |user: &str| Event::Detach {
             user: user.into(),
             reason: DetachReason::Left,
@@ -358,7 +358,7 @@ mod tests {
         );
         assert_eq!(admin.detach, None);
         assert!(outbox.is_empty());
-        let (mut member_rooms, mut member_outbox) = (attached(), VecDeque::new());
+        let (mut member_rooms, mut member_outbox) = (attached(), Outbox::default());
         let member = to_bob(&mut member_rooms, &repair, &mut member_outbox);
         assert_eq!(member.detach, Some(DetachReason::Left));
         let deleted = to_bob(&mut rooms, &Event::Deleted, &mut outbox);
@@ -399,7 +399,7 @@ mod tests {
             fn chat_goes_out_in_order_once_with_no_hole(
                 events in proptest::collection::vec(incoming(), 0..80),
             ) {
-                let (mut rooms, mut outbox) = (attached(), VecDeque::new());
+                let (mut rooms, mut outbox) = (attached(), Outbox::default());
                 let mut delivered = 5u64;
                 for event in &events {
                     let event = match *event {
@@ -411,13 +411,12 @@ mod tests {
                         Incoming::Behind(seq) => Event::Behind { seq },
                         Incoming::Unstored => message(0, "barrage", None),
                     };
-                    let before = outbox.len();
                     let routed = to_bob(&mut rooms, &event, &mut outbox);
                     let seq = match &event {
                         Event::Message { seq, .. } | Event::Behind { seq } => *seq,
                         _ => 0,
                     };
-                    for frame in outbox.drain(before..).collect::<Vec<_>>() {
+                    for frame in std::iter::from_fn(|| outbox.pop_front()) {
                         if let PbEvent::Message(m) = decoded(&frame)
                             && m.seq > 0
                         {
