@@ -5,7 +5,8 @@
 //! rules, encode) and who the caller is; [`routes`] is the service as served (the
 //! streaming calls to [`streams`], the rest to the generated server), under
 //! [`metered`] (a span and metrics for every call); [`streams`] opens Subscribe and
-//! Listen, [`session`] runs one, [`watch_rooms`] serves WatchRooms, [`body`] writes
+//! Listen (a Subscribe call's frames decoded by `inbound`), [`session`] runs one,
+//! [`watch_rooms`] serves WatchRooms, [`body`] writes
 //! a stream's frames, `gate` keeps the body and the session from polling what nothing
 //! woke, [`work`] runs its database work; [`status`] maps every error to its gRPC
 //! status; [`codec`] is the prost codec with small buffers.

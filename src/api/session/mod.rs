@@ -298,7 +298,7 @@ where
 ///
 /// Not an `async` generator: a generator keeps room for everything any of its awaits
 /// holds, and its own machinery beside (≈ 1 KB a stream); this holds the session's
-/// state and its two gates, and each poll runs the session's loop ([`Live::turn`])
+/// state and its two gates, and each poll runs the session's loop (`Live::turn`)
 /// until it has a frame or must wait.
 pub struct SessionStream<I>(Option<Live<I>>);
 
