@@ -3,11 +3,11 @@
 //!
 //! A Subscribe stream's task is woken for many reasons — a room's event, the client's
 //! frame, h2 telling it its send window moved, its own frame going out — and each
-//! wake polls whatever the task waits on: the session, and within it a select over the
-//! server's stop, the client's frames and every attached room. Most of those polls
-//! find nothing new, and some are not cheap (reading the client's frames takes h2's
-//! lock; the stop is a `watch`). Gated, each is polled only after its own waker fired,
-//! and otherwise answers `Pending` for the cost of one atomic swap.
+//! wake polls whatever the task waits on: the body, the session, and within it the
+//! client's frames and every attached room. Most of those polls find nothing new, and
+//! some are not cheap (reading the client's frames takes h2's lock). Gated, each is
+//! polled only after its own waker fired, and otherwise answers `Pending` for the cost
+//! of one atomic swap. (The server's stop is one flag the session reads: `stop.rs`.)
 
 use std::future::Future;
 use std::pin::Pin;

@@ -6,10 +6,10 @@
 //! streaming calls to [`streams`], the rest to the generated server), under
 //! [`metered`] (a span and metrics for every call); [`streams`] opens Subscribe and
 //! Listen (a Subscribe call's frames decoded by `inbound`), [`session`] runs one,
-//! [`watch_rooms`] serves WatchRooms, [`body`] writes
-//! a stream's frames, `gate` keeps the body and the session from polling what nothing
-//! woke, [`work`] runs its database work; [`status`] maps every error to its gRPC
-//! status; [`codec`] is the prost codec with small buffers.
+//! [`watch_rooms`] serves WatchRooms, [`body`] writes a stream's frames, `gate` keeps
+//! the body and the session from polling what nothing woke, `stop` is the server's
+//! stop as the streams wait for it, [`work`] runs their database work; [`status`] maps
+//! every error to its gRPC status; [`codec`] is the prost codec with small buffers.
 
 pub mod body;
 pub mod codec;
@@ -19,6 +19,7 @@ pub mod metered;
 pub mod routes;
 pub mod session;
 pub mod status;
+mod stop;
 pub mod streams;
 pub mod watch_rooms;
 pub mod work;
@@ -76,6 +77,7 @@ impl ChatRoomApi {
                 limits,
                 tokens: tokens.map(Arc::new),
                 work: work::Pool::default(),
+                server_stop: stop::Stop::following(stop.clone()),
                 stop,
             },
         }

@@ -54,6 +54,7 @@ use tokio_stream::{Stream, StreamExt, StreamMap};
 use tonic::{Code, Status};
 
 use super::gate::Gated;
+use super::stop::{Stop, StopWait};
 use super::work;
 use crate::auth::Verifier;
 use crate::domain::{Caller, Clock, RoomId, UnixMicros};
@@ -115,6 +116,8 @@ pub struct Sessions {
     pub work: work::Pool,
     /// Turns true when the server starts shutting down: streams end.
     pub stop: watch::Receiver<bool>,
+    /// The same, as Subscribe streams wait for it.
+    pub server_stop: Stop,
 }
 
 /// What woke the session.
@@ -273,21 +276,12 @@ pub fn run<I>(sessions: &Sessions, caller: Caller, slot: StreamSlot, inbound: I)
 where
     I: Stream<Item = std::result::Result<pb::SubscribeRequest, Status>> + Send + Unpin + 'static,
 {
-    let mut stop = sessions.stop.clone();
     SessionStream(Some(Live {
         session: Session::new(sessions, caller),
-        // One future for the whole session: re-creating it on every turn registered
-        // and dropped a waiter each time (a tenth of the fan-out profile). Gated, like
-        // the client's frames: a room's event wakes the stream, and polling the stop's
-        // `watch` and h2's inbound side again each time found nothing but cost a tenth
-        // of a delivery's instructions (BENCHMARKS.md).
-        stopped: Gated::new(Box::pin(async move {
-            while !*stop.borrow_and_update() {
-                if stop.changed().await.is_err() {
-                    return;
-                }
-            }
-        })),
+        stop: sessions.server_stop.wait(),
+        // Gated: a room's event wakes the stream, and polling h2's inbound side again
+        // each time found nothing but cost a tenth of a delivery's instructions
+        // (BENCHMARKS.md).
         inbound: Gated::new(inbound),
         phase: Phase::Running,
         _slot: slot,
@@ -298,18 +292,16 @@ where
 ///
 /// Not an `async` generator: a generator keeps room for everything any of its awaits
 /// holds, and its own machinery beside (≈ 1 KB a stream); this holds the session's
-/// state and its two gates, and each poll runs the session's loop (`Live::turn`)
-/// until it has a frame or must wait.
+/// state, its wait for the server's stop and the gate of the client's frames, and each
+/// poll runs the session's loop (`Live::turn`) until it has a frame or must wait.
 pub struct SessionStream<I>(Option<Live<I>>);
-
-/// The future that resolves when the server starts shutting down.
-type Stop = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// A stream that has not ended: dropping it frees what the stream held (its rooms'
 /// subscriptions, the user's stream slot).
 struct Live<I> {
     session: Session,
-    stopped: Gated<Stop>,
+    /// The server's stop.
+    stop: StopWait,
     inbound: Gated<I>,
     phase: Phase,
     /// Dropping it frees the user's slot.
@@ -406,7 +398,7 @@ where
                     continue;
                 }
             }
-            let Poll::Ready(step) = next_step(s, &mut self.stopped, &mut self.inbound, cx) else {
+            let Poll::Ready(step) = next_step(s, &mut self.stop, &mut self.inbound, cx) else {
                 return Turn::Wait;
             };
             match s.take(step) {
@@ -427,14 +419,14 @@ where
 /// pending has registered the stream to be woken.
 fn next_step<I>(
     s: &mut Session,
-    stopped: &mut Gated<Stop>,
+    stop: &mut StopWait,
     inbound: &mut Gated<I>,
     cx: &mut Context<'_>,
 ) -> Poll<Step>
 where
     I: Stream<Item = std::result::Result<pb::SubscribeRequest, Status>> + Unpin,
 {
-    if Pin::new(stopped).poll(cx).is_ready() {
+    if stop.poll_stopped(cx).is_ready() {
         return Poll::Ready(Step::Stop);
     }
     if let Some(timer) = &mut s.expiry
