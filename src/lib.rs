@@ -38,9 +38,11 @@
 //!   deadline, certificates reloaded on SIGHUP.
 //! - [`api`]: the gRPC layer only — identity, the unary handlers, the service as
 //!   served ([`api::routes`]) under one span-and-metrics layer ([`api::metered`]),
-//!   Subscribe and Listen opened once ([`api::streams`]), the session loop
-//!   ([`api::session`]), its body, which writes pre-encoded frames to HTTP/2
-//!   ([`api::body`]), polled only when something it waits on woke it (`api::gate`),
+//!   Subscribe and Listen opened once ([`api::streams`]), the client's frames
+//!   decoded (`api::inbound`), the session loop ([`api::session`]), its body, which
+//!   writes pre-encoded frames to HTTP/2 ([`api::body`]), polled only when something
+//!   it waits on woke it (`api::gate`), the server's stop as streams wait for it
+//!   (`api::stop`),
 //!   the tasks a stream's database work runs on ([`api::work`]:
 //!   never inside the session, which runs only while its client reads) and the
 //!   server's codec (which answers undecodable messages INVALID_ARGUMENT).
