@@ -133,6 +133,11 @@ mod tests {
         (count.clone(), Waker::from(count))
     }
 
+    /// Polls `wait` from the task that `waker` wakes.
+    fn poll(wait: &mut StopWait, waker: &Waker) -> Poll<()> {
+        wait.poll_stopped(&mut Context::from_waker(waker))
+    }
+
     #[tokio::test]
     async fn the_stop_wakes_every_stream_waiting_once_and_stays_stopped() {
         let (tx, rx) = watch::channel(false);
@@ -140,22 +145,10 @@ mod tests {
         let (a_count, a) = counted();
         let (b_count, b) = counted();
         let (mut wait_a, mut wait_b) = (stop.wait(), stop.wait());
-        assert!(
-            wait_a
-                .poll_stopped(&mut Context::from_waker(&a))
-                .is_pending()
-        );
-        assert!(
-            wait_b
-                .poll_stopped(&mut Context::from_waker(&b))
-                .is_pending()
-        );
+        assert!(poll(&mut wait_a, &a).is_pending());
+        assert!(poll(&mut wait_b, &b).is_pending());
         // Polled again by the same task: registered once.
-        assert!(
-            wait_a
-                .poll_stopped(&mut Context::from_waker(&a))
-                .is_pending()
-        );
+        assert!(poll(&mut wait_a, &a).is_pending());
         assert_eq!(stop.waiting().len(), 2);
         // A stream that ends leaves the list.
         drop(wait_b);
@@ -170,9 +163,9 @@ mod tests {
         }
         assert_eq!(a_count.0.load(Ordering::SeqCst), 1, "woken once");
         assert_eq!(b_count.0.load(Ordering::SeqCst), 0, "it had left");
-        assert!(wait_a.poll_stopped(&mut Context::from_waker(&a)).is_ready());
+        assert!(poll(&mut wait_a, &a).is_ready());
         let mut late = stop.wait();
-        assert!(late.poll_stopped(&mut Context::from_waker(&a)).is_ready());
+        assert!(poll(&mut late, &a).is_ready());
         assert!(stop.waiting().is_empty());
     }
 
@@ -183,8 +176,8 @@ mod tests {
         let (_, a) = counted();
         let (b_count, b) = counted();
         let mut wait = stop.wait();
-        assert!(wait.poll_stopped(&mut Context::from_waker(&a)).is_pending());
-        assert!(wait.poll_stopped(&mut Context::from_waker(&b)).is_pending());
+        assert!(poll(&mut wait, &a).is_pending());
+        assert!(poll(&mut wait, &b).is_pending());
         assert_eq!(stop.waiting().len(), 1);
         stop.fire();
         assert_eq!(
