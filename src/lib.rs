@@ -15,7 +15,8 @@
 //!
 //! - `app` (private): [`App::build`] checks the flags, opens the store and starts
 //!   every task; [`App::serve`] serves until shutdown and stops them. One node or a
-//!   node of a cluster is decided there, once.
+//!   node of a cluster is decided there, once. [`token`]: `chatroom token`, which
+//!   mints a development token or checks one with the key the flags name.
 //!
 //! - [`config`]: the command line and its environment twins.
 //! - [`health`]: what the health service says — the watcher of the database (and of
@@ -101,7 +102,7 @@ pub mod tls;
 pub mod transport;
 pub mod web;
 
-pub use app::{App, BoxError};
+pub use app::{App, BoxError, token};
 pub use config::Config;
 pub use error::{Error, Result};
 pub use proto::{FILE_DESCRIPTOR_SET, pb};

@@ -1,10 +1,30 @@
 //! The `chatroom` server binary: parse the configuration, set up logging, serve until
-//! SIGTERM or SIGINT.
+//! SIGTERM or SIGINT — or, as `chatroom token`, mint or check a token.
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
 
 use chatroom::Config;
+use chatroom::token::{Outcome, TokenArgs};
+
+/// The chatroom server: chat rooms over gRPC, stored in SQLite or PostgreSQL.
+/// Without a command it serves, as the options below say.
+#[derive(Parser)]
+#[command(name = "chatroom", version, about, long_about = None)]
+#[command(args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: Config,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Mint a JWT for development and tests from the server's --jwt-* flags, or
+    /// check one (--check TOKEN) against them.
+    Token(TokenArgs),
+}
 
 fn main() -> std::process::ExitCode {
     return_large_blocks();
@@ -19,7 +39,26 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    runtime.block_on(serve())
+    match Cli::parse() {
+        Cli {
+            command: Some(Command::Token(args)),
+            ..
+        } => runtime.block_on(token(args)),
+        Cli { serve: config, .. } => runtime.block_on(serve(config)),
+    }
+}
+
+/// `chatroom token`: exits 0 when minted or accepted, 1 when refused, 2 when it
+/// could not be done.
+async fn token(args: TokenArgs) -> std::process::ExitCode {
+    match chatroom::token::run(args, &mut std::io::stdout()).await {
+        Ok(Outcome::Done) => std::process::ExitCode::SUCCESS,
+        Ok(Outcome::Refused) => std::process::ExitCode::from(1),
+        Err(error) => {
+            eprintln!("chatroom token: {error}");
+            std::process::ExitCode::from(2)
+        }
+    }
 }
 
 /// Makes glibc's allocator give large blocks back to the system when they are freed.
@@ -76,8 +115,8 @@ fn return_freed_pages() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn return_freed_pages() {}
 
-async fn serve() -> std::process::ExitCode {
-    match run().await {
+async fn serve(config: Config) -> std::process::ExitCode {
+    match run(config).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             // The error's own words (a flag that cannot work says which and why),
@@ -88,8 +127,7 @@ async fn serve() -> std::process::ExitCode {
     }
 }
 
-async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let config = Config::parse();
+async fn run(config: Config) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let telemetry = chatroom::telemetry::init(
         &config.log,
         config.log_format,

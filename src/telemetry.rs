@@ -96,9 +96,10 @@ pub fn init(filter: &str, format: LogFormat, otlp_endpoint: Option<&str>) -> Res
     Ok(Telemetry { spans: provider })
 }
 
-/// Serves `/metrics` on `addr` from now on. Fails when the address cannot be bound or
-/// a recorder is installed already (one per process).
-pub fn serve_metrics(addr: SocketAddr) -> Result<()> {
+/// Serves `/metrics` on `addr` from now on, every family at zero until it moves
+/// (`methods`: the RPCs the call metrics are labelled with). Fails when the address
+/// cannot be bound or a recorder is installed already (one per process).
+pub fn serve_metrics(addr: SocketAddr, methods: &[&'static str]) -> Result<()> {
     const LATENCY: &[f64] = &[
         0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
     ];
@@ -118,7 +119,42 @@ pub fn serve_metrics(addr: SocketAddr) -> Result<()> {
         .and_then(|b| b.install())
         .map_err(|e| Error::invalid("metrics_listen", e.to_string()))?;
     describe();
+    start_at_zero(methods);
     Ok(())
+}
+
+/// Registers every family with the label values it is known to take, at zero. The
+/// exporter writes a series only once it is registered, and a dashboard or an alert
+/// on a series that does not exist yet (no call refused, no bus event on this node)
+/// sees no data instead of 0.
+fn start_at_zero(methods: &[&'static str]) {
+    for &method in methods {
+        counter!("chatroom_rpcs_total", "method" => method, "code" => "OK").absolute(0);
+        let _ = histogram!("chatroom_rpc_seconds", "method" => method);
+    }
+    gauge!("chatroom_streams_open").set(0.0);
+    gauge!("chatroom_rooms_live").set(0.0);
+    for name in [
+        "chatroom_messages_stored_total",
+        "chatroom_messages_delivered_total",
+        "chatroom_stream_lagged_events_total",
+        "chatroom_catch_ups_total",
+        "chatroom_db_waits_total",
+        "chatroom_history_pruned_total",
+        "chatroom_room_feed_pruned_total",
+        "chatroom_bus_gaps_total",
+    ] {
+        counter!(name).absolute(0);
+    }
+    for writer in Writer::ALL {
+        let _ = histogram!("chatroom_writer_batch_size", "writer" => writer.name());
+        let _ = histogram!("chatroom_writer_commit_seconds", "writer" => writer.name());
+    }
+    db_connections(0, 0);
+    let _ = histogram!("chatroom_db_wait_seconds");
+    for event in BusEvent::ALL {
+        counter!("chatroom_bus_messages_total", "direction" => event.name()).absolute(0);
+    }
 }
 
 fn describe() {
@@ -230,8 +266,27 @@ pub fn catch_up_queued() {
     counter!("chatroom_catch_ups_total").increment(1);
 }
 
+/// The writers whose batches are measured.
+#[derive(Clone, Copy, Debug)]
+pub enum Writer {
+    Messages,
+    Membership,
+}
+
+impl Writer {
+    const ALL: [Writer; 2] = [Writer::Messages, Writer::Membership];
+
+    fn name(self) -> &'static str {
+        match self {
+            Writer::Messages => "messages",
+            Writer::Membership => "membership",
+        }
+    }
+}
+
 /// A writer applied a batch of `size` changes in `elapsed`.
-pub fn batch(writer: &'static str, size: usize, elapsed: Duration) {
+pub fn batch(writer: Writer, size: usize, elapsed: Duration) {
+    let writer = writer.name();
     histogram!("chatroom_writer_batch_size", "writer" => writer).record(size as f64);
     histogram!("chatroom_writer_commit_seconds", "writer" => writer).record(elapsed.as_secs_f64());
 }
@@ -258,9 +313,40 @@ pub fn feed_pruned(count: u64) {
     counter!("chatroom_room_feed_pruned_total").increment(count);
 }
 
-/// An event to or from the other nodes: `direction` is `out`, `in` or `dropped`.
-pub fn bus(direction: &'static str) {
-    counter!("chatroom_bus_messages_total", "direction" => direction).increment(1);
+/// What became of an event on the bus between the nodes.
+#[derive(Clone, Copy, Debug)]
+pub enum BusEvent {
+    /// Published to the other nodes.
+    Out,
+    /// Received from another node.
+    In,
+    /// Not published: the relay's queue was full.
+    Dropped,
+    /// Received, and refused: its MAC did not verify.
+    Refused,
+}
+
+impl BusEvent {
+    const ALL: [BusEvent; 4] = [
+        BusEvent::Out,
+        BusEvent::In,
+        BusEvent::Dropped,
+        BusEvent::Refused,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            BusEvent::Out => "out",
+            BusEvent::In => "in",
+            BusEvent::Dropped => "dropped",
+            BusEvent::Refused => "refused",
+        }
+    }
+}
+
+/// An event to or from the other nodes.
+pub fn bus(event: BusEvent) {
+    counter!("chatroom_bus_messages_total", "direction" => event.name()).increment(1);
 }
 
 /// A room found behind the store.

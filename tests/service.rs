@@ -251,6 +251,101 @@ fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         })
 }
 
+/// Every metric family named in `text` (Prometheus text), by its `# TYPE` line, with
+/// its type.
+fn families(text: &str) -> std::collections::BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.split_once(' '))
+        .map(|(name, kind)| (name.to_string(), kind.to_string()))
+        .collect()
+}
+
+/// Every string under a key `expr` or `query` in the dashboard's JSON.
+fn queries(value: &serde_json::Value, found: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, value) in map {
+                match value {
+                    serde_json::Value::String(q) if key == "expr" || key == "query" => {
+                        found.push(q.clone());
+                    }
+                    other => queries(other, found),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| queries(v, found)),
+        _ => {}
+    }
+}
+
+/// The Grafana dashboard (`deploy/grafana/chatroom.json`) queries only metrics the
+/// server exports, and shows every family it exports; and every family is exported
+/// from the start, at zero, before anything has moved it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_every_exported_metric_from_the_start() {
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+    let db = TestDb::new(Backend::Sqlite).await;
+    let metrics_addr = format!("127.0.0.1:{}", common::free_port());
+    let _process =
+        common::ServerProcess::start_with(&db, &["--metrics-listen", &metrics_addr]).await;
+    let url = format!("http://{metrics_addr}/metrics");
+    let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+    let exported = families(&text);
+    assert!(exported.len() >= 17, "every family at the start:\n{text}");
+    let zero = |name: &str, labels: &[(&str, &str)]| {
+        assert_eq!(
+            sample(&text, name, labels),
+            Some(0.0),
+            "{name} {labels:?}:\n{text}"
+        );
+    };
+    zero(
+        "chatroom_rpcs_total",
+        &[("method", "SendMessage"), ("code", "OK")],
+    );
+    zero("chatroom_messages_delivered_total", &[]);
+    zero("chatroom_bus_messages_total", &[("direction", "refused")]);
+    zero("chatroom_bus_gaps_total", &[]);
+    zero(
+        "chatroom_writer_commit_seconds_count",
+        &[("writer", "membership")],
+    );
+    zero(
+        "chatroom_writer_batch_size_count",
+        &[("writer", "messages")],
+    );
+    zero("chatroom_rpc_seconds_count", &[("method", "Subscribe")]);
+
+    let dashboard: serde_json::Value =
+        serde_json::from_str(include_str!("../deploy/grafana/chatroom.json")).unwrap();
+    let mut found = Vec::new();
+    queries(&dashboard, &mut found);
+    assert!(found.len() > 20, "{found:?}");
+    let mut shown = std::collections::BTreeSet::new();
+    for query in &found {
+        let names = query
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|word| word.starts_with("chatroom_"));
+        for name in names {
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| {
+                    let base = name.strip_suffix(suffix)?;
+                    (exported.get(base)? == "histogram").then_some(base)
+                })
+                .unwrap_or(name);
+            assert!(
+                exported.contains_key(family),
+                "the dashboard queries {name}, which the server does not export: {query}"
+            );
+            shown.insert(family.to_string());
+        }
+    }
+    let missing: Vec<_> = exported.keys().filter(|f| !shown.contains(*f)).collect();
+    assert!(missing.is_empty(), "exported but on no panel: {missing:?}");
+}
+
 /// `--metrics-listen`: scrape, act, scrape — the counters and gauges move with the
 /// traffic, by method and code.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -271,8 +366,8 @@ async fn metrics_move_with_traffic() {
     let before = scrape().await;
     assert_eq!(
         sample(&before, "chatroom_rpcs_total", &[("method", "CreateRoom")]),
-        None,
-        "no call yet: {before}"
+        Some(0.0),
+        "no call yet, and the series is there at zero: {before}"
     );
 
     let server = &process.server;

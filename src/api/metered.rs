@@ -95,6 +95,11 @@ static METHODS: std::sync::LazyLock<Vec<&'static str>> = std::sync::LazyLock::ne
         .collect()
 });
 
+/// The contract's RPC names, as the call metrics label them.
+pub fn methods() -> &'static [&'static str] {
+    &METHODS
+}
+
 /// The method a path calls, as the metrics name it ("unknown" for no RPC of the
 /// contract, so that a client cannot make up label values).
 fn method_name(path: &str) -> &'static str {

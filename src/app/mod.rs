@@ -3,13 +3,15 @@
 //! and — for a cluster node — the bus, the lease and the repair; [`App::serve`]
 //! serves them on a listener until the shutdown future resolves, then stops every
 //! task it started, in order. Whether this process is one node or a node of a
-//! cluster is decided here, once ([`cluster`]).
+//! cluster is decided here, once ([`cluster`]). [`token`] is the `chatroom token`
+//! command: it mints and checks tokens with the key the server's flags name.
 //!
 //! It may import every module; nothing imports it but `lib.rs`.
 
 mod cluster;
 mod gauges;
 mod parts;
+pub mod token;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -67,7 +69,7 @@ impl App {
         let nats = parts::nats_connection(&config)?;
         let cors = web::cors(&config.cors_origins)?;
         if let Some(addr) = config.metrics_listen {
-            telemetry::serve_metrics(addr)?;
+            telemetry::serve_metrics(addr, api::metered::methods())?;
         }
         let tls = parts::tls(&config)?;
         let store = store::Store::connect(&config.database_url, config.db_pool_size).await?;

@@ -30,27 +30,59 @@ pub fn token_verifier(config: &Config) -> Result<Option<Verifier>> {
     if config.auth == AuthMode::Header {
         return Ok(None);
     }
-    let key = if let Some(secret) = &config.jwt_secret {
-        KeySource::Secret(secret.as_bytes().to_vec())
-    } else if let Some(path) = &config.jwt_secret_file {
-        let mut secret = read("jwt_secret_file", path)?;
-        while secret.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-            secret.pop();
-        }
-        KeySource::Secret(secret)
-    } else if let Some(path) = &config.jwt_public_key {
-        KeySource::PublicKeyPem(read("jwt_public_key", path)?)
-    } else if let Some(url) = &config.jwt_jwks_url {
-        let refresh = std::time::Duration::from_secs(config.jwt_jwks_refresh_secs);
-        KeySource::Jwks(crate::auth::jwks::Source::parse(url, refresh)?)
-    } else {
-        unreachable!("Config::validate requires one key with --auth jwt")
+    let flags = KeyFlags {
+        secret: config.jwt_secret.as_deref(),
+        secret_file: config.jwt_secret_file.as_deref(),
+        public_key: config.jwt_public_key.as_deref(),
+        jwks_url: config.jwt_jwks_url.as_deref(),
+        jwks_refresh: std::time::Duration::from_secs(config.jwt_jwks_refresh_secs),
     };
+    let key = key_source(&flags)?.expect("Config::validate requires one key with --auth jwt");
     let expect = Expectations {
         issuer: config.jwt_issuer.clone(),
         audience: config.jwt_audience.clone(),
     };
     Verifier::new(key, expect).map(Some)
+}
+
+/// The `--jwt-*` flags that name the key tokens are verified with (the server's, and
+/// `chatroom token`'s, which reads the same).
+pub struct KeyFlags<'a> {
+    pub secret: Option<&'a str>,
+    pub secret_file: Option<&'a Path>,
+    pub public_key: Option<&'a Path>,
+    pub jwks_url: Option<&'a str>,
+    pub jwks_refresh: std::time::Duration,
+}
+
+/// The key the flags name (the first of them, in the order above; `None`: none),
+/// read from wherever they say.
+pub fn key_source(flags: &KeyFlags<'_>) -> Result<Option<KeySource>> {
+    Ok(Some(if let Some(secret) = hs_secret(flags)? {
+        KeySource::Secret(secret)
+    } else if let Some(path) = flags.public_key {
+        KeySource::PublicKeyPem(read("jwt_public_key", path)?)
+    } else if let Some(url) = flags.jwks_url {
+        KeySource::Jwks(crate::auth::jwks::Source::parse(url, flags.jwks_refresh)?)
+    } else {
+        return Ok(None);
+    }))
+}
+
+/// The HS256 secret, from `--jwt-secret` or the file `--jwt-secret-file` names (its
+/// trailing line breaks dropped: the file an editor or `echo` wrote).
+pub fn hs_secret(flags: &KeyFlags<'_>) -> Result<Option<Vec<u8>>> {
+    if let Some(secret) = flags.secret {
+        return Ok(Some(secret.as_bytes().to_vec()));
+    }
+    let Some(path) = flags.secret_file else {
+        return Ok(None);
+    };
+    let mut secret = read("jwt_secret_file", path)?;
+    while secret.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        secret.pop();
+    }
+    Ok(Some(secret))
 }
 
 /// How to reach NATS, if this is a cluster node, its credential files read (the

@@ -18,6 +18,7 @@
 //! code". This module knows neither gRPC nor SQL: `api/` hands it the token's text.
 
 pub mod jwks;
+pub mod mint;
 
 use std::sync::Arc;
 

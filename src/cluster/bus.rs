@@ -33,6 +33,7 @@ use crate::domain::{MutedUntil, RoomId, UnixMicros};
 use crate::error::{Error, Result};
 use crate::live::{Hubs, Relayed, RoomEvent};
 use crate::proto::{Frame, decode, pb};
+use crate::telemetry::BusEvent;
 
 /// The last token of the events subject, after the prefix.
 const EVENTS: &str = "events";
@@ -298,7 +299,7 @@ pub fn start(
                     tokio::select! {
                         published = client.publish(subject.clone(), payload) => {
                             match published {
-                                Ok(()) => crate::telemetry::bus("out"),
+                                Ok(()) => crate::telemetry::bus(BusEvent::Out),
                                 Err(error) => tracing::debug!(%error, "a message did not reach NATS"),
                             }
                         }
@@ -309,12 +310,12 @@ pub fn start(
                     let Some(received) = received else { return };
                     match decode(&node, &deployment, &received.payload) {
                         Ok(Some(message)) => {
-                            crate::telemetry::bus("in");
+                            crate::telemetry::bus(BusEvent::In);
                             hubs.apply_relayed(message);
                         }
                         Ok(None) => {}
                         Err(Refused) => {
-                            crate::telemetry::bus("refused");
+                            crate::telemetry::bus(BusEvent::Refused);
                             tracing::debug!("dropped an event from the bus whose MAC does not verify");
                         }
                     }

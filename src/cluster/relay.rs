@@ -68,7 +68,7 @@ impl Relay {
         let before = self.queued.fetch_add(bytes, Ordering::Relaxed);
         if before + bytes > self.max_bytes || self.sender.try_send(event).is_err() {
             self.queued.fetch_sub(bytes, Ordering::Relaxed);
-            crate::telemetry::bus("dropped");
+            crate::telemetry::bus(crate::telemetry::BusEvent::Dropped);
             tracing::debug!("relay queue full: an event did not go to the other nodes");
         }
     }

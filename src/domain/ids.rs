@@ -210,6 +210,19 @@ impl RoomScope {
     }
 }
 
+/// The patterns as a token's `rooms` claim writes them, comma-separated.
+impl std::fmt::Display for RoomScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let exact = self.exact.iter().map(|id| id.to_string());
+        let prefixes = self.prefixes.iter().map(|p| format!("{p}*"));
+        let patterns: Vec<String> = exact.chain(prefixes).collect();
+        if patterns.is_empty() {
+            return f.write_str("none");
+        }
+        f.write_str(&patterns.join(", "))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

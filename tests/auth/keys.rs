@@ -64,7 +64,7 @@ pub(crate) fn key_pair(dir: &Path, name: &str, algorithm: &str) -> KeyPair {
     KeyPair { private, public }
 }
 
-fn signed(algorithm: Algorithm, key: &KeyPair) -> String {
+pub(crate) fn signed(algorithm: Algorithm, key: &KeyPair) -> String {
     let pem = std::fs::read(&key.private).unwrap();
     let key = match algorithm {
         Algorithm::RS256 | Algorithm::PS256 => EncodingKey::from_rsa_pem(&pem),

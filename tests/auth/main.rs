@@ -5,6 +5,7 @@
 use chatroom_testkit as common;
 use chatroom_testkit::on_both_stores;
 
+mod command;
 mod jwks;
 mod keys;
 mod matrix;

@@ -342,7 +342,11 @@ async fn run(batches: apply::Batches, mut queue: mpsc::Receiver<Job>) {
         let batch = take_batch(&mut waiting);
         let (size, started) = (batch.len(), std::time::Instant::now());
         batches.apply(batch).await;
-        crate::telemetry::batch("membership", size, started.elapsed());
+        crate::telemetry::batch(
+            crate::telemetry::Writer::Membership,
+            size,
+            started.elapsed(),
+        );
     }
 }
 

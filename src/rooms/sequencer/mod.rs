@@ -142,7 +142,7 @@ async fn write_batches(
             jobs.drain(..).map(|j| (j.change, j.answer)).unzip();
         let (size, started) = (batch.len(), std::time::Instant::now());
         let stored = store_batch(&store, &hubs, recall_window, batch).await;
-        crate::telemetry::batch("messages", size, started.elapsed());
+        crate::telemetry::batch(crate::telemetry::Writer::Messages, size, started.elapsed());
         crate::telemetry::messages_stored(
             stored
                 .iter()
