@@ -9,7 +9,8 @@
 #      seed products' room flows from a Python client generated from the proto (on both
 #      stores and through two nodes), the security check from outside (PyJWT tokens,
 #      openssl certificates, grpcurl: scripts/outside_check.py), the example clients
-#      (grpcurl, Python, Node, and the web page in headless Chromium: examples/), and
+#      (grpcurl, Python, Node, and the web page in headless Chromium: examples/), the
+#      Python client library's tests (clients/python), the systemd unit (deploy/), and
 #      cargo test.
 # Every store test runs on SQLite and on PostgreSQL; without PostgreSQL this script
 # fails loudly instead of skipping anything.
@@ -182,6 +183,31 @@ CHATROOM_ADDR="127.0.0.1:$walk_port" GRPCURL="$TOOLS/py/bin/grpcurl" examples/gr
 kill -TERM "$walk_pid" && wait "$walk_pid" || walk_status=$?
 rm -rf "$walk_dir"
 [ "$walk_status" = 0 ] || die "the grpcurl walkthrough failed"
+
+step "the Python client library (clients/python): installs, its generated code is current, nothing lost across kills"
+"$TOOLS/py/bin/pip" install -q --disable-pip-version-check ./clients/python \
+    || die "could not pip install ./clients/python"
+"$PY" clients/python/generate.py --check || die "clients/python/chatroom_client/_gen is stale"
+py_db="chatroom_pyclient_$$"
+"$PSQL" "$DATABASE_URL" -qc "CREATE DATABASE $py_db" >/dev/null || die "could not create $py_db"
+py_status=0
+"$PY" clients/python/tests/test_client.py --binary target/debug/chatroom --psql "$PSQL" \
+    --database-url "${DATABASE_URL%/*}/$py_db" \
+    --nats-server "$(command -v nats-server || echo /usr/sbin/nats-server)" || py_status=$?
+"$PSQL" "$DATABASE_URL" -qc "DROP DATABASE $py_db WITH (FORCE)" >/dev/null
+[ "$py_status" = 0 ] || die "the Python client library's tests failed"
+
+step "the deployment examples: the systemd unit verifies (deploy/systemd; tests/cluster/deploy.rs runs the env files)"
+command -v systemd-analyze >/dev/null || apt_install systemd "checking deploy/systemd needs systemd-analyze"
+unit_dir=$(mktemp -d)
+# The unit as installed, with the binary and an env file of this checkout.
+sed -e "s#/usr/local/bin/chatroom#$ROOT/target/debug/chatroom#" \
+    -e "s#/etc/chatroom/%i.env#$ROOT/deploy/env/%i.env#" \
+    deploy/systemd/chatroom@.service >"$unit_dir/chatroom@node-a.service"
+unit_check=$(systemd-analyze verify "$unit_dir/chatroom@node-a.service" 2>&1) \
+    || die "systemd-analyze verify failed: $unit_check"
+[ -z "$unit_check" ] || die "systemd-analyze verify found problems in deploy/systemd/chatroom@.service: $unit_check"
+rm -rf "$unit_dir"
 
 step "the example clients against a live server: Python, Node, and the web page in two Chromium tabs"
 [ -x "${CHROMIUM:=/usr/bin/chromium}" ] || { apt_install chromium "the web example's test drives Chromium"; CHROMIUM=/usr/bin/chromium; }

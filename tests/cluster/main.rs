@@ -9,6 +9,7 @@ use chatroom_testkit as common;
 
 mod admins;
 mod bus;
+mod deploy;
 mod events;
 mod feed;
 mod hang;
