@@ -10,8 +10,8 @@
 #      stores and through two nodes), the security check from outside (PyJWT tokens,
 #      openssl certificates, grpcurl: scripts/outside_check.py), the example clients
 #      (grpcurl, Python, Node, and the web page in headless Chromium: examples/), the
-#      Python client library's tests (clients/python), the systemd unit (deploy/), and
-#      cargo test.
+#      client libraries' tests (clients/python, clients/typescript), the systemd unit
+#      (deploy/), and cargo test.
 # Every store test runs on SQLite and on PostgreSQL; without PostgreSQL this script
 # fails loudly instead of skipping anything.
 set -euo pipefail
@@ -209,25 +209,41 @@ unit_check=$(systemd-analyze verify "$unit_dir/chatroom@node-a.service" 2>&1) \
 [ -z "$unit_check" ] || die "systemd-analyze verify found problems in deploy/systemd/chatroom@.service: $unit_check"
 rm -rf "$unit_dir"
 
-step "the example clients against a live server: Python, Node, and the web page in two Chromium tabs"
+step "the TypeScript client library (clients/typescript): builds, its generated code is current, nothing lost across kills"
+(cd clients/typescript && npm ci --silent --no-audit --no-fund && npm run --silent build) \
+    || die "could not build clients/typescript (npm ci, tsc)"
+(cd clients/typescript && npm run --silent generate) || die "could not regenerate clients/typescript/src/gen (buf)"
+# What was regenerated must be what the checkout holds: no file changed, none new.
+git diff --quiet -- clients/typescript/src/gen \
+    && [ -z "$(git ls-files --others --exclude-standard -- clients/typescript/src/gen)" ] \
+    || die "clients/typescript/src/gen is stale: run npm run generate there and commit it"
+ts_db="chatroom_tsclient_$$"
+"$PSQL" "$DATABASE_URL" -qc "CREATE DATABASE $ts_db" >/dev/null || die "could not create $ts_db"
+ts_status=0
+node clients/typescript/test/resume.mjs --binary target/debug/chatroom --psql "$PSQL" \
+    --database-url "${DATABASE_URL%/*}/$ts_db" \
+    --nats-server "$(command -v nats-server || echo /usr/sbin/nats-server)" || ts_status=$?
+"$PSQL" "$DATABASE_URL" -qc "DROP DATABASE $ts_db WITH (FORCE)" >/dev/null
+[ "$ts_status" = 0 ] || die "the TypeScript client library's tests failed"
+
+step "the example clients against a live server (Python, Node), and the web page in Chromium (screenshots in target/web-screenshots)"
 [ -x "${CHROMIUM:=/usr/bin/chromium}" ] || { apt_install chromium "the web example's test drives Chromium"; CHROMIUM=/usr/bin/chromium; }
 (cd examples/node && npm ci --silent --no-audit --no-fund) || die "could not install the Node example's packages"
 (cd examples/web && npm ci --silent --no-audit --no-fund && npm run --silent build) \
-    || die "could not build the web example (protoc-gen-es, esbuild)"
+    || die "could not build the web example (tsc, esbuild)"
 ex_dir=$(mktemp -d)
 ex_port=$(free_port)
-page_port=$(free_port)
-target/debug/chatroom --listen "127.0.0.1:$ex_port" --database-url "sqlite://$ex_dir/ex.db" --log warn \
-    --cors-origins "http://127.0.0.1:$page_port" &
+target/debug/chatroom --listen "127.0.0.1:$ex_port" --database-url "sqlite://$ex_dir/ex.db" --log warn &
 ex_pid=$!
 ex_status=0
 for _ in $(seq 100); do port_answers 127.0.0.1 "$ex_port" && break; sleep 0.1; done
 "$PY" examples/python/chat.py --target "127.0.0.1:$ex_port" || ex_status=$?
 (cd examples/node && node chat.mjs --target "127.0.0.1:$ex_port") || ex_status=$?
-(cd examples/web && node test/two_tabs.mjs --server "http://127.0.0.1:$ex_port" --port "$page_port" \
-    --chromium "$CHROMIUM") || ex_status=$?
 kill -TERM "$ex_pid" && wait "$ex_pid" || ex_status=$?
 rm -rf "$ex_dir"
+# The page's test starts the servers it needs (one it kills and restarts, one verifying tokens).
+(cd examples/web && node test/chat.mjs --binary "$ROOT/target/debug/chatroom" --chromium "$CHROMIUM" \
+    --screenshots "$ROOT/target/web-screenshots") || ex_status=$?
 [ "$ex_status" = 0 ] || die "an example client failed"
 
 step "seed flows and the cluster flow through two nodes (one PostgreSQL, a nats-server of their own)"

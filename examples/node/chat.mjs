@@ -1,23 +1,20 @@
-// From zero to a live room in Node.js: @grpc/grpc-js with stubs loaded from the
-// chatroom proto at run time by @grpc/proto-loader.
+// From zero to a live room in Node.js, with the chatroom-client library
+// (clients/typescript) over gRPC (@connectrpc/connect-node, which it brings).
 //
-//     cd examples/node && npm ci && node chat.mjs --target 127.0.0.1:50051
+//     (cd clients/typescript && npm ci) && cd examples/node && npm ci && node chat.mjs --target 127.0.0.1:50051
 //
-// The same flow as examples/python/chat.py: alice enters a room and attaches it on a
-// Subscribe stream, sends on the stream and receives live; the stream is lost while
-// bob sends two messages; she reconnects with after_seq and receives exactly those,
-// then live messages again. Exit status 0 means every step held.
+// The same flow as examples/python/chat.py: alice enters a room (bob joins), opens a
+// session, attaches the room from its start, sends; she receives her messages and
+// bob's in seq order; joining a missing room says ROOM_NOT_FOUND. What the app does not
+// write: reconnecting and resuming. If the stream breaks, the session attaches the room
+// again after the last seq it delivered (the library's tests kill the server under it).
+// Exit status 0 means every step held.
 
-import { fileURLToPath } from "node:url";
-import path from "node:path";
 import { randomUUID } from "node:crypto";
 import { parseArgs } from "node:util";
 
-import grpc from "@grpc/grpc-js";
-import protoLoader from "@grpc/proto-loader";
-
-const WAIT_MS = 10_000;
-const here = path.dirname(fileURLToPath(import.meta.url));
+import { ChatClient, ChatroomError } from "chatroom-client";
+import { grpcTransport } from "chatroom-client/node";
 
 const { values: args } = parseArgs({
   options: {
@@ -26,33 +23,6 @@ const { values: args } = parseArgs({
   },
 });
 
-const definition = protoLoader.loadSync("chatroom/v1/chatroom.proto", {
-  includeDirs: [path.join(here, "..", "..", "proto")],
-  keepCase: true, // field names as in the proto: room_id, after_seq
-  longs: Number, // seqs fit a double for any realistic room
-  defaults: true,
-  oneofs: true, // `event` names which event a SubscribeResponse carries
-});
-const { ChatRoomService } = grpc.loadPackageDefinition(definition).chatroom.v1;
-const client = new ChatRoomService(args.target, grpc.credentials.createInsecure());
-
-/** Call metadata naming the user (`--auth header`; with `--auth jwt` send
- *  `authorization: Bearer <token>` instead). */
-function asUser(user) {
-  const metadata = new grpc.Metadata();
-  metadata.set("x-user-id", user);
-  return metadata;
-}
-
-/** A unary call as a promise. */
-function call(method, request, user) {
-  return new Promise((resolve, reject) =>
-    client[method](request, asUser(user), (error, response) =>
-      error ? reject(error) : resolve(response),
-    ),
-  );
-}
-
 function check(condition, what) {
   if (!condition) {
     console.log(`FAILED: ${what}`);
@@ -60,136 +30,49 @@ function check(condition, what) {
   }
 }
 
-/** One Subscribe stream: requests are written to it, responses wait in a queue. */
-class Stream {
-  constructor(user) {
-    this.call = client.Subscribe(asUser(user));
-    this.nextId = 0;
-    this.queued = [];
-    this.waiting = null;
-    this.call.on("data", (response) => this.push(response));
-    this.call.on("error", (error) => {
-      if (error.code !== grpc.status.CANCELLED) this.push(error);
-    });
+/** The next `count` messages the session delivers (a timeout fails the example). */
+async function messages(session, count) {
+  const got = [];
+  const timer = setTimeout(() => check(false, `only ${got.length} of ${count} messages arrived`), 10_000);
+  for await (const event of session) {
+    if (event.type === "message") got.push(event.message);
+    if (got.length === count) break;
   }
-
-  push(item) {
-    if (this.waiting) {
-      const resolve = this.waiting;
-      this.waiting = null;
-      resolve(item);
-    } else {
-      this.queued.push(item);
-    }
-  }
-
-  async next() {
-    const item = this.queued.length
-      ? this.queued.shift()
-      : await new Promise((resolve, reject) => {
-          const timer = setTimeout(() => reject(new Error("no event in time")), WAIT_MS);
-          this.waiting = (value) => {
-            clearTimeout(timer);
-            resolve(value);
-          };
-        });
-    if (item instanceof Error) throw item;
-    return item;
-  }
-
-  request(frame) {
-    const request_id = String(++this.nextId);
-    this.call.write({ request_id, ...frame });
-    return request_id;
-  }
-
-  /** The answer to one request; messages that arrive first are kept for `messages`. */
-  async reply(requestId) {
-    this.backlog ??= [];
-    for (;;) {
-      const response = await this.next();
-      if (response.request_id === requestId) return response;
-      if (response.event === "message") this.backlog.push(response.message);
-    }
-  }
-
-  async attach(room_id, after_seq) {
-    const attach = after_seq === undefined ? { room_id } : { room_id, after_seq };
-    const response = await this.reply(this.request({ attach }));
-    check(response.event === "attached", `attach failed: ${JSON.stringify(response)}`);
-    return response.attached;
-  }
-
-  /** The next `count` CHAT messages, in arrival order. */
-  async messages(count) {
-    const got = this.backlog ?? [];
-    this.backlog = [];
-    while (got.length < count) {
-      const response = await this.next();
-      if (response.event === "message") got.push(response.message);
-    }
-    this.backlog = got.slice(count);
-    return got.slice(0, count);
-  }
-
-  close() {
-    this.call.cancel();
-  }
+  clearTimeout(timer);
+  return got;
 }
 
-const room_id = args.room;
+// x-user-id names the caller (the server's default --auth header); with --auth jwt
+// pass token or tokenProvider instead.
+const url = `http://${args.target}`;
+const alice = new ChatClient({ targets: [url], transport: grpcTransport, user: "alice" });
+const bob = new ChatClient({ targets: [url], transport: grpcTransport, user: "bob" });
+const room = args.room;
 
 // 1. Enter: creates the room, or joins it.
-const entered = await call(
-  "EnterRoom",
-  { room_id, name: "Node example", display_name: "Alice" },
-  "alice",
-);
-console.log(`alice entered ${room_id} (created: ${entered.created})`);
-await call("JoinRoom", { room_id, display_name: "Bob" }, "bob");
+const { created } = await alice.enterRoom(room, "Node example", "Alice");
+console.log(`alice entered ${room} (created: ${created})`);
+await bob.joinRoom(room, "Bob");
 console.log("bob joined");
 
-// 2-3. Attach, send on the stream, receive live.
-let stream = new Stream("alice");
-const attached = await stream.attach(room_id);
-console.log(`attached at seq ${attached.room.last_seq}`);
+// 2-3. A session: attach from the start, send, receive in order.
+const session = alice.session();
+const attached = await session.attach(room, 0n);
+console.log(`attached at seq ${attached.lastSeq}`);
 for (const text of ["hello", "from", "node"]) {
-  const ack = await stream.reply(stream.request({ send: { room_id, text } }));
-  check(ack.event === "send_ack", `send failed: ${JSON.stringify(ack)}`);
+  const sent = await alice.send(room, text);
+  console.log(`alice sent "${text}": seq ${sent.seq}`);
 }
-const live = await stream.messages(3);
-check(
-  JSON.stringify(live.map((m) => m.text)) === JSON.stringify(["hello", "from", "node"]),
-  `live messages: ${JSON.stringify(live)}`,
-);
-const lastSeq = live[2].seq;
-console.log(`received live: ${live.map((m) => m.text).join(", ")} (last seq ${lastSeq})`);
+await bob.send(room, "hi alice");
+const got = await messages(session, 4);
+check(JSON.stringify(got.map((m) => [m.text, m.senderId])) ===
+  JSON.stringify([["hello", "alice"], ["from", "alice"], ["node", "alice"], ["hi alice", "bob"]]), "the messages");
+check(got.map((m) => Number(m.seq)).join() === "1,2,3,4", "their seqs");
+console.log(`received in order: ${got.map((m) => m.text).join(", ")}; resumes after seq ${session.attached.get(room)} if the stream breaks`);
+session.close();
 
-// 4. The stream is lost; bob goes on talking.
-stream.close();
-for (const text of ["you", "missed this"]) {
-  await call("SendMessage", { room_id, text }, "bob");
-}
-console.log("stream closed; bob sent 2 messages meanwhile");
-
-// 5. Reconnect and resume after the last seq processed.
-stream = new Stream("alice");
-const resumed = await stream.attach(room_id, lastSeq);
-check(!resumed.history_truncated, "history was truncated");
-const missed = await stream.messages(2);
-check(
-  JSON.stringify(missed.map((m) => [m.text, m.sender_id, m.seq])) ===
-    JSON.stringify([
-      ["you", "bob", lastSeq + 1],
-      ["missed this", "bob", lastSeq + 2],
-    ]),
-  `missed messages: ${JSON.stringify(missed)}`,
-);
-console.log(`resumed after seq ${lastSeq}: ${missed.map((m) => m.text).join(", ")}`);
-await call("SendMessage", { room_id, text: "welcome back" }, "bob");
-const [again] = await stream.messages(1);
-check(again.text === "welcome back", `live after resume: ${JSON.stringify(again)}`);
-console.log("live again: welcome back");
-stream.close();
-client.close();
+// 4. Errors carry a stable reason.
+const refused = await bob.joinRoom(`${room}-missing`).catch((error) => error);
+check(refused instanceof ChatroomError && refused.reason === "ROOM_NOT_FOUND", `error: ${refused}`);
+console.log(`joining a missing room: ${refused.codeName} ${refused.reason}`);
 console.log("node example: every step held");
