@@ -158,7 +158,22 @@ fn mint_token(args: &TokenArgs) -> Result<String> {
 /// The caller `token` proves to a server with these flags, or why it proves nothing
 /// (the outer error: the flags name no usable key).
 async fn check(args: &TokenArgs, token: &str) -> Result<Result<Caller>> {
-    let key = parts::key_source(&args.key_flags())?.ok_or_else(|| {
+    let flags = args.key_flags();
+    let keys = [
+        flags.secret.is_some(),
+        flags.secret_file.is_some(),
+        flags.public_key.is_some(),
+        flags.jwks_url.is_some(),
+    ];
+    if keys.into_iter().filter(|given| *given).count() > 1 {
+        // As the server refuses them (`--auth jwt needs exactly one ...`): checking
+        // with one of two keys would answer for a server that cannot start.
+        return Err(Error::invalid(
+            "jwt_secret",
+            "give one key: --jwt-secret, --jwt-secret-file, --jwt-public-key or --jwt-jwks-url (or their CHATROOM_JWT_* variables)",
+        ));
+    }
+    let key = parts::key_source(&flags)?.ok_or_else(|| {
         Error::invalid(
             "jwt_secret",
             "give the key the server verifies with: --jwt-secret, --jwt-secret-file, --jwt-public-key or --jwt-jwks-url",

@@ -177,6 +177,19 @@ async fn check_uses_a_public_key_as_the_server_would() {
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
     assert!(text(&output.stdout).contains("TOKEN_ALGORITHM_REFUSED"));
+    // Two keys at once are refused, as the server refuses them.
+    let output = tokio::process::Command::new(common::binary("chatroom"))
+        .args(["token", "--jwt-public-key", public, "--check", &signed])
+        .env("CHATROOM_JWT_SECRET", "also a secret")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        text(&output.stderr).contains("give one key"),
+        "{}",
+        text(&output.stderr)
+    );
     // Minting needs the secret: a public key cannot sign.
     let output = tokio::process::Command::new(common::binary("chatroom"))
         .args(["token", "--jwt-public-key", public, "--sub", "a"])

@@ -121,7 +121,10 @@ class Session:
                 await self._task
             except asyncio.CancelledError:
                 pass
-        await self._events.put(None)
+        if self._events.full():
+            # Nobody is reading: make room for the end rather than wait for a reader.
+            self._events.get_nowait()
+        self._events.put_nowait(None)
 
     @property
     def rooms(self) -> Dict[str, Optional[int]]:
