@@ -55,9 +55,22 @@ pub struct KeyFlags<'a> {
     pub jwks_refresh: std::time::Duration,
 }
 
-/// The key the flags name (the first of them, in the order above; `None`: none),
-/// read from wherever they say.
+/// The key the flags name (`None`: none), read from wherever they say. More than one
+/// is refused: [`Config::validate`] refuses them for the server, and `chatroom token`
+/// would otherwise answer with one of them for a server that cannot start.
 pub fn key_source(flags: &KeyFlags<'_>) -> Result<Option<KeySource>> {
+    let given = [
+        flags.secret.is_some(),
+        flags.secret_file.is_some(),
+        flags.public_key.is_some(),
+        flags.jwks_url.is_some(),
+    ];
+    if given.into_iter().filter(|given| *given).count() > 1 {
+        return Err(Error::invalid(
+            "jwt_secret",
+            "give one key: --jwt-secret, --jwt-secret-file, --jwt-public-key or --jwt-jwks-url (or their CHATROOM_JWT_* variables)",
+        ));
+    }
     Ok(Some(if let Some(secret) = hs_secret(flags)? {
         KeySource::Secret(secret)
     } else if let Some(path) = flags.public_key {
@@ -71,7 +84,7 @@ pub fn key_source(flags: &KeyFlags<'_>) -> Result<Option<KeySource>> {
 
 /// The HS256 secret, from `--jwt-secret` or the file `--jwt-secret-file` names (its
 /// trailing line breaks dropped: the file an editor or `echo` wrote).
-pub fn hs_secret(flags: &KeyFlags<'_>) -> Result<Option<Vec<u8>>> {
+fn hs_secret(flags: &KeyFlags<'_>) -> Result<Option<Vec<u8>>> {
     if let Some(secret) = flags.secret {
         return Ok(Some(secret.as_bytes().to_vec()));
     }
